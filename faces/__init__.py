@@ -4,8 +4,8 @@ discovery of face plugins through the `plaudit.faces` entry-point group.
 A face plugin subclasses `Face`; see faces/README.md for the guide and
 `plaudit.faces.testing` for the contract test kit."""
 
-from plaudit.faces._api import Face, FaceState, score_reactions
-from plaudit.faces._errors import (
+from ._api import Face, FaceState, score_reactions
+from ._errors import (
     AuthFailed,
     FaceConfigError,
     FaceError,
@@ -17,7 +17,7 @@ from plaudit.faces._errors import (
     Rejected,
     Transient,
 )
-from plaudit.faces._models import (
+from ._models import (
     Draft,
     FaceConfig,
     FaceInfo,

@@ -24,8 +24,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Generic, Self, TypeVar
 
-from plaudit.faces._errors import FaceError, FaceStateError, Rejected
-from plaudit.faces._models import (
+from ._errors import FaceError, FaceStateError, Rejected
+from ._models import (
     Draft,
     FaceConfig,
     FaceInfo,
