@@ -6,7 +6,14 @@
      │    └── ChecksumError      a pinned file's sha256 differs from the pinned value
      ├── ModelExportError        a model could not be written: target not empty, unsupported config
      ├── TokenizerError          a tokenizer could not be built, loaded or used (no chat template)
-     └── ContextLengthError      a token sequence is longer than the model's context window
+     ├── ContextLengthError      a token sequence is longer than the model's context window
+     ├── DataError               training data cannot be used: unreadable encoding, mixed
+     │                           formats in one file, empty file, too little data for one batch
+     ├── CheckpointError         a run folder or checkpoint cannot be used: output exists
+     │                           without --force, nothing to resume, damaged trainer state
+     └── TrainingError           training cannot go on
+          ├── NonFiniteLossError  the loss or gradient became NaN/inf
+          └── TrainingMemoryError the device ran out of memory
 
 Callers decide by class, never by message text; messages are full sentences naming the problem
 and the fix.
@@ -44,3 +51,39 @@ class TokenizerError(LearnerError):
 class ContextLengthError(LearnerError):
     """Raised when a token sequence (for example a prompt plus the tokens to generate) does not
     fit in the model's context window (`ModelConfig.max_seq_len`)."""
+
+
+class DataError(LearnerError):
+    """Raised when training data cannot be used: a file that is not UTF-8, mixes formats, is
+    empty or malformed, or data too small for one batch. `path` and `line` (1-based) name the
+    spot when there is one."""
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.line = line
+
+
+class CheckpointError(LearnerError):
+    """Raised when a training output folder or checkpoint cannot be used: the output exists and
+    neither resuming nor overwriting (`--force`) was asked for, `--resume` finds no checkpoint,
+    or a checkpoint's trainer state is damaged or belongs to another configuration."""
+
+
+class TrainingError(LearnerError):
+    """Raised when training cannot go on (bad precision/device combination, a stalled run)."""
+
+
+class NonFiniteLossError(TrainingError):
+    """Raised when the loss or gradient norm becomes NaN or infinite. The weights are not
+    updated by that step; the last good checkpoint stays on disk (`checkpoint`)."""
+
+    def __init__(self, message: str, *, step: int, checkpoint: str | None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+class TrainingMemoryError(TrainingError):
+    """Raised when a training step runs out of device memory; the message says what to reduce
+    (micro-batch size, sequence length, model size)."""
