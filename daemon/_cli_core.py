@@ -1,12 +1,112 @@
-"""Core commands: run, config check, status."""
+"""Core commands: config check, status (and run, registered by the daemon module)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from plaudit.daemon._config import ConfigError, Settings, load_settings, resolve_state_dir
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="TOML config file (default: ./plaudit.toml if present, else built-in defaults).",
+        dir_okay=False,
+    ),
+]
+StateDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        help="State folder (default: $STATE_DIRECTORY, else a per-user data folder).",
+        file_okay=False,
+    ),
+]
+SecretsDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--credentials-dir",
+        help="Folder with one file per secret (default: $CREDENTIALS_DIRECTORY).",
+        file_okay=False,
+    ),
+]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one clear line (or block) to stderr and return the exit to raise."""
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code)
+
+
+def settings_or_exit(config: Path | None, secrets: Path | None = None) -> Settings:
+    try:
+        return load_settings(config_file=config, secrets_dir=secrets)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+
+
+config_app = typer.Typer(help="Inspect and validate the configuration.", no_args_is_help=True)
+
+
+@config_app.command("check")
+def config_check(
+    config: ConfigOption = None,
+    credentials_dir: SecretsDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """Validate the configuration and print the effective values (secrets redacted)."""
+    settings = settings_or_exit(config, credentials_dir)
+    data = settings.redacted()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    import tomli_w
+
+    source = str(config) if config else "defaults (+ ./plaudit.toml if present, + environment)"
+    typer.echo(f"# configuration is valid ({source})")
+    typer.echo(tomli_w.dumps(_drop_none(data)))  # type: ignore[arg-type]
+
+
+def _drop_none(value: object) -> object:
+    # TOML has no null: leave unset optional keys out of the printed config.
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def status(config: ConfigOption = None, state_dir: StateDirOption = None) -> None:
+    """Show what plaudit is doing: training state, policy version, posts and rewards."""
+    from plaudit.state import PostStatus, StateLock, Store
+
+    settings = settings_or_exit(config)
+    folder = resolve_state_dir(settings, state_dir)
+    if not (folder / "plaudit.sqlite3").exists():
+        raise fail(f"no plaudit state in {folder}: start the daemon with `plaudit run` first", 1)
+    pid = StateLock.running_pid(folder)
+    with Store.open(folder) as store:
+        control = store.control()
+        rewards = store.rewards(limit=10)
+        lines = {
+            "daemon": f"running (pid {pid})" if pid else "not running",
+            "state folder": str(folder),
+            "training": control.training.value,
+            "mode": control.mode.value,
+            "policy version": store.policy_version(),
+            "posts published": store.count_posts(status=PostStatus.PUBLISHED),
+            "rewards": len(store.rewards(limit=1_000_000)),
+            "last rewards": ", ".join(f"{r.reward:+.2f}" for r in rewards) or "none yet",
+        }
+    width = max(len(k) for k in lines)
+    for key, value in lines.items():
+        typer.echo(f"{key:<{width}}  {value}")
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
-    def status() -> None:
-        """Show what a running daemon is doing."""
-        typer.echo("not implemented yet")
+    app.add_typer(config_app, name="config")
+    app.command("status")(status)

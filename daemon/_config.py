@@ -1,0 +1,281 @@
+"""The daemon's configuration: one typed model, loaded once and passed down.
+
+Sources, highest priority first:
+1. environment variables ``PLAUDIT_...`` with ``__`` for nesting (``PLAUDIT_HTTP__PORT=9000``);
+2. secrets: one file per value in the credentials folder (default ``$CREDENTIALS_DIRECTORY``,
+   systemd's LoadCredential), named by the dotted key (``http.token``,
+   ``faces.main.access_token``);
+3. the TOML file (``--config``, default ``plaudit.toml`` in the working folder when it exists);
+4. built-in defaults (the simulated audience and SmolLM2).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from datetime import time, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from plaudit.daemon._durations import Duration
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_CONFIG_FILE = Path("plaudit.toml")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names each bad key, its value and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    # auto: JSON lines when stdout is not a terminal (journald), coloured text on a terminal.
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class HttpConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8477, ge=0, le=65535)
+    # Bearer token for mutating calls; generated into the state folder at first start if unset.
+    token: SecretStr | None = None
+
+
+class ModelConfig(_Section):
+    # "smollm2" (embedded), a Hugging Face folder, a .gguf file or a plaudit model folder.
+    name: str = "smollm2"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+class SamplingConfig(_Section):
+    temperature: float = Field(default=0.9, ge=0.0, le=5.0)
+    top_p: float | None = Field(default=0.95, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=1)
+    max_new_tokens: int = Field(default=60, ge=1, le=4096)
+
+
+class FaceInstanceConfig(BaseModel):
+    """One face instance: ``type`` picks the plugin; the other keys go to its own config model,
+    which validates them when the face is created."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: str
+    enabled: bool = True
+
+    def face_options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class QuietHours(_Section):
+    start: time
+    end: time
+
+
+class ControllerConfig(_Section):
+    post_interval: Duration = timedelta(hours=4)
+    post_jitter: Duration = timedelta(minutes=20)
+    daily_cap: int | None = Field(default=6, ge=1)
+    quiet_hours: QuietHours | None = None
+    candidates: int = Field(default=8, ge=1, le=256)
+    # Snapshot reactions at each horizon after publishing; the last one gives the reward.
+    horizons: tuple[Duration, ...] = (timedelta(hours=1), timedelta(hours=6), timedelta(hours=24))
+    collect_interval: Duration = timedelta(minutes=10)
+    learn_interval: Duration = timedelta(minutes=30)
+    learn_min_rewards: int = Field(default=4, ge=1)
+    # Offline fit on face history: at first start, then again at this interval (None: never).
+    offline_interval: Duration | None = timedelta(days=7)
+    offline_max_posts: int | None = Field(default=None, ge=1)
+    prompts: tuple[str, ...] = ()
+    shutdown_timeout: Duration = timedelta(seconds=60)
+
+    @model_validator(mode="after")
+    def _horizons_sorted(self) -> ControllerConfig:
+        if not self.horizons:
+            raise ValueError("horizons must list at least one duration, such as ['1h', '24h']")
+        if list(self.horizons) != sorted(self.horizons):
+            raise ValueError("horizons must be in increasing order, such as ['1h', '6h', '24h']")
+        return self
+
+
+class OnlineConfig(_Section):
+    lr: float = Field(default=1e-5, gt=0)
+    kl_coef: float = Field(default=0.05, ge=0)
+    epochs: int = Field(default=2, ge=1)
+    clip: float = Field(default=0.2, gt=0)
+    grad_clip: float = Field(default=1.0, gt=0)
+    baseline_decay: float = Field(default=0.9, ge=0, lt=1)
+
+
+class OfflineConfig(_Section):
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int | None = Field(default=200, ge=1)
+    lr: float = Field(default=5e-5, gt=0)
+    batch_size: int = Field(default=8, ge=1)
+    max_seq_len: int = Field(default=128, ge=8)
+
+
+class Settings(BaseSettings):
+    """Everything the daemon reads from its configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PLAUDIT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    state_dir: Path | None = None
+    log: LogConfig = LogConfig()
+    http: HttpConfig = HttpConfig()
+    model: ModelConfig = ModelConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    controller: ControllerConfig = ControllerConfig()
+    online: OnlineConfig = OnlineConfig()
+    offline: OfflineConfig = OfflineConfig()
+    faces: dict[str, FaceInstanceConfig] = Field(
+        default_factory=lambda: {"sim": FaceInstanceConfig(type="simulated")}
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # File and secrets arrive merged as init data (see load_settings); env overrides them.
+        return (env_settings, init_settings)
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration as JSON-able data, secrets shown as '**********'."""
+        return self.model_dump(mode="json")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist: check --config") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _read_secrets(folder: Path) -> dict[str, Any]:
+    """One file per secret, named by its dotted key: ``faces.main.access_token``."""
+    data: dict[str, Any] = {}
+    if not folder.is_dir():
+        raise ConfigError(f"credentials folder {folder} does not exist or is not a folder")
+    for entry in sorted(folder.iterdir()):
+        if not entry.is_file() or entry.name.startswith("."):
+            continue
+        keys = entry.name.split(".")
+        node = data
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = entry.read_text(encoding="utf-8").strip()
+    return data
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The field names allowed at ``loc`` (for suggesting the nearest key to a misspelt one)."""
+    current: Any = model
+    for part in loc[:-1]:
+        fields = getattr(current, "model_fields", None)
+        if fields is None:
+            return []
+        if isinstance(part, str) and part in fields:
+            annotation = fields[part].annotation
+            args = getattr(annotation, "__args__", ())
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                current = annotation
+            elif args and isinstance(args[-1], type) and issubclass(args[-1], BaseModel):
+                current = args[-1]  # dict[str, Model] or Model | None
+            else:
+                return []
+        elif not isinstance(part, str) or current is not None:
+            continue
+    fields = getattr(current, "model_fields", None)
+    return sorted(fields) if fields else []
+
+
+def format_validation_error(exc: ValidationError, *, source: str) -> str:
+    """One line per problem: key, bad value, what is allowed (and the nearest known key)."""
+    lines = [f"invalid configuration ({source}):"]
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            known = _known_keys(Settings, loc)
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            allowed = f" Known keys here: {', '.join(known)}." if known else ""
+            lines.append(f"  {key}: unknown key{hint}{allowed}")
+            continue
+        value = err.get("input")
+        shown = "(missing)" if err["type"] == "missing" else repr(value)
+        if isinstance(value, dict | list) and len(shown) > 80:
+            shown = shown[:77] + "..."
+        lines.append(f"  {key} = {shown}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(
+    *,
+    config_file: Path | None = None,
+    secrets_dir: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Load and validate the configuration; raise ConfigError with a readable message."""
+    data: dict[str, Any] = {}
+    source = "built-in defaults"
+    if config_file is None and DEFAULT_CONFIG_FILE.is_file():
+        config_file = DEFAULT_CONFIG_FILE
+    if config_file is not None:
+        data = _read_toml(config_file)
+        source = str(config_file)
+    if secrets_dir is None and os.environ.get("CREDENTIALS_DIRECTORY"):
+        secrets_dir = Path(os.environ["CREDENTIALS_DIRECTORY"])
+    if secrets_dir is not None:
+        data = _merge(data, _read_secrets(secrets_dir))
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source=source)) from None
+
+
+def resolve_state_dir(settings: Settings, override: Path | None = None) -> Path:
+    """--state-dir, then the config, then systemd's $STATE_DIRECTORY, then a per-user folder."""
+    if override is not None:
+        return override
+    if settings.state_dir is not None:
+        return settings.state_dir
+    env = os.environ.get("STATE_DIRECTORY")
+    if env:
+        return Path(env.split(":")[0])
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("plaudit", appauthor=False))

@@ -1,0 +1,780 @@
+"""The persistent store: SQLite in WAL mode, foreign keys on, versioned migrations.
+
+The database is the source of truth for everything the daemon has done: every post from
+candidate to reward, reaction snapshots per horizon, training runs, checkpoints, the persisted
+control state and the metric history behind the status page's charts. Every write is one
+transaction; one lock serialises the event loop and the torch worker on the connection.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from plaudit.state._errors import DiskFull, InvalidTransition, SchemaTooNew, StateError
+
+DB_NAME = "plaudit.sqlite3"
+
+# Each entry moves the schema one version up; never edit a released entry, append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE posts (
+        id INTEGER PRIMARY KEY,
+        face TEXT NOT NULL,
+        cycle_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        text TEXT NOT NULL,
+        prompt TEXT NOT NULL DEFAULT '',
+        prompt_tokens TEXT NOT NULL DEFAULT '[]',
+        tokens TEXT NOT NULL DEFAULT '[]',
+        logprobs TEXT NOT NULL DEFAULT '[]',
+        policy_version INTEGER NOT NULL DEFAULT 0,
+        predicted_reward REAL,
+        filter_reason TEXT,
+        idempotency_key TEXT UNIQUE,
+        face_ref TEXT,
+        url TEXT,
+        published_at REAL,
+        error TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX posts_face_status ON posts (face, status, published_at);
+    CREATE TABLE reaction_snapshots (
+        id INTEGER PRIMARY KEY,
+        post_id INTEGER NOT NULL REFERENCES posts (id) ON DELETE CASCADE,
+        horizon_s REAL NOT NULL,
+        found INTEGER NOT NULL,
+        likes INTEGER NOT NULL DEFAULT 0,
+        reposts INTEGER NOT NULL DEFAULT 0,
+        replies INTEGER NOT NULL DEFAULT 0,
+        quotes INTEGER NOT NULL DEFAULT 0,
+        extra TEXT NOT NULL DEFAULT '{}',
+        audience INTEGER,
+        read_at REAL NOT NULL,
+        UNIQUE (post_id, horizon_s)
+    );
+    CREATE TABLE rewards (
+        post_id INTEGER PRIMARY KEY REFERENCES posts (id) ON DELETE CASCADE,
+        face TEXT NOT NULL,
+        score REAL NOT NULL,
+        reward REAL NOT NULL,
+        used_in_version INTEGER,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE training_runs (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('offline', 'online')),
+        status TEXT NOT NULL,
+        config TEXT NOT NULL DEFAULT '{}',
+        metrics TEXT NOT NULL DEFAULT '{}',
+        error TEXT,
+        started_at REAL NOT NULL,
+        ended_at REAL
+    );
+    CREATE TABLE checkpoints (
+        id INTEGER PRIMARY KEY,
+        path TEXT NOT NULL,
+        policy_version INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        run_id INTEGER REFERENCES training_runs (id),
+        metrics TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE control (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE metric_points (
+        ts REAL NOT NULL,
+        name TEXT NOT NULL,
+        value REAL NOT NULL
+    );
+    CREATE INDEX metric_points_name_ts ON metric_points (name, ts);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class PostStatus(StrEnum):
+    CANDIDATE = "candidate"  # generated, not (yet) chosen
+    FILTERED = "filtered"  # dropped by a filter; filter_reason says which
+    CHOSEN = "chosen"  # picked for publishing
+    INTENT = "intent"  # idempotency key recorded; publishing may or may not have happened
+    PUBLISHED = "published"
+    FAILED = "failed"
+
+
+# Where each status may go next; anything else is a bug in the caller.
+_TRANSITIONS: dict[PostStatus, frozenset[PostStatus]] = {
+    PostStatus.CANDIDATE: frozenset({PostStatus.FILTERED, PostStatus.CHOSEN}),
+    PostStatus.CHOSEN: frozenset({PostStatus.INTENT, PostStatus.FAILED}),
+    PostStatus.INTENT: frozenset({PostStatus.PUBLISHED, PostStatus.FAILED}),
+    PostStatus.FILTERED: frozenset(),
+    PostStatus.PUBLISHED: frozenset(),
+    PostStatus.FAILED: frozenset(),
+}
+
+
+class TrainingState(StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+
+
+class TrainingMode(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+@dataclass(frozen=True)
+class NewCandidate:
+    text: str
+    prompt: str = ""
+    prompt_tokens: Sequence[int] = ()
+    tokens: Sequence[int] = ()
+    logprobs: Sequence[float] = ()
+    policy_version: int = 0
+    predicted_reward: float | None = None
+
+
+@dataclass(frozen=True)
+class Post:
+    id: int
+    face: str
+    cycle_id: str
+    status: PostStatus
+    text: str
+    prompt: str
+    prompt_tokens: list[int]
+    tokens: list[int]
+    logprobs: list[float]
+    policy_version: int
+    predicted_reward: float | None
+    filter_reason: str | None
+    idempotency_key: str | None
+    face_ref: str | None
+    url: str | None
+    published_at: float | None
+    error: str | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    post_id: int
+    horizon_s: float
+    found: bool
+    likes: int
+    reposts: int
+    replies: int
+    quotes: int
+    extra: dict[str, int]
+    audience: int | None
+    read_at: float
+
+
+@dataclass(frozen=True)
+class Reward:
+    post_id: int
+    face: str
+    score: float
+    reward: float
+    used_in_version: int | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    id: int
+    kind: str
+    status: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    error: str | None
+    started_at: float
+    ended_at: float | None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    id: int
+    path: str
+    policy_version: int
+    kind: str
+    run_id: int | None
+    metrics: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class ControlState:
+    training: TrainingState = TrainingState.RUNNING
+    mode: TrainingMode = TrainingMode.ONLINE
+
+
+@dataclass(frozen=True)
+class PostStory:
+    """Everything the store knows about one post, for tests, the API and debugging."""
+
+    post: Post
+    snapshots: list[Snapshot] = field(default_factory=list)
+    reward: Reward | None = None
+
+
+def _post(row: sqlite3.Row) -> Post:
+    return Post(
+        id=row["id"],
+        face=row["face"],
+        cycle_id=row["cycle_id"],
+        status=PostStatus(row["status"]),
+        text=row["text"],
+        prompt=row["prompt"],
+        prompt_tokens=json.loads(row["prompt_tokens"]),
+        tokens=json.loads(row["tokens"]),
+        logprobs=json.loads(row["logprobs"]),
+        policy_version=row["policy_version"],
+        predicted_reward=row["predicted_reward"],
+        filter_reason=row["filter_reason"],
+        idempotency_key=row["idempotency_key"],
+        face_ref=row["face_ref"],
+        url=row["url"],
+        published_at=row["published_at"],
+        error=row["error"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _snapshot(row: sqlite3.Row) -> Snapshot:
+    return Snapshot(
+        post_id=row["post_id"],
+        horizon_s=row["horizon_s"],
+        found=bool(row["found"]),
+        likes=row["likes"],
+        reposts=row["reposts"],
+        replies=row["replies"],
+        quotes=row["quotes"],
+        extra=json.loads(row["extra"]),
+        audience=row["audience"],
+        read_at=row["read_at"],
+    )
+
+
+def _reward(row: sqlite3.Row) -> Reward:
+    return Reward(
+        post_id=row["post_id"],
+        face=row["face"],
+        score=row["score"],
+        reward=row["reward"],
+        used_in_version=row["used_in_version"],
+        created_at=row["created_at"],
+    )
+
+
+def _run(row: sqlite3.Row) -> TrainingRun:
+    return TrainingRun(
+        id=row["id"],
+        kind=row["kind"],
+        status=row["status"],
+        config=json.loads(row["config"]),
+        metrics=json.loads(row["metrics"]),
+        error=row["error"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+    )
+
+
+def _checkpoint(row: sqlite3.Row) -> Checkpoint:
+    return Checkpoint(
+        id=row["id"],
+        path=row["path"],
+        policy_version=row["policy_version"],
+        kind=row["kind"],
+        run_id=row["run_id"],
+        metrics=json.loads(row["metrics"]),
+        created_at=row["created_at"],
+    )
+
+
+class Store:
+    """Typed access to the state database. Open with ``Store.open(folder)``; close when done."""
+
+    def __init__(self, *, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self._lock = threading.RLock()
+        self.path = path
+
+    # -- life ------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, folder: Path) -> Store:
+        """Open (creating if needed) the database in ``folder`` and bring its schema up to date."""
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"cannot create state folder {folder}: {exc.strerror}") from None
+        path = folder / DB_NAME
+        try:
+            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=10000")
+        except sqlite3.DatabaseError as exc:
+            raise StateError(
+                f"cannot open state database {path}: {exc}. If the file is corrupt, move it "
+                f"aside and restore a backup; plaudit never deletes it"
+            ) from None
+        store = cls(conn=conn, path=path)
+        store._migrate()
+        return store
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"state database {self.path} has schema version {version}, but this plaudit "
+                f"knows versions up to {SCHEMA_VERSION}: upgrade plaudit, or use another "
+                f"--state-dir"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self._tx() as conn:
+                for statement in MIGRATIONS[target - 1].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={target}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; SQLite errors leave as StateError, nothing half-written."""
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                except BaseException:
+                    # SQLite already rolled back on some errors (SQLITE_FULL).
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+            except sqlite3.IntegrityError as exc:
+                raise StateError(f"state database {self.path}: {exc}; nothing was written") from exc
+            except sqlite3.OperationalError as exc:
+                if "full" in str(exc).lower():
+                    raise DiskFull(
+                        f"state database {self.path}: disk full; the write was rolled back and "
+                        f"no committed data was lost. Free space and plaudit continues"
+                    ) from exc
+                raise StateError(f"state database {self.path}: {exc}") from exc
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return list(self._conn.execute(sql, args).fetchall())
+            except sqlite3.DatabaseError as exc:
+                raise StateError(f"state database {self.path}: {exc}") from exc
+
+    def integrity_check(self) -> str:
+        return str(self._query("PRAGMA integrity_check")[0][0])
+
+    # -- posts -----------------------------------------------------------------------------
+
+    def add_candidates(
+        self, *, face: str, cycle_id: str, candidates: Sequence[NewCandidate]
+    ) -> list[int]:
+        now = time.time()
+        ids: list[int] = []
+        with self._tx() as conn:
+            for c in candidates:
+                cur = conn.execute(
+                    "INSERT INTO posts (face, cycle_id, status, text, prompt, prompt_tokens, "
+                    "tokens, logprobs, policy_version, predicted_reward, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        face,
+                        cycle_id,
+                        PostStatus.CANDIDATE.value,
+                        c.text,
+                        c.prompt,
+                        json.dumps(list(c.prompt_tokens)),
+                        json.dumps(list(c.tokens)),
+                        json.dumps([round(float(x), 6) for x in c.logprobs]),
+                        c.policy_version,
+                        c.predicted_reward,
+                        now,
+                        now,
+                    ),
+                )
+                assert cur.lastrowid is not None
+                ids.append(cur.lastrowid)
+        return ids
+
+    def _move(self, conn: sqlite3.Connection, post_id: int, to: PostStatus, **cols: Any) -> None:
+        row = conn.execute("SELECT status FROM posts WHERE id = ?", (post_id,)).fetchone()
+        if row is None:
+            raise StateError(f"post {post_id} does not exist")
+        current = PostStatus(row["status"])
+        if to not in _TRANSITIONS[current]:
+            raise InvalidTransition(
+                f"post {post_id} is {current.value} and cannot become {to.value}; allowed next: "
+                f"{', '.join(sorted(s.value for s in _TRANSITIONS[current])) or 'none'}"
+            )
+        sets = ", ".join(f"{k} = ?" for k in cols)
+        sql = (
+            f"UPDATE posts SET status = ?, updated_at = ?{', ' + sets if sets else ''} WHERE id = ?"
+        )
+        conn.execute(sql, (to.value, time.time(), *cols.values(), post_id))
+
+    def mark_filtered(self, post_id: int, *, reason: str) -> None:
+        with self._tx() as conn:
+            self._move(conn, post_id, PostStatus.FILTERED, filter_reason=reason)
+
+    def choose(self, post_id: int) -> None:
+        with self._tx() as conn:
+            self._move(conn, post_id, PostStatus.CHOSEN)
+
+    def record_intent(self, post_id: int, *, idempotency_key: str) -> None:
+        """Called BEFORE publishing: a crash after this point is resolved by re-publishing with
+        the same key, which the face turns into the same post."""
+        with self._tx() as conn:
+            self._move(conn, post_id, PostStatus.INTENT, idempotency_key=idempotency_key)
+
+    def mark_published(
+        self, post_id: int, *, ref: str, url: str | None, published_at: float
+    ) -> None:
+        with self._tx() as conn:
+            self._move(
+                conn,
+                post_id,
+                PostStatus.PUBLISHED,
+                face_ref=ref,
+                url=url,
+                published_at=published_at,
+            )
+
+    def mark_failed(self, post_id: int, *, error: str) -> None:
+        with self._tx() as conn:
+            self._move(conn, post_id, PostStatus.FAILED, error=error)
+
+    def get_post(self, post_id: int) -> Post:
+        rows = self._query("SELECT * FROM posts WHERE id = ?", (post_id,))
+        if not rows:
+            raise StateError(f"post {post_id} does not exist")
+        return _post(rows[0])
+
+    def posts(
+        self,
+        *,
+        face: str | None = None,
+        status: PostStatus | None = None,
+        cycle_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        newest_first: bool = True,
+    ) -> list[Post]:
+        where, args = [], []
+        if face is not None:
+            where.append("face = ?")
+            args.append(face)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status.value)
+        if cycle_id is not None:
+            where.append("cycle_id = ?")
+            args.append(cycle_id)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        order = "DESC" if newest_first else "ASC"
+        rows = self._query(
+            f"SELECT * FROM posts {clause} ORDER BY id {order} LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        )
+        return [_post(r) for r in rows]
+
+    def count_posts(self, *, face: str | None = None, status: PostStatus | None = None) -> int:
+        where, args = [], []
+        if face is not None:
+            where.append("face = ?")
+            args.append(face)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status.value)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        return int(self._query(f"SELECT COUNT(*) FROM posts {clause}", args)[0][0])
+
+    def in_flight(self, *, face: str | None = None) -> list[Post]:
+        """Posts with an intent but no outcome: a crash happened around their publish."""
+        args: tuple[Any, ...] = (PostStatus.INTENT.value,)
+        sql = "SELECT * FROM posts WHERE status = ?"
+        if face is not None:
+            sql += " AND face = ?"
+            args += (face,)
+        return [_post(r) for r in self._query(sql + " ORDER BY id", args)]
+
+    def last_published_at(self, face: str) -> float | None:
+        rows = self._query(
+            "SELECT MAX(published_at) FROM posts WHERE face = ? AND status = ?",
+            (face, PostStatus.PUBLISHED.value),
+        )
+        value = rows[0][0]
+        return float(value) if value is not None else None
+
+    def published_since(self, face: str, since: float) -> int:
+        rows = self._query(
+            "SELECT COUNT(*) FROM posts WHERE face = ? AND status = ? AND published_at >= ?",
+            (face, PostStatus.PUBLISHED.value, since),
+        )
+        return int(rows[0][0])
+
+    def published_texts(self, *, face: str | None = None, limit: int = 500) -> list[str]:
+        sql = "SELECT text FROM posts WHERE status = ?"
+        args: tuple[Any, ...] = (PostStatus.PUBLISHED.value,)
+        if face is not None:
+            sql += " AND face = ?"
+            args += (face,)
+        rows = self._query(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+        return [r[0] for r in rows]
+
+    # -- reactions and rewards -------------------------------------------------------------
+
+    def due_snapshots(self, *, now: float, horizons_s: Sequence[float]) -> list[tuple[Post, float]]:
+        """(post, horizon) pairs whose horizon has passed and that have no snapshot yet."""
+        due: list[tuple[Post, float]] = []
+        for horizon in horizons_s:
+            rows = self._query(
+                "SELECT p.* FROM posts p WHERE p.status = ? AND p.published_at + ? <= ? "
+                "AND NOT EXISTS (SELECT 1 FROM reaction_snapshots s "
+                "WHERE s.post_id = p.id AND s.horizon_s = ?) ORDER BY p.published_at",
+                (PostStatus.PUBLISHED.value, horizon, now, horizon),
+            )
+            due.extend((_post(r), horizon) for r in rows)
+        return due
+
+    def add_snapshot(self, snapshot: Snapshot) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO reaction_snapshots (post_id, horizon_s, found, likes, "
+                "reposts, replies, quotes, extra, audience, read_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    snapshot.post_id,
+                    snapshot.horizon_s,
+                    int(snapshot.found),
+                    snapshot.likes,
+                    snapshot.reposts,
+                    snapshot.replies,
+                    snapshot.quotes,
+                    json.dumps(snapshot.extra),
+                    snapshot.audience,
+                    snapshot.read_at,
+                ),
+            )
+
+    def snapshots(self, post_id: int) -> list[Snapshot]:
+        rows = self._query(
+            "SELECT * FROM reaction_snapshots WHERE post_id = ? ORDER BY horizon_s", (post_id,)
+        )
+        return [_snapshot(r) for r in rows]
+
+    def add_reward(self, *, post_id: int, face: str, score: float, reward: float) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO rewards (post_id, face, score, reward, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (post_id, face, score, reward, time.time()),
+            )
+
+    def scores(self, face: str, *, limit: int = 1000) -> list[float]:
+        """The face's most recent raw scores of the bot's own posts (for normalising)."""
+        rows = self._query(
+            "SELECT score FROM rewards WHERE face = ? ORDER BY created_at DESC LIMIT ?",
+            (face, limit),
+        )
+        return [float(r[0]) for r in rows]
+
+    def rewards(
+        self, *, face: str | None = None, unused_only: bool = False, limit: int = 1000
+    ) -> list[Reward]:
+        where, args = [], []
+        if face is not None:
+            where.append("face = ?")
+            args.append(face)
+        if unused_only:
+            where.append("used_in_version IS NULL")
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._query(
+            f"SELECT * FROM rewards {clause} ORDER BY created_at DESC LIMIT ?", (*args, limit)
+        )
+        return [_reward(r) for r in rows]
+
+    def mark_rewards_used(self, post_ids: Sequence[int], *, policy_version: int) -> None:
+        with self._tx() as conn:
+            conn.executemany(
+                "UPDATE rewards SET used_in_version = ? WHERE post_id = ?",
+                [(policy_version, pid) for pid in post_ids],
+            )
+
+    def story(self, post_id: int) -> PostStory:
+        rewards = self._query("SELECT * FROM rewards WHERE post_id = ?", (post_id,))
+        return PostStory(
+            post=self.get_post(post_id),
+            snapshots=self.snapshots(post_id),
+            reward=_reward(rewards[0]) if rewards else None,
+        )
+
+    # -- training runs and checkpoints -----------------------------------------------------
+
+    def start_run(self, *, kind: str, config: dict[str, Any]) -> int:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT INTO training_runs (kind, status, config, started_at) VALUES (?, ?, ?, ?)",
+                (kind, "running", json.dumps(config, default=str), time.time()),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+    def finish_run(
+        self, run_id: int, *, status: str, metrics: dict[str, Any], error: str | None = None
+    ) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE training_runs SET status = ?, metrics = ?, error = ?, ended_at = ? "
+                "WHERE id = ?",
+                (status, json.dumps(metrics, default=str), error, time.time(), run_id),
+            )
+
+    def runs(self, *, kind: str | None = None, limit: int = 50) -> list[TrainingRun]:
+        sql, args = "SELECT * FROM training_runs", tuple[str, ...]()
+        if kind is not None:
+            sql, args = sql + " WHERE kind = ?", (kind,)
+        rows = self._query(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+        return [_run(r) for r in rows]
+
+    def interrupt_stale_runs(self) -> int:
+        """At start: runs left 'running' by a crash are marked interrupted."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE training_runs SET status = 'interrupted', ended_at = ? "
+                "WHERE status = 'running'",
+                (time.time(),),
+            )
+            return cur.rowcount
+
+    def add_checkpoint(
+        self,
+        *,
+        path: Path,
+        policy_version: int,
+        kind: str,
+        run_id: int | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> int:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT INTO checkpoints (path, policy_version, kind, run_id, metrics, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (str(path), policy_version, kind, run_id, json.dumps(metrics or {}), time.time()),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        rows = self._query(
+            "SELECT * FROM checkpoints ORDER BY policy_version DESC, id DESC LIMIT 1"
+        )
+        return _checkpoint(rows[0]) if rows else None
+
+    def checkpoints(self, *, limit: int = 100) -> list[Checkpoint]:
+        rows = self._query("SELECT * FROM checkpoints ORDER BY id DESC LIMIT ?", (limit,))
+        return [_checkpoint(r) for r in rows]
+
+    def policy_version(self) -> int:
+        latest = self.latest_checkpoint()
+        return latest.policy_version if latest else 0
+
+    # -- control state ---------------------------------------------------------------------
+
+    def control(self) -> ControlState:
+        values = {r["key"]: r["value"] for r in self._query("SELECT key, value FROM control")}
+        default = ControlState()
+        return ControlState(
+            training=TrainingState(values.get("training", default.training.value)),
+            mode=TrainingMode(values.get("mode", default.mode.value)),
+        )
+
+    def set_control(
+        self, *, training: TrainingState | None = None, mode: TrainingMode | None = None
+    ) -> ControlState:
+        now = time.time()
+        with self._tx() as conn:
+            for key, value in (("training", training), ("mode", mode)):
+                if value is not None:
+                    conn.execute(
+                        "INSERT INTO control (key, value, updated_at) VALUES (?, ?, ?) "
+                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+                        "updated_at = excluded.updated_at",
+                        (key, value.value, now),
+                    )
+        return self.control()
+
+    def get_value(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM control WHERE key = ?", (f"x:{key}",))
+        return rows[0][0] if rows else None
+
+    def set_value(self, key: str, value: str) -> None:
+        """Small named values the controller persists (last offline fit, ...)."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO control (key, value, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+                "updated_at = excluded.updated_at",
+                (f"x:{key}", value, time.time()),
+            )
+
+    # -- metric history (the status page's charts) -----------------------------------------
+
+    def record_metrics(self, values: dict[str, float], *, ts: float | None = None) -> None:
+        stamp = time.time() if ts is None else ts
+        with self._tx() as conn:
+            conn.executemany(
+                "INSERT INTO metric_points (ts, name, value) VALUES (?, ?, ?)",
+                [(stamp, k, float(v)) for k, v in values.items()],
+            )
+
+    def metric_history(
+        self, names: Sequence[str], *, since: float = 0.0, limit: int = 2000
+    ) -> dict[str, list[tuple[float, float]]]:
+        out: dict[str, list[tuple[float, float]]] = {}
+        for name in names:
+            rows = self._query(
+                "SELECT ts, value FROM (SELECT ts, value FROM metric_points WHERE name = ? "
+                "AND ts >= ? ORDER BY ts DESC LIMIT ?) ORDER BY ts",
+                (name, since, limit),
+            )
+            out[name] = [(float(r[0]), float(r[1])) for r in rows]
+        return out
