@@ -1,0 +1,367 @@
+"""One decoder-only transformer for the GPT-2 and the Llama families.
+
+GPT-2: learned positions, LayerNorm, GELU (tanh approximation, Hugging Face's "gelu_new") MLP,
+biases everywhere, tied head. Llama: rotary positions (Hugging Face `rotate_half` convention),
+RMSNorm computed in fp32, SwiGLU MLP, grouped-query attention, tied or untied head.
+
+The state-dict names are fixed (import and export map Hugging Face and GGUF weights onto them):
+  tok_emb.weight (V, C); pos_emb.weight (max_seq_len, C)                       gpt2 only
+  blocks.{i}.norm1 / norm2 .weight (+ .bias for gpt2)
+  blocks.{i}.attn.qkv.weight ((n_head + 2 n_kv_head) head_dim, C), rows [q; k; v] (+ .bias)
+  blocks.{i}.attn.proj.weight (C, C) (+ .bias)
+  blocks.{i}.mlp.fc.weight    gpt2 (I, C); llama (2 I, C), rows [gate; up]     (+ .bias)
+  blocks.{i}.mlp.proj.weight  (C, I) (+ .bias)
+  norm_f.weight (+ .bias); lm_head.weight only when the head is not tied to tok_emb.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from ._engine import KVCache
+
+Family = Literal["gpt2", "llama"]
+
+
+# --- building blocks -------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    """weight * x / rms(x), computed in fp32 and cast back before the weight (as Hugging Face)."""
+
+    def __init__(self, dim: int, *, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float32:
+            # One fused kernel; the same arithmetic as below when x is already fp32.
+            return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_tables(
+    *, head_dim: int, max_seq_len: int, theta: float, device: torch.device | None = None
+) -> tuple[Tensor, Tensor]:
+    """cos and sin, each (max_seq_len, head_dim), both halves repeated (Hugging Face layout)."""
+    inv_freq = 1.0 / (
+        theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim)
+    )  # (head_dim/2,)
+    t = torch.arange(max_seq_len, dtype=torch.int64, device=device).float()  # (max_seq_len,)
+    freqs = torch.outer(t, inv_freq)  # (max_seq_len, head_dim/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (max_seq_len, head_dim)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate x (B, H, T, D) by cos/sin (B or 1, 1, T, D): x*cos + rotate_half(x)*sin."""
+    half = x.size(-1) // 2
+    x1, x2 = x[..., :half], x[..., half:]  # (B, H, T, D/2) each
+    rotated = torch.cat((-x2, x1), dim=-1)  # (B, H, T, D)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_kv_head = config.n_kv_head
+        self.head_dim = config.head_dim
+        self.rope = config.family == "llama"
+        qkv_out = (config.n_head + 2 * config.n_kv_head) * config.head_dim
+        self.qkv = nn.Linear(config.n_embd, qkv_out, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        rope: tuple[Tensor, Tensor] | None,
+        mask: Tensor | None,
+        kv_cache: KVCache | None,
+        layer: int,
+    ) -> Tensor:
+        B, T, C = x.size()
+        H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.qkv(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
+        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
+        v = v.view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
+        if rope is not None:
+            cos, sin = rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer, k, v)  # (B, Hkv, Tk, D) each, Tk = cached + T
+        # Without a mask: a plain causal forward, or one new token per row that sees everything.
+        is_causal = mask is None and T > 1
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=Hkv != H
+        )  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.proj(y)  # type: ignore[no-any-return]
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.swiglu = config.family == "llama"
+        fc_out = 2 * config.intermediate_size if self.swiglu else config.intermediate_size
+        self.fc = nn.Linear(config.n_embd, fc_out, bias=config.bias)
+        self.proj = nn.Linear(config.intermediate_size, config.n_embd, bias=config.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.fc(x)  # (B, T, I) or (B, T, 2I)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)  # (B, T, I) each
+            h = F.silu(gate) * up  # (B, T, I)
+        else:
+            h = F.gelu(h, approximate="tanh")  # (B, T, I)
+        return self.proj(h)  # type: ignore[no-any-return]
+
+
+def _norm(config: ModelConfig) -> nn.Module:
+    if config.family == "gpt2":
+        return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+    return RMSNorm(config.n_embd, eps=config.norm_eps)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.norm1 = _norm(config)
+        self.attn = Attention(config)
+        self.norm2 = _norm(config)
+        self.mlp = MLP(config)
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        rope: tuple[Tensor, Tensor] | None,
+        mask: Tensor | None,
+        kv_cache: KVCache | None,
+        layer: int,
+    ) -> Tensor:
+        x = x + self.attn(self.norm1(x), rope=rope, mask=mask, kv_cache=kv_cache, layer=layer)
+        return x + self.mlp(self.norm2(x))  # type: ignore[no-any-return]
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    family: Family = "llama"
+    vocab_size: int = 8192
+    max_seq_len: int = 1024
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int = 4  # < n_head means grouped-query attention (llama only)
+    n_embd: int = 256
+    intermediate_size: int = 1024  # MLP hidden width (gpt2: usually 4 * n_embd)
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0  # llama only
+    tie_embeddings: bool = True
+    bias: bool = False  # gpt2: True (linear and LayerNorm biases); llama: linear biases only
+
+    def __post_init__(self) -> None:
+        if self.family not in ("gpt2", "llama"):
+            raise ValueError(f"unknown model family {self.family!r}: use 'gpt2' or 'llama'")
+        for name in ("vocab_size", "max_seq_len", "n_layer", "n_head", "n_kv_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"model config {name} must be a positive integer, got {value!r}")
+        if self.intermediate_size <= 0:
+            raise ValueError(
+                f"model config intermediate_size must be positive, got {self.intermediate_size}"
+            )
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}: "
+                "pick sizes where n_embd = n_head * head_dim"
+            )
+        if self.n_head % self.n_kv_head:
+            raise ValueError(
+                f"n_head {self.n_head} is not a multiple of n_kv_head {self.n_kv_head}: "
+                "each key/value head must serve the same number of query heads"
+            )
+        if self.family == "gpt2" and self.n_kv_head != self.n_head:
+            raise ValueError(
+                f"gpt2 has no grouped-query attention: set n_kv_head = n_head ({self.n_head})"
+            )
+        if self.family == "llama" and self.head_dim % 2:
+            raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; known keys are {sorted(known)}")
+        return cls(**d)
+
+
+def _preset(**kw: Any) -> ModelConfig:
+    return ModelConfig(family="llama", vocab_size=8192, tie_embeddings=True, **kw)
+
+
+# Llama-family sizes for training from scratch; parameter counts at vocab 8192 (tied head):
+# nano 1.6M, micro 3.3M, tiny 7.2M, small 26.7M, medium 85.9M, large 214M, xl 486M, xxl 805M.
+# Training replaces vocab_size with the trained tokenizer's.
+PRESETS: dict[str, ModelConfig] = {
+    "nano": _preset(n_layer=2, n_head=4, n_kv_head=4, n_embd=128, intermediate_size=512),
+    "micro": _preset(n_layer=4, n_head=6, n_kv_head=6, n_embd=192, intermediate_size=512),
+    "tiny": _preset(n_layer=6, n_head=4, n_kv_head=4, n_embd=256, intermediate_size=768),
+    "small": _preset(n_layer=8, n_head=8, n_kv_head=8, n_embd=512, intermediate_size=1152),
+    "medium": _preset(n_layer=12, n_head=12, n_kv_head=12, n_embd=768, intermediate_size=1856),
+    "large": _preset(n_layer=16, n_head=16, n_kv_head=16, n_embd=1024, intermediate_size=2816),
+    "xl": _preset(n_layer=24, n_head=20, n_kv_head=20, n_embd=1280, intermediate_size=3456),
+    "xxl": _preset(n_layer=28, n_head=24, n_kv_head=24, n_embd=1536, intermediate_size=4096),
+}
+
+
+# --- the model -------------------------------------------------------------------------------
+
+
+class Transformer(nn.Module):
+    lm_head: nn.Linear | None
+    rope_cos: Tensor  # llama only
+    rope_sin: Tensor  # llama only
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        if config.family == "gpt2":
+            self.pos_emb = nn.Embedding(config.max_seq_len, config.n_embd)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm_f = _norm(config)
+        # Tied: no lm_head parameter at all, so the state dict has no duplicate tensor
+        # (safetensors refuses shared tensors) and loads strictly without `lm_head.weight`.
+        self.lm_head = (
+            None
+            if config.tie_embeddings
+            else nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        )
+        if config.family == "llama":
+            cos, sin = rope_tables(
+                head_dim=config.head_dim, max_seq_len=config.max_seq_len, theta=config.rope_theta
+            )
+            # Not persistent: derived from the config, never part of a checkpoint.
+            self.register_buffer("rope_cos", cos, persistent=False)  # (max_seq_len, head_dim)
+            self.register_buffer("rope_sin", sin, persistent=False)  # (max_seq_len, head_dim)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """GPT-2 init: N(0, 0.02) weights, zero biases, unit norms, and the projections into
+        the residual stream scaled by 1/sqrt(2 n_layer) so its variance does not grow with depth."""
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                std = residual_std if name.endswith(("attn.proj", "mlp.proj")) else 0.02
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            elif isinstance(module, (nn.LayerNorm, RMSNorm)):
+                nn.init.ones_(module.weight)
+                bias = getattr(module, "bias", None)
+                if bias is not None:
+                    nn.init.zeros_(bias)
+
+    def forward(
+        self, idx: Tensor, *, kv_cache: KVCache | None = None, last_only: bool = False
+    ) -> Tensor:
+        """idx (B, T) token ids -> fp32 logits (B, T, V), or (B, 1, V) with `last_only`.
+
+        With a KV cache the tokens continue what the cache holds: row b's token at cache column
+        c sits at position c - pad[b] (left-padded rows), and attends to its own row only."""
+        T = idx.size(1)
+        cfg = self.config
+        assert idx.dtype == torch.long, f"token ids must be torch.long, got {idx.dtype}"
+        mask: Tensor | None = None
+        if kv_cache is None:
+            assert cfg.max_seq_len >= T, (
+                f"sequence of {T} tokens is longer than the model's context "
+                f"(max_seq_len {cfg.max_seq_len}); shorten it"
+            )
+            pos = torch.arange(T, device=idx.device)[None, :]  # (1, T)
+        else:
+            pos = kv_cache.positions(T)  # (B, T)
+            assert int(pos.max()) < cfg.max_seq_len, (
+                f"position {int(pos.max())} is past the model's context "
+                f"(max_seq_len {cfg.max_seq_len}); shorten the prompt or generate fewer tokens"
+            )
+            mask = kv_cache.attention_mask(T)  # (B, 1, T, Tk) or None
+
+        x = self.tok_emb(idx)  # (B, T, C)
+        rope: tuple[Tensor, Tensor] | None = None
+        if cfg.family == "gpt2":
+            x = x + self.pos_emb(pos)  # (B, T, C)
+        else:
+            cos = self.rope_cos[pos].unsqueeze(1).to(x.dtype)  # (B or 1, 1, T, head_dim)
+            sin = self.rope_sin[pos].unsqueeze(1).to(x.dtype)  # (B or 1, 1, T, head_dim)
+            rope = (cos, sin)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope=rope, mask=mask, kv_cache=kv_cache, layer=i)  # (B, T, C)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        if last_only:
+            x = x[:, -1:, :]  # (B, 1, C)
+        x = self.norm_f(x)
+        weight = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(x, weight).float()  # (B, T, V)
+
+    def num_params(self, *, exclude_embeddings: bool = False) -> int:
+        """Parameter count (a tied head counted once); without embeddings: no token or
+        position table, but an untied head still counts."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.tok_emb.weight.numel()
+            if self.config.family == "gpt2":
+                n -= self.pos_emb.weight.numel()
+        return n
+
+    def configure_optimizer(
+        self,
+        *,
+        lr: float,
+        weight_decay: float,
+        betas: tuple[float, float] = (0.9, 0.95),
+        fused: bool | None = None,
+    ) -> torch.optim.AdamW:
+        """AdamW with weight decay on matrices (linear weights, embeddings) only; norms and
+        biases are not decayed. Fused where supported (+6-12% on this CPU, DESIGN.md)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        if fused is None:
+            supported = "fused" in inspect.signature(torch.optim.AdamW).parameters
+            fused = supported and all(
+                p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params
+            )
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
