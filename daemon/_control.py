@@ -1,0 +1,107 @@
+"""The seam between the daemon and whatever steers it (HTTP API, status page, CLI).
+
+The daemon implements ``Control``; the HTTP layer only translates requests into these calls
+and these models into JSON, so every way of steering plaudit goes through the same code."""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FaceStatus(_Model):
+    name: str
+    type: str
+    posts_published: int
+    last_post_at: float | None = Field(description="Unix time of the last published post")
+    next_post_at: float | None = Field(description="Unix time the next post is scheduled")
+    last_error: str | None = None
+
+
+class TrainingProgress(_Model):
+    mode: Literal["offline", "online"]
+    step: int
+    total_steps: int | None
+    loss: float | None
+    tokens_per_second: float | None
+    started_at: float
+
+
+class StatusView(_Model):
+    state: Literal["starting", "running", "reloading", "stopping"]
+    training: Literal["running", "paused"]
+    mode: Literal["online", "offline"]
+    policy_version: int
+    model: str
+    faces: list[FaceStatus]
+    last_rewards: list[float]
+    progress: TrainingProgress | None = None
+    uptime_seconds: float
+
+
+class TrainingStartRequest(_Model):
+    mode: Literal["online", "offline"] = "online"
+    # Offline only: where the posts come from (a face instance name or a data file path).
+    data: str | None = None
+    epochs: float | None = Field(default=None, gt=0)
+    max_steps: int | None = Field(default=None, ge=1)
+    lr: float | None = Field(default=None, gt=0)
+    batch_size: int | None = Field(default=None, ge=1)
+
+
+class PostView(_Model):
+    id: int
+    face: str
+    status: str
+    text: str
+    url: str | None
+    published_at: float | None
+    reactions: dict[str, int] | None
+    reward: float | None
+    policy_version: int
+
+
+class PostsPage(_Model):
+    posts: list[PostView]
+    total: int
+    limit: int
+    offset: int
+
+
+class GenerateRequest(_Model):
+    prompt: str | None = Field(default=None, max_length=4000)
+    n: int = Field(default=1, ge=1, le=8)
+    max_new_tokens: int | None = Field(default=None, ge=1, le=512)
+    temperature: float | None = Field(default=None, ge=0.0, le=5.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    seed: int | None = None
+
+
+class GeneratedSample(_Model):
+    text: str
+    tokens: int
+    mean_logprob: float
+    predicted_reward: float | None = None
+
+
+class Control(Protocol):
+    """What the daemon offers to anything that steers it."""
+
+    def status(self) -> StatusView: ...
+
+    async def start_training(self, request: TrainingStartRequest) -> StatusView: ...
+
+    async def stop_training(self) -> StatusView: ...
+
+    def posts(self, *, limit: int, offset: int, face: str | None) -> PostsPage: ...
+
+    async def generate(self, request: GenerateRequest) -> list[GeneratedSample]: ...
+
+    def metric_history(
+        self, names: list[str], *, since: float
+    ) -> dict[str, list[tuple[float, float]]]: ...
