@@ -35,8 +35,12 @@ lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# mypy cannot follow the editable install's package-dir mapping, so it reads the packages
+# through a folder of symlinks named like the installed layout (plaudit/daemon -> daemon ...).
 typecheck: install-test
-	$(BIN)/mypy daemon faces controller learner state
+	mkdir -p .typecheck/plaudit
+	for d in daemon faces controller learner state; do ln -sfn ../../$$d .typecheck/plaudit/$$d; done
+	MYPYPATH=.typecheck $(BIN)/mypy -p plaudit.daemon -p plaudit.faces -p plaudit.controller -p plaudit.learner -p plaudit.state
 
 pytest: install-test
 	$(BIN)/pytest -q
