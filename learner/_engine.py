@@ -8,8 +8,16 @@ once and its cache rows are copied to its n samples.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from ._errors import ContextLengthError
+from ._model import Transformer
 
 
 class KVCache:
@@ -105,8 +113,302 @@ class KVCache:
         self.v[layer, :, :, self.pos : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def keep(self, rows: Tensor) -> None:
+        """Drop every row but `rows` (finished samples stop costing compute)."""
+        assert rows.dim() == 1 and 0 < rows.numel() <= self.batch_size, (
+            f"keep needs 1..{self.batch_size} row indices, got shape {tuple(rows.shape)}"
+        )
+        n = self.pos
+        k = self.k.new_empty((self.n_layer, rows.numel(), *self.k.shape[2:]))
+        v = self.v.new_empty((self.n_layer, rows.numel(), *self.v.shape[2:]))
+        k[:, :, :, :n] = self.k[:, rows, :, :n]
+        v[:, :, :, :n] = self.v[:, rows, :, :n]
+        self.k, self.v, self.pad = k, v, self.pad[rows]
+
     def advance(self, T: int) -> None:
         assert self.pos + T <= self.max_len, (
             f"cannot advance past capacity: {self.pos} + {T} > {self.max_len}"
         )
         self.pos += T
+
+
+# --- sampling --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int | None = None  # keep the k most likely tokens (ties at the k-th kept)
+    top_p: float | None = None  # keep the smallest set of most likely tokens with mass >= p
+    max_new_tokens: int = 64
+    stop_tokens: tuple[int, ...] = ()  # a row ends after sampling one of these (kept in it)
+    seed: int | None = None  # None: a fresh random seed per call
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None (no limit), got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] or None (no limit), got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+def transform_logits(logits: Tensor, sampling: SamplingConfig) -> Tensor:
+    """(..., V) logits -> logits of the distribution sampled from: divided by the temperature,
+    then top-k, then top-p, by masking to -inf (the order of Hugging Face's processors).
+    Greedy decoding (temperature 0) leaves them untouched: its logprobs are those of the
+    model's own softmax. Differentiable, so a learner can reuse it with gradients."""
+    if sampling.temperature == 0:
+        return logits
+    if sampling.temperature != 1:
+        logits = logits / sampling.temperature
+    V = logits.size(-1)
+    top_k = sampling.top_k if sampling.top_k is not None and sampling.top_k < V else None
+    top_p = sampling.top_p if sampling.top_p is not None and sampling.top_p < 1 else None
+    if top_k is None and top_p is None:
+        return logits
+    if top_p is None:
+        assert top_k is not None
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (..., 1)
+        return logits.masked_fill(logits < kth, float("-inf"))
+    # Nucleus over the sorted candidates (all tokens, or the top k): drop a token once the
+    # mass of the tokens before it reaches p. With top-k the sort is only k long.
+    if top_k is None:
+        values, order = torch.sort(logits, dim=-1, descending=True)  # (..., V)
+    else:
+        values, order = torch.topk(logits, top_k, dim=-1)  # (..., k), sorted
+    probs = F.softmax(values, dim=-1)  # (..., k or V)
+    drop = (probs.cumsum(-1) - probs) >= top_p  # (..., k or V)
+    values = values.masked_fill(drop, float("-inf"))
+    out = torch.full_like(logits, float("-inf"))
+    return out.scatter(-1, order, values)  # (..., V)
+
+
+def sample_tokens(
+    logits: Tensor, sampling: SamplingConfig, uniform: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Sample one token per row of fp32 logits (B, V) given uniforms (B, 1) in [0, 1); return
+    tokens (B,) and their logprobs (B,) under the distribution sampled from. Inverse-CDF
+    sampling (cumsum + searchsorted): on a 49k vocabulary `torch.multinomial` costs ~0.9 ms
+    per row (DESIGN.md)."""
+    if sampling.temperature == 0:
+        tokens = logits.argmax(dim=-1)  # (B,)
+        logp = F.log_softmax(logits, dim=-1)  # (B, V)
+        return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+    logp = F.log_softmax(transform_logits(logits, sampling), dim=-1)  # (B, V)
+    cdf = logp.exp().cumsum(dim=-1)  # (B, V)
+    total = cdf[:, -1:]  # (B, 1), 1 up to rounding
+    u = uniform * total  # (B, 1)
+    # u < total strictly, so the first cdf entry above u is a token of positive probability.
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
+    tokens = torch.searchsorted(cdf, u, right=True).squeeze(-1)  # (B,)
+    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+# --- the engine ------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    prompt_index: int
+    tokens: list[int]  # the new tokens (a stop token that ended the sample included)
+    logprobs: list[float]  # per token, under the distribution sampled from
+    finished: bool  # ended on a stop token (False: max_new_tokens or the context ran out)
+
+
+@dataclass
+class Step:
+    """One column of a stream: a token per row (row = prompt_index * n + j)."""
+
+    tokens: Tensor  # (B,) long; 0 where not sampled
+    logprobs: Tensor  # (B,) fp32; 0 where not sampled
+    sampled: Tensor  # (B,) bool: the row sampled this step (False once it has ended)
+    stopped: Tensor  # (B,) bool: the row ended on a stop token at this step
+
+
+class Engine:
+    """Generates from a `Transformer` in batches with a KV cache.
+
+    Runs under `torch.inference_mode`. Given another device or dtype than the model's, the
+    engine works on a converted copy (weights the caller changes later are not seen; build a
+    new engine). A row ends on a stop token, after `max_new_tokens`, or when its sequence
+    fills the model's context (prompt + new tokens = max_seq_len)."""
+
+    def __init__(
+        self,
+        *,
+        model: Transformer,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        param = next(model.parameters())
+        self.device = torch.device(device) if device is not None else param.device
+        self.dtype = dtype if dtype is not None else param.dtype
+        if (self.device, self.dtype) != (param.device, param.dtype):
+            model = copy.deepcopy(model).to(device=self.device, dtype=self.dtype)
+        self.model = model
+        self.config = model.config
+
+    def _check_prompts(self, prompts: Sequence[Sequence[int]]) -> list[list[int]]:
+        if len(prompts) == 0:
+            raise ValueError("no prompts given: pass at least one prompt of token ids")
+        V, ctx = self.config.vocab_size, self.config.max_seq_len
+        checked = []
+        for i, prompt in enumerate(prompts):
+            ids = [int(t) for t in prompt]
+            if not ids:
+                raise ValueError(
+                    f"prompt {i} is empty: give at least one token (for example the BOS token)"
+                )
+            if min(ids) < 0 or max(ids) >= V:
+                raise ValueError(
+                    f"prompt {i} has token ids outside the vocabulary [0, {V}): "
+                    "encode it with the model's own tokenizer"
+                )
+            if len(ids) >= ctx:
+                raise ContextLengthError(
+                    f"prompt {i} has {len(ids)} tokens but the model's context is {ctx} "
+                    f"tokens, which leaves no room to generate: shorten the prompt to at most "
+                    f"{ctx - 1} tokens"
+                )
+            checked.append(ids)
+        return checked
+
+    def _generator(self, seed: int | None) -> torch.Generator:
+        g = torch.Generator(device=self.device)
+        if seed is None:
+            g.seed()
+        else:
+            g.manual_seed(seed)
+        return g
+
+    def _new_cache(self, *, batch_size: int, max_len: int) -> KVCache:
+        cfg = self.config
+        return KVCache(
+            batch_size=batch_size,
+            n_layer=cfg.n_layer,
+            n_kv_head=cfg.n_kv_head,
+            head_dim=cfg.head_dim,
+            max_len=max_len,
+            device=self.device,
+            dtype=self.dtype,
+        )
+
+    def stream(
+        self, prompts: Sequence[Sequence[int]], *, n: int = 1, sampling: SamplingConfig
+    ) -> Iterator[Step]:
+        """Yield one `Step` (a column of B = len(prompts) * n tokens) per generated position,
+        until every row has ended."""
+        if n < 1:
+            raise ValueError(f"n (samples per prompt) must be >= 1, got {n}")
+        checked = self._check_prompts(prompts)
+        generator = self._generator(sampling.seed)
+        with torch.inference_mode():
+            yield from self._stream(checked, n, sampling, generator)
+
+    def _stream(
+        self,
+        prompts: list[list[int]],
+        n: int,
+        sampling: SamplingConfig,
+        generator: torch.Generator,
+    ) -> Iterator[Step]:
+        P, B, dev = len(prompts), len(prompts) * n, self.device
+        lengths = torch.tensor([len(p) for p in prompts], device=dev)  # (P,)
+        T0 = int(lengths.max())
+        # 1) Prefill each distinct prompt once, left-padded into one batch.
+        idx = torch.zeros(P, T0, dtype=torch.long, device=dev)  # (P, T0)
+        for i, p in enumerate(prompts):
+            idx[i, T0 - len(p) :] = torch.tensor(p, device=dev)
+        budget = (self.config.max_seq_len - lengths).clamp(max=sampling.max_new_tokens)  # (P,)
+        steps = int(budget.max())
+        prefill = self._new_cache(batch_size=P, max_len=T0)
+        prefill.set_padding(T0 - lengths)
+        logits = self.model(idx, kv_cache=prefill, last_only=True)[:, -1]  # (P, V)
+        # 2) Copy each prompt's cache rows to its n samples; decode them together.
+        rows = torch.arange(P, device=dev).repeat_interleave(n)  # (B,)
+        cache = self._new_cache(batch_size=B, max_len=T0 + steps - 1)
+        cache.prefill(prefill, rows=rows)
+        del prefill
+        logits = logits[rows]  # (B, V)
+        budget = budget[rows]  # (B,)
+        live = torch.arange(B, device=dev)  # (A,) the rows still generating
+        stop = torch.tensor(sampling.stop_tokens, dtype=torch.long, device=dev)
+        for step in range(steps):
+            # Uniforms drawn for all B rows, so a row's samples do not depend on which other
+            # rows have ended.
+            uniform = torch.rand(B, 1, generator=generator, device=dev)[live]  # (A, 1)
+            tokens, logprobs = sample_tokens(logits, sampling, uniform)  # (A,), (A,)
+            stopped = torch.isin(tokens, stop)  # (A,)
+            col = Step(
+                tokens=torch.zeros(B, dtype=torch.long, device=dev).index_copy_(0, live, tokens),
+                logprobs=torch.zeros(B, device=dev).index_copy_(0, live, logprobs),
+                sampled=torch.zeros(B, dtype=torch.bool, device=dev).index_fill_(0, live, True),
+                stopped=torch.zeros(B, dtype=torch.bool, device=dev).index_copy_(0, live, stopped),
+            )
+            yield col
+            ended = stopped | (budget[live] <= step + 1)  # (A,)
+            if bool(ended.all()):
+                return
+            if bool(ended.any()):
+                keep = (~ended).nonzero().squeeze(-1)  # (A',)
+                cache.keep(keep)
+                live, tokens = live[keep], tokens[keep]
+            logits = self.model(tokens[:, None], kv_cache=cache)[:, -1]  # (A, V)
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], *, n: int = 1, sampling: SamplingConfig
+    ) -> list[Sample]:
+        """n samples per prompt, ordered by prompt then sample."""
+        B = len(prompts) * n
+        tokens: list[list[int]] = [[] for _ in range(B)]
+        logprobs: list[list[float]] = [[] for _ in range(B)]
+        finished = [False] * B
+        for col in self.stream(prompts, n=n, sampling=sampling):
+            rows = col.sampled.nonzero().squeeze(-1).tolist()
+            toks, lps = col.tokens.tolist(), col.logprobs.tolist()
+            for r in rows:
+                tokens[r].append(toks[r])
+                logprobs[r].append(lps[r])
+            for r in col.stopped.nonzero().squeeze(-1).tolist():
+                finished[r] = True
+        return [
+            Sample(
+                prompt_index=r // n, tokens=tokens[r], logprobs=logprobs[r], finished=finished[r]
+            )
+            for r in range(B)
+        ]
+
+    def logprobs(
+        self,
+        prompt: Sequence[int],
+        completion: Sequence[int],
+        *,
+        sampling: SamplingConfig | None = None,
+    ) -> Tensor:
+        """Per-token logprobs (len(completion),) fp32 of `completion` after `prompt`, under the
+        distribution `sampling` samples from (None or greedy: the model's own softmax)."""
+        (ids,) = self._check_prompts([list(prompt)])
+        comp = [int(t) for t in completion]
+        if not comp:
+            return torch.zeros(0)
+        total = len(ids) + len(comp)
+        if total > self.config.max_seq_len:
+            raise ContextLengthError(
+                f"prompt ({len(ids)}) + completion ({len(comp)}) = {total} tokens is more than "
+                f"the model's context of {self.config.max_seq_len}: shorten one of them"
+            )
+        if min(comp) < 0 or max(comp) >= self.config.vocab_size:
+            raise ValueError(
+                f"completion has token ids outside the vocabulary [0, {self.config.vocab_size})"
+            )
+        seq = torch.tensor([ids + comp[:-1]], device=self.device)  # (1, T)
+        with torch.inference_mode():
+            logits = self.model(seq)[0, len(ids) - 1 :]  # (len(comp), V)
+            if sampling is not None:
+                logits = transform_logits(logits, sampling)
+            logp = F.log_softmax(logits, dim=-1)
+            target = torch.tensor(comp, device=self.device)[:, None]  # (len(comp), 1)
+            return logp.gather(-1, target).squeeze(-1).cpu()

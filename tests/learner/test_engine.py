@@ -1,0 +1,245 @@
+"""The generation engine against the naive full-recompute path, with tiny random models."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from plaudit.learner._engine import Engine, KVCache, SamplingConfig, sample_tokens
+from plaudit.learner._errors import ContextLengthError
+from plaudit.learner._model import ModelConfig, Transformer
+
+CONFIGS = {
+    "gpt2": ModelConfig(
+        family="gpt2", vocab_size=71, max_seq_len=48, n_layer=2, n_head=4, n_kv_head=4,
+        n_embd=32, intermediate_size=128, bias=True,
+    ),
+    "llama-gqa": ModelConfig(
+        family="llama", vocab_size=71, max_seq_len=48, n_layer=2, n_head=4, n_kv_head=2,
+        n_embd=32, intermediate_size=48, tie_embeddings=False, rope_theta=500.0,
+    ),
+}  # fmt: skip
+
+
+def make_model(name: str, seed: int = 0) -> Transformer:
+    torch.manual_seed(seed)
+    model = Transformer(CONFIGS[name]).eval()
+    # Larger weights than the 0.02 init, so the distributions are far from uniform.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(8)
+    return model
+
+
+def prompts_for(seed: int, lengths: list[int], vocab: int = 71) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+def reference_transform(logits: torch.Tensor, s: SamplingConfig) -> torch.Tensor:
+    """Hugging Face's processors, written out naively: temperature, top-k, top-p."""
+    if s.temperature == 0:
+        return logits
+    logits = logits / s.temperature
+    if s.top_k is not None:
+        kth = torch.sort(logits, descending=True).values[..., s.top_k - 1, None]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if s.top_p is not None:
+        asc, order = torch.sort(logits, descending=False)
+        cum = asc.softmax(-1).cumsum(-1)
+        remove = cum <= 1 - s.top_p
+        remove[..., -1] = False
+        logits = logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
+    return logits
+
+
+def naive_greedy(model: Transformer, prompt: list[int], steps: int) -> list[int]:
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(steps):
+            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+    return seq[len(prompt) :]
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_cached_logits_equal_full_forward_ragged_batch(name: str) -> None:
+    """Left-padded ragged rows, prefilled then decoded one token at a time, give every step
+    the logits of a full forward pass over that row alone."""
+    model = make_model(name)
+    cfg = model.config
+    prompts = prompts_for(1, [5, 9, 1])
+    T0, steps = 9, 6
+    cache = KVCache(
+        batch_size=3, n_layer=cfg.n_layer, n_kv_head=cfg.n_kv_head, head_dim=cfg.head_dim,
+        max_len=T0 + steps,
+    )  # fmt: skip
+    idx = torch.zeros(3, T0, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        idx[i, T0 - len(p) :] = torch.tensor(p)
+    cache.set_padding(torch.tensor([T0 - len(p) for p in prompts]))
+    new = torch.randint(0, cfg.vocab_size, (3, steps), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        got = [model(idx, kv_cache=cache)[:, -1]]
+        for t in range(steps):
+            got.append(model(new[:, t : t + 1], kv_cache=cache)[:, -1])
+        for i, p in enumerate(prompts):
+            full = model(torch.tensor([p + new[i].tolist()]))[0]  # (len + steps, V)
+            want = full[len(p) - 1 :]
+            torch.testing.assert_close(torch.stack([g[i] for g in got]), want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_greedy_matches_naive_recompute_and_batching(name: str) -> None:
+    model = make_model(name)
+    engine = Engine(model=model)
+    prompts = prompts_for(3, [4, 11, 7])
+    greedy = SamplingConfig(temperature=0, max_new_tokens=10)
+    batched = engine.generate(prompts, sampling=greedy)
+    for i, p in enumerate(prompts):
+        alone = engine.generate([p], sampling=greedy)[0]
+        assert batched[i].prompt_index == i
+        assert batched[i].tokens == alone.tokens == naive_greedy(model, p, 10)
+        torch.testing.assert_close(
+            torch.tensor(batched[i].logprobs), torch.tensor(alone.logprobs), atol=1e-5, rtol=0
+        )
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        SamplingConfig(temperature=0, max_new_tokens=8),
+        SamplingConfig(temperature=1.0, max_new_tokens=8),
+        SamplingConfig(temperature=0.7, top_k=10, max_new_tokens=8),
+        SamplingConfig(temperature=1.3, top_p=0.8, max_new_tokens=8),
+        SamplingConfig(temperature=0.9, top_k=20, top_p=0.9, max_new_tokens=8),
+    ],
+    ids=["greedy", "plain", "top_k", "top_p", "top_k+top_p"],
+)
+def test_logprobs_equal_fresh_forward(name: str, sampling: SamplingConfig) -> None:
+    model = make_model(name)
+    engine = Engine(model=model)
+    prompts = prompts_for(4, [3, 8])
+    samples = engine.generate(prompts, n=3, sampling=dataclasses.replace(sampling, seed=11))
+    assert [s.prompt_index for s in samples] == [0, 0, 0, 1, 1, 1]
+    for s in samples:
+        p = prompts[s.prompt_index]
+        with torch.no_grad():
+            logits = model(torch.tensor([p + s.tokens]))[0, len(p) - 1 : -1]
+        want = F.log_softmax(reference_transform(logits, sampling), -1)
+        want = want.gather(-1, torch.tensor(s.tokens)[:, None]).squeeze(-1)
+        assert torch.isfinite(want).all(), "sampled a token outside the allowed set"
+        torch.testing.assert_close(torch.tensor(s.logprobs), want, atol=1e-4, rtol=0)
+        again = engine.logprobs(p, s.tokens, sampling=sampling)
+        torch.testing.assert_close(again, want, atol=1e-4, rtol=0)
+
+
+def test_same_seed_same_samples_other_seed_differs() -> None:
+    engine = Engine(model=make_model("llama-gqa"))
+    prompts = prompts_for(5, [3, 6])
+    s = SamplingConfig(temperature=1.0, max_new_tokens=12, seed=7)
+    a = engine.generate(prompts, n=4, sampling=s)
+    b = engine.generate(prompts, n=4, sampling=s)
+    c = engine.generate(prompts, n=4, sampling=dataclasses.replace(s, seed=8))
+    assert [x.tokens for x in a] == [x.tokens for x in b]
+    assert [x.tokens for x in a] != [x.tokens for x in c]
+    assert len({tuple(x.tokens) for x in a[:4]}) > 1, "the n samples of a prompt differ"
+
+
+def test_stop_tokens_end_rows() -> None:
+    engine = Engine(model=make_model("gpt2"))
+    prompts = prompts_for(6, [5, 2, 8])
+    free = engine.generate(prompts, n=2, sampling=SamplingConfig(max_new_tokens=15, seed=3))
+    stop = free[0].tokens[4]  # a token row 0 samples at step 5
+    s = SamplingConfig(max_new_tokens=15, seed=3, stop_tokens=(stop,))
+    for f, x in zip(free, engine.generate(prompts, n=2, sampling=s), strict=True):
+        if stop in f.tokens:
+            cut = f.tokens.index(stop) + 1
+            assert x.finished and x.tokens == f.tokens[:cut] and len(x.logprobs) == cut
+        else:
+            assert not x.finished and x.tokens == f.tokens
+    # Rows that ended early no longer compute, yet the others go on as before.
+    assert any(len(x.tokens) == 15 for x in free)
+
+
+def test_stream_columns_and_masks() -> None:
+    engine = Engine(model=make_model("llama-gqa"))
+    prompts = prompts_for(7, [3, 4])
+    s = SamplingConfig(temperature=0, max_new_tokens=6)
+    first = engine.generate(prompts, sampling=s)
+    stop = first[0].tokens[1]
+    cols = list(engine.stream(prompts, sampling=dataclasses.replace(s, stop_tokens=(stop,))))
+    sampled = torch.stack([c.sampled for c in cols])  # (steps, B)
+    assert sampled[:, 0].tolist() == [True, True] + [False] * (len(cols) - 2)
+    assert cols[1].stopped[0] and cols[1].tokens[0] == stop
+    assert sampled[:, 1].sum() == len(cols) and len(cols) >= 2
+
+
+def test_generation_stops_at_the_context() -> None:
+    engine = Engine(model=make_model("gpt2"))
+    ctx = engine.config.max_seq_len
+    prompts = prompts_for(8, [ctx - 3, 5])
+    out = engine.generate(prompts, sampling=SamplingConfig(max_new_tokens=10, seed=0))
+    assert [len(x.tokens) for x in out] == [3, 10]
+    assert not out[0].finished
+    with pytest.raises(ContextLengthError, match=f"prompt 1 has {ctx} tokens"):
+        engine.generate(prompts_for(8, [3, ctx]), sampling=SamplingConfig())
+    with pytest.raises(ContextLengthError, match="more than the model's context"):
+        engine.logprobs([1] * (ctx - 2), [1, 2, 3])
+
+
+def test_bad_inputs_are_named() -> None:
+    engine = Engine(model=make_model("gpt2"))
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        engine.generate([[1], []], sampling=SamplingConfig())
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        engine.generate([[1, 71]], sampling=SamplingConfig())
+    with pytest.raises(ValueError, match="top_p must be in"):
+        SamplingConfig(top_p=0.0)
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        SamplingConfig(temperature=-1)
+
+
+def test_inverse_cdf_sampling_follows_the_distribution() -> None:
+    logits = torch.tensor([2.0, 0.5, -1.0, 1.0, -8.0, 0.0])
+    s = SamplingConfig(temperature=1.0, top_p=0.9)
+    probs = F.softmax(reference_transform(logits, s), -1)
+    assert probs[4] == 0 and probs[2] == 0  # outside the nucleus
+    uniform = torch.rand(40000, 1, generator=torch.Generator().manual_seed(0))
+    tokens, logprobs = sample_tokens(logits.expand(40000, -1), s, uniform)
+    freq = torch.bincount(tokens, minlength=6).float() / 40000
+    torch.testing.assert_close(freq, probs, atol=0.01, rtol=0)
+    torch.testing.assert_close(logprobs, probs.log()[tokens])
+
+
+def test_top_k_one_is_greedy() -> None:
+    engine = Engine(model=make_model("llama-gqa"))
+    prompts = prompts_for(9, [4])
+    a = engine.generate(prompts, sampling=SamplingConfig(temperature=0, max_new_tokens=8))
+    b = engine.generate(prompts, sampling=SamplingConfig(top_k=1, max_new_tokens=8, seed=1))
+    assert a[0].tokens == b[0].tokens
+    assert all(lp == 0.0 for lp in b[0].logprobs)  # one allowed token: probability 1
+
+
+def test_bf16_engine_works_on_a_copy() -> None:
+    model = make_model("llama-gqa")
+    engine = Engine(model=model, dtype=torch.bfloat16)
+    assert next(model.parameters()).dtype == torch.float32
+    out = engine.generate(prompts_for(10, [5]), n=2, sampling=SamplingConfig(max_new_tokens=5))
+    assert all(len(x.tokens) == 5 and all(lp <= 0 for lp in x.logprobs) for x in out)
+
+
+def test_kv_cache_guards_against_misuse() -> None:
+    cache = KVCache(batch_size=2, n_layer=1, n_kv_head=1, head_dim=4, max_len=3)
+    kv = torch.zeros(2, 1, 2, 4)
+    cache.update(0, kv, kv)
+    cache.advance(2)
+    with pytest.raises(AssertionError, match="KV cache full"):
+        cache.update(0, kv, kv)
+    with pytest.raises(AssertionError, match="empty cache"):
+        cache.set_padding(torch.zeros(2, dtype=torch.long))
+    cache.reset()
+    assert cache.pos == 0
