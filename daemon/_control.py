@@ -89,8 +89,27 @@ class GeneratedSample(_Model):
     predicted_reward: float | None = None
 
 
+class ControlError(Exception):
+    """A control call the daemon cannot carry out as asked; the message says why and what to
+    do. The HTTP API answers 400 unless a subclass says otherwise.
+
+    ControlError            the request names something unknown or unusable (400)
+    ├── ControlConflict     it conflicts with what is running now, e.g. a second offline run (409)
+    └── ControlUnavailable  not possible at the moment: starting, stopping, no model loaded (503)
+    """
+
+
+class ControlConflict(ControlError):
+    """The request conflicts with the daemon's current state; retry after it changes."""
+
+
+class ControlUnavailable(ControlError):
+    """The daemon cannot serve the request right now (starting up, shutting down)."""
+
+
 class Control(Protocol):
-    """What the daemon offers to anything that steers it."""
+    """What the daemon offers to anything that steers it. Methods raise ControlError (or a
+    subclass) for requests they refuse; any other exception is a bug and answers 500."""
 
     def status(self) -> StatusView: ...
 
