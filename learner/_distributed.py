@@ -1,0 +1,110 @@
+"""Data-parallel set-up from the environment `torchrun` (torch.distributed.run) provides.
+
+    torchrun --nproc-per-node 2 .venv/bin/plaudit train offline --model tiny --data posts.txt
+
+Each process reads RANK / LOCAL_RANK / WORLD_SIZE; gloo on CPU, NCCL on CUDA (one GPU per local
+rank). Every rank trains on its own slice of each step's rows; DDP averages the gradients; rank 0
+alone writes checkpoints and logs. Without those variables this is a single process and nothing
+here does anything.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ._errors import TrainingError
+
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(choice: DeviceChoice, *, local_rank: int = 0) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise TrainingError(
+                "--device cuda was asked for but torch sees no CUDA device; use --device cpu "
+                "(or auto), or install a CUDA build of torch."
+            )
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def setup(choice: DeviceChoice) -> DistInfo:
+    """Join the process group torchrun describes (if any) and pick this rank's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(choice, local_rank=local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+def teardown(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: nn.Module, info: DistInfo, *, fsdp: bool = False) -> nn.Module:
+    """DDP (or FSDP2 `fully_shard`, CUDA only) around `model`; the model itself when alone."""
+    if not info.enabled:
+        return model
+    if fsdp:
+        if info.device.type != "cuda":
+            raise TrainingError(
+                "--fsdp shards a model over GPUs and needs --device cuda; on CPU use plain "
+                "data parallelism (leave out --fsdp)."
+            )
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.blocks:  # type: ignore[union-attr]
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def all_reduce_sum(t: Tensor, info: DistInfo) -> Tensor:
+    if info.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True when `flag` is true on any rank (so every rank stops at the same step)."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
