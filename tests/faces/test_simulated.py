@@ -1,0 +1,201 @@
+"""The simulated face: the contract suite, plus what makes it a useful audience: reactions
+arrive over time, state survives a restart, spam and repeats lose, history is the corpus."""
+
+import asyncio
+import gzip
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from plaudit.faces import Draft, Face, Reactions
+from plaudit.faces.simulated import SimulatedConfig, SimulatedFace, load_corpus
+from plaudit.faces.simulated._corpus import parse_corpus
+from plaudit.faces.testing import FaceContract, FaceFactory
+
+# A day of reactions in about 0.09 s of real time (mean arrival 4 h = 0.015 s).
+FAST = {"time_scale": 1_000_000.0, "seed": 3}
+
+
+class TestSimulatedFace(FaceContract):
+    seeds_history = False  # its history is the VADER corpus
+    history_read_limit = 300
+    unknown_ref = "sim-999999"
+
+    @pytest.fixture
+    def face_factory(self) -> FaceFactory:
+        def make(*, state_dir: Path, history: list[Any]) -> SimulatedFace:
+            return SimulatedFace(
+                name="sim", config=SimulatedConfig(**FAST, history_page_size=7), state_dir=state_dir
+            )
+
+        return make
+
+    async def react(self, face: Face[Any], ref: str) -> Reactions | None:
+        await asyncio.sleep(0.2)  # about 13 days of simulated time: every reaction has arrived
+        assert isinstance(face, SimulatedFace)
+        explained = face.explain(ref)
+        assert explained is not None
+        final = explained["final"]
+        assert final["likes"] > 0, "a friendly post gets likes from 1,000 followers"
+        return Reactions(**final)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def make_face(tmp_path: Path, clock: Clock, **config: Any) -> SimulatedFace:
+    return SimulatedFace(
+        name="sim", config=SimulatedConfig(**config), state_dir=tmp_path, clock=clock
+    )
+
+
+GOOD = "Had a lovely walk by the river this morning, the sun was out and the birds were singing."
+
+
+async def test_reactions_arrive_over_time_and_persist(tmp_path: Path) -> None:
+    clock = Clock()
+    face = make_face(tmp_path, clock, time_scale=1.0, arrival_mean_hours=4.0)
+    ref = (await face.publish(Draft(text=GOOD), idempotency_key="k1")).ref
+    seen = []
+    for hours in (0, 0.5, 2, 6, 24, 96):
+        clock.now = datetime(2026, 5, 1, 12, 0, tzinfo=UTC) + timedelta(hours=hours)
+        (snap,) = await face.reactions([ref])
+        seen.append(snap.reactions.likes)
+    assert seen[0] == 0
+    assert seen == sorted(seen), f"counts never decrease: {seen}"
+    assert seen[1] < seen[3] < seen[5], f"likes must keep arriving for hours: {seen}"
+    final = face.explain(ref)
+    assert final is not None and seen[-1] == final["final"]["likes"]
+    await face.aclose()
+
+    # A new instance on the same state folder: same post, same counts at the same time.
+    again = make_face(tmp_path, clock, time_scale=1.0, arrival_mean_hours=4.0)
+    for hours, expected in ((2, seen[2]), (24, seen[4])):
+        clock.now = datetime(2026, 5, 1, 12, 0, tzinfo=UTC) + timedelta(hours=hours)
+        (snap,) = await again.reactions([ref])
+        assert snap.reactions.likes == expected
+    assert (await again.publish(Draft(text=GOOD), idempotency_key="k1")).ref == ref
+    assert (await again.check()).details["posts_published"] == 1
+    await again.aclose()
+
+
+async def test_time_scale_compresses_a_day_into_a_minute(tmp_path: Path) -> None:
+    clock = Clock()
+    face = make_face(tmp_path, clock, time_scale=1440.0)
+    ref = (await face.publish(Draft(text=GOOD), idempotency_key="k")).ref
+    clock.now += timedelta(seconds=60)  # one real minute = one simulated day
+    (snap,) = await face.reactions([ref])
+    final = face.explain(ref)
+    assert final is not None
+    assert snap.reactions.likes >= 0.95 * final["final"]["likes"]
+    await face.aclose()
+
+
+async def final_score(tmp_path: Path, texts: list[str], seed: int = 0) -> list[float]:
+    """Publish `texts` in order on one account, return the final score of each."""
+    clock = Clock()
+    face = make_face(tmp_path, clock, seed=seed)
+    refs = []
+    for i, text in enumerate(texts):
+        refs.append((await face.publish(Draft(text=text), idempotency_key=f"k{i}")).ref)
+        clock.now += timedelta(hours=3)
+    clock.now += timedelta(days=30)
+    scores = [face.score(s) for s in await face.reactions(refs)]
+    await face.aclose()
+    return scores
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+async def test_spam_and_repeats_score_worse_than_a_normal_post(tmp_path: Path, seed: int) -> None:
+    (normal,) = await final_score(tmp_path / "normal", [GOOD], seed)
+    (bangs,) = await final_score(
+        tmp_path / "bangs",
+        ["Had a lovely walk by the river this morning!!!!!!!! LOVE IT!!!!"],
+        seed,
+    )
+    (salad,) = await final_score(
+        tmp_path / "salad", ["love amazing great happy best wonderful awesome beautiful"], seed
+    )
+    (short,) = await final_score(tmp_path / "short", ["Great!"], seed)
+    _, repeat = await final_score(tmp_path / "repeat", [GOOD, GOOD], seed)
+    template = (
+        await final_score(
+            tmp_path / "template",
+            [
+                f"What a beautiful day to be alive, friends! Today I saw a {x}."
+                for x in ("dog", "cat", "bird", "fox", "fish")
+            ],
+            seed,
+        )
+    )[-1]
+    for name, worse in [
+        ("!!!", bangs),
+        ("salad", salad),
+        ("short", short),
+        ("repeat", repeat),
+        ("template", template),
+    ]:
+        assert worse < 0.5 * normal, f"{name} scored {worse:.4f} vs normal {normal:.4f}"
+
+
+async def test_negative_preference_flips_the_audience(tmp_path: Path) -> None:
+    happy = "I love my friends and my family, they make me happy every day."
+    grumpy = "I hate everything about this stupid rainy day, nothing works and it is awful."
+    pos = await final_score(tmp_path / "p", [happy, grumpy])
+    clock = Clock()
+    face = make_face(tmp_path / "n", clock, preference="negative")
+    refs = [(await face.publish(Draft(text=t), idempotency_key=t)).ref for t in (happy, grumpy)]
+    clock.now += timedelta(days=30)
+    neg = [face.score(s) for s in await face.reactions(refs)]
+    assert pos[0] > pos[1] and neg[1] > neg[0]
+    await face.aclose()
+
+
+async def test_same_seed_same_fate_other_seed_other_noise(tmp_path: Path) -> None:
+    a = await final_score(tmp_path / "a", [GOOD], seed=5)
+    b = await final_score(tmp_path / "b", [GOOD], seed=5)
+    c = await final_score(tmp_path / "c", [GOOD], seed=6)
+    assert a == b and a != c
+
+
+async def test_history_is_the_corpus_newest_first(tmp_path: Path) -> None:
+    face = make_face(tmp_path, Clock())
+    posts = [p async for p in face.history(limit=5000)]
+    assert len(posts) == 4200
+    assert posts[0].id == "vader-4200" and posts[-1].id == "vader-1"
+    assert posts[-1].text.startswith("Somehow I was blessed")
+    assert all(p.audience == 1000 for p in posts[:10])
+    # Human ratings drive the historical reactions: the top-rated quarter beats the bottom one.
+    corpus = {f"vader-{c.id}": c.rating for c in load_corpus()}
+    ranked = sorted(posts, key=lambda p: corpus[p.id])
+    q = len(ranked) // 4
+    low = sum(face.score(p) for p in ranked[:q]) / q
+    high = sum(face.score(p) for p in ranked[-q:]) / q
+    assert high > 3 * low
+    # Published posts come first, then the corpus.
+    ref = (await face.publish(Draft(text=GOOD), idempotency_key="k")).ref
+    assert [p.id async for p in face.history(limit=2)] == [ref, "vader-4200"]
+    (snap,) = await face.reactions(["vader-1"])
+    assert snap.found and snap.reactions == posts[-1].reactions
+    await face.aclose()
+
+
+def test_corpus_file_quirks() -> None:
+    corpus = load_corpus()
+    assert [c.id for c in corpus] == list(range(1, 4201))
+    texts = {c.id: c.text for c in corpus}
+    assert "&amp;" not in " ".join(texts.values()), "HTML escapes are decoded"
+    assert texts[3].startswith("We were 17 deep last night & the love")
+    assert any("£1000" in t for t in texts.values()), "UTF-8, not ASCII"
+    assert all(t == t.strip() for t in texts.values())
+    assert -4 <= min(c.rating for c in corpus) < max(c.rating for c in corpus) <= 4
+    with pytest.raises(ValueError, match="line 2"):
+        parse_corpus(b"1\t0.5\tfine\r\n2\tbroken line\r\n")
+    raw = gzip.compress(b"1\t0.5\tok &lt;3\r\n")
+    assert parse_corpus(gzip.decompress(raw))[0].text == "ok <3"
