@@ -1,0 +1,378 @@
+// plaudit status page: polls the JSON API, draws small SVG charts, sends control calls.
+// Everything the daemon or the model wrote is inserted with textContent, never as HTML.
+"use strict";
+
+const TOKEN_KEY = "plaudit.token";
+const STATUS_EVERY_MS = 2000;
+const SLOW_EVERY_MS = 10000;
+const FEED_PAGE = 10;
+const CHART_SERIES = ["loss", "reward", "kl"];
+
+const $ = (id) => document.getElementById(id);
+let feedOffset = 0;
+let lastStatus = null;
+
+// -- API -----------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super((body && body.message) || `HTTP ${status}`);
+    this.status = status;
+  }
+}
+
+async function api(path, options = {}) {
+  const headers = { Accept: "application/json" };
+  if (options.body !== undefined) headers["Content-Type"] = "application/json";
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (options.method === "POST" && token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch(path, {
+    method: options.method || "GET",
+    headers,
+    body: options.body === undefined ? undefined : JSON.stringify(options.body),
+  });
+  let body = null;
+  try { body = await response.json(); } catch (_) { /* not JSON: keep null */ }
+  if (!response.ok) throw new ApiError(response.status, body);
+  return body;
+}
+
+// A mutating call: asks for the token when there is none or when the daemon refused it.
+async function act(path, body) {
+  if (!sessionStorage.getItem(TOKEN_KEY) && !(await askToken())) {
+    throw new Error("this needs the API token");
+  }
+  try {
+    return await api(path, { method: "POST", body });
+  } catch (err) {
+    if (err.status === 401) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      updateTokenButton();
+      if (await askToken("The daemon refused that token. Paste the current one.")) {
+        return api(path, { method: "POST", body });
+      }
+    }
+    throw err;
+  }
+}
+
+// -- token ---------------------------------------------------------------------------------
+
+function askToken(message) {
+  const dialog = $("token-dialog");
+  if (message) dialog.querySelector("p").textContent = message;
+  $("token-input").value = "";
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", function onClose() {
+      dialog.removeEventListener("close", onClose);
+      const value = $("token-input").value.trim();
+      if (dialog.returnValue === "save" && value) {
+        sessionStorage.setItem(TOKEN_KEY, value);
+        updateTokenButton();
+        resolve(true);
+      } else {
+        resolve(false);
+      }
+    });
+    if (!dialog.open) dialog.showModal();
+  });
+}
+
+function updateTokenButton() {
+  const has = Boolean(sessionStorage.getItem(TOKEN_KEY));
+  $("token-button").textContent = has ? "Token set · change" : "Set token";
+}
+
+// -- formatting ----------------------------------------------------------------------------
+
+function fmtNumber(x, digits = 3) {
+  if (x === null || x === undefined || Number.isNaN(x)) return "–";
+  const a = Math.abs(x);
+  if (a !== 0 && (a < 1e-3 || a >= 1e5)) return x.toExponential(2);
+  return Number(x.toPrecision(digits)).toString();
+}
+
+function fmtAgo(ts) {
+  if (!ts) return "never";
+  const s = Date.now() / 1000 - ts;
+  const ahead = s < 0;
+  const a = Math.abs(s);
+  const text = a < 60 ? `${Math.round(a)} s`
+    : a < 3600 ? `${Math.round(a / 60)} min`
+    : a < 86400 ? `${(a / 3600).toFixed(1)} h`
+    : `${(a / 86400).toFixed(1)} d`;
+  return ahead ? `in ${text}` : `${text} ago`;
+}
+
+function fmtDuration(s) {
+  if (s < 60) return `${Math.round(s)} s`;
+  if (s < 3600) return `${Math.round(s / 60)} min`;
+  if (s < 86400) return `${(s / 3600).toFixed(1)} h`;
+  return `${(s / 86400).toFixed(1)} d`;
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else node.setAttribute(k, v);
+  }
+  for (const child of children) if (child) node.append(child);
+  return node;
+}
+
+function rewardChip(value) {
+  const cls = value > 0 ? "chip pos" : value < 0 ? "chip neg" : "chip";
+  return el("span", { class: cls, text: `${value >= 0 ? "+" : ""}${value.toFixed(2)}` });
+}
+
+function showBanner(text, kind = "error") {
+  const banner = $("banner");
+  banner.textContent = text;
+  banner.className = kind === "info" ? "banner info" : "banner";
+  banner.hidden = false;
+  clearTimeout(showBanner.timer);
+  showBanner.timer = setTimeout(() => { banner.hidden = true; }, kind === "info" ? 4000 : 10000);
+}
+
+// -- status --------------------------------------------------------------------------------
+
+function renderStatus(s) {
+  lastStatus = s;
+  const pill = $("state-pill");
+  const state = s.state === "running" ? s.training : s.state;
+  pill.dataset.state = state;
+  pill.textContent = s.state === "running" ? `training ${s.training}` : s.state;
+  $("summary-meta").textContent =
+    `${s.mode} mode · policy v${s.policy_version} · ${s.model} · up ${fmtDuration(s.uptime_seconds)}`;
+  $("training-state").textContent = s.training;
+  $("training-mode").textContent = s.mode;
+  $("policy-version").textContent = `v${s.policy_version}`;
+  $("model-name").textContent = s.model;
+  $("model-name").title = s.model;
+  $("start-button").disabled = s.training === "running" && s.mode === "online";
+  $("stop-button").disabled = s.training === "paused";
+
+  const progress = s.progress;
+  $("progress").hidden = !progress;
+  if (progress) {
+    const total = progress.total_steps;
+    const fill = $("progress-fill");
+    fill.classList.toggle("indeterminate", !total);
+    fill.style.width = total ? `${Math.min(100, (100 * progress.step) / total)}%` : "";
+    $("progress-text").textContent =
+      `${progress.mode} run: step ${progress.step}${total ? ` of ${total}` : ""}`;
+    const extra = [];
+    if (progress.loss !== null) extra.push(`loss ${fmtNumber(progress.loss)}`);
+    if (progress.tokens_per_second !== null) extra.push(`${fmtNumber(progress.tokens_per_second)} tok/s`);
+    $("progress-extra").textContent = extra.join(" · ");
+  }
+  $("offline-button").disabled = Boolean(progress && progress.mode === "offline");
+
+  const chips = $("last-rewards");
+  chips.replaceChildren(...s.last_rewards.map(rewardChip));
+  if (!s.last_rewards.length) chips.append(el("span", { class: "muted", text: "none yet" }));
+
+  const body = $("faces-body");
+  body.replaceChildren(...s.faces.map((f) => el("tr", {},
+    el("td", { text: f.name }),
+    el("td", { text: f.type }),
+    el("td", { class: "num", text: String(f.posts_published) }),
+    el("td", { text: fmtAgo(f.last_post_at) }),
+    el("td", { text: f.next_post_at ? fmtAgo(f.next_post_at) : "–" }),
+    el("td", { class: f.last_error ? "error" : "muted", text: f.last_error || "–" }),
+  )));
+  if (!s.faces.length) body.append(el("tr", {}, el("td", { colspan: "6", class: "muted", text: "no faces" })));
+
+  const names = $("face-names");
+  names.replaceChildren(...s.faces.map((f) => el("option", { value: f.name })));
+}
+
+async function refreshStatus() {
+  try {
+    renderStatus(await api("/api/status"));
+  } catch (err) {
+    const pill = $("state-pill");
+    pill.dataset.state = "offline";
+    pill.textContent = "unreachable";
+    $("summary-meta").textContent = err.message;
+  }
+}
+
+// -- charts --------------------------------------------------------------------------------
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svgEl(tag, attrs) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  return node;
+}
+
+function drawChart(figure, points) {
+  const plot = figure.querySelector(".plot");
+  const caption = figure.querySelector("figcaption");
+  let last = caption.querySelector(".last");
+  if (!last) { last = el("span", { class: "last" }); caption.append(last); }
+  if (!points.length) {
+    last.textContent = "";
+    plot.replaceChildren(el("div", { class: "empty", text: "no data yet" }));
+    return;
+  }
+  last.textContent = fmtNumber(points[points.length - 1][1]);
+  const W = 300, H = 140, L = 40, R = 8, T = 8, B = 18;
+  const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
+  let x0 = Math.min(...xs), x1 = Math.max(...xs);
+  let y0 = Math.min(...ys), y1 = Math.max(...ys);
+  if (x1 === x0) { x0 -= 1; x1 += 1; }
+  if (y1 === y0) { const pad = Math.abs(y0) * 0.1 || 1; y0 -= pad; y1 += pad; }
+  const sx = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
+  const sy = (y) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
+  const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img" });
+  for (const frac of [0, 0.5, 1]) {
+    const y = y0 + frac * (y1 - y0);
+    svg.append(svgEl("line", { class: "grid-line", x1: L, x2: W - R, y1: sy(y), y2: sy(y) }));
+    const label = svgEl("text", { class: "axis", x: L - 4, y: sy(y) + 3, "text-anchor": "end" });
+    label.textContent = fmtNumber(y, 2);
+    svg.append(label);
+  }
+  const span = svgEl("text", { class: "axis", x: W - R, y: H - 4, "text-anchor": "end" });
+  span.textContent = `last ${fmtDuration(x1 - x0)}`;
+  svg.append(span);
+  const d = points.map((p, i) => `${i ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join("");
+  svg.append(svgEl("path", { class: "series", d, "vector-effect": "non-scaling-stroke" }));
+  plot.replaceChildren(svg);
+}
+
+async function refreshCharts() {
+  try {
+    const data = await api(`/api/metrics/history?names=${CHART_SERIES.join(",")}`);
+    for (const name of CHART_SERIES) {
+      drawChart(document.querySelector(`.chart[data-series="${name}"]`), data.series[name] || []);
+    }
+  } catch (err) {
+    showBanner(`Charts: ${err.message}`);
+  }
+}
+
+// -- feed ----------------------------------------------------------------------------------
+
+function renderPost(p) {
+  const meta = el("div", { class: "post-meta" },
+    el("span", { text: p.face }),
+    el("span", { text: p.published_at ? fmtAgo(p.published_at) : p.status }),
+    el("span", { text: `policy v${p.policy_version}` }));
+  if (p.reactions) {
+    for (const [k, v] of Object.entries(p.reactions)) meta.append(el("span", { class: "chip", text: `${k} ${v}` }));
+  }
+  if (p.reward !== null) meta.append(rewardChip(p.reward));
+  if (p.url) meta.append(el("a", { href: p.url, target: "_blank", rel: "noopener noreferrer", text: "open" }));
+  return el("li", {}, el("p", { class: "post-text", text: p.text }), meta);
+}
+
+async function refreshFeed() {
+  try {
+    const page = await api(`/api/posts?limit=${FEED_PAGE}&offset=${feedOffset}`);
+    const feed = $("feed");
+    feed.replaceChildren(...page.posts.map(renderPost));
+    if (!page.posts.length) feed.append(el("li", { class: "empty", text: "no posts yet" }));
+    $("feed-total").textContent = `(${page.total})`;
+    $("feed-newer").disabled = feedOffset === 0;
+    $("feed-older").disabled = feedOffset + FEED_PAGE >= page.total;
+  } catch (err) {
+    showBanner(`Feed: ${err.message}`);
+  }
+}
+
+// -- actions -------------------------------------------------------------------------------
+
+function numberField(form, name) {
+  const raw = form.elements[name].value.trim();
+  return raw === "" ? undefined : Number(raw);
+}
+
+async function withButton(button, work) {
+  button.disabled = true;
+  try {
+    await work();
+  } catch (err) {
+    showBanner(err.message);
+  } finally {
+    button.disabled = false;
+    if (lastStatus) renderStatus(lastStatus);
+  }
+}
+
+function bind() {
+  $("token-button").addEventListener("click", () => askToken());
+  $("start-button").addEventListener("click", (e) => withButton(e.currentTarget, async () => {
+    renderStatus(await act("/api/training/start", { mode: "online" }));
+    showBanner("Training started.", "info");
+  }));
+  $("stop-button").addEventListener("click", (e) => withButton(e.currentTarget, async () => {
+    renderStatus(await act("/api/training/stop"));
+    showBanner("Training stopped.", "info");
+  }));
+  $("offline-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const form = e.currentTarget;
+    const body = { mode: "offline" };
+    const data = form.elements.data.value.trim();
+    if (data) body.data = data;
+    for (const name of ["epochs", "lr", "max_steps", "batch_size"]) {
+      const value = numberField(form, name);
+      if (value !== undefined) body[name] = value;
+    }
+    withButton($("offline-button"), async () => {
+      renderStatus(await act("/api/training/start", body));
+      showBanner("Offline run started.", "info");
+    });
+  });
+  $("generate-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const form = e.currentTarget;
+    const body = {};
+    const prompt = form.elements.prompt.value.trim();
+    if (prompt) body.prompt = prompt;
+    for (const name of ["n", "temperature", "max_new_tokens"]) {
+      const value = numberField(form, name);
+      if (value !== undefined) body[name] = value;
+    }
+    withButton($("generate-button"), async () => {
+      const list = $("samples");
+      list.replaceChildren(el("li", { class: "empty", text: "generating…" }));
+      try {
+        const result = await act("/api/generate", body);
+        list.replaceChildren(...result.samples.map((s) => {
+          const meta = el("div", { class: "post-meta" },
+            el("span", { text: `${s.tokens} tokens` }),
+            el("span", { text: `mean logprob ${fmtNumber(s.mean_logprob)}` }));
+          if (s.predicted_reward !== null && s.predicted_reward !== undefined) {
+            meta.append(el("span", { text: "predicted" }), rewardChip(s.predicted_reward));
+          }
+          return el("li", { class: "sample" }, el("p", { class: "post-text", text: s.text }), meta);
+        }));
+      } catch (err) {
+        list.replaceChildren();
+        throw err;
+      }
+    });
+  });
+  $("feed-newer").addEventListener("click", () => { feedOffset = Math.max(0, feedOffset - FEED_PAGE); refreshFeed(); });
+  $("feed-older").addEventListener("click", () => { feedOffset += FEED_PAGE; refreshFeed(); });
+}
+
+function schedule(fn, everyMs) {
+  fn();
+  setInterval(() => { if (!document.hidden) fn(); }, everyMs);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  bind();
+  updateTokenButton();
+  schedule(refreshStatus, STATUS_EVERY_MS);
+  schedule(refreshCharts, SLOW_EVERY_MS);
+  schedule(refreshFeed, SLOW_EVERY_MS);
+  if (!sessionStorage.getItem(TOKEN_KEY)) askToken();
+});

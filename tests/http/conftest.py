@@ -1,0 +1,52 @@
+"""Fixtures for the HTTP tests (helpers live in http_helpers.py, imported by name)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from http_helpers import FACES, TOKEN, StoreControl, seed_store
+from plaudit.daemon._http import HttpServer, build_app, serve
+from plaudit.daemon._metrics import Metrics
+from plaudit.state import Store
+from starlette.applications import Starlette
+
+
+@pytest.fixture(scope="session")
+def seeded_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One seeded state folder per session (seeding fsyncs ~50 transactions); tests copy it."""
+    folder = tmp_path_factory.mktemp("seeded") / "state"
+    with Store.open(folder) as s:
+        seed_store(s)
+    return folder
+
+
+@pytest.fixture
+def store(tmp_path: Path, seeded_state: Path) -> Iterator[Store]:
+    shutil.copytree(seeded_state, tmp_path / "state")
+    with Store.open(tmp_path / "state") as s:
+        yield s
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics(faces=list(FACES), version="0.1.0", model="tiny-test")
+
+
+@pytest.fixture
+def control(store: Store, metrics: Metrics) -> StoreControl:
+    return StoreControl(store=store, metrics=metrics)
+
+
+@pytest.fixture
+def app(control: StoreControl, metrics: Metrics) -> Starlette:
+    return build_app(control=control, metrics=metrics, token=TOKEN)
+
+
+@pytest.fixture
+async def server(app: Starlette) -> AsyncIterator[HttpServer]:
+    srv = await serve(app, host="127.0.0.1", port=0)
+    yield srv
+    await srv.stop()
