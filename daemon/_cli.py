@@ -16,9 +16,17 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so `plaudit --help` stays one import deep per group.
-    from plaudit.daemon import _cli_core
+    from plaudit.daemon import _cli_control, _cli_core
 
     _cli_core.register(app)
+    _cli_control.register(app)
+    app.add_typer(_cli_control.train_app, name="train")
+    from plaudit.daemon import _cli_export
+
+    _cli_export.register(app)
+    from plaudit.daemon import _cli_train
+
+    _cli_train.register(app)
 
 
 def main() -> None:

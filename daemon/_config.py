@@ -18,9 +18,10 @@ from datetime import time, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from plaudit.daemon._durations import Duration
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from plaudit.daemon._durations import Duration
 
 DEFAULT_CONFIG_FILE = Path("plaudit.toml")
 
@@ -81,7 +82,7 @@ class QuietHours(_Section):
 class ControllerConfig(_Section):
     post_interval: Duration = timedelta(hours=4)
     post_jitter: Duration = timedelta(minutes=20)
-    daily_cap: int | None = Field(default=6, ge=1)
+    daily_cap: int = Field(default=6, ge=0)  # posts per 24 h per face; 0: no cap
     quiet_hours: QuietHours | None = None
     candidates: int = Field(default=8, ge=1, le=256)
     # Snapshot reactions at each horizon after publishing; the last one gives the reward.
@@ -105,7 +106,10 @@ class ControllerConfig(_Section):
 
 
 class OnlineConfig(_Section):
+    # clipped: importance-weighted clipped update with a KL anchor; reinforce: the baseline.
+    method: Literal["clipped", "reinforce"] = "clipped"
     lr: float = Field(default=1e-5, gt=0)
+    max_kl: float | None = Field(default=0.1, gt=0)
     kl_coef: float = Field(default=0.05, ge=0)
     epochs: int = Field(default=2, ge=1)
     clip: float = Field(default=0.2, gt=0)

@@ -1,0 +1,98 @@
+"""`plaudit run` and the commands that steer a running daemon (`train start|stop`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from plaudit.daemon._cli_core import (
+    ConfigOption,
+    SecretsDirOption,
+    StateDirOption,
+    fail,
+    settings_or_exit,
+)
+from plaudit.daemon._config import resolve_state_dir
+
+
+def run(
+    config: ConfigOption = None,
+    state_dir: StateDirOption = None,
+    credentials_dir: SecretsDirOption = None,
+) -> None:
+    """Run the daemon: post, collect reactions, learn (stop with Ctrl-C or SIGTERM)."""
+    from plaudit.daemon._daemon import run_daemon
+
+    code = run_daemon(config_file=config, state_dir=state_dir, credentials_dir=credentials_dir)
+    raise typer.Exit(code)
+
+
+def _daemon_pid(config: Path | None, state_dir: Path | None) -> tuple[int, Path]:
+    from plaudit.state import StateLock
+
+    folder = resolve_state_dir(settings_or_exit(config), state_dir)
+    pid = StateLock.running_pid(folder)
+    if pid is None:
+        raise fail(
+            f"no plaudit daemon is running on state folder {folder}: start it with `plaudit run` "
+            f"(or give the daemon's --state-dir / --config)",
+            1,
+        )
+    return pid, folder
+
+
+def _steer(
+    action: Literal["start", "stop"],
+    mode: str,
+    config: Path | None,
+    state_dir: Path | None,
+) -> None:
+    pid, folder = _daemon_pid(config, state_dir)
+    from plaudit.daemon import _client
+
+    client = _client.for_state_dir(folder)
+    if client is not None:
+        try:
+            status = client.start_training(mode) if action == "start" else client.stop_training()
+        except _client.ClientError as exc:
+            raise fail(str(exc), 1) from None
+        typer.echo(f"training {status.training} ({status.mode}), policy v{status.policy_version}")
+        return
+    if action == "start" and mode != "online":
+        raise fail("offline runs are started through the HTTP API; enable [http] in the config", 1)
+    os.kill(pid, signal.SIGUSR1 if action == "start" else signal.SIGUSR2)
+    typer.echo(f"sent {'SIGUSR1' if action == 'start' else 'SIGUSR2'} to plaudit (pid {pid})")
+
+
+train_app = typer.Typer(help="Train models and steer training of a running daemon.")
+
+ModeOption = Annotated[
+    str,
+    typer.Option("--mode", help="online (learn from reactions) or offline (fit on history)."),
+]
+
+
+@train_app.command("start")
+def train_start(
+    mode: ModeOption = "online",
+    config: ConfigOption = None,
+    state_dir: StateDirOption = None,
+) -> None:
+    """Start (resume) training in a running daemon."""
+    if mode not in ("online", "offline"):
+        raise fail(f"--mode must be online or offline, not {mode!r}")
+    _steer("start", mode, config, state_dir)
+
+
+@train_app.command("stop")
+def train_stop(config: ConfigOption = None, state_dir: StateDirOption = None) -> None:
+    """Stop (pause) training in a running daemon; posting and collecting go on."""
+    _steer("stop", "online", config, state_dir)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)

@@ -1,0 +1,582 @@
+"""Process life: ``startup() -> main_loop() -> shutdown()``, uvicorn's server shape.
+
+Signal handlers only put the signal on a queue; the main loop handles them:
+SIGTERM/SIGINT graceful stop (a second one exits at once), SIGHUP reload, SIGUSR1 start
+(resume) training, SIGUSR2 stop (pause) training. A failed start-up exits non-zero with one
+clear line before anything tells systemd it is ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from plaudit.daemon._config import ConfigError, Settings, load_settings, resolve_state_dir
+from plaudit.daemon._control import (
+    FaceStatus,
+    GeneratedSample,
+    GenerateRequest,
+    PostsPage,
+    PostView,
+    StatusView,
+    TrainingProgress,
+    TrainingStartRequest,
+)
+from plaudit.daemon._logging import configure_logging
+
+if TYPE_CHECKING:
+    from plaudit.controller._controller import Controller
+    from plaudit.controller._worker import TorchWorker
+    from plaudit.daemon._http import HttpServer
+    from plaudit.daemon._metrics import Metrics
+    from plaudit.daemon._systemd import Notifier
+    from plaudit.faces import Face
+    from plaudit.learner._policy import Policy
+    from plaudit.state import StateLock, Store
+
+VERSION = "0.1.0"
+_HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class StartupError(Exception):
+    """Start-up cannot go on; the message is the one line the operator sees."""
+
+
+class Daemon:
+    def __init__(
+        self,
+        *,
+        config_file: Path | None,
+        state_dir: Path | None = None,
+        credentials_dir: Path | None = None,
+    ) -> None:
+        self.config_file = config_file
+        self.state_dir_override = state_dir
+        self.credentials_dir = credentials_dir
+        self.log = structlog.stdlib.get_logger("plaudit.daemon")
+        self.state = "starting"
+        self.started_at = time.time()
+        self.signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
+        self._stopping = False
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._status_line = ""
+        # Set in startup():
+        self.settings: Settings
+        self.state_dir: Path
+        self.lock: StateLock | None = None
+        self.store: Store | None = None
+        self.faces: dict[str, Face[Any]] = {}
+        self.metrics: Metrics
+        self.notifier: Notifier
+        self.worker: TorchWorker | None = None
+        self.policy: Policy
+        self.controller: Controller | None = None
+        self.http: HttpServer | None = None
+
+    # -- the three phases --------------------------------------------------------------------
+
+    async def run(self) -> int:
+        configure_logging()  # until the config names the level and format
+        loop = asyncio.get_running_loop()
+        for sig in _HANDLED:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            await self.startup()
+        except StartupError as exc:
+            self.log.error("start-up failed", error=str(exc))
+            await self.shutdown()
+            print(f"plaudit: {exc}", file=sys.stderr)  # the one line an operator sees
+            return 1
+        except Exception:
+            self.log.exception("start-up failed with an unexpected error")
+            await self.shutdown()
+            return 1
+        await self.main_loop()
+        await self.shutdown()
+        return 0
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        # Only a flag or a queue entry here; a second stop request escalates at once.
+        if sig in (signal.SIGTERM, signal.SIGINT) and self._stopping:
+            os.write(2, b"plaudit: second stop signal, exiting now\n")
+            os._exit(128 + sig)
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            self._stopping = True
+        self.signals.put_nowait(sig)
+
+    async def startup(self) -> None:
+        self.log.info("starting", version=VERSION, pid=os.getpid())
+        try:
+            self.settings = load_settings(
+                config_file=self.config_file, secrets_dir=self.credentials_dir
+            )
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from None
+        configure_logging(level=self.settings.log.level, fmt=self.settings.log.format)
+        self.log = structlog.stdlib.get_logger("plaudit.daemon")
+        from plaudit.daemon._systemd import Notifier
+
+        self.notifier = Notifier()
+        self.state_dir = resolve_state_dir(self.settings, self.state_dir_override)
+        await self._open_state()
+        await self._open_faces()
+        self._open_metrics()
+        await self._load_policy()
+        await self._start_controller()
+        await self._start_http()
+        await self._start_background()
+        self.state = "running"
+        self.notifier.ready()
+        self._update_status(force=True)
+        self.log.info(
+            "ready",
+            state_dir=str(self.state_dir),
+            faces=list(self.faces),
+            policy_version=self.policy.version,
+            http=self.http.url if self.http else None,
+            startup_s=round(time.time() - self.started_at, 2),
+        )
+
+    async def main_loop(self) -> None:
+        while True:
+            try:
+                sig = await asyncio.wait_for(self.signals.get(), timeout=1.0)
+            except TimeoutError:
+                self._update_status()
+                continue
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                self.log.info("stop requested", signal=sig.name)
+                return
+            if sig == signal.SIGHUP:
+                await self.reload()
+            elif sig == signal.SIGUSR1:
+                await self.start_training(TrainingStartRequest(mode="online"))
+            elif sig == signal.SIGUSR2:
+                await self.stop_training()
+
+    async def shutdown(self) -> None:
+        """Ordered and time-limited: stop scheduling, let in-flight work finish until the
+        deadline, cancel the rest, checkpoint, close faces and store."""
+        self.state = "stopping"
+        self.log.info("shutting down")
+        if hasattr(self, "notifier"):
+            self.notifier.stopping()
+        timeout = (
+            self.settings.controller.shutdown_timeout.total_seconds()
+            if hasattr(self, "settings")
+            else 10.0
+        )
+        deadline = time.monotonic() + timeout
+        if self.http is not None:
+            await self.http.stop(timeout=2.0)
+        cancelled = 0
+        if self.controller is not None:
+            cancelled = await self.controller.stop(deadline=deadline)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if (
+            self.controller is not None
+            and self.store is not None
+            and self.policy.version != self.store.policy_version()
+        ):
+            try:
+                await self.controller.checkpoint(kind="shutdown", run_id=None, metrics={})
+            except Exception as exc:
+                self.log.error("final checkpoint failed", error=str(exc))
+        if self.worker is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: self.worker.shutdown(wait=True) if self.worker else None
+            )
+        for name, face in self.faces.items():
+            try:
+                await face.aclose()
+            except Exception as exc:
+                self.log.warning("face close failed", face=name, error=str(exc))
+        if self.store is not None:
+            self.store.close()
+        if self.lock is not None:
+            self.lock.release()
+        self.log.info("stopped", cancelled_jobs=cancelled)
+
+    # -- start-up steps ----------------------------------------------------------------------
+
+    async def _open_state(self) -> None:
+        from plaudit.state import StateError, StateLock, Store
+
+        self.lock = StateLock(folder=self.state_dir)
+        try:
+            stale = self.lock.acquire()
+        except StateError as exc:
+            self.lock = None
+            raise StartupError(str(exc)) from None
+        except OSError as exc:
+            self.lock = None
+            raise StartupError(f"cannot use state folder {self.state_dir}: {exc}") from None
+        if stale:
+            self.log.warning("stale pid file found; the previous daemon did not stop cleanly")
+        try:
+            self.store = Store.open(self.state_dir)
+        except StateError as exc:
+            raise StartupError(str(exc)) from None
+        interrupted = self.store.interrupt_stale_runs()
+        if interrupted:
+            self.log.warning("training runs interrupted by the last stop", runs=interrupted)
+
+    async def _open_faces(self) -> None:
+        from plaudit.faces import FaceConfigError, FaceLoadError, FaceNotFound
+        from plaudit.faces._registry import discover
+
+        enabled = {n: f for n, f in self.settings.faces.items() if f.enabled}
+        if not enabled:
+            raise StartupError("no face is configured: add a [faces.<name>] table with a type")
+        registry = discover(only={f.type for f in enabled.values()})
+        for name, spec in enabled.items():
+            try:
+                self.faces[name] = registry.create(
+                    name=name,
+                    type=spec.type,
+                    config=spec.face_options(),
+                    state_dir=self.state_dir / "faces" / name,
+                )
+            except (FaceConfigError, FaceLoadError, FaceNotFound) as exc:
+                raise StartupError(str(exc)) from None
+
+    def _open_metrics(self) -> None:
+        from plaudit.daemon._metrics import Metrics
+
+        self.metrics = Metrics(
+            faces=list(self.faces),
+            version=VERSION,
+            model=self.settings.model.name,
+            horizons=list(self.settings.controller.horizons),
+        )
+
+    async def _load_policy(self) -> None:
+        from plaudit.controller._worker import TorchWorker
+        from plaudit.daemon._systemd import TimeoutExtender
+        from plaudit.learner._errors import LearnerError
+        from plaudit.learner._policy import Policy
+        from plaudit.learner._runtime import configure_torch
+
+        assert self.store is not None
+        self.worker = TorchWorker()
+        latest = self.store.latest_checkpoint()
+        checkpoint = Path(latest.path) if latest and Path(latest.path).is_dir() else None
+        device = "cpu" if self.settings.model.device == "auto" else self.settings.model.device
+        cache = Path(os.environ.get("CACHE_DIRECTORY", self.state_dir / "cache"))
+        self.notifier.status(f"loading model {self.settings.model.name}")
+
+        def load() -> Policy:
+            configure_torch()
+            return Policy.load(
+                self.settings.model.name,
+                checkpoint=checkpoint,
+                version=latest.policy_version if latest and checkpoint else 0,
+                cache_dir=cache,
+                device=device,
+                lr=self.settings.online.lr,
+            )
+
+        t0 = time.monotonic()
+        try:
+            # A slow first load (GGUF dequantisation) keeps systemd's start timeout extended.
+            async with TimeoutExtender(self.notifier, every=5.0, limit=900.0):
+                self.policy = await self.worker.run("load", load)
+        except (LearnerError, OSError) as exc:
+            raise StartupError(f"cannot load model {self.settings.model.name!r}: {exc}") from None
+        self.metrics.policy_version.set(self.policy.version)
+        self.log.info(
+            "model loaded",
+            model=self.settings.model.name,
+            source=self.policy.source,
+            policy_version=self.policy.version,
+            params=self.policy.model.num_params(),
+            load_s=round(time.monotonic() - t0, 2),
+        )
+
+    async def _start_controller(self) -> None:
+        from plaudit.controller._controller import Controller
+
+        assert self.store is not None and self.worker is not None
+        control = self.store.control()
+        self.metrics.set_training(
+            running=control.training.value == "running", mode=control.mode.value
+        )
+        self.controller = Controller(
+            settings=self.settings,
+            store=self.store,
+            faces=self.faces,
+            policy=self.policy,
+            worker=self.worker,
+            metrics=self.metrics,
+            state_dir=self.state_dir,
+        )
+        await self.controller.start()
+
+    async def _start_http(self) -> None:
+        if not self.settings.http.enabled:
+            return
+        from plaudit.daemon._auth import ensure_token
+        from plaudit.daemon._http import build_app, serve
+
+        token = ensure_token(self.settings.http.token, self.state_dir)
+        app = build_app(control=self, metrics=self.metrics, token=token)
+        try:
+            self.http = await serve(app, host=self.settings.http.host, port=self.settings.http.port)
+        except OSError as exc:
+            raise StartupError(str(exc.strerror or exc)) from None
+        (self.state_dir / "http-url").write_text(self.http.url + "\n")
+
+    async def _start_background(self) -> None:
+        from plaudit.daemon._metrics import watch_event_loop_lag
+        from plaudit.daemon._systemd import watchdog_loop
+
+        self._tasks.append(asyncio.create_task(watch_event_loop_lag(self.metrics), name="lag"))
+        interval = self.notifier.watchdog_interval()
+        if interval is not None:
+            self._tasks.append(
+                asyncio.create_task(
+                    watchdog_loop(self.notifier, interval=interval, healthy=lambda: True),
+                    name="watchdog",
+                )
+            )
+
+    def _update_status(self, *, force: bool = False) -> None:
+        if self.store is None or self.controller is None:
+            return
+        control = self.store.control()
+        progress = self.controller.progress
+        line = (
+            f"{self.state}; training {control.training.value} ({control.mode.value}); "
+            f"policy v{self.policy.version}; "
+            f"{self.store.count_posts(status=_published())} posts"
+        )
+        if progress is not None:
+            line += f"; {progress.mode} step {progress.step}"
+        if force or line != self._status_line:
+            self._status_line = line
+            self.notifier.status(line)
+
+    # -- reload ------------------------------------------------------------------------------
+
+    async def reload(self) -> None:
+        self.notifier.reloading()
+        self.state = "reloading"
+        try:
+            new = load_settings(config_file=self.config_file, secrets_dir=self.credentials_dir)
+        except ConfigError as exc:
+            self.log.error("reload failed; keeping the running configuration", error=str(exc))
+            self.state = "running"
+            self.notifier.ready()
+            return
+        if new.model != self.settings.model or set(new.faces) != set(self.settings.faces):
+            self.log.warning(
+                "model or set of faces changed: those changes need a restart; applying the rest"
+            )
+        await self._refresh_faces(new)
+        self.settings = new
+        configure_logging(level=new.log.level, fmt=new.log.format)
+        assert self.controller is not None
+        self.controller.reschedule(new)
+        self.state = "running"
+        self.notifier.ready()
+        self.log.info("configuration reloaded", config=str(self.config_file))
+
+    async def _refresh_faces(self, new: Settings) -> None:
+        """Re-create face instances whose settings changed (same names only)."""
+        from plaudit.faces._registry import discover
+
+        changed = [
+            name
+            for name, spec in new.faces.items()
+            if name in self.faces and spec != self.settings.faces.get(name)
+        ]
+        if not changed:
+            return
+        registry = discover(only={new.faces[n].type for n in changed})
+        assert self.controller is not None
+        for name in changed:
+            spec = new.faces[name]
+            try:
+                face = registry.create(
+                    name=name,
+                    type=spec.type,
+                    config=spec.face_options(),
+                    state_dir=self.state_dir / "faces" / name,
+                )
+            except Exception as exc:
+                self.log.error(
+                    "face settings invalid; keeping the old ones", face=name, error=str(exc)
+                )
+                continue
+            old = self.faces[name]
+            self.faces[name] = face
+            self.controller.faces[name].face = face
+            await old.aclose()
+            self.log.info("face settings applied", face=name)
+
+    # -- Control: what the HTTP API, the page and the CLI call --------------------------------
+
+    def status(self) -> StatusView:
+        from plaudit.state import PostStatus
+
+        assert self.store is not None and self.controller is not None
+        control = self.store.control()
+        faces = [
+            FaceStatus(
+                name=name,
+                type=rt.face.type_name,
+                posts_published=self.store.count_posts(face=name, status=PostStatus.PUBLISHED),
+                last_post_at=self.store.last_published_at(name),
+                next_post_at=rt.next_post_at,
+                last_error=rt.last_error,
+            )
+            for name, rt in self.controller.faces.items()
+        ]
+        p = self.controller.progress
+        progress = (
+            TrainingProgress(
+                mode=p.mode,
+                step=p.step,
+                total_steps=p.total_steps,
+                loss=p.loss,
+                tokens_per_second=p.tokens_per_second,
+                started_at=p.started_at,
+            )
+            if p is not None
+            else None
+        )
+        state = (
+            self.state
+            if self.state in ("starting", "running", "reloading", "stopping")
+            else "running"
+        )
+        return StatusView(
+            state=state,  # type: ignore[arg-type]
+            training=control.training.value,  # type: ignore[arg-type]
+            mode=control.mode.value,  # type: ignore[arg-type]
+            policy_version=self.policy.version,
+            model=self.settings.model.name,
+            faces=faces,
+            last_rewards=[r.reward for r in self.store.rewards(limit=10)],
+            progress=progress,
+            uptime_seconds=time.time() - self.started_at,
+        )
+
+    async def start_training(self, request: TrainingStartRequest) -> StatusView:
+        from plaudit.state import TrainingMode, TrainingState
+
+        assert self.store is not None and self.controller is not None
+        if request.mode == "offline" and request.data not in (None, *self.faces):
+            raise ValueError(
+                f"offline data {request.data!r} is not a configured face; use one of "
+                f"{', '.join(self.faces)}"
+            )
+        self.worker.stop_training.clear() if self.worker else None
+        self.store.set_control(training=TrainingState.RUNNING, mode=TrainingMode(request.mode))
+        self.metrics.set_training(running=True, mode=request.mode)
+        if request.mode == "offline":
+            self.controller.request_offline(request.model_dump())
+        self.log.info("training started", mode=request.mode)
+        self._update_status()
+        return self.status()
+
+    async def stop_training(self) -> StatusView:
+        from plaudit.state import TrainingState
+
+        assert self.store is not None and self.worker is not None
+        control = self.store.set_control(training=TrainingState.PAUSED)
+        self.worker.stop_training.set()  # the running update stops at its next step
+        self.metrics.set_training(running=False, mode=control.mode.value)
+        self.log.info("training paused")
+        self._update_status()
+        return self.status()
+
+    def posts(self, *, limit: int, offset: int, face: str | None) -> PostsPage:
+        from plaudit.state import PostStatus
+
+        assert self.store is not None
+        views = []
+        for post in self.store.posts(
+            face=face, status=PostStatus.PUBLISHED, limit=limit, offset=offset
+        ):
+            story = self.store.story(post.id)
+            last = story.snapshots[-1] if story.snapshots else None
+            views.append(
+                PostView(
+                    id=post.id,
+                    face=post.face,
+                    status=post.status.value,
+                    text=post.text,
+                    url=post.url,
+                    published_at=post.published_at,
+                    reactions=(
+                        {
+                            "likes": last.likes,
+                            "reposts": last.reposts,
+                            "replies": last.replies,
+                            "quotes": last.quotes,
+                        }
+                        if last is not None
+                        else None
+                    ),
+                    reward=story.reward.reward if story.reward else None,
+                    policy_version=post.policy_version,
+                )
+            )
+        total = self.store.count_posts(face=face, status=PostStatus.PUBLISHED)
+        return PostsPage(posts=views, total=total, limit=limit, offset=offset)
+
+    async def generate(self, request: GenerateRequest) -> list[GeneratedSample]:
+        from plaudit.controller._prompts import SYSTEM, TOPICLESS
+        from plaudit.learner import SamplingConfig
+
+        assert self.worker is not None
+        s = self.settings.sampling
+        instruction = request.prompt or TOPICLESS.format(max_chars=280)
+        prompt = self.policy.render_prompt(instruction, system=SYSTEM)
+        sampling = SamplingConfig(
+            temperature=request.temperature if request.temperature is not None else s.temperature,
+            top_p=request.top_p if request.top_p is not None else s.top_p,
+            top_k=s.top_k,
+            max_new_tokens=request.max_new_tokens or s.max_new_tokens,
+            seed=request.seed,
+        )
+        cands = await self.worker.run(
+            "playground", self.policy.generate, [prompt], n=request.n, sampling=sampling
+        )
+        return [
+            GeneratedSample(
+                text=c.text,
+                tokens=len(c.tokens),
+                mean_logprob=sum(c.logprobs) / max(len(c.logprobs), 1),
+            )
+            for c in cands
+        ]
+
+    def metric_history(
+        self, names: list[str], *, since: float
+    ) -> dict[str, list[tuple[float, float]]]:
+        assert self.store is not None
+        return self.store.metric_history(names, since=since)
+
+
+def _published() -> Any:
+    from plaudit.state import PostStatus
+
+    return PostStatus.PUBLISHED
+
+
+def run_daemon(
+    *, config_file: Path | None, state_dir: Path | None, credentials_dir: Path | None
+) -> int:
+    daemon = Daemon(config_file=config_file, state_dir=state_dir, credentials_dir=credentials_dir)
+    return asyncio.run(daemon.run())

@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny model folder built here (no hub, no big weights)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+def build_tiny_model(folder: Path, *, seed: int = 0) -> Path:
+    """A nano-sized Llama-family model with a BPE tokenizer trained on 400 tweets."""
+    import torch
+
+    from plaudit.faces.simulated._corpus import load_corpus
+    from plaudit.learner import ModelConfig, Transformer
+    from plaudit.learner._load import save_model
+    from plaudit.learner._tokenizer import Tokenizer
+
+    texts = [p.text for p in load_corpus()[:400]]
+    tokenizer = Tokenizer.train_bpe(texts, vocab_size=512)
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        family="llama",
+        vocab_size=tokenizer.vocab_size,
+        max_seq_len=128,
+        n_layer=2,
+        n_head=2,
+        n_kv_head=1,
+        n_embd=32,
+        intermediate_size=64,
+    )
+    model = Transformer(config)
+    model.init_weights()
+    save_model(folder, model=model, tokenizer=tokenizer)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
