@@ -427,7 +427,7 @@ def fit(
                         # DDP averages gradients over W ranks; scale back to a global mean.
                         loss = micro_sum * (W / max(1, n_targets))
                         scaled: Tensor = scaler.scale(loss)
-                        scaled.backward()
+                        scaled.backward()  # type: ignore[no-untyped-call]
                     loss_sum += micro_sum.detach().double()
                 distributed.all_reduce_sum(loss_sum, dist)
                 loss_value = float(loss_sum) / max(1, n_targets)
@@ -547,21 +547,16 @@ def _samples(
     dist: distributed.DistInfo,
 ) -> tuple[str, ...]:
     """A few samples from fixed prompts with a fixed seed, so evaluations compare like with like."""
-    if not prompts or cfg.samples == 0 or not dist.is_main:
+    if not prompts or cfg.samples == 0 or not dist.is_main or cfg.fsdp:
         return ()
-    from ._generate import SamplingConfig, generate_text
+    from ._eval import generate
 
     was_training = model.training
     model.eval()
-    out = generate_text(
-        model=model,
-        tokenizer=tokenizer,
-        prompts=prompts[: cfg.samples],
-        n=1,
-        sampling=SamplingConfig(max_new_tokens=cfg.sample_tokens, seed=cfg.seed),
-    )
+    chosen = prompts[: cfg.samples]
+    out = generate(model, tokenizer, chosen, max_new_tokens=cfg.sample_tokens, seed=cfg.seed)
     model.train(was_training)
-    return tuple(s.text for s in out)
+    return tuple(f"{p}|{c}" for p, c in zip(chosen, out, strict=True))
 
 
 def _tensorboard(cfg: OfflineTrainConfig, dist: distributed.DistInfo) -> Any:

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+
 from plaudit.learner._tokenizer import Tokenizer
 
 WORDS = [

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from plaudit.learner._data import (
     IGNORE_INDEX,
     PackedEpochs,

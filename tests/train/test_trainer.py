@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from plaudit.learner._checkpoint import latest_checkpoint, load_trainer_state
 from plaudit.learner._data import PackedEpochs, tokenize
 from plaudit.learner._errors import CheckpointError, DataError, NonFiniteLossError, TrainingError
 from plaudit.learner._model import ModelConfig, Transformer
 from plaudit.learner._tokenizer import Tokenizer
 from plaudit.learner._train import OfflineTrainConfig, StepRecord, fit, lr_at, train_offline
-from safetensors.torch import load_file
 
 
 def small_cfg(posts_file: Path, tokenizer_dir: Path, **kw: object) -> OfflineTrainConfig:
@@ -97,6 +98,7 @@ def test_best_checkpoint_and_patience(tmp_path: Path, tokenizer: Tokenizer) -> N
     # best on them, and learning the training data only makes it worse, so patience must stop
     # the run `patience` evaluations after the first.
     from conftest import make_posts  # type: ignore[import-not-found]
+
     from plaudit.learner._data import examples_from_texts
 
     data = tokenize(examples_from_texts(make_posts(200), source="t"), tokenizer)

@@ -1,0 +1,227 @@
+"""`plaudit train offline`, `plaudit eval`, `plaudit grow`: offline training from the command
+line. Knobs come from flags, then the `[train]` table of the config file, then defaults."""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from plaudit.daemon._cli_core import ConfigOption, StateDirOption, fail
+
+
+def _config_table(config: Path | None) -> dict[str, Any]:
+    """The `[train]` table of the config file (--config, else ./plaudit.toml when present),
+    keeping only offline-training knobs."""
+    from plaudit.learner import OfflineTrainConfig
+
+    path = config if config is not None else Path("plaudit.toml")
+    if not path.is_file():
+        if config is not None:
+            raise fail(f"config file {config} does not exist")
+        return {}
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8")).get("train", {})
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise fail(f"cannot read config file {path}: {e}") from None
+    return {k: v for k, v in table.items() if k in OfflineTrainConfig.model_fields}
+
+
+def _build_config(config: Path | None, flags: dict[str, Any]) -> Any:
+    from pydantic import ValidationError
+
+    from plaudit.learner import OfflineTrainConfig
+
+    merged = _config_table(config) | {k: v for k, v in flags.items() if v is not None}
+    try:
+        return OfflineTrainConfig(**merged)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"--{'-'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}"
+            for err in e.errors()
+        )
+        raise fail(f"bad training settings: {problems}") from None
+
+
+def _default_out(state_dir: Path | None, config: Path | None, model: str) -> Path:
+    from plaudit.daemon._cli_core import settings_or_exit
+    from plaudit.daemon._config import resolve_state_dir
+
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).name or model).strip("-") or "model"
+    return resolve_state_dir(settings_or_exit(config), state_dir) / "runs" / name
+
+
+def _face_examples(name: str, config: Path | None) -> list[Any]:
+    """The history of face `name` as plain-text examples."""
+    import asyncio
+
+    from plaudit.learner import examples_from_texts
+
+    try:
+        from plaudit.faces import discover
+    except ImportError:
+        raise fail("faces are not available in this build; use --data FILE instead") from None
+
+    async def history() -> list[str]:
+        registry = discover()
+        face = registry.create(name=name, type=name, config={}, state_dir=None)
+        texts = [post.text async for post in face.history()]
+        await face.close()
+        return texts
+
+    try:
+        texts = asyncio.run(history())
+    except Exception as e:  # any face failure ends the command with its message
+        raise fail(f"cannot read the history of face {name!r}: {e}") from None
+    return list(examples_from_texts(texts, source=f"face {name}"))
+
+
+def offline(
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Preset (nano ... xxl) to train from scratch, or a model to fine-tune: "
+            "'smollm2', a .gguf, a Hugging Face folder, a plaudit model or run folder."
+        ),
+    ] = None,
+    data: Annotated[
+        list[Path] | None,
+        typer.Option("--data", help="Training data file (repeat for several).", dir_okay=False),
+    ] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="auto|text|qa|dialogue|jsonl (default: auto, per file)."),
+    ] = None,
+    face: Annotated[str | None, typer.Option(help="Also train on this face's history.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Run folder (default: STATE/runs/<model>).", file_okay=False),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the newest checkpoint in --out.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
+    tokenizer: Annotated[
+        Path | None, typer.Option(help="From scratch: reuse this tokenizer folder.")
+    ] = None,
+    build_tokenizer: Annotated[
+        bool | None, typer.Option("--build-tokenizer", help="From scratch: train a BPE first.")
+    ] = None,
+    vocab_size: Annotated[int | None, typer.Option(help="BPE vocabulary size.")] = None,
+    val_split: Annotated[float | None, typer.Option(help="Validation share (0.05).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Passes over the data (3).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Peak learning rate (1e-3 scratch, 5e-5 fine-tune).")
+    ] = None,
+    warmup_steps: Annotated[int | None, typer.Option(help="Warmup (5% of steps).")] = None,
+    lr_schedule: Annotated[str | None, typer.Option(help="cosine|linear|constant.")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay (0.1).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Rows per micro-batch (16).")] = None,
+    grad_accum: Annotated[int | None, typer.Option(help="Micro-batches per step (1).")] = None,
+    max_seq_len: Annotated[int | None, typer.Option(help="Tokens per row (256).")] = None,
+    grad_clip: Annotated[float | None, typer.Option(help="Gradient norm clip, 0 = off.")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32|bf16|fp16 (fp32).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (1337).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto|cpu|cuda.")] = None,
+    compile: Annotated[bool | None, typer.Option("--compile", help="torch.compile.")] = None,
+    fsdp: Annotated[bool | None, typer.Option("--fsdp", help="Shard over GPUs.")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Evaluate every N steps (100).")] = None,
+    save_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps (500).")] = None,
+    keep: Annotated[int | None, typer.Option(help="Checkpoints to keep (3).")] = None,
+    patience: Annotated[
+        int | None, typer.Option(help="Stop after N evaluations without improvement.")
+    ] = None,
+    samples: Annotated[int | None, typer.Option(help="Samples shown per evaluation (3).")] = None,
+    tensorboard: Annotated[
+        Path | None, typer.Option(help="Write TensorBoard scalars to this folder.")
+    ] = None,
+    config: ConfigOption = None,
+    state_dir: StateDirOption = None,
+) -> None:
+    """Train a model from scratch (--model SIZE) or fine-tune one on text files or a face."""
+    from plaudit.daemon._logging import configure_logging, get_logger
+    from plaudit.learner import LearnerError, configure_torch, train_offline
+
+    configure_torch()
+    flags = {
+        "model": model,
+        "data": data,
+        "format": fmt,
+        "face": face,
+        "tokenizer": tokenizer,
+        "build_tokenizer": build_tokenizer,
+        "vocab_size": vocab_size,
+        "val_split": val_split,
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "lr": lr,
+        "warmup_steps": warmup_steps,
+        "lr_schedule": lr_schedule,
+        "weight_decay": weight_decay,
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
+        "max_seq_len": max_seq_len,
+        "grad_clip": grad_clip,
+        "precision": precision,
+        "seed": seed,
+        "device": device,
+        "compile": compile,
+        "fsdp": fsdp,
+        "eval_every": eval_every,
+        "save_every": save_every,
+        "keep": keep,
+        "patience": patience,
+        "samples": samples,
+        "tensorboard": tensorboard,
+    }
+    cfg = _build_config(config, flags)
+    run_dir = out or _default_out(state_dir, config, cfg.model)
+    configure_logging()
+    logger = get_logger("plaudit.train")
+    extra = _face_examples(cfg.face, config) if cfg.face else None
+
+    # SIGTERM / SIGINT: finish the step, checkpoint, exit; a second one stops at once.
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        logger.warning("stopping after this step", signal=signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    try:
+        result = train_offline(
+            cfg,
+            out=run_dir,
+            resume=resume,
+            force=force,
+            extra_examples=extra,
+            stop=stop,
+            log=lambda event, **kw: logger.info(event, **kw),
+        )
+    except LearnerError as e:
+        raise fail(str(e), 1) from None
+    summary = {
+        "run": str(result.run_dir),
+        "steps": result.steps,
+        "reason": result.reason,
+        "last_loss": round(result.last_loss, 4),
+        "best_val_loss": None if result.best_val_loss is None else round(result.best_val_loss, 4),
+        "best": None if result.best_dir is None else str(result.best_dir),
+        "checkpoint": None if result.last_checkpoint is None else str(result.last_checkpoint),
+    }
+    logger.info("training ended", **summary)
+    if result.reason == "interrupted":
+        typer.echo(f"interrupted at step {result.steps}; continue with --resume --out {run_dir}")
+
+
+def register(app: typer.Typer) -> None:
+    from plaudit.daemon._cli_control import train_app
+
+    train_app.command("offline")(offline)
