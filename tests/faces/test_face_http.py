@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+
 from plaudit.faces import AuthFailed, Permanent, RateLimited, Rejected, RequestRate, Transient
 from plaudit.faces._http import (
     FaceHttp,
