@@ -27,6 +27,9 @@ def _register() -> None:
     from plaudit.daemon import _cli_train
 
     _cli_train.register(app)
+    from plaudit.daemon import _cli_faces
+
+    _cli_faces.register(app)
 
 
 def main() -> None:
