@@ -19,7 +19,7 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -101,6 +101,40 @@ def retry_after_seconds(
     return None
 
 
+def _body_retry_after(response: httpx.Response) -> float | None:
+    """The wait a 429 body names, in seconds: Discord's `retry_after` (a float, more precise
+    than its rounded-up Retry-After header) or Telegram's `parameters.retry_after`."""
+    try:
+        body: Any = response.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    params = body.get("parameters")
+    for value in (
+        body.get("retry_after"),
+        params.get("retry_after") if isinstance(params, dict) else None,
+    ):
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            return max(0.0, float(value))
+    return None
+
+
+def _is_global_limit(response: httpx.Response) -> bool:
+    """Whether a 429 says the whole account is limited, not one route (Discord's
+    `X-RateLimit-Global: true` / `X-RateLimit-Scope: global` / body `global: true`)."""
+    headers = response.headers
+    if headers.get("x-ratelimit-global", "").strip().lower() == "true":
+        return True
+    if headers.get("x-ratelimit-scope", "").strip().lower() == "global":
+        return True
+    try:
+        body: Any = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("global") is True
+
+
 def _describe_body(response: httpx.Response) -> str:
     """A short, human-readable summary of an error body (JSON `error`/`message` if present)."""
     try:
@@ -125,7 +159,8 @@ def error_for_response(
     """The one mapping from an HTTP response to the face error hierarchy; None for 2xx/3xx.
 
     401, 403            -> AuthFailed
-    429                 -> RateLimited(retry_after from Retry-After / reset headers)
+    429                 -> RateLimited(retry_after from the body's `retry_after`, else from
+                           Retry-After / reset headers)
     408, 425, 5xx       -> Transient
     400, 422 (publish)  -> Rejected(reason="invalid")   (the platform refused the post)
     413 (publish)       -> Rejected(reason="too_long")
@@ -146,7 +181,9 @@ def error_for_response(
             ref=ref,
         )
     if status == 429:
-        wait = retry_after_seconds(response.headers)
+        wait = _body_retry_after(response)
+        if wait is None:
+            wait = retry_after_seconds(response.headers)
         when = f"retry in {wait:.1f} s" if wait is not None else "the platform gave no reset time"
         return RateLimited(
             f"The platform rate-limited face '{face}' ({what} -> 429{said}); {when}.",
@@ -286,6 +323,7 @@ class FaceHttp:
         self.face = face
         self.limiter = limiter or RateLimiter()
         self.retry_policy = retry or RetryPolicy()
+        self._buckets: dict[str, RateLimiter] = {}
         self.client = httpx.AsyncClient(
             base_url=base_url,
             headers=dict(headers or {}),
@@ -297,15 +335,27 @@ class FaceHttp:
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    def _observe(self, response: httpx.Response) -> None:
-        """Pause the limiter when the server says the budget is spent (Remaining: 0)."""
+    def bucket_limiter(self, bucket: str) -> RateLimiter:
+        """The limiter of one rate-limit bucket (created on first use): platforms with
+        per-route budgets (Discord) pause only the route that ran out, not every call."""
+        limiter = self._buckets.get(bucket)
+        if limiter is None:
+            limiter = self._buckets[bucket] = RateLimiter(
+                clock=self.limiter.clock, sleep=self.limiter.sleep
+            )
+        return limiter
+
+    def _observe(self, response: httpx.Response, bucket: str | None) -> None:
+        """Pause the limiter (the bucket's, if any) when the server says the budget is spent
+        (Remaining: 0)."""
         remaining = response.headers.get("x-ratelimit-remaining") or response.headers.get(
             "ratelimit-remaining"
         )
         if remaining is not None and remaining.strip() in ("0", "0.0"):
             wait = retry_after_seconds(response.headers)
             if wait is not None:
-                self.limiter.block_for(min(wait, self.retry_policy.max_rate_limit_wait))
+                target = self.bucket_limiter(bucket) if bucket is not None else self.limiter
+                target.block_for(min(wait, self.retry_policy.max_rate_limit_wait))
 
     def _backoff(self, exc: Exception) -> bool | float:
         if isinstance(exc, RateLimited):
@@ -324,20 +374,26 @@ class FaceHttp:
         *,
         ref: str | None,
         publishing: bool,
+        bucket: str | None,
+        expect: Collection[int],
         kwargs: dict[str, Any],
     ) -> httpx.Response:
+        if bucket is not None:
+            await self.bucket_limiter(bucket).acquire()
         await self.limiter.acquire()
         try:
             response = await self.client.request(method, url, **kwargs)
         except httpx.HTTPError as exc:
             raise error_for_exception(exc, face=self.face, ref=ref) from exc
-        self._observe(response)
+        self._observe(response, bucket)
+        if response.status_code in expect:
+            return response
         error = error_for_response(response, face=self.face, ref=ref, publishing=publishing)
         if error is not None:
             if isinstance(error, RateLimited) and error.retry_after is not None:
-                self.limiter.block_for(
-                    min(error.retry_after, self.retry_policy.max_rate_limit_wait)
-                )
+                scoped = bucket is not None and not _is_global_limit(response)
+                target = self.bucket_limiter(bucket) if scoped and bucket else self.limiter
+                target.block_for(min(error.retry_after, self.retry_policy.max_rate_limit_wait))
             raise error
         return response
 
@@ -349,13 +405,29 @@ class FaceHttp:
         ref: str | None = None,
         publishing: bool = False,
         retry: bool = True,
+        bucket: str | None = None,
+        expect: Collection[int] = (),
         **kwargs: Any,
     ) -> httpx.Response:
         """Send one request through the limiter; retry Transient and RateLimited failures per
         the policy when `retry` is True; raise the mapped `FaceError` otherwise. `kwargs` go to
-        `httpx.AsyncClient.request` (json=, params=, headers=, ...)."""
+        `httpx.AsyncClient.request` (json=, params=, headers=, ...).
+
+        `bucket` names the platform's rate-limit bucket of this route (for example
+        "POST /channels/123/messages"): a spent budget or a 429 then pauses that bucket only
+        (a global 429 still pauses everything). `expect` lists error statuses the caller
+        handles itself (404 for a lookup that may miss): those responses are returned, not
+        raised."""
         if not retry:
-            return await self._send_once(method, url, ref=ref, publishing=publishing, kwargs=kwargs)
+            return await self._send_once(
+                method,
+                url,
+                ref=ref,
+                publishing=publishing,
+                bucket=bucket,
+                expect=expect,
+                kwargs=kwargs,
+            )
         policy = self.retry_policy
         async for attempt in stamina.retry_context(
             on=self._backoff,
@@ -367,7 +439,13 @@ class FaceHttp:
         ):
             with attempt:
                 return await self._send_once(
-                    method, url, ref=ref, publishing=publishing, kwargs=kwargs
+                    method,
+                    url,
+                    ref=ref,
+                    publishing=publishing,
+                    bucket=bucket,
+                    expect=expect,
+                    kwargs=kwargs,
                 )
         raise AssertionError("unreachable: stamina re-raises the last failure")
 
