@@ -3,6 +3,7 @@ line. Knobs come from flags, then the `[train]` table of the config file, then d
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import threading
@@ -56,28 +57,37 @@ def _default_out(state_dir: Path | None, config: Path | None, model: str) -> Pat
     return resolve_state_dir(settings_or_exit(config), state_dir) / "runs" / name
 
 
-def _face_examples(name: str, config: Path | None) -> list[Any]:
-    """The history of face `name` as plain-text examples."""
+def _face_examples(name: str, config: Path | None, state_dir: Path | None) -> list[Any]:
+    """The history of face `name` as plain-text examples: the `[faces.NAME]` instance of the
+    config file when there is one, else a face of type NAME with its default settings."""
     import asyncio
 
+    from plaudit.daemon._cli_core import settings_or_exit
+    from plaudit.daemon._config import resolve_state_dir
+    from plaudit.faces import FaceError
+    from plaudit.faces._registry import discover, face_specs
     from plaudit.learner import examples_from_texts
 
-    try:
-        from plaudit.faces import discover
-    except ImportError:
-        raise fail("faces are not available in this build; use --data FILE instead") from None
+    path = config if config is not None else Path("plaudit.toml")
+    table: dict[str, Any] = {}
+    if path.is_file():
+        table = tomllib.loads(path.read_text(encoding="utf-8")).get("faces", {})
+    spec = face_specs(table).get(name)
+    face_type, options = (spec.type, dict(spec.options)) if spec else (name, {})
+    folder = resolve_state_dir(settings_or_exit(config), state_dir) / "faces" / name
 
     async def history() -> list[str]:
-        registry = discover()
-        face = registry.create(name=name, type=name, config={}, state_dir=None)
-        texts = [post.text async for post in face.history()]
-        await face.close()
-        return texts
+        face = discover(only=[face_type]).create(
+            name=name, type=face_type, config=options, state_dir=folder
+        )
+        async with face:
+            return [post.text async for post in face.history()]
 
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         texts = asyncio.run(history())
-    except Exception as e:  # any face failure ends the command with its message
-        raise fail(f"cannot read the history of face {name!r}: {e}") from None
+    except FaceError as e:
+        raise fail(f"cannot read the history of face {name!r}: {e}", 1) from None
     return list(examples_from_texts(texts, source=f"face {name}"))
 
 
@@ -182,7 +192,7 @@ def offline(
     run_dir = out or _default_out(state_dir, config, cfg.model)
     configure_logging()
     logger = get_logger("plaudit.train")
-    extra = _face_examples(cfg.face, config) if cfg.face else None
+    extra = _face_examples(cfg.face, config, state_dir) if cfg.face else None
 
     # SIGTERM / SIGINT: finish the step, checkpoint, exit; a second one stops at once.
     stop = threading.Event()
@@ -221,7 +231,80 @@ def offline(
         typer.echo(f"interrupted at step {result.steps}; continue with --resume --out {run_dir}")
 
 
+def evaluate(
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Model to evaluate: a run folder (its best), a plaudit model folder, "
+            "'smollm2', a .gguf or a Hugging Face folder."
+        ),
+    ],
+    data: Annotated[
+        list[Path],
+        typer.Option(
+            "--data", help="The data it was trained on (repeat for several).", dir_okay=False
+        ),
+    ],
+    fmt: Annotated[str, typer.Option("--format", help="auto|text|qa|dialogue|jsonl.")] = "auto",
+    val_split: Annotated[
+        float, typer.Option(help="Held-out share; use the value training used.")
+    ] = 0.05,
+    samples: Annotated[int, typer.Option(help="Samples to generate.")] = 32,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per sample.")] = 48,
+    threshold: Annotated[
+        int, typer.Option(help="Memorised: shares a run of this many tokens with a training post.")
+    ] = 10,
+    max_seq_len: Annotated[int, typer.Option(help="Tokens per validation row.")] = 256,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 1337,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Validation loss and perplexity, sample diversity, BLEU/ROUGE-L against held-out posts,
+    and memorisation (how much of each sample is copied from a training post)."""
+    from plaudit.learner import (
+        LearnerError,
+        configure_torch,
+        default_cache_dir,
+        load_model,
+        read_file,
+    )
+    from plaudit.learner import evaluate as run_eval
+    from plaudit.learner._checkpoint import resolve_model_dir
+    from plaudit.learner._data import dedupe, split_validation
+
+    configure_torch()
+    try:
+        examples = []
+        for path in data:
+            examples += read_file(path, fmt)[0]  # type: ignore[arg-type]
+        train, val = split_validation(dedupe(examples), val_split)
+        spec = resolve_model_dir(model) or model
+        loaded = load_model(str(spec), cache_dir=default_cache_dir())
+        report = run_eval(
+            model=loaded.model,
+            tokenizer=loaded.tokenizer,
+            train=train,
+            val=val,
+            n_samples=samples,
+            max_new_tokens=max_new_tokens,
+            threshold=threshold,
+            seed=seed,
+            max_seq_len=min(max_seq_len, loaded.model.config.max_seq_len),
+        )
+    except LearnerError as e:
+        raise fail(str(e), 1) from None
+    if as_json:
+        typer.echo(json.dumps({"model": str(spec)} | report.to_dict(), indent=2))
+        return
+    typer.echo(f"model {spec}")
+    for line in report.lines():
+        typer.echo(line)
+    typer.echo("samples:")
+    for s in report.samples[:5]:
+        typer.echo(f"  {s.text!r}")
+
+
 def register(app: typer.Typer) -> None:
     from plaudit.daemon._cli_control import train_app
 
     train_app.command("offline")(offline)
+    app.command("eval")(evaluate)

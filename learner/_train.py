@@ -268,7 +268,7 @@ class _Progress:
                 loss=round(rec.loss, 4),
                 lr=f"{rec.lr:.3g}",
                 grad_norm=round(rec.grad_norm, 3),
-                tokens_per_s=round(rec.tokens_per_s),
+                throughput=f"{rec.tokens_per_s:,.0f} tok/s",
                 val_loss=None if rec.val_loss is None else round(rec.val_loss, 4),
             )
 
@@ -679,6 +679,7 @@ def train_offline(
         check_precision(cfg.precision, dist.device)
         has_content = out.exists() and any(out.iterdir())
         latest = ckpt.latest_checkpoint(out) if has_content else None
+        distributed.barrier(dist)  # every rank has looked before rank 0 writes anything
         if resume:
             if latest is None:
                 raise CheckpointError(
