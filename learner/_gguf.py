@@ -100,8 +100,8 @@ def gguf_config(reader: gguf.GGUFReader) -> ModelConfig:
         n_kv_head=n_kv_head,
         n_embd=n_embd,
         intermediate_size=int(gguf_field(reader, "llama.feed_forward_length")),
-        norm_eps=float(gguf_field(reader, "llama.attention.layer_norm_rms_epsilon")),
-        rope_theta=float(gguf_field(reader, "llama.rope.freq_base", 10000.0)),
+        norm_eps=_f32(gguf_field(reader, "llama.attention.layer_norm_rms_epsilon")),
+        rope_theta=_f32(gguf_field(reader, "llama.rope.freq_base", 10000.0)),
         tie_embeddings=_find(reader, "output.weight") is None,
         bias=False,
     )
@@ -143,6 +143,12 @@ def gguf_state_dict(reader: gguf.GGUFReader, config: ModelConfig) -> dict[str, t
             f"not supported); use a plain Llama-family model."
         )
     return sd
+
+
+def _f32(value: float) -> float:
+    """GGUF stores these as float32: 1e-5 reads back as 9.99999974e-06. Take the shortest decimal
+    that is the same float32 (what the config said), so configs compare equal after a round trip."""
+    return float(str(np.float32(value)))
 
 
 def _find(reader: gguf.GGUFReader, name: str) -> Any:

@@ -22,7 +22,7 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,13 +148,14 @@ def atomic_folder(path: Path, *, overwrite: bool) -> Iterator[Path]:
             f"{path} is not empty; choose a new folder or allow overwriting (--force)."
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    tmp.mkdir()
     try:
         yield tmp
-        _fsync_tree(tmp)  # the data is on disk before the rename makes it visible
+        _publish_tree(tmp)
         if path.is_dir():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / path.name)
+            old = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.old"
+            os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old)
         else:
@@ -170,12 +171,27 @@ def default_cache_dir() -> Path:
     return platformdirs.user_cache_path("plaudit") / "models"
 
 
-def _fsync_tree(root: Path) -> None:
+def _publish_tree(root: Path) -> None:
+    """Make a finished folder readable as the umask allows (safetensors writes files 0600) and
+    flush it to disk, so the rename that follows never exposes missing data after a crash."""
+    mask = _umask()
     for file in root.rglob("*"):
         if file.is_file():
+            file.chmod(0o666 & ~mask)
             with file.open("rb") as f:
                 os.fsync(f.fileno())
+    root.chmod(0o777 & ~mask)
     _fsync_dir(root)
+
+
+def _umask() -> int:
+    # Linux shows it without changing it; os.umask() can only read by setting (racy in threads).
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(path: Path) -> None:
