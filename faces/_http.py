@@ -319,11 +319,15 @@ class FaceHttp:
         limiter: RateLimiter | None = None,
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        redact: Collection[str] = (),
     ) -> None:
         self.face = face
         self.limiter = limiter or RateLimiter()
         self.retry_policy = retry or RetryPolicy()
         self._buckets: dict[str, RateLimiter] = {}
+        # Secrets that may appear in URLs (Telegram puts the bot token in the path): they are
+        # replaced in every error message this client raises.
+        self._redact = [secret for secret in redact if secret]
         self.client = httpx.AsyncClient(
             base_url=base_url,
             headers=dict(headers or {}),
@@ -334,6 +338,12 @@ class FaceHttp:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+    def _scrub(self, error: FaceError) -> FaceError:
+        for secret in self._redact:
+            error.message = error.message.replace(secret, "<redacted>")
+        error.args = (error.message,)
+        return error
 
     def bucket_limiter(self, bucket: str) -> RateLimiter:
         """The limiter of one rate-limit bucket (created on first use): platforms with
@@ -384,7 +394,7 @@ class FaceHttp:
         try:
             response = await self.client.request(method, url, **kwargs)
         except httpx.HTTPError as exc:
-            raise error_for_exception(exc, face=self.face, ref=ref) from exc
+            raise self._scrub(error_for_exception(exc, face=self.face, ref=ref)) from exc
         self._observe(response, bucket)
         if response.status_code in expect:
             return response
@@ -394,7 +404,7 @@ class FaceHttp:
                 scoped = bucket is not None and not _is_global_limit(response)
                 target = self.bucket_limiter(bucket) if scoped and bucket else self.limiter
                 target.block_for(min(error.retry_after, self.retry_policy.max_rate_limit_wait))
-            raise error
+            raise self._scrub(error)
         return response
 
     async def request(
