@@ -47,11 +47,11 @@ def list_faces(
         }
         typer.echo(json.dumps(data, indent=2))
         return
-    names = [f.type_name for f in installed] + [f.type_name for f in failed]
-    width = max([len(n) for n in names] + [4])
-    typer.echo(f"{'TYPE':<{width}}  {'PACKAGE':<20}  ENTRY POINT")
+    width = max([len(f.type_name) for f in installed] + [4])
+    pwidth = max([len(f.package) for f in installed] + [7])
+    typer.echo(f"{'TYPE':<{width}}  {'PACKAGE':<{pwidth}}  ENTRY POINT")
     for face in installed:
-        typer.echo(f"{face.type_name:<{width}}  {face.package:<20}  {face.entry_point}")
+        typer.echo(f"{face.type_name:<{width}}  {face.package:<{pwidth}}  {face.entry_point}")
     if failed:
         typer.echo("\nfailed to load (instances of these types cannot start):")
         for bad in failed:
