@@ -11,8 +11,9 @@ import secrets
 from pathlib import Path
 from typing import Final
 
-from plaudit.state import StateError, atomic_write_text
 from pydantic import SecretStr
+
+from plaudit.state import StateError, atomic_write_text
 
 TOKEN_FILE: Final = "http-token"
 _MIN_LENGTH: Final = 16

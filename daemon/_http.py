@@ -18,12 +18,22 @@ import contextlib
 import json
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import models_json_schema
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
 from plaudit.daemon._auth import bearer_matches
 from plaudit.daemon._control import (
     Control,
@@ -38,15 +48,6 @@ from plaudit.daemon._control import (
 )
 from plaudit.daemon._logging import get_logger
 from plaudit.daemon._metrics import Metrics
-from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic.json_schema import models_json_schema
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
 
 STATIC_DIR: Final = Path(__file__).with_name("static")
 MAX_BODY_BYTES: Final = 64 * 1024
@@ -87,7 +88,8 @@ class GenerateResponse(_ApiModel):
 
 class MetricHistory(_ApiModel):
     since: float
-    series: dict[str, list[tuple[float, float]]] = Field(
+    # A pair as a 2-item list, not a tuple: schemathesis mishandles JSON Schema prefixItems.
+    series: dict[str, list[Annotated[list[float], Field(min_length=2, max_length=2)]]] = Field(
         description="For each requested name, [unix time, value] pairs in time order"
     )
 
@@ -120,7 +122,7 @@ def _error(
     code: str,
     message: str,
     details: list[dict[str, Any]] | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     body = ErrorBody(error=code, message=message, details=details)
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
@@ -255,7 +257,8 @@ def build_app(
         names = list(dict.fromkeys(query.names.split(",")))
         with _control_errors("metric history"):
             series = control.metric_history(names, since=query.since)
-        return _json(MetricHistory(since=query.since, series=series))
+        data = {name: [[t, v] for t, v in points] for name, points in series.items()}
+        return _json(MetricHistory(since=query.since, series=data))
 
     routes = [
         Route("/", page, methods=["GET"]),
@@ -396,7 +399,7 @@ def openapi_document() -> dict[str, Any]:
             "content": {"application/json": {"schema": ref(model, "validation")}},
         }
 
-    secured = [{"bearerAuth": []}]
+    secured: list[dict[str, list[str]]] = [{"bearerAuth": []}]
     mutating_errors = {
         "400": error("Malformed JSON, or the daemon refuses the request"),
         "401": error("Missing or wrong bearer token"),

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 from http_helpers import FACES, TOKEN, StoreControl, seed_store
+from starlette.applications import Starlette
+
 from plaudit.daemon._http import HttpServer, build_app, serve
 from plaudit.daemon._metrics import Metrics
 from plaudit.state import Store
-from starlette.applications import Starlette
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from plaudit.daemon._control import (
     ControlConflict,
     ControlError,

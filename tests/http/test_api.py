@@ -11,11 +11,12 @@ import httpx
 import pytest
 from http_helpers import TOKEN, StoreControl
 from openapi_spec_validator import validate
+from pydantic import SecretStr
+
 from plaudit.daemon._auth import TOKEN_FILE, bearer_matches, ensure_token
 from plaudit.daemon._http import HttpServer, build_app, openapi_document, serve
 from plaudit.daemon._metrics import Metrics
 from plaudit.state import StateError
-from pydantic import SecretStr
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
