@@ -159,6 +159,11 @@ def config_error(
         key = ".".join(str(part) for part in error["loc"]) or "(config)"
         allowed = _allowed_text(error, model, key)
         if error["type"] == "missing":
+            if _is_secret(model, key):
+                allowed += (
+                    f"; it is a secret: put it in a credentials file named "
+                    f"faces.{instance}.{key} (or set it in the table)"
+                )
             lines.append(f"  - {key}: missing; {allowed}")
             problems.append((key, None, allowed))
             continue

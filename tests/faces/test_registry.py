@@ -140,7 +140,10 @@ def test_missing_and_mistyped_secrets_are_named_but_never_shown(tmp_path: Path) 
     )
     with pytest.raises(FaceConfigError) as info:
         registry.create(name="bot", type="tokened", config={}, state_dir=tmp_path)
-    assert "  - token: missing; a value is required" in str(info.value)
+    assert (
+        "  - token: missing; a value is required; it is a secret: put it in a credentials file "
+        "named faces.bot.token (or set it in the table)"
+    ) in str(info.value)
     with pytest.raises(FaceConfigError) as typed:
         registry.create(name="bot", type="tokened", config={"token": 12345}, state_dir=tmp_path)
     assert "token = '<hidden secret>': Input should be a valid string" in str(typed.value)

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from plaudit.faces import Draft, Face, Reactions
+
+from plaudit.faces import Draft, Face, Permanent, Reactions
 from plaudit.faces.simulated import SimulatedConfig, SimulatedFace, load_corpus
 from plaudit.faces.simulated._corpus import parse_corpus
 from plaudit.faces.testing import FaceContract, FaceFactory
@@ -199,3 +200,13 @@ def test_corpus_file_quirks() -> None:
         parse_corpus(b"1\t0.5\tfine\r\n2\tbroken line\r\n")
     raw = gzip.compress(b"1\t0.5\tok &lt;3\r\n")
     assert parse_corpus(gzip.decompress(raw))[0].text == "ok <3"
+
+
+async def test_unusable_state_folder_is_a_permanent_error_naming_it(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the state folder should be", encoding="utf-8")
+    face = SimulatedFace(name="sim", config=SimulatedConfig(), state_dir=blocker / "sim")
+    with pytest.raises(Permanent) as info:
+        await face.publish(Draft(text=GOOD), idempotency_key="k")
+    assert info.value.face == "sim"
+    assert f"Cannot create the simulated face's state folder {blocker / 'sim'}" in str(info.value)
