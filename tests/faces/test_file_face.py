@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from plaudit.faces import Draft, Face, FaceError, HistoricalPost, Permanent, Reactions
 from plaudit.faces.file import FileConfig, FileFace
 from plaudit.faces.testing import FaceContract, FaceFactory
