@@ -92,8 +92,9 @@ def _llama_config(raw: dict[str, Any], *, source: Path) -> ModelConfig:
     # transformers 5 writes rope_parameters; 4.x wrote rope_theta and rope_scaling.
     rope = raw.get("rope_parameters") or {}
     scaling = raw.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type")
-    if rope_type not in (None, "default"):
+    kinds = {rope.get("rope_type"), scaling.get("rope_type"), scaling.get("type")}
+    rope_type = next((k for k in sorted(kinds - {None, "default"}, key=str)), None)
+    if rope_type is not None:
         raise ModelLoadError(
             f"{where}: RoPE scaling {rope_type!r} is not supported; use a model without it."
         )
