@@ -203,8 +203,7 @@ def offline(
         stop.set()
         logger.warning("stopping after this step", signal=signal.Signals(signum).name)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         result = train_offline(
             cfg,
@@ -217,6 +216,9 @@ def offline(
         )
     except LearnerError as e:
         raise fail(str(e), 1) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     summary = {
         "run": str(result.run_dir),
         "steps": result.steps,
@@ -303,8 +305,44 @@ def evaluate(
         typer.echo(f"  {s.text!r}")
 
 
+def grow(
+    source: Annotated[
+        str,
+        typer.Option("--from", help="Checkpoint, run folder (its best) or model folder to grow."),
+    ],
+    to: Annotated[str, typer.Option("--to", help="Target size preset (micro ... xxl).")],
+    out: Annotated[Path, typer.Option(help="Model folder to write.", file_okay=False)],
+    force: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
+) -> None:
+    """Grow a trained model into a larger preset that starts computing the same function;
+    continue training it with `plaudit train offline --model OUT`."""
+    from plaudit.learner import LearnerError, configure_torch, load_model, save_model
+    from plaudit.learner._checkpoint import resolve_model_dir
+    from plaudit.learner._grow import grow as grow_model
+    from plaudit.learner._grow import logit_difference, target_config
+
+    configure_torch()
+    if out.exists() and any(out.iterdir()) and not force:
+        raise fail(f"{out} is not empty; choose another --out or pass --force to replace it", 1)
+    try:
+        spec = resolve_model_dir(source) or source
+        loaded = load_model(str(spec))
+        grown = grow_model(loaded.model, target_config(loaded.model.config, to))
+        diff = logit_difference(loaded.model, grown)
+        save_model(out, model=grown, tokenizer=loaded.tokenizer)
+    except LearnerError as e:
+        raise fail(str(e), 1) from None
+    a, b = loaded.model.config, grown.config
+    typer.echo(
+        f"grew {spec} ({loaded.model.num_params():,} parameters, {a.n_layer} layers x "
+        f"{a.n_embd}) into {out} ({grown.num_params():,} parameters, {b.n_layer} layers x "
+        f"{b.n_embd}); max |logit difference| on random tokens: {diff:.2e}"
+    )
+
+
 def register(app: typer.Typer) -> None:
     from plaudit.daemon._cli_control import train_app
 
     train_app.command("offline")(offline)
     app.command("eval")(evaluate)
+    app.command("grow")(grow)
