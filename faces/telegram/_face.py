@@ -62,6 +62,7 @@ from pydantic import (
 )
 
 from .._api import Face
+from .._emoji import DEFAULT_NEGATIVE, emoji_reactions, emoji_score_weights
 from .._errors import FaceError, Permanent, RateLimited, Transient
 from .._http import FaceHttp, RateLimiter, RetryPolicy
 from .._journal import JournalState, PublishJournal
@@ -94,10 +95,6 @@ def utf16_length(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
 
-def _default_weights() -> ScoreWeights:
-    return ScoreWeights(extra={"negative": -1.0})
-
-
 class TelegramConfig(FaceConfig):
     """Settings of one Telegram channel."""
 
@@ -105,10 +102,10 @@ class TelegramConfig(FaceConfig):
     chat_id: str = Field(description='The channel: "@username" or its numeric id "-100..."')
     api_base: str = "https://api.telegram.org"  # or a self-hosted Bot API server
     disable_notification: bool = False
-    negative_reactions: list[str] = Field(default_factory=lambda: ["👎", "💩", "🤮", "🤬", "😡"])
+    negative_reactions: list[str] = Field(default_factory=lambda: list(DEFAULT_NEGATIVE))
     min_interval_seconds: NonNegativeFloat = 0.0
     timeout_seconds: PositiveFloat = 30.0
-    score_weights: ScoreWeights = Field(default_factory=_default_weights)
+    score_weights: ScoreWeights = Field(default_factory=emoji_score_weights)
 
     @field_validator("chat_id", mode="before")
     @classmethod
@@ -401,9 +398,7 @@ class TelegramFace(Face[TelegramConfig]):
     def _reactions_from(self, counts: dict[str, int] | None) -> Reactions:
         if not counts:
             return Reactions()
-        negative = {f"emoji:{e}" for e in self.config.negative_reactions}
-        bad = sum(n for key, n in counts.items() if key in negative)
-        return Reactions(likes=sum(counts.values()) - bad, extra={"negative": bad, **counts})
+        return emoji_reactions(counts, negative=self.config.negative_reactions)
 
     # ---- the face ----------------------------------------------------------------------------
 
