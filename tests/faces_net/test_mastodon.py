@@ -297,3 +297,26 @@ def test_config_errors_name_the_problem() -> None:
         MastodonConfig.model_validate({"base_url": "https://m.example"})
     config = MastodonConfig(base_url="https://m.example/", access_token="secret-token")
     assert config.base_url == "https://m.example" and "secret-token" not in repr(config)
+
+
+async def test_pending_key_older_than_the_server_window_is_found_not_reposted(
+    mastodon: MastodonServer, tmp_path: Path
+) -> None:
+    """The status was created but the answer never recorded, and the server's one-hour memory
+    of the Idempotency-Key is over: the face finds the status instead of posting it again."""
+    user = mastodon.new_user()
+    text = "Made before the crash."
+    face = make_face(mastodon, user, tmp_path)
+    face._journal.begin("old", text=text)
+    face._journal._conn().execute(
+        "UPDATE publish_journal SET started_at = ? WHERE key = 'old'",
+        ((datetime.now(UTC) - timedelta(hours=2)).isoformat(),),
+    )
+    made = mastodon.post(user, text)  # what the lost request did
+    await face.aclose()
+    transport = CountingTransport()
+    again = make_face(mastodon, user, tmp_path, transport=transport)
+    published = await again.publish(Draft(text=text), idempotency_key="old")
+    assert published.ref == made
+    assert transport.calls("POST", STATUSES) == [] and len(mastodon.statuses(user)) == 1
+    await again.aclose()
