@@ -1,5 +1,5 @@
 """deploy/plaudit.service: `systemd-analyze verify` is clean, `systemd-analyze security` rates it
-2.0 or lower, and the unit agrees with the code it runs (config keys, exit codes, timeouts)."""
+2.0 or lower, and the unit agrees with the code it runs (config keys, timeouts, torch, Python)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import errno
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from plaudit.daemon._cli_core import fail
 from plaudit.daemon._config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,11 +155,47 @@ def test_stop_timeout_leaves_room_for_the_daemons_own_deadline(
     assert stop >= daemon_deadline + 30, (stop, daemon_deadline)
 
 
-def test_restart_is_prevented_for_the_config_error_exit_status(
+def unit_environment(service: dict[str, list[str]]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for line in service.get("Environment", []):
+        for assignment in line.split():
+            key, _, value = assignment.partition("=")
+            env[key] = value
+    return env
+
+
+def test_a_watchdog_abort_leaves_every_threads_stack_in_the_journal(
     service: dict[str, list[str]],
 ) -> None:
-    # A bad config exits with fail()'s status; restarting cannot fix it.
-    assert service["RestartPreventExitStatus"] == [str(fail("bad config").exit_code)]
+    # The unit promises that WatchdogSignal=SIGABRT prints where each thread was stuck: run a
+    # Python with the unit's environment, abort it the way systemd would, read its stderr.
+    assert service["WatchdogSignal"] == ["SIGABRT"]
+    env = {**os.environ, **unit_environment(service)}
+    env.pop("XDG_CACHE_HOME", None)  # a systemd specifier (%C), meaningless here
+    code = textwrap.dedent(
+        """
+        import threading, time
+        def training_step():
+            time.sleep(60)
+        threading.Thread(target=training_step, daemon=True).start()
+        print("up", flush=True)
+        time.sleep(60)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "up"
+    proc.send_signal(signal.SIGABRT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGABRT
+    assert "Fatal Python error: Aborted" in err
+    assert "in training_step" in err, err  # the worker thread's stack, not only the main one
 
 
 def test_credentials_are_named_by_config_keys(service: dict[str, list[str]]) -> None:
