@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import tokenizers
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors, trainers
 
 from ._errors import TokenizerError
 
@@ -82,6 +82,7 @@ class Tokenizer:
         pad_token: str | None = None,
         unk_token: str | None = None,
         chat_template: str | None = None,
+        add_bos_token: bool = False,
     ) -> None:
         self.backend = backend
         self.bos_token = bos_token
@@ -89,6 +90,9 @@ class Tokenizer:
         self.pad_token = pad_token
         self.unk_token = unk_token
         self.chat_template = chat_template
+        # Whether the model was trained on texts that start with BOS (Llama 2/3 yes, SmolLM2 no):
+        # callers building prompts pass `encode(text, add_bos=tok.add_bos_token)`.
+        self.add_bos_token = add_bos_token
         self.bos_id = self._id_of(bos_token, "bos_token")
         self.eos_id = self._id_of(eos_token, "eos_token")
         self.pad_id = self._id_of(pad_token, "pad_token")
@@ -115,7 +119,8 @@ class Tokenizer:
     def __repr__(self) -> str:
         return (
             f"Tokenizer(vocab_size={self.vocab_size}, bos={self.bos_token!r}, "
-            f"eos={self.eos_token!r}, pad={self.pad_token!r}, chat_template="
+            f"eos={self.eos_token!r}, pad={self.pad_token!r}, add_bos={self.add_bos_token}, "
+            f"chat_template="
             f"{'yes' if self.chat_template else 'no'})"
         )
 
@@ -190,10 +195,18 @@ class Tokenizer:
         """Write `tokenizer.json` and an HF style `tokenizer_config.json` into folder `path`."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.backend.save(str(path / "tokenizer.json"))
+        backend = self.backend
+        if self.add_bos_token and self.bos_token is not None:
+            # Said in tokenizer.json itself, the one place every transformers version reads.
+            backend = tokenizers.Tokenizer.from_str(backend.to_str())
+            bos = self.bos_token
+            backend.post_processor = processors.TemplateProcessing(
+                single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, self.bos_id)]
+            )
+        backend.save(str(path / "tokenizer.json"))
         config: dict[str, Any] = {
             "tokenizer_class": "PreTrainedTokenizerFast",
-            "add_bos_token": False,
+            "add_bos_token": self.add_bos_token,
             "add_eos_token": False,
             "clean_up_tokenization_spaces": False,
         }
@@ -243,13 +256,20 @@ class Tokenizer:
         template_path = path.parent / "chat_template.jinja"
         if template_path.is_file():
             template = template_path.read_text(encoding="utf-8")
+        bos_token = _token_of(config.get("bos_token"))
+        add_bos = config.get("add_bos_token")
+        if add_bos is None:  # not stated: does the tokenizer's post-processor prepend BOS?
+            bos_id = backend.token_to_id(bos_token) if bos_token is not None else None
+            first = backend.encode("a", add_special_tokens=True).ids[:1]
+            add_bos = bos_id is not None and first == [bos_id]
         return cls(
             backend=backend,
-            bos_token=_token_of(config.get("bos_token")),
+            bos_token=bos_token,
             eos_token=_token_of(config.get("eos_token")),
             pad_token=_token_of(config.get("pad_token")),
             unk_token=_token_of(config.get("unk_token")),
             chat_template=template,
+            add_bos_token=bool(add_bos),
         )
 
     # ---- building -------------------------------------------------------------------------------
@@ -374,6 +394,7 @@ class Tokenizer:
             pad_token=token("padding_token_id"),
             unk_token=token("unknown_token_id"),
             chat_template=gguf_field(reader, "tokenizer.chat_template", None),
+            add_bos_token=bool(gguf_field(reader, "tokenizer.ggml.add_bos_token", False)),
         )
 
 

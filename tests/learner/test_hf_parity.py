@@ -173,6 +173,16 @@ def test_exported_tokenizer_loads_in_autotokenizer(tokenizer: Tokenizer, tmp_pat
     assert tokenizer.apply_chat_template(messages) == hf_tok.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=True
     )
+    # A tokenizer whose model expects BOS: transformers then prepends it by default too.
+    with_bos = Tokenizer(
+        backend=tokenizer.backend,
+        bos_token=tokenizer.bos_token,
+        eos_token=tokenizer.eos_token,
+        add_bos_token=True,
+    )
+    export_hf(tmp_path / "bos", model=model, tokenizer=with_bos)
+    hf_bos = transformers.AutoTokenizer.from_pretrained(tmp_path / "bos")
+    assert hf_bos(TEXTS[0]).input_ids == with_bos.encode(TEXTS[0], add_bos=True)
 
 
 def test_sharded_and_unprefixed_checkpoints_import(tokenizer: Tokenizer, tmp_path: Path) -> None:

@@ -196,3 +196,26 @@ def test_errors_name_the_problem(bpe: Tokenizer, tmp_path: Path) -> None:
         Tokenizer.from_dir(tmp_path)
     with pytest.raises(TokenizerError, match="does not compile"):
         Tokenizer(backend=bpe.backend, chat_template="{% for %}").apply_chat_template([])
+
+
+def test_add_bos_token_is_kept_and_detected(bpe: Tokenizer, tmp_path: Path) -> None:
+    from tokenizers import processors
+
+    assert not bpe.add_bos_token
+    tok = Tokenizer(backend=bpe.backend, bos_token=BOS_TOKEN, add_bos_token=True)
+    tok.save(tmp_path / "stated")
+    assert Tokenizer.from_dir(tmp_path / "stated").add_bos_token
+    # A Llama-style tokenizer.json whose post-processor prepends BOS, and no config saying so.
+    backend = Tokenizer.from_dir(tmp_path / "stated").backend
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{BOS_TOKEN} $A", special_tokens=[(BOS_TOKEN, 0)]
+    )
+    (tmp_path / "detected").mkdir()
+    backend.save(str(tmp_path / "detected" / "tokenizer.json"))
+    (tmp_path / "detected" / "tokenizer_config.json").write_text(
+        json.dumps({"bos_token": BOS_TOKEN})
+    )
+    detected = Tokenizer.from_dir(tmp_path / "detected")
+    assert detected.add_bos_token
+    # encode never adds BOS behind the caller's back.
+    assert detected.encode("hello") == bpe.encode("hello")
