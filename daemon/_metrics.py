@@ -2,7 +2,7 @@
 
 Conventions (checked by ``promtool check metrics`` in the tests): ``plaudit_`` prefix, base
 units (seconds, bytes), ``_total`` counters, labels only from small fixed sets (face instance,
-job, outcome, reason, mode, horizon, endpoint) and never a post id or text. Every label
+task, outcome, reason, mode, horizon, endpoint) and never a post id or text. Every label
 combination is created at start-up so that it is exported as 0 before the first event: rates,
 alerts and dashboard panels then see a series from the first scrape instead of "no data".
 
@@ -215,13 +215,15 @@ class Metrics:
         self.scheduler_job_runs = Counter(
             "plaudit_scheduler_job_runs_total",
             "Scheduled job runs, by job and outcome.",
-            ["job", "outcome"],
+            # "task", not "job": Prometheus sets its own "job" label on every scraped series
+            # and would rename ours to "exported_job".
+            ["task", "outcome"],
             registry=registry,
         )
         self.scheduler_misfires = Counter(
             "plaudit_scheduler_misfires_total",
             "Scheduled job runs missed (the daemon was busy or down at the due time).",
-            ["job"],
+            ["task"],
             registry=registry,
         )
         self.event_loop_lag = Gauge(
