@@ -198,13 +198,27 @@ def test_a_watchdog_abort_leaves_every_threads_stack_in_the_journal(
     assert "in training_step" in err, err  # the worker thread's stack, not only the main one
 
 
-def test_credentials_are_named_by_config_keys(service: dict[str, list[str]]) -> None:
-    # The config loader reads $CREDENTIALS_DIRECTORY/<dotted key>; a credential under any
-    # other name would be ignored (or rejected as an unknown key).
-    ids = [value.split(":", 1)[0] for value in service["LoadCredential"]]
-    assert ids == ["http.token"]
-    section, field = ids[0].split(".")
-    assert field in type(getattr(Settings(), section)).model_fields
+def test_credential_lines_name_config_keys_and_their_files() -> None:
+    # The config loader reads $CREDENTIALS_DIRECTORY/<dotted key>: a credential under any
+    # other name would be ignored or rejected. The unit ships the lines commented out (a
+    # missing source file fails the start); check each example all the same.
+    from plaudit.faces._registry import discover
+
+    lines = re.findall(r"^#?LoadCredential=(\S+)$", UNIT.read_text(), re.M)
+    assert len(lines) >= 3, lines
+    registry = discover()
+    for line in lines:
+        cred_id, _, source = line.partition(":")
+        assert source == f"/etc/plaudit/credentials/{cred_id}", line
+        parts = cred_id.split(".")
+        if parts[0] == "faces":
+            _, instance, key = parts
+            model = registry.get(instance).Config  # the examples name instances by type
+        else:
+            section, key = parts
+            model = type(getattr(Settings(), section))
+        assert key in model.model_fields, f"{cred_id}: no such config key"
+        assert "SecretStr" in str(model.model_fields[key].annotation), f"{cred_id} is no secret"
 
 
 def test_no_write_execute_ban_while_torch_needs_it() -> None:
