@@ -151,6 +151,12 @@ function renderStatus(s) {
   $("policy-version").textContent = `v${s.policy_version}`;
   $("model-name").textContent = s.model;
   $("model-name").title = s.model;
+  $("uptime").textContent = fmtDuration(s.uptime_seconds);
+  $("posts-published").textContent = String(s.faces.reduce((n, f) => n + f.posts_published, 0));
+  const last = Math.max(0, ...s.faces.map((f) => f.last_post_at || 0));
+  $("last-post").textContent = last ? fmtAgo(last) : "never";
+  const upcoming = s.faces.map((f) => f.next_post_at).filter((t) => t);
+  $("next-post").textContent = upcoming.length ? fmtAgo(Math.min(...upcoming)) : "–";
   $("start-button").disabled = s.training === "running" && s.mode === "online";
   $("stop-button").disabled = s.training === "paused";
 

@@ -1,0 +1,131 @@
+"""The status page end to end in headless Chromium (Debian's, driven by Playwright): token,
+stop and start, an offline run with live progress, the playground, charts and the feed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from http_helpers import TOKEN, StoreControl, require_tool
+
+from plaudit.daemon._http import HttpServer
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Any]:
+    chromium = require_tool("chromium")
+    playwright_api = pytest.importorskip("playwright.async_api")
+    async with playwright_api.async_playwright() as pw:
+        # A persistent context is how Playwright takes a fresh --user-data-dir of our own.
+        context = await pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=chromium,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            yield context
+        finally:
+            await context.close()
+
+
+async def test_status_page_end_to_end(
+    browser: Any, server: HttpServer, control: StoreControl, tmp_path: Path
+) -> None:
+    page = browser.pages[0] if browser.pages else await browser.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+
+    await page.goto(server.url)
+    # First visit: the page asks for the token once.
+    dialog = page.locator("#token-dialog")
+    await dialog.wait_for(state="visible")
+    await page.fill("#token-input", TOKEN)
+    await page.click("#token-save")
+    await dialog.wait_for(state="hidden")
+    assert await page.evaluate("sessionStorage.getItem('plaudit.token')") == TOKEN
+
+    pill = page.locator("#state-pill")
+    await pill.filter(has_text="training running").wait_for()
+
+    # Stop, then start: the status changes on the page and in the daemon's store.
+    await page.click("#stop-button")
+    await pill.filter(has_text="training paused").wait_for()
+    assert control.store.control().training.value == "paused"
+    await page.click("#start-button")
+    await pill.filter(has_text="training running").wait_for()
+    assert control.store.control().training.value == "running"
+
+    # An offline run with live progress, then back to online when it is done.
+    control.step_seconds = 0.4
+    await page.fill("#offline-data", "sim")
+    await page.fill("input[name=max_steps]", "6")
+    await page.fill("input[name=lr]", "3e-5")
+    await page.click("#offline-button")
+    progress = page.locator("#progress-text")
+    await progress.filter(has_text="offline run: step").wait_for()
+    await page.locator("#progress-extra").filter(has_text="loss").wait_for(timeout=10_000)
+    await page.screenshot(path=str(tmp_path / "status-page-offline-run.png"))
+    await page.locator("#progress").wait_for(state="hidden", timeout=15_000)
+    assert "online mode" in await page.text_content("#summary-meta")
+
+    # The playground: two samples from the current policy.
+    await page.fill("#generate-prompt", "Good morning")
+    await page.fill("input[name=n]", "2")
+    await page.click("#generate-button")
+    samples = page.locator("#samples li.sample")
+    await samples.nth(1).wait_for()
+    assert await samples.count() == 2
+    assert (await samples.nth(0).text_content() or "").startswith("Good morning")
+
+    # Charts from the metric history, the feed from the store, the faces table.
+    for name in ("loss", "reward", "kl"):
+        await page.locator(f"#chart-{name} svg path.series").wait_for()
+    assert await page.locator("#feed li").count() == 4
+    assert "Rain all week" in (await page.text_content("#feed li:first-child") or "")
+    assert await page.locator("#faces-body tr").count() == 2
+
+    shot = tmp_path / "status-page.png"
+    await page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 20_000
+    print(f"screenshot: {shot}")
+    assert not problems, problems
+
+    # A wrong token in the session: the page asks again instead of failing silently.
+    await page.evaluate("sessionStorage.setItem('plaudit.token', 'wrong-token-123456')")
+    await page.click("#stop-button")
+    await dialog.wait_for(state="visible")
+    await page.fill("#token-input", TOKEN)
+    await page.click("#token-save")
+    await pill.filter(has_text="training paused").wait_for()
+    assert problems == [
+        "Failed to load resource: the server responded with a status of 401 (Unauthorized)"
+    ]
+
+
+async def test_status_page_dark(browser: Any, server: HttpServer, tmp_path: Path) -> None:
+    page = browser.pages[0] if browser.pages else await browser.new_page()
+    await page.emulate_media(color_scheme="dark")
+    await page.goto(server.url)
+    await page.click("#token-dialog button[value=cancel]")
+    await page.locator("#state-pill").filter(has_text="training running").wait_for()
+    await page.locator("#chart-loss svg path.series").wait_for()
+    background = await page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(18, 21, 27)"
+    shot = tmp_path / "status-page-dark.png"
+    await page.screenshot(path=str(shot), full_page=True)
+    print(f"screenshot: {shot}")
