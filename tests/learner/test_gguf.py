@@ -208,7 +208,7 @@ def test_converted_gguf_is_cached(tokenizer: Tokenizer, tmp_path: Path) -> None:
     write_llama_gguf(path, model, tokenizer)
     cache = tmp_path / "cache"
     first = load_model(path, cache_dir=cache)
-    (folder,) = list(cache.iterdir())
+    (folder,) = [p for p in cache.iterdir() if p.is_dir()]
     assert (folder / "plaudit_model.json").is_file() and (folder / "model.safetensors").is_file()
     second = load_model(path, cache_dir=cache)
     assert "(cached in" in second.source and "(cached in" not in first.source
