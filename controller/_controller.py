@@ -117,6 +117,8 @@ class Controller:
         self.log = structlog.stdlib.get_logger("plaudit.controller")
         self._tasks: set[asyncio.Task[Any]] = set()
         self._offline_request: dict[str, Any] | None = None
+        # The first posts wait for the first offline fit (the community's style) when one is due.
+        self._first_fit_done = asyncio.Event()
 
     # -- life --------------------------------------------------------------------------------
 
@@ -126,6 +128,11 @@ class Controller:
             await self._load_history(rt)
         self.own_posts.extend(self.store.published_texts(limit=5000))
         await self._recover_in_flight()
+        never_fitted = any(self.store.get_value(f"offline_fit:{n}") is None for n in self.faces)
+        if not (
+            never_fitted and self.training_running() and self.settings.controller.offline_interval
+        ):
+            self._first_fit_done.set()
         self._schedule_all()
         self.scheduler.start()
         self.log.info(
@@ -173,20 +180,23 @@ class Controller:
         self.log.info("controller rescheduled", jobs=len(self.scheduler.get_jobs()))
 
     async def stop(self, *, deadline: float) -> int:
-        """Stop scheduling, let running jobs finish until ``deadline``; return how many were
-        cancelled."""
+        """Stop scheduling, let running jobs finish until ``deadline`` (training stops at its
+        next step boundary and checkpoints); return how many had to be cancelled."""
         if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+            # Pause, not shut down: shutting the executor down would cancel running jobs.
+            self.scheduler.pause()
         self.worker.stop_training.set()
+        cancelled = 0
         pending = [t for t in self._tasks if not t.done()]
         if pending:
-            _done, still = await asyncio.wait(
-                pending, timeout=max(0.0, deadline - time.monotonic())
-            )
+            timeout = max(0.0, deadline - time.monotonic())
+            _done, still = await asyncio.wait(pending, timeout=timeout)
             for task in still:
                 task.cancel()
-            return len(still)
-        return 0
+            cancelled = len(still)
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        return cancelled
 
     def _job(
         self, name: str, fn: Callable[..., Awaitable[Outcome]]
@@ -266,6 +276,9 @@ class Controller:
     async def post(self, face_name: str) -> Outcome:
         rt = self.faces[face_name]
         now = time.time()
+        if not self._first_fit_done.is_set():
+            self._schedule_post(rt, now + 2.0)
+            return "skipped"
         blocked = self._blocked_until(rt, now)
         if blocked is not None:
             reason, retry_at = blocked
@@ -614,6 +627,14 @@ class Controller:
 
     # -- offline -----------------------------------------------------------------------------
 
+    def resume(self) -> None:
+        """Training was (re)started: pick up what waits now instead of at the next tick."""
+        if not self.scheduler.running:
+            return
+        for name, fn in (("offline", self.offline), ("learn", self.learn)):
+            if self.scheduler.get_job(name) is not None:
+                self.scheduler.add_job(self._job(name, fn), id=f"{name}-now", replace_existing=True)
+
     def request_offline(self, overrides: dict[str, Any]) -> None:
         """Run an offline fit now (from the API/CLI), with these knob overrides."""
         self._offline_request = overrides
@@ -625,6 +646,12 @@ class Controller:
             )
 
     async def offline(self) -> Outcome:
+        try:
+            return await self._offline()
+        finally:
+            self._first_fit_done.set()
+
+    async def _offline(self) -> Outcome:
         control = self.store.control()
         if control.training is not TrainingState.RUNNING:
             return "skipped"

@@ -12,14 +12,15 @@ CLIP = 3.0
 
 
 def normalise(score: float, history: Sequence[float]) -> float:
-    """z-score of ``score`` against ``history`` (the face's earlier scores), clipped to +-3.
+    """z-score of ``score`` against ``history`` (the face's earlier scores; the post is judged
+    against the past, not against itself), clipped to +-3.
 
     The spread has a floor (10% of the mean magnitude) so that a few near-identical early
     scores do not turn tiny differences into huge rewards (strong shrinkage early)."""
     if not math.isfinite(score):
         raise ValueError(f"score must be a finite number, got {score!r}")
-    values = [*history, score]
-    if len(values) <= MIN_HISTORY:
+    values = list(history)
+    if len(values) < MIN_HISTORY:
         return 0.0
     mean = sum(values) / len(values)
     var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)

@@ -485,6 +485,8 @@ class Daemon:
         self.metrics.set_training(running=True, mode=request.mode)
         if request.mode == "offline":
             self.controller.request_offline(request.model_dump())
+        else:
+            self.controller.resume()
         self.log.info("training started", mode=request.mode)
         self._update_status()
         return self.status()

@@ -188,7 +188,7 @@ def policy_update(
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             steps += 1
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             with torch.no_grad():
                 m = mask
                 ratios.append(float(ratio[m].mean()))

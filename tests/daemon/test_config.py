@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import structlog
+from typer.testing import CliRunner
+
 from plaudit.daemon._cli import _register, app
 from plaudit.daemon._config import ConfigError, load_settings, resolve_state_dir
 from plaudit.daemon._durations import format_duration, parse_duration
 from plaudit.daemon._logging import configure_logging
-from typer.testing import CliRunner
 
 runner = CliRunner()
 _register()

@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from plaudit.daemon._systemd import Notifier, TimeoutExtender, watchdog_loop
 from structlog.testing import capture_logs
+
+from plaudit.daemon._systemd import Notifier, TimeoutExtender, watchdog_loop
 
 _UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
 
