@@ -286,7 +286,6 @@ def export_hf(
         "bos_token_id": tokenizer.bos_id,
         "eos_token_id": eos,
         "pad_token_id": tokenizer.pad_id,
-        "transformers_version": "4.44.0",
     }
     with atomic_folder(path, overwrite=overwrite) as tmp:
         save_file(
