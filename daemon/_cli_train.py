@@ -146,6 +146,7 @@ def offline(
         int | None, typer.Option(help="Stop after N evaluations without improvement.")
     ] = None,
     samples: Annotated[int | None, typer.Option(help="Samples shown per evaluation (3).")] = None,
+    log_every: Annotated[int | None, typer.Option(help="Log line every N steps (10).")] = None,
     tensorboard: Annotated[
         Path | None, typer.Option(help="Write TensorBoard scalars to this folder.")
     ] = None,
@@ -186,6 +187,7 @@ def offline(
         "keep": keep,
         "patience": patience,
         "samples": samples,
+        "log_every": log_every,
         "tensorboard": tensorboard,
     }
     cfg = _build_config(config, flags)

@@ -20,12 +20,11 @@ the same frequencies (exact when the new head_dim is a multiple of the old).
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import replace
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ._errors import TrainingError
 from ._model import PRESETS, ModelConfig, Transformer
@@ -88,9 +87,12 @@ def _head_rows(n_heads: int, dims: Tensor, d_new: int, offset: int) -> Tensor:
     return torch.cat([offset + h * d_new + dims for h in range(n_heads)])
 
 
-@torch.no_grad()
-def _widen_block(old: nn.Module, new: nn.Module, src: ModelConfig, dst: ModelConfig) -> None:
-    Cs, Ct = src.n_embd, dst.n_embd
+SD = dict[str, Tensor]
+
+
+def _widen_block(o: SD, n: SD, src: ModelConfig, dst: ModelConfig) -> None:
+    """Write old block state `o` into new block state `n` (keys like "attn.qkv.weight")."""
+    Cs = src.n_embd
     Ds, Dt = src.head_dim, dst.head_dim
     Hs, Hkvs, Ht, Hkvt = src.n_head, src.n_kv_head, dst.n_head, dst.n_kv_head
     res = torch.arange(Cs)
@@ -103,56 +105,53 @@ def _widen_block(old: nn.Module, new: nn.Module, src: ModelConfig, dst: ModelCon
     q_scale = math.sqrt(Dt / Ds)  # SDPA now divides by sqrt(Dt)
 
     # attention: old heads' rows (every padded dim included) are zeroed, then refilled.
-    qkv_o, qkv_n = old.attn.qkv, new.attn.qkv
-    for h in range(Hs + 2 * Hkvs):
-        base = h if h < Hs else Ht + (h - Hs) if h < Hs + Hkvs else Ht + Hkvt + h - Hs - Hkvs
-        qkv_n.weight[base * Dt : (base + 1) * Dt] = 0
-        if qkv_n.bias is not None:
-            qkv_n.bias[base * Dt : (base + 1) * Dt] = 0
-    w = qkv_o.weight.clone()
-    w[: Hs * Ds] *= q_scale
-    qkv_n.weight[old_rows[:, None], res[None, :]] = w
-    if qkv_n.bias is not None:
-        b = qkv_o.bias.clone()
-        b[: Hs * Ds] *= q_scale
-        qkv_n.bias[old_rows] = b
-    proj_o, proj_n = old.attn.proj, new.attn.proj
-    proj_n.weight.zero_()
-    proj_n.weight[res[:, None], q_rows[None, :]] = proj_o.weight
-    if proj_n.bias is not None:
-        proj_n.bias.zero_()
-        proj_n.bias[:Cs] = proj_o.bias
+    for suffix in ("weight", "bias"):
+        key = f"attn.qkv.{suffix}"
+        if key not in o:
+            continue
+        for h in range(Hs + 2 * Hkvs):
+            base = h if h < Hs else Ht + (h - Hs) if h < Hs + Hkvs else Ht + Hkvt + h - Hs - Hkvs
+            n[key][base * Dt : (base + 1) * Dt] = 0
+        old = o[key].clone()
+        old[: Hs * Ds] *= q_scale
+        if suffix == "weight":
+            n[key][old_rows[:, None], res[None, :]] = old
+        else:
+            n[key][old_rows] = old
+    n["attn.proj.weight"].zero_()
+    n["attn.proj.weight"][res[:, None], q_rows[None, :]] = o["attn.proj.weight"]
 
     # MLP: old units in the leading rows (llama: of the gate and of the up half).
     Is, It = src.intermediate_size, dst.intermediate_size
-    fc_o, fc_n = old.mlp.fc, new.mlp.fc
     halves = [(0, 0), (Is, It)] if src.family == "llama" else [(0, 0)]
-    for o, n in halves:
-        fc_n.weight[n : n + Is] = 0
-        fc_n.weight[n : n + Is, :Cs] = fc_o.weight[o : o + Is]
-        if fc_n.bias is not None:
-            fc_n.bias[n : n + Is] = fc_o.bias[o : o + Is]
-    mp_o, mp_n = old.mlp.proj, new.mlp.proj
-    mp_n.weight.zero_()
-    mp_n.weight[:Cs, :Is] = mp_o.weight
-    if mp_n.bias is not None:
-        mp_n.bias.zero_()
-        mp_n.bias[:Cs] = mp_o.bias
-
+    for a, b in halves:
+        n["mlp.fc.weight"][b : b + Is] = 0
+        n["mlp.fc.weight"][b : b + Is, :Cs] = o["mlp.fc.weight"][a : a + Is]
+        if "mlp.fc.bias" in o:
+            n["mlp.fc.bias"][b : b + Is] = o["mlp.fc.bias"][a : a + Is]
+    n["mlp.proj.weight"].zero_()
+    n["mlp.proj.weight"][:Cs, :Is] = o["mlp.proj.weight"]
+    for key in ("attn.proj.bias", "mlp.proj.bias"):  # writes into the residual: old dims only
+        if key in o:
+            n[key].zero_()
+            n[key][:Cs] = o[key]
     for name in ("norm1", "norm2"):
-        _widen_norm(getattr(old, name), getattr(new, name), Cs, Ct)
+        _widen_norm(o, n, name, src, dst)
 
 
-@torch.no_grad()
-def _widen_norm(old: nn.Module, new: nn.Module, Cs: int, Ct: int) -> None:
-    scale = math.sqrt(Cs / Ct)
-    is_layernorm = isinstance(new, nn.LayerNorm)
+def _widen_norm(o: SD, n: SD, name: str, src: ModelConfig, dst: ModelConfig) -> None:
+    Cs = src.n_embd
     # LayerNorm: new dims output 0 (weight and bias 0); RMSNorm: they are 0 anyway (x is 0).
-    new.weight.fill_(0.0 if is_layernorm else 1.0)
-    new.weight[:Cs] = old.weight * scale
-    if getattr(new, "bias", None) is not None:
-        new.bias.zero_()
-        new.bias[:Cs] = old.bias
+    n[f"{name}.weight"].fill_(0.0 if src.family == "gpt2" else 1.0)
+    n[f"{name}.weight"][:Cs] = o[f"{name}.weight"] * math.sqrt(Cs / dst.n_embd)
+    if f"{name}.bias" in o:
+        n[f"{name}.bias"].zero_()
+        n[f"{name}.bias"][:Cs] = o[f"{name}.bias"]
+
+
+def _block(sd: SD, i: int) -> SD:
+    prefix = f"blocks.{i}."
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
 @torch.no_grad()
@@ -162,35 +161,31 @@ def grow(model: Transformer, target: ModelConfig, *, seed: int = 0) -> Transform
     _check(src, target)
     torch.manual_seed(seed)  # new heads/units/blocks get the usual init
     grown = Transformer(target)
+    o, n = model.state_dict(), grown.state_dict()  # n shares storage with grown's parameters
     Cs = src.n_embd
 
-    # embeddings, final norm, head: old columns, zero new columns
-    grown.tok_emb.weight.zero_()
-    grown.tok_emb.weight[:, :Cs] = model.tok_emb.weight
-    if src.family == "gpt2":
-        grown.pos_emb.weight.zero_()
-        grown.pos_emb.weight[:, :Cs] = model.pos_emb.weight
-    _widen_norm(model.norm_f, grown.norm_f, Cs, target.n_embd)
-    if model.lm_head is not None and grown.lm_head is not None:
-        grown.lm_head.weight.zero_()
-        grown.lm_head.weight[:, :Cs] = model.lm_head.weight
+    # embeddings, final norm, untied head: old columns, zero new columns
+    for key in ("tok_emb.weight", "pos_emb.weight", "lm_head.weight"):
+        if key in o:
+            n[key].zero_()
+            n[key][:, :Cs] = o[key]
+    _widen_norm(o, n, "norm_f", src, target)
 
-    # blocks: old block i at position placed[i]; each new block copies the block below it
+    # blocks: each old block is followed by its share of new blocks (later blocks first), each
+    # new block a copy of the widened block below it with its output projections zeroed
     extra = target.n_layer - src.n_layer
     after = [
         extra // src.n_layer + (1 if i >= src.n_layer - extra % src.n_layer else 0)
         for i in range(src.n_layer)
-    ]  # new blocks after old block i (later ones first)
+    ]
     pos = 0
-    for i, block in enumerate(model.blocks):
-        _widen_block(block, grown.blocks[pos], src, target)
+    for i in range(src.n_layer):
+        widened = _block(n, pos)
+        _widen_block(_block(o, i), widened, src, target)
         for j in range(1, after[i] + 1):
-            dup = copy.deepcopy(grown.blocks[pos])
-            for proj in (dup.attn.proj, dup.mlp.proj):
-                proj.weight.zero_()
-                if proj.bias is not None:
-                    proj.bias.zero_()
-            grown.blocks[pos + j].load_state_dict(dup.state_dict())
+            for key, value in widened.items():
+                is_output = key.startswith(("attn.proj.", "mlp.proj."))
+                n[f"blocks.{pos + j}.{key}"].copy_(torch.zeros_like(value) if is_output else value)
         pos += 1 + after[i]
     return grown
 

@@ -1,0 +1,190 @@
+"""Training throughput: plaudit's offline trainer versus a Hugging Face `Trainer`, measured in
+one run on the same model (plaudit's weights exported with export_hf), the same packed rows of
+the tweets corpus, batch, sequence length and precision.
+
+    .venv/bin/python bench/train.py --json                 # small preset and SmolLM2
+    .venv/bin/python bench/train.py --models small --steps 20 --precision bf16
+
+tokens/s counts input tokens (batch x seq_len) per optimizer step over the timed steps (the
+first `--warmup` steps of each are not timed). Needs `transformers` and `accelerate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def tweets() -> list[str]:
+    import gzip
+    import html
+    import importlib.util
+
+    spec = importlib.util.find_spec("plaudit.faces.simulated")
+    assert spec is not None and spec.submodule_search_locations
+    path = Path(next(iter(spec.submodule_search_locations))) / "tweets_GroundTruth.txt.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [html.unescape(line.rstrip("\n").split("\t", 2)[2]) for line in f]
+
+
+def build(name: str) -> tuple[Any, Any]:
+    from plaudit.learner import PRESETS, Tokenizer, Transformer, load_model
+
+    if name == "smollm2":
+        loaded = load_model("smollm2", cache_dir=Path(tempfile.gettempdir()) / "plaudit-bench")
+        return loaded.model, loaded.tokenizer
+    tok = Tokenizer.train_bpe(tweets(), vocab_size=8192)
+    torch.manual_seed(0)
+    return Transformer(replace(PRESETS[name], vocab_size=tok.vocab_size)), tok
+
+
+def rows(tokenizer: Any, *, seq_len: int, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from plaudit.learner._data import examples_from_texts, pack, tokenize
+
+    data = tokenize(examples_from_texts(tweets(), source="tweets"), tokenizer)
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+    x, y = pack(data, range(len(data)), seq_len=seq_len, pad_id=pad)
+    return x[:n_rows], y[:n_rows]
+
+
+def bench_plaudit(model: Any, tokenizer: Any, x: torch.Tensor, y: torch.Tensor, a: Any) -> float:
+    from plaudit.learner import OfflineTrainConfig, fit
+    from plaudit.learner._data import PackedEpochs, TokenizedSet
+
+    # PackedEpochs over pre-cut rows: one "example" per row of seq_len + 1 tokens.
+    ids = [torch.cat([r, r[-1:]]).numpy() for r in x]
+    data = TokenizedSet(
+        ids=ids, trained=[torch.ones(len(i), dtype=torch.bool).numpy() for i in ids]
+    )
+    train = PackedEpochs(data=data, seq_len=a.seq_len, pad_id=0, seed=0, rows_per_step=a.batch)
+    cfg = OfflineTrainConfig(
+        max_steps=a.warmup + a.steps,
+        epochs=1000,
+        lr=1e-4,
+        warmup_steps=0,
+        batch_size=a.batch,
+        max_seq_len=a.seq_len,
+        precision=a.precision,
+        eval_every=10**9,
+        save_every=10**9,
+        samples=0,
+        device="cpu",
+    )
+    with tempfile.TemporaryDirectory() as run_dir:
+        res = fit(
+            cfg=cfg, model=model, tokenizer=tokenizer, train=train, val=None, run_dir=Path(run_dir)
+        )
+    timed = res.history[a.warmup :]
+    seconds = sum(a.batch * a.seq_len / r.tokens_per_s for r in timed)
+    return len(timed) * a.batch * a.seq_len / seconds
+
+
+def bench_hf(model: Any, tokenizer: Any, x: torch.Tensor, a: Any) -> float:
+    from transformers import (
+        AutoModelForCausalLM,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    from plaudit.learner import export_hf
+
+    class Timer(TrainerCallback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.t0 = 0.0
+
+        def on_step_begin(self, *args: Any, **kw: Any) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *args: Any, **kw: Any) -> None:
+            self.times.append(time.perf_counter() - self.t0)
+
+    class Rows(torch.utils.data.Dataset):  # type: ignore[type-arg]
+        def __len__(self) -> int:
+            return x.size(0)
+
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            return {"input_ids": x[i], "labels": x[i]}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        export_hf(Path(tmp) / "hf", model=model, tokenizer=tokenizer)
+        hf_model = AutoModelForCausalLM.from_pretrained(Path(tmp) / "hf", torch_dtype=torch.float32)
+        args = TrainingArguments(
+            output_dir=str(Path(tmp) / "out"),
+            per_device_train_batch_size=a.batch,
+            max_steps=a.warmup + a.steps,
+            learning_rate=1e-4,
+            lr_scheduler_type="constant",
+            weight_decay=0.1,
+            max_grad_norm=1.0,
+            bf16=a.precision == "bf16",
+            save_strategy="no",
+            report_to=[],
+            logging_strategy="no",
+            use_cpu=True,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+            seed=0,
+        )
+        timer = Timer()
+        Trainer(model=hf_model, args=args, train_dataset=Rows(), callbacks=[timer]).train()
+    timed = timer.times[a.warmup :]
+    return len(timed) * a.batch * a.seq_len / sum(timed)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=["small", "smollm2"])
+    p.add_argument("--steps", type=int, default=8, help="timed steps per framework")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+    torch.set_flush_denormal(True)
+    results: dict[str, Any] = {
+        "batch": a.batch,
+        "seq_len": a.seq_len,
+        "precision": a.precision,
+        "steps": a.steps,
+        "threads": torch.get_num_threads(),
+        "models": {},
+    }
+    for name in a.models:
+        model, tok = build(name)
+        x, y = rows(tok, seq_len=a.seq_len, n_rows=a.batch * (a.warmup + a.steps))
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        hf = bench_hf(model, tok, x, a)  # exports the untouched weights first
+        model.load_state_dict(state)
+        ours = bench_plaudit(model, tok, x, y, a)
+        results["models"][name] = {
+            "params": model.num_params(),
+            "plaudit_tokens_per_s": round(ours, 1),
+            "hf_trainer_tokens_per_s": round(hf, 1),
+            "ratio": round(ours / hf, 3) if hf > 0 and math.isfinite(ours) else None,
+        }
+        if not a.json:
+            r = results["models"][name]
+            print(
+                f"{name}: plaudit {r['plaudit_tokens_per_s']:,.0f} tok/s, HF Trainer "
+                f"{r['hf_trainer_tokens_per_s']:,.0f} tok/s, ratio {r['ratio']}",
+                flush=True,
+            )
+    if a.json:
+        json.dump(results, sys.stdout, indent=2)
+        print()
+
+
+if __name__ == "__main__":
+    main()
