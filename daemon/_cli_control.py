@@ -16,7 +16,7 @@ from plaudit.daemon._cli_core import (
     fail,
     settings_or_exit,
 )
-from plaudit.daemon._config import resolve_state_dir
+from plaudit.daemon._config import Settings, resolve_state_dir
 
 
 def run(
@@ -31,10 +31,11 @@ def run(
     raise typer.Exit(code)
 
 
-def _daemon_pid(config: Path | None, state_dir: Path | None) -> tuple[int, Path]:
+def _daemon_pid(config: Path | None, state_dir: Path | None) -> tuple[int, Path, Settings]:
     from plaudit.state import StateLock
 
-    folder = resolve_state_dir(settings_or_exit(config), state_dir)
+    settings = settings_or_exit(config)
+    folder = resolve_state_dir(settings, state_dir)
     pid = StateLock.running_pid(folder)
     if pid is None:
         raise fail(
@@ -42,7 +43,7 @@ def _daemon_pid(config: Path | None, state_dir: Path | None) -> tuple[int, Path]
             f"(or give the daemon's --state-dir / --config)",
             1,
         )
-    return pid, folder
+    return pid, folder, settings
 
 
 def _steer(
@@ -51,15 +52,19 @@ def _steer(
     config: Path | None,
     state_dir: Path | None,
 ) -> None:
-    pid, folder = _daemon_pid(config, state_dir)
+    pid, folder, settings = _daemon_pid(config, state_dir)
     from plaudit.daemon import _client
 
-    client = _client.for_state_dir(folder)
+    try:
+        client = _client.for_state_dir(folder, token=settings.http.token)
+        if client is not None:
+            with client:
+                status = (
+                    client.start_training(mode) if action == "start" else client.stop_training()
+                )
+    except _client.ClientError as exc:
+        raise fail(str(exc), 1) from None
     if client is not None:
-        try:
-            status = client.start_training(mode) if action == "start" else client.stop_training()
-        except _client.ClientError as exc:
-            raise fail(str(exc), 1) from None
         typer.echo(f"training {status.training} ({status.mode}), policy v{status.policy_version}")
         return
     if action == "start" and mode != "online":

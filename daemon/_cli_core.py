@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from plaudit.daemon._config import ConfigError, Settings, load_settings, resolve_state_dir
 
 ConfigOption = Annotated[
@@ -86,6 +87,8 @@ def status(config: ConfigOption = None, state_dir: StateDirOption = None) -> Non
 
     settings = settings_or_exit(config)
     folder = resolve_state_dir(settings, state_dir)
+    if _status_from_api(folder, settings):
+        return
     if not (folder / "plaudit.sqlite3").exists():
         raise fail(f"no plaudit state in {folder}: start the daemon with `plaudit run` first", 1)
     pid = StateLock.running_pid(folder)
@@ -105,6 +108,42 @@ def status(config: ConfigOption = None, state_dir: StateDirOption = None) -> Non
     width = max(len(k) for k in lines)
     for key, value in lines.items():
         typer.echo(f"{key:<{width}}  {value}")
+
+
+def _status_from_api(folder: Path, settings: Settings) -> bool:
+    """Print the running daemon's own status; False when no daemon answers on HTTP."""
+    from plaudit.daemon import _client
+
+    try:
+        client = _client.for_state_dir(folder, token=settings.http.token)
+        if client is None:
+            return False
+        with client:
+            view = client.status()
+    except _client.ClientError as exc:
+        raise fail(str(exc), 1) from None
+    rewards = ", ".join(f"{r:+.2f}" for r in view.last_rewards) or "none yet"
+    lines: dict[str, object] = {
+        "daemon": f"{view.state} (up {view.uptime_seconds / 60:.0f} min)",
+        "state folder": str(folder),
+        "model": view.model,
+        "training": view.training,
+        "mode": view.mode,
+        "policy version": view.policy_version,
+        "last rewards": rewards,
+    }
+    if view.progress is not None:
+        p = view.progress
+        total = f"/{p.total_steps}" if p.total_steps else ""
+        lines["progress"] = f"{p.mode} step {p.step}{total}, loss {p.loss}"
+    for face in view.faces:
+        lines[f"face {face.name}"] = f"{face.type}, {face.posts_published} posts" + (
+            f", last error: {face.last_error}" if face.last_error else ""
+        )
+    width = max(len(k) for k in lines)
+    for key, value in lines.items():
+        typer.echo(f"{key:<{width}}  {value}")
+    return True
 
 
 def register(app: typer.Typer) -> None:
