@@ -30,6 +30,9 @@ def _register() -> None:
     from plaudit.daemon import _cli_faces
 
     _cli_faces.register(app)
+    from plaudit.daemon import _cli_learner
+
+    _cli_learner.register(app)
 
 
 def main() -> None:

@@ -66,10 +66,10 @@ def rope_tables(
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate x (B, H, T, D) by cos/sin (B or 1, 1, T, D): x*cos + rotate_half(x)*sin."""
+    """x * cos + rotate_half(x) * sin over the last dim (head_dim); cos/sin broadcast to x."""
     half = x.size(-1) // 2
-    x1, x2 = x[..., :half], x[..., half:]  # (B, H, T, D/2) each
-    rotated = torch.cat((-x2, x1), dim=-1)  # (B, H, T, D)
+    x1, x2 = x[..., :half], x[..., half:]  # (..., D/2) each
+    rotated = torch.cat((-x2, x1), dim=-1)  # (..., D)
     return x * cos + rotated * sin
 
 
@@ -79,7 +79,6 @@ class Attention(nn.Module):
         self.n_head = config.n_head
         self.n_kv_head = config.n_kv_head
         self.head_dim = config.head_dim
-        self.rope = config.family == "llama"
         qkv_out = (config.n_head + 2 * config.n_kv_head) * config.head_dim
         self.qkv = nn.Linear(config.n_embd, qkv_out, bias=config.bias)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
@@ -95,22 +94,31 @@ class Attention(nn.Module):
     ) -> Tensor:
         B, T, C = x.size()
         H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
-        q, k, v = self.qkv(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
-        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
-        v = v.view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
+        qkv = self.qkv(x)  # (B, T, (H + 2 Hkv) D)
+        qk = qkv[..., : (H + Hkv) * D].view(B, T, H + Hkv, D)  # query and key heads
         if rope is not None:
-            cos, sin = rope
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            qk = apply_rope(qk, *rope)  # both rotated at once
+        q = qk[:, :, :H].transpose(1, 2)  # (B, H, T, D)
+        k = qk[:, :, H:].transpose(1, 2)  # (B, Hkv, T, D)
+        v = qkv[..., (H + Hkv) * D :].view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)  # (B, Hkv, Tk, D) each, Tk = cached + T
-        # Without a mask: a plain causal forward, or one new token per row that sees everything.
-        is_causal = mask is None and T > 1
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=Hkv != H
-        )  # (B, H, T, D)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
-        return self.proj(y)  # type: ignore[no-any-return]
+        if T == 1:
+            # One query per row (decoding): three small matmuls cost far less than SDPA's
+            # kernel set-up. Query heads are grouped under their key/value head (head h uses
+            # kv head h // (H / Hkv), as Hugging Face's repeat_kv), so k and v are not copied.
+            qg = q.reshape(B, Hkv, H // Hkv, D)  # (B, Hkv, H/Hkv, D)
+            att = (qg @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D))  # (B, Hkv, H/Hkv, Tk)
+            if mask is not None:
+                att = att + mask  # (B, 1, 1, Tk) additive
+            y = att.softmax(dim=-1) @ v  # (B, Hkv, H/Hkv, D)
+        else:
+            # Without a mask: a plain causal forward over a fresh sequence.
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=Hkv != H
+            )  # (B, H, T, D)
+            y = y.transpose(1, 2)  # (B, T, H, D)
+        return self.proj(y.reshape(B, T, C))  # type: ignore[no-any-return]
 
 
 class MLP(nn.Module):
@@ -300,6 +308,7 @@ class Transformer(nn.Module):
         cfg = self.config
         assert idx.dtype == torch.long, f"token ids must be torch.long, got {idx.dtype}"
         mask: Tensor | None = None
+        allowed: Tensor | None = None
         if kv_cache is None:
             assert cfg.max_seq_len >= T, (
                 f"sequence of {T} tokens is longer than the model's context "
@@ -312,15 +321,19 @@ class Transformer(nn.Module):
                 f"position {int(pos.max())} is past the model's context "
                 f"(max_seq_len {cfg.max_seq_len}); shorten the prompt or generate fewer tokens"
             )
-            mask = kv_cache.attention_mask(T)  # (B, 1, T, Tk) or None
+            allowed = kv_cache.attention_mask(T)  # (B, 1, T, Tk) bool or None
 
         x = self.tok_emb(idx)  # (B, T, C)
+        if allowed is not None:
+            # Additive, built once for all layers: 0 where allowed, -inf elsewhere.
+            mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)
+            mask.masked_fill_(~allowed, float("-inf"))  # (B, 1, T, Tk)
         rope: tuple[Tensor, Tensor] | None = None
         if cfg.family == "gpt2":
             x = x + self.pos_emb(pos)  # (B, T, C)
         else:
-            cos = self.rope_cos[pos].unsqueeze(1).to(x.dtype)  # (B or 1, 1, T, head_dim)
-            sin = self.rope_sin[pos].unsqueeze(1).to(x.dtype)  # (B or 1, 1, T, head_dim)
+            cos = self.rope_cos[pos].unsqueeze(2).to(x.dtype)  # (B or 1, T, 1, head_dim)
+            sin = self.rope_sin[pos].unsqueeze(2).to(x.dtype)  # (B or 1, T, 1, head_dim)
             rope = (cos, sin)
         for i, block in enumerate(self.blocks):
             x = block(x, rope=rope, mask=mask, kv_cache=kv_cache, layer=i)  # (B, T, C)

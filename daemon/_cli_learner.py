@@ -1,0 +1,143 @@
+"""`plaudit models` and `plaudit generate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def models(
+        as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    ) -> None:
+        """List the model size presets for training from scratch, with parameter counts, and
+        the pretrained model plaudit loads by name."""
+        import torch
+
+        from plaudit.learner import PRESETS, Transformer
+
+        rows = []
+        for name, cfg in PRESETS.items():
+            with torch.device("meta"):  # counts only: no memory, no init time
+                params = Transformer(cfg).num_params()
+            rows.append({"name": name, "params": params, **cfg.to_dict()})
+        if as_json:
+            for row in rows:
+                typer.echo(json.dumps(row))
+            typer.echo(json.dumps({"name": "smollm2", "pretrained": "SmolLM2-135M-Instruct"}))
+            return
+        typer.echo("Presets for training from scratch (llama family; counts at vocab 8192,")
+        typer.echo("which training replaces with the trained tokenizer's):")
+        typer.echo(
+            f"  {'name':<8}{'params':>10}{'layers':>8}{'heads':>7}{'kv':>5}{'width':>7}{'mlp':>7}"
+        )
+        for r in rows:
+            typer.echo(
+                f"  {r['name']:<8}{r['params'] / 1e6:>9.1f}M{r['n_layer']:>8}{r['n_head']:>7}"
+                f"{r['n_kv_head']:>5}{r['n_embd']:>7}{r['intermediate_size']:>7}"
+            )
+        typer.echo("Pretrained: smollm2 = SmolLM2-135M-Instruct (the default --model of generate).")
+
+    @app.command()
+    def generate(
+        prompt: Annotated[
+            list[str],
+            typer.Option("--prompt", help="Prompt text; repeat the option for several prompts."),
+        ],
+        model: Annotated[
+            str,
+            typer.Option(
+                "--model",
+                help="'smollm2', a .gguf file, a Hugging Face folder or a plaudit model folder.",
+            ),
+        ] = "smollm2",
+        n: Annotated[int, typer.Option("--n", min=1, help="Samples per prompt.")] = 1,
+        max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 64,
+        temperature: Annotated[
+            float, typer.Option("--temperature", min=0.0, help="0 = greedy.")
+        ] = 1.0,
+        top_p: Annotated[
+            float | None, typer.Option("--top-p", help="Nucleus mass in (0, 1].")
+        ] = None,
+        top_k: Annotated[int | None, typer.Option("--top-k", min=1)] = None,
+        seed: Annotated[
+            int | None, typer.Option("--seed", help="Seed for reproducible samples.")
+        ] = None,
+        chat: Annotated[
+            bool,
+            typer.Option("--chat", help="Send each prompt as a user message (chat template)."),
+        ] = False,
+        as_json: Annotated[
+            bool,
+            typer.Option("--json", help="JSON lines: text, tokens, logprobs per sample."),
+        ] = False,
+        bf16: Annotated[
+            bool,
+            typer.Option(
+                "--bf16", help="Compute in bfloat16 (faster from batch 8 up on AMX CPUs)."
+            ),
+        ] = False,
+        cache_dir: Annotated[
+            Path | None,
+            typer.Option(
+                "--cache-dir",
+                help="Where converted GGUF weights are cached (default: the user cache folder).",
+            ),
+        ] = None,
+    ) -> None:
+        """Sample continuations of prompts and print them (with token ids and logprobs under
+        --json)."""
+        import torch
+
+        from plaudit.learner import (
+            LearnerError,
+            SamplingConfig,
+            configure_torch,
+            default_cache_dir,
+            load_model,
+        )
+        from plaudit.learner._generate import generate_text
+
+        configure_torch()
+        try:
+            sampling = SamplingConfig(
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                max_new_tokens=max_new_tokens,
+                seed=seed,
+            )
+            loaded = load_model(model, cache_dir=cache_dir or default_cache_dir())
+            samples = generate_text(
+                model=loaded.model,
+                tokenizer=loaded.tokenizer,
+                prompts=None if chat else prompt,
+                messages=[[{"role": "user", "content": p}] for p in prompt] if chat else None,
+                n=n,
+                sampling=sampling,
+                dtype=torch.bfloat16 if bf16 else None,
+            )
+        except (LearnerError, ValueError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(code=1) from e
+        for i, s in enumerate(samples):
+            if as_json:
+                record = {
+                    "prompt_index": s.prompt_index,
+                    "sample": i % n,
+                    "text": s.text,
+                    "tokens": s.tokens,
+                    "logprobs": [round(lp, 6) for lp in s.logprobs],
+                    "finished": s.finished,
+                }
+                typer.echo(json.dumps(record, ensure_ascii=False))
+            else:
+                end = "stop token" if s.finished else "length limit"
+                typer.echo(
+                    f"--- prompt {s.prompt_index}, sample {i % n} ({len(s.tokens)} tokens, {end})"
+                )
+                typer.echo(s.text)
