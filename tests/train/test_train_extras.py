@@ -1,0 +1,85 @@
+"""TensorBoard event files and the out-of-memory message."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor
+
+from plaudit.learner._data import PackedEpochs, examples_from_texts, tokenize
+from plaudit.learner._errors import TrainingMemoryError
+from plaudit.learner._model import ModelConfig, Transformer
+from plaudit.learner._tensorboard import ScalarWriter, _masked_crc, crc32c
+from plaudit.learner._tokenizer import Tokenizer
+from plaudit.learner._train import OfflineTrainConfig, StepRecord, fit
+
+
+def test_crc32c_check_value() -> None:
+    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C catalogue check value
+
+
+def _records(path: Path) -> list[bytes]:
+    data, out, i = path.read_bytes(), [], 0
+    while i < len(data):
+        (n,) = struct.unpack("<Q", data[i : i + 8])
+        assert struct.unpack("<I", data[i + 8 : i + 12])[0] == _masked_crc(data[i : i + 8])
+        payload = data[i + 12 : i + 12 + n]
+        assert struct.unpack("<I", data[i + 12 + n : i + 16 + n])[0] == _masked_crc(payload)
+        out.append(payload)
+        i += 16 + n
+    return out
+
+
+def test_event_file_frames_scalars(tmp_path: Path) -> None:
+    writer = ScalarWriter(tmp_path)
+    rec = StepRecord(
+        step=3,
+        epoch=0,
+        loss=1.5,
+        lr=1e-3,
+        grad_norm=0.5,
+        tokens_per_s=100.0,
+        tokens=10,
+        elapsed_s=1.0,
+        val_loss=1.25,
+    )
+    writer.scalars(3, rec)
+    writer.close()
+    first, second = _records(writer.path)
+    assert b"brain.Event:2" in first
+    assert b"train/loss" in second and b"val/loss" in second
+    # simple_value is field 2 (fixed32) right after the tag: find train/loss's float.
+    at = second.index(b"train/loss") + len(b"train/loss")
+    assert second[at] == (2 << 3 | 5) and struct.unpack("<f", second[at + 1 : at + 5])[0] == 1.5
+    assert second[0] == (1 << 3 | 1) and second[9:11] == bytes([2 << 3, 3])  # wall_time; step 3
+
+
+class _OutOfMemory(Transformer):
+    """A model whose forward fails the way an exhausted CUDA allocator does."""
+
+    def forward(self, idx: Tensor, **kw: object) -> Tensor:  # type: ignore[override]
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_out_of_memory_says_what_to_reduce(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    data = tokenize(examples_from_texts(["a b c d e f g"] * 40, source="t"), tokenizer)
+    train = PackedEpochs(data=data, seq_len=8, pad_id=2, seed=0, rows_per_step=4)
+    model = _OutOfMemory(
+        ModelConfig(
+            vocab_size=tokenizer.vocab_size,
+            n_layer=1,
+            n_embd=16,
+            n_head=2,
+            n_kv_head=2,
+            intermediate_size=32,
+        )
+    )
+    cfg = OfflineTrainConfig(batch_size=4, max_seq_len=8, max_steps=2, samples=0, device="cpu")
+    with pytest.raises(TrainingMemoryError) as err:
+        fit(cfg=cfg, model=model, tokenizer=tokenizer, train=train, val=None, run_dir=tmp_path)
+    message = str(err.value)
+    assert "step 1" in message and "micro-batch 4 x 8" in message
+    assert "Reduce --batch-size" in message and "--max-seq-len" in message
