@@ -5,9 +5,10 @@ from __future__ import annotations
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from http_helpers import FACES, TOKEN, StoreControl, seed_store
+from http_helpers import FACES, TOKEN, StoreControl, require_tool, seed_store
 from starlette.applications import Starlette
 
 from plaudit.daemon._http import HttpServer, build_app, serve
@@ -51,3 +52,35 @@ async def server(app: Starlette) -> AsyncIterator[HttpServer]:
     srv = await serve(app, host="127.0.0.1", port=0)
     yield srv
     await srv.stop()
+
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Any]:
+    chromium = require_tool("chromium")
+    playwright_api = pytest.importorskip("playwright.async_api")
+    async with playwright_api.async_playwright() as pw:
+        # A persistent context is how Playwright takes a fresh --user-data-dir of our own.
+        context = await pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=chromium,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            yield context
+        finally:
+            for page in context.pages:  # stop the page's polling before closing
+                await page.goto("about:blank")
+            await context.close()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from http_helpers import require_tool
 
 from plaudit.daemon._metrics import (
     FAILURE_REASONS,
@@ -77,6 +78,12 @@ async def keep_exercising(metrics: Metrics, *, every: float = 0.1) -> None:
         await asyncio.sleep(every)
 
 
+def promtool(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [require_tool("promtool"), *args], input=stdin, capture_output=True, timeout=60
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -92,12 +99,12 @@ def prometheus(
     target: str,
     rule_files: list[Path] = (),  # type: ignore[assignment]
 ) -> Iterator[str]:
-    """A real Prometheus scraping ``target`` every second; yields its base URL."""
+    """A real Prometheus scraping ``target`` four times a second; yields its base URL."""
     port = free_port()
     config = folder / "prometheus.yml"
     rules = "\n".join(f"  - {p}" for p in rule_files)
     config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "global:\n  scrape_interval: 250ms\n  evaluation_interval: 250ms\n"
         + (f"rule_files:\n{rules}\n" if rule_files else "")
         + "scrape_configs:\n  - job_name: plaudit\n"
         + f"    static_configs:\n      - targets: ['{target}']\n"
