@@ -646,9 +646,11 @@ def sample_prompts(val_examples: list[_data.Example], n: int) -> list[str]:
     return prompts
 
 
-def _check_resume_compatible(saved: dict[str, Any], cfg: OfflineTrainConfig, world: int) -> None:
-    now = cfg.model_dump(mode="json")
+def _check_resume_compatible(state: dict[str, Any], cfg: OfflineTrainConfig, world: int) -> None:
+    saved, now = state["config"], cfg.model_dump(mode="json")
     changed = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in _RESUME_FIXED if saved.get(k) != now[k]]
+    if int(state.get("world_size", 1)) != world:
+        changed.append(f"processes {state.get('world_size', 1)} -> {world}")
     if changed:
         raise CheckpointError(
             f"Cannot resume exactly: {', '.join(changed)} changed since the checkpoint; use the "
@@ -669,7 +671,7 @@ def train_offline(
 ) -> FitResult:
     """Train from scratch (cfg.model a preset) or fine-tune (any other spec) into run folder
     `out`. An existing `out` is resumed with `resume`, replaced with `force`, else refused."""
-    from ._load import load_model
+    from ._load import default_cache_dir, load_model
     from ._model import PRESETS, Transformer
     from ._tokenizer import Tokenizer
 
@@ -703,7 +705,7 @@ def train_offline(
         fine_tune = cfg.model not in PRESETS
         if latest is not None and resume:
             state = ckpt.load_trainer_state(latest)
-            _check_resume_compatible(state["config"], cfg, dist.world_size)
+            _check_resume_compatible(state, cfg, dist.world_size)
             fine_tune = bool(state.get("fine_tune", fine_tune))
             loaded = load_model(str(latest), device="cpu")
             model, tokenizer = loaded.model, loaded.tokenizer
@@ -730,7 +732,7 @@ def train_offline(
                     f"({cfg.model}) cannot use; it applies to presets ({', '.join(PRESETS)})."
                 )
             spec = ckpt.resolve_model_dir(cfg.model) or cfg.model
-            loaded = load_model(str(spec), device="cpu")
+            loaded = load_model(str(spec), cache_dir=default_cache_dir(), device="cpu")
             model, tokenizer = loaded.model, loaded.tokenizer
             data = prepare_data(cfg, tokenizer=tokenizer, extra=extra_examples)
         if cfg.max_seq_len > model.config.max_seq_len:
