@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from plaudit.state import (
     SCHEMA_VERSION,
     DiskFull,
