@@ -386,7 +386,10 @@ class BlueskyFace(Face[BlueskyConfig]):
             existing = None
         if existing is not None:
             return self._published_from_existing(existing, draft, key=key)
-        created_at = utc_now()
+        now = utc_now()
+        # The time as written (milliseconds), so that a later call that finds the record
+        # returns the very same `published_at`.
+        created_at = now.replace(microsecond=now.microsecond // 1000 * 1000)
         record: dict[str, Any] = {
             "$type": POST,
             "text": draft.text,
