@@ -107,6 +107,10 @@ def offline(
         str | None,
         typer.Option("--format", help="auto|text|qa|dialogue|jsonl (default: auto, per file)."),
     ] = None,
+    chat_template: Annotated[
+        str | None,
+        typer.Option(help="auto|on|off: conversations in the tokenizer's chat template."),
+    ] = None,
     face: Annotated[str | None, typer.Option(help="Also train on this face's history.")] = None,
     out: Annotated[
         Path | None,
@@ -162,6 +166,7 @@ def offline(
         "model": model,
         "data": data,
         "format": fmt,
+        "chat_template": chat_template,
         "face": face,
         "tokenizer": tokenizer,
         "build_tokenizer": build_tokenizer,
@@ -260,6 +265,9 @@ def evaluate(
     ] = 10,
     max_seq_len: Annotated[int, typer.Option(help="Tokens per validation row.")] = 256,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 1337,
+    chat_template: Annotated[
+        str, typer.Option(help="auto|on|off: conversations in the tokenizer's chat template.")
+    ] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Validation loss and perplexity, sample diversity, BLEU/ROUGE-L against held-out posts,
@@ -274,6 +282,7 @@ def evaluate(
     from plaudit.learner import evaluate as run_eval
     from plaudit.learner._checkpoint import resolve_model_dir
     from plaudit.learner._data import dedupe, split_validation
+    from plaudit.learner._train import use_chat_template
 
     configure_torch()
     try:
@@ -293,6 +302,7 @@ def evaluate(
             threshold=threshold,
             seed=seed,
             max_seq_len=min(max_seq_len, loaded.model.config.max_seq_len),
+            chat_template=use_chat_template(chat_template, loaded.tokenizer),  # type: ignore[arg-type]
         )
     except LearnerError as e:
         raise fail(str(e), 1) from None

@@ -19,7 +19,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -50,6 +50,12 @@ class TextTokenizer(Protocol):
     pad_id: int | None
 
     def encode(self, text: str, *, add_bos: bool = False) -> list[int]: ...
+
+    chat_template: str | None
+
+    def apply_chat_template(
+        self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True
+    ) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,31 @@ class Example:
                 out.append((f"{chr(10) if i else ''}{user} {text}\n{assistant}", False))
             else:
                 out.append((f" {text}", True))
+        return out
+
+    def chat_segments(self, tokenizer: TextTokenizer) -> list[tuple[str, bool]]:
+        """(text, trained) pieces of a conversation rendered with the tokenizer's chat template
+        (an instruct model's own format): each assistant turn is what the template adds between
+        the prompt up to it and the conversation including it."""
+        messages = [
+            {"role": "assistant" if role in ("assistant", "response") else "user", "content": t}
+            for role, t in self.turns
+        ]
+        out: list[tuple[str, bool]] = []
+        done = ""
+        for k, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            prompt = tokenizer.apply_chat_template(messages[:k], add_generation_prompt=True)
+            full = tokenizer.apply_chat_template(messages[: k + 1], add_generation_prompt=False)
+            if not (prompt.startswith(done) and full.startswith(prompt)):
+                raise DataError(
+                    f"{self.source}: the tokenizer's chat template does not render this "
+                    f"conversation turn by turn (each prefix must extend the last); pass "
+                    f"--chat-template off to train on the file's own layout."
+                )
+            out += [(prompt[len(done) :], False), (full[len(prompt) :], True)]
+            done = full
         return out
 
 
@@ -376,9 +407,13 @@ class TokenizedSet:
         return int(sum(len(a) for a in self.ids))
 
 
-def tokenize(examples: Sequence[Example], tokenizer: TextTokenizer) -> TokenizedSet:
+def tokenize(
+    examples: Sequence[Example], tokenizer: TextTokenizer, *, chat_template: bool = False
+) -> TokenizedSet:
     """BOS (when the tokenizer has one, not trained) + segments + EOS (trained: the model learns
-    to stop). Segments are encoded one by one so the trained mask is exact."""
+    to stop). Segments are encoded one by one so the trained mask is exact. With
+    `chat_template`, conversations are rendered with the tokenizer's template instead (which
+    brings its own special tokens: no BOS or EOS is added to them)."""
     if tokenizer.eos_id is None:
         raise DataError(
             "The tokenizer has no EOS token, so examples cannot be separated; use a tokenizer "
@@ -386,14 +421,16 @@ def tokenize(examples: Sequence[Example], tokenizer: TextTokenizer) -> Tokenized
         )
     ids_out, trained_out = [], []
     for ex in examples:
-        ids: list[int] = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+        templated = chat_template and ex.fmt != "text"
+        ids: list[int] = [] if tokenizer.bos_id is None or templated else [tokenizer.bos_id]
         trained: list[bool] = [False] * len(ids)
-        for text, is_trained in ex.segments():
+        for text, is_trained in ex.chat_segments(tokenizer) if templated else ex.segments():
             piece = tokenizer.encode(text)
             ids += piece
             trained += [is_trained] * len(piece)
-        ids.append(tokenizer.eos_id)
-        trained.append(True)
+        if not templated:
+            ids.append(tokenizer.eos_id)
+            trained.append(True)
         ids_out.append(np.asarray(ids, dtype=np.int64))
         trained_out.append(np.asarray(trained, dtype=np.bool_))
     return TokenizedSet(ids=ids_out, trained=trained_out)

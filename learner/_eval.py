@@ -274,7 +274,10 @@ def evaluate(
     max_seq_len: int = 256,
     batch_size: int = 16,
     n_worst: int = 3,
+    chat_template: bool = False,
 ) -> EvalReport:
+    """Evaluate `model` on held-out `val` (loss, samples, text metrics) and check its samples
+    against the `train` posts for copying."""
     from ._distributed import DistInfo
     from ._train import evaluate_loss, sample_prompts
 
@@ -282,7 +285,7 @@ def evaluate(
     val_loss = None
     val_tokens = 0
     if val:
-        tok_val = _data.tokenize(val, tokenizer)
+        tok_val = _data.tokenize(val, tokenizer, chat_template=chat_template)
         pad = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
         x, y = _data.pack(tok_val, range(len(tok_val)), seq_len=max_seq_len, pad_id=pad)
         val_tokens = int((y != _data.IGNORE_INDEX).sum())
@@ -294,7 +297,8 @@ def evaluate(
     # Prompts cycle through the held-out examples (the training ones if nothing is held out).
     pool = list(val) or list(train)
     chosen = [pool[i % len(pool)] for i in range(n_samples)]
-    prompts = [sample_prompts([ex], 1)[0] for ex in chosen]
+    chat_tok = tokenizer if chat_template else None
+    prompts = [sample_prompts([ex], 1, tokenizer=chat_tok)[0] for ex in chosen]
     continuations = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed)
     posts = [
         (f"{p} {c.lstrip()}".strip() if ex.fmt == "text" else c.strip())

@@ -53,7 +53,15 @@ Log = Callable[..., None]
 
 # Knobs that change which rows a step sees or how the loss is normalised: a resumed run must
 # keep them, or it would not continue the same run.
-_RESUME_FIXED = ("batch_size", "grad_accum", "max_seq_len", "seed", "val_split", "format")
+_RESUME_FIXED = (
+    "batch_size",
+    "grad_accum",
+    "max_seq_len",
+    "seed",
+    "val_split",
+    "format",
+    "chat_template",
+)
 
 
 class OfflineTrainConfig(BaseModel):
@@ -73,6 +81,9 @@ class OfflineTrainConfig(BaseModel):
     build_tokenizer: bool = False
     vocab_size: int = Field(default=8192, ge=259)
     val_split: float = Field(default=0.05, ge=0.0, lt=1.0)
+    # Conversations in the tokenizer's chat template (an instruct model's own format); auto:
+    # when the tokenizer has one. Plain text never uses it.
+    chat_template: Literal["auto", "on", "off"] = "auto"
 
     epochs: int = Field(default=3, ge=1)
     max_steps: int | None = Field(default=None, ge=1)  # stops earlier than `epochs` if smaller
@@ -570,9 +581,19 @@ def _tensorboard(cfg: OfflineTrainConfig, dist: distributed.DistInfo) -> Any:
 # --- set-up ---------------------------------------------------------------------------------
 
 
+def use_chat_template(choice: Literal["auto", "on", "off"], tokenizer: Tokenizer) -> bool:
+    if choice == "on" and tokenizer.chat_template is None:
+        raise TrainingError(
+            "--chat-template on, but this tokenizer has no chat template; use --chat-template "
+            "off (the file's own Q:/A: or User:/Assistant: layout) or a model that has one."
+        )
+    return choice == "on" or (choice == "auto" and tokenizer.chat_template is not None)
+
+
 @dataclass
 class PreparedData:
     tokenizer: Tokenizer
+    chat: bool  # conversations rendered with the chat template
     train: _data.TokenizedSet
     val: _data.TokenizedSet
     train_examples: list[_data.Example]
@@ -618,13 +639,15 @@ def prepare_data(
 
         texts = ["".join(t for t, _ in ex.segments()) for ex in train_ex]
         tokenizer = Tokenizer.train_bpe(texts, vocab_size=cfg.vocab_size)
-    train_set = _data.tokenize(train_ex, tokenizer)
-    val_set = _data.tokenize(val_ex, tokenizer)
+    chat = use_chat_template(cfg.chat_template, tokenizer)
+    train_set = _data.tokenize(train_ex, tokenizer, chat_template=chat)
+    val_set = _data.tokenize(val_ex, tokenizer, chat_template=chat)
     stats = _data.compute_stats(
         files=files, n_before_dedupe=n_read, train=train_set, val=val_set, seq_len=cfg.max_seq_len
     )
     return PreparedData(
         tokenizer=tokenizer,
+        chat=chat,
         train=train_set,
         val=val_set,
         train_examples=train_ex,
@@ -633,16 +656,18 @@ def prepare_data(
     )
 
 
-def sample_prompts(val_examples: list[_data.Example], n: int) -> list[str]:
-    """Fixed prompts for samples at each evaluation: the prompts of held-out conversations, or
-    the first two words of held-out posts."""
+def sample_prompts(
+    val_examples: list[_data.Example], n: int, *, tokenizer: Tokenizer | None = None
+) -> list[str]:
+    """Fixed prompts for samples at each evaluation: the prompts of held-out conversations
+    (chat-templated when `tokenizer` is given), or the first two words of held-out posts."""
     prompts = []
     for ex in val_examples[:n]:
-        segments = ex.segments()
         if ex.fmt == "text":
             prompts.append(" ".join(ex.turns[0][1].split()[:2]))
         else:
-            prompts.append("".join(t for t, trained in segments[:1] if not trained))
+            segments = ex.segments() if tokenizer is None else ex.chat_segments(tokenizer)
+            prompts.append(segments[0][0])
     return prompts
 
 
@@ -796,7 +821,9 @@ def train_offline(
             on_step=on_step,
             stop=stop,
             log=log if dist.is_main else _null_log,
-            sample_prompts=sample_prompts(data.val_examples, cfg.samples),
+            sample_prompts=sample_prompts(
+                data.val_examples, cfg.samples, tokenizer=tokenizer if data.chat else None
+            ),
             fine_tune=fine_tune,
         )
     finally:

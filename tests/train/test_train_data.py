@@ -153,3 +153,41 @@ def test_dedupe_and_split_are_deterministic(tmp_path: Path) -> None:
     assert {e.text for e in val} == {e.text for e in val2}
     with pytest.raises(DataError, match="too few"):
         split_validation(unique[:1], 0.05)
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_chat_template_trains_on_assistant_turns_only(tmp_path: Path, tokenizer_dir: Path) -> None:
+    tok = Tokenizer.from_dir(tokenizer_dir)
+    tok.chat_template = CHATML
+    examples, _ = read_file(
+        write(tmp_path, "d.txt", "User: hi\nAssistant: hello\nUser: how?\nAssistant: fine\n")
+    )
+    data = tokenize(examples, tok, chat_template=True)
+    ids, trained = data.ids[0].tolist(), data.trained[0].tolist()
+    assert tok.decode(ids) == tok.apply_chat_template(
+        [
+            {"role": r, "content": c}
+            for r, c in [
+                ("user", "hi"),
+                ("assistant", "hello"),
+                ("user", "how?"),
+                ("assistant", "fine"),
+            ]
+        ],
+        add_generation_prompt=False,
+    )
+    # Trained runs: exactly the assistant turns with their end markers.
+    runs, current = [], []
+    for i, t in zip(ids, trained, strict=True):
+        if t:
+            current.append(i)
+        elif current:
+            runs.append(tok.decode(current))
+            current = []
+    runs.append(tok.decode(current))
+    assert runs == ["hello<|im_end|>\n", "fine<|im_end|>\n"]
