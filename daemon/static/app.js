@@ -6,7 +6,9 @@ const TOKEN_KEY = "plaudit.token";
 const STATUS_EVERY_MS = 2000;
 const SLOW_EVERY_MS = 10000;
 const FEED_PAGE = 10;
-const CHART_SERIES = ["loss", "reward", "kl"];
+// Chart id -> series recorded by the controller (Store.record_metrics); the first is primary.
+const CHARTS = { loss: ["loss", "offline_loss"], reward: ["reward"], kl: ["kl"] };
+const CHART_SERIES = Object.values(CHARTS).flat();
 
 const $ = (id) => document.getElementById(id);
 let feedOffset = 0;
@@ -139,6 +141,8 @@ function showBanner(text, kind = "error") {
 // -- status --------------------------------------------------------------------------------
 
 function renderStatus(s) {
+  // A run just finished: its loss points and new posts are worth showing now.
+  if (lastStatus && lastStatus.progress && !s.progress) { refreshCharts(); refreshFeed(); }
   lastStatus = s;
   const pill = $("state-pill");
   const state = s.state === "running" ? s.training : s.state;
@@ -216,19 +220,21 @@ function svgEl(tag, attrs) {
   return node;
 }
 
-function drawChart(figure, points) {
+function drawChart(figure, seriesList) {
   const plot = figure.querySelector(".plot");
   const caption = figure.querySelector("figcaption");
   let last = caption.querySelector(".last");
   if (!last) { last = el("span", { class: "last" }); caption.append(last); }
-  if (!points.length) {
+  const all = seriesList.flat();
+  if (!all.length) {
     last.textContent = "";
     plot.replaceChildren(el("div", { class: "empty", text: "no data yet" }));
     return;
   }
-  last.textContent = fmtNumber(points[points.length - 1][1]);
+  const primary = seriesList.find((s) => s.length) || [];
+  last.textContent = fmtNumber(primary[primary.length - 1][1]);
   const W = 300, H = 140, L = 40, R = 8, T = 8, B = 18;
-  const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
+  const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]);
   let x0 = Math.min(...xs), x1 = Math.max(...xs);
   let y0 = Math.min(...ys), y1 = Math.max(...ys);
   if (x1 === x0) { x0 -= 1; x1 += 1; }
@@ -246,16 +252,19 @@ function drawChart(figure, points) {
   const span = svgEl("text", { class: "axis", x: W - R, y: H - 4, "text-anchor": "end" });
   span.textContent = `last ${fmtDuration(x1 - x0)}`;
   svg.append(span);
-  const d = points.map((p, i) => `${i ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join("");
-  svg.append(svgEl("path", { class: "series", d, "vector-effect": "non-scaling-stroke" }));
+  seriesList.forEach((points, i) => {
+    if (!points.length) return;
+    const d = points.map((p, j) => `${j ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join("");
+    svg.append(svgEl("path", { class: i ? "series secondary" : "series", d, "vector-effect": "non-scaling-stroke" }));
+  });
   plot.replaceChildren(svg);
 }
 
 async function refreshCharts() {
   try {
     const data = await api(`/api/metrics/history?names=${CHART_SERIES.join(",")}`);
-    for (const name of CHART_SERIES) {
-      drawChart(document.querySelector(`.chart[data-series="${name}"]`), data.series[name] || []);
+    for (const [id, names] of Object.entries(CHARTS)) {
+      drawChart($(`chart-${id}`), names.map((n) => data.series[n] || []));
     }
   } catch (err) {
     showBanner(`Charts: ${err.message}`);

@@ -84,10 +84,10 @@ def seed_store(store: Store) -> None:
         )
         store.add_reward(post_id=pid, face=face, score=likes / 100, reward=reward)
     for k in range(30):
-        store.record_metrics(
-            {"loss": 3.0 * 0.95**k, "reward": 0.1 * k - 1.0, "kl": 0.002 * k},
-            ts=now - 60 * (30 - k),
-        )
+        values = {"loss": 3.0 * 0.95**k, "reward": 0.1 * k - 1.0, "kl": 0.002 * k}
+        if k < 10:  # an offline run came first
+            values["offline_loss"] = 4.0 - 0.1 * k
+        store.record_metrics(values, ts=now - 60 * (30 - k))
 
 
 class StoreControl:
@@ -164,7 +164,7 @@ class StoreControl:
             )
             self.metrics.train_steps.labels("offline").inc()
             self.metrics.train_loss.labels("offline").set(loss)
-            self.store.record_metrics({"loss": loss})
+            self.store.record_metrics({"offline_loss": loss})
         self.store.finish_run(run, status="done", metrics={"loss": loss})
         self._progress = None
         self.store.set_control(mode=TrainingMode.ONLINE)

@@ -14,7 +14,7 @@ from openapi_spec_validator import validate
 from pydantic import SecretStr
 
 from plaudit.daemon._auth import TOKEN_FILE, bearer_matches, ensure_token
-from plaudit.daemon._http import HttpServer, build_app, openapi_document, serve
+from plaudit.daemon._http import STATIC_DIR, HttpServer, build_app, openapi_document, serve
 from plaudit.daemon._metrics import Metrics
 from plaudit.state import StateError
 
@@ -299,3 +299,18 @@ def test_unreadable_token_file_names_the_file(tmp_path: Path) -> None:
 )
 def test_bearer_matches(header: str | None, ok: bool) -> None:
     assert bearer_matches(header, TOKEN) is ok
+
+
+def test_the_wheel_ships_every_status_page_file() -> None:
+    """daemon/static is a folder, not a package: only package-data patterns put it in the
+    wheel (checked by building one once: plaudit/daemon/static/{index.html,app.js,app.css})."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = data["package-data"]["plaudit.daemon"]
+    files = sorted(p.relative_to(root / "daemon").as_posix() for p in STATIC_DIR.iterdir())
+    assert files == ["static/app.css", "static/app.js", "static/index.html"]
+    for name in files:
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name

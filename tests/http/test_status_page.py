@@ -63,7 +63,8 @@ async def test_status_page_end_to_end(
 
     # Charts from the metric history, the feed from the store, the faces table.
     for name in ("loss", "reward", "kl"):
-        await page.locator(f"#chart-{name} svg path.series").wait_for()
+        await page.locator(f"#chart-{name} svg path.series").first.wait_for()
+    assert await page.locator("#chart-loss svg path.series.secondary").count() == 1  # offline
     assert await page.locator("#feed li").count() == 4
     assert "Rain all week" in (await page.text_content("#feed li:first-child") or "")
     assert await page.locator("#faces-body tr").count() == 2
