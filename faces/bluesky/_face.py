@@ -301,7 +301,7 @@ class BlueskyFace(Face[BlueskyConfig]):
         while True:
             params: dict[str, Any] = {
                 "actor": session.did,
-                "limit": self.config.page_size,
+                "limit": min(self.config.page_size, limit or self.config.page_size),
                 "filter": self.config.history_filter,
             }
             if cursor is not None:
