@@ -242,11 +242,14 @@ function drawChart(figure, seriesList) {
   const sx = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
   const sy = (y) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
   const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img" });
+  // Enough significant digits that the three axis labels differ (a loss of 6.21..6.25).
+  const magnitude = Math.max(Math.abs(y0), Math.abs(y1)) || 1;
+  const axisDigits = Math.min(6, Math.max(2, Math.ceil(Math.log10(magnitude / (y1 - y0))) + 2));
   for (const frac of [0, 0.5, 1]) {
     const y = y0 + frac * (y1 - y0);
     svg.append(svgEl("line", { class: "grid-line", x1: L, x2: W - R, y1: sy(y), y2: sy(y) }));
     const label = svgEl("text", { class: "axis", x: L - 4, y: sy(y) + 3, "text-anchor": "end" });
-    label.textContent = fmtNumber(y, 2);
+    label.textContent = fmtNumber(y, axisDigits);
     svg.append(label);
   }
   const span = svgEl("text", { class: "axis", x: W - R, y: H - 4, "text-anchor": "end" });

@@ -190,11 +190,13 @@ def test_every_panel_query_returns_data_from_the_daemon(daemon: Running, tmp_pat
         client.close()
 
 
+@pytest.mark.slow  # ~13 s; the page itself is tested in test_status_page.py on every run
 async def test_status_page_during_a_demo_run(
     daemon: Running,
     browser: Any,
     tmp_path: Path,
 ) -> None:
+    """The screenshot of the page on a live daemon (`pytest -m slow -k demo_run -s`)."""
     page = browser.pages[0] if browser.pages else await browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
