@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import Final
 
@@ -27,6 +27,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.metrics_core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
@@ -309,7 +310,24 @@ class Metrics:
 
     def render(self) -> bytes:
         """The registry in the Prometheus text format (what GET /metrics returns)."""
-        return generate_latest(self.registry)
+        return generate_latest(_WithoutCreated(self.registry))  # type: ignore[arg-type]
+
+
+class _WithoutCreated:
+    """The registry minus the ``*_created`` series prometheus-client adds to every counter and
+    histogram: one extra gauge per series that Prometheus 2 stores but nothing here uses."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            if family.type not in ("counter", "histogram", "summary"):
+                yield family
+                continue
+            clone = Metric(family.name, family.documentation, family.type, family.unit)
+            clone.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield clone
 
 
 async def watch_event_loop_lag(metrics: Metrics, *, interval: float = 0.25) -> None:

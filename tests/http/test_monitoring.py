@@ -141,6 +141,7 @@ async def test_promtool_check_metrics_on_a_live_scrape(
         result.stdout.decode() + result.stderr.decode()
     )
     assert 'plaudit_http_unauthorized_total{endpoint="generate"} 2.0' in after
+    assert b"_created" not in response.content  # no per-series creation-time gauges
 
 
 def test_promtool_check_config_and_rules() -> None:
