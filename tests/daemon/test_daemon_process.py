@@ -202,3 +202,43 @@ def test_signals_pause_resume_reload_and_stop_during_training(
     ckpt = query(state, "SELECT path, run_id FROM checkpoints ORDER BY id DESC LIMIT 1")[0]
     assert ckpt[1] == offline_runs[-1][0]  # the interrupted run left a usable checkpoint
     assert load_model(ckpt[0]).model.config.vocab_size > 0
+
+
+def test_second_sigint_exits_at_once_and_state_stays_consistent(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    state = tmp_path / "state"
+    cfg = tmp_path / "plaudit.toml"
+    cfg.write_text(tiny_config(state_dir=state, model_dir=tiny_model_dir, offline_steps=100_000))
+    daemon = DaemonProcess(cfg)
+    try:
+        daemon.wait_event("ready", timeout=90)
+        daemon.wait_for(
+            lambda: count(state, "SELECT COUNT(*) FROM metric_points") >= 2,
+            timeout=60,
+            what="training to run",
+        )
+        t0 = time.monotonic()
+        daemon.send(signal.SIGINT)
+        daemon.wait_event("stop requested")
+        daemon.send(signal.SIGINT)
+        rc = daemon.proc.wait(timeout=10)
+        took = time.monotonic() - t0
+    finally:
+        daemon.kill()
+    assert rc == 128 + signal.SIGINT
+    assert took < 5
+    assert "second stop signal, exiting now" in "".join(daemon.lines)
+    assert query(state, "PRAGMA integrity_check") == [("ok",)]
+    # The next start takes over the stale pid file and marks the cut-off run interrupted.
+    daemon = DaemonProcess(cfg)
+    try:
+        daemon.wait_event(
+            "stale pid file found; the previous daemon did not stop cleanly", timeout=90
+        )
+        daemon.wait_event("ready", timeout=90)
+        assert daemon.wait_event("training runs interrupted by the last stop")["runs"] == 1
+        rc, _ = daemon.stop()
+    finally:
+        daemon.kill()
+    assert rc == 0
