@@ -231,6 +231,14 @@ class PostStory:
     reward: Reward | None = None
 
 
+def _where(**equal: object) -> tuple[str, list[object]]:
+    """A WHERE clause for the given column = value filters (None: no filter on that column)."""
+    used = {k: v for k, v in equal.items() if v is not None}
+    if not used:
+        return "", []
+    return "WHERE " + " AND ".join(f"{k} = ?" for k in used), list(used.values())
+
+
 def _post(row: sqlite3.Row) -> Post:
     return Post(
         id=row["id"],
@@ -498,17 +506,7 @@ class Store:
         offset: int = 0,
         newest_first: bool = True,
     ) -> list[Post]:
-        where, args = [], []
-        if face is not None:
-            where.append("face = ?")
-            args.append(face)
-        if status is not None:
-            where.append("status = ?")
-            args.append(status.value)
-        if cycle_id is not None:
-            where.append("cycle_id = ?")
-            args.append(cycle_id)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, args = _where(face=face, status=status.value if status else None, cycle_id=cycle_id)
         order = "DESC" if newest_first else "ASC"
         rows = self._query(
             f"SELECT * FROM posts {clause} ORDER BY id {order} LIMIT ? OFFSET ?",
@@ -517,14 +515,7 @@ class Store:
         return [_post(r) for r in rows]
 
     def count_posts(self, *, face: str | None = None, status: PostStatus | None = None) -> int:
-        where, args = [], []
-        if face is not None:
-            where.append("face = ?")
-            args.append(face)
-        if status is not None:
-            where.append("status = ?")
-            args.append(status.value)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, args = _where(face=face, status=status.value if status else None)
         return int(self._query(f"SELECT COUNT(*) FROM posts {clause}", args)[0][0])
 
     def in_flight(self, *, face: str | None = None) -> list[Post]:
@@ -620,13 +611,9 @@ class Store:
     def rewards(
         self, *, face: str | None = None, unused_only: bool = False, limit: int = 1000
     ) -> list[Reward]:
-        where, args = [], []
-        if face is not None:
-            where.append("face = ?")
-            args.append(face)
+        clause, args = _where(face=face)
         if unused_only:
-            where.append("used_in_version IS NULL")
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+            clause += (" AND" if clause else "WHERE") + " used_in_version IS NULL"
         rows = self._query(
             f"SELECT * FROM rewards {clause} ORDER BY created_at DESC LIMIT ?", (*args, limit)
         )
