@@ -258,7 +258,11 @@ function drawChart(figure, seriesList) {
   seriesList.forEach((points, i) => {
     if (!points.length) return;
     const d = points.map((p, j) => `${j ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join("");
-    svg.append(svgEl("path", { class: i ? "series secondary" : "series", d, "vector-effect": "non-scaling-stroke" }));
+    const cls = i ? "series secondary" : "series";
+    svg.append(svgEl("path", { class: cls, d, "vector-effect": "non-scaling-stroke" }));
+    // The newest point as a dot: visible even when a series has a single point so far.
+    const [lx, ly] = points[points.length - 1];
+    svg.append(svgEl("circle", { class: `${cls} dot`, cx: sx(lx), cy: sy(ly), r: 2.5 }));
   });
   plot.replaceChildren(svg);
 }
