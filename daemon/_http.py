@@ -260,26 +260,46 @@ def build_app(
         data = {name: [[t, v] for t, v in points] for name, points in series.items()}
         return _json(MetricHistory(since=query.since, series=data))
 
+    Handler = Callable[[Request], Awaitable[Response]]
+
+    def safe(handler: Handler) -> Handler:
+        # Errors become JSON here rather than in Starlette's exception handlers: a handler for
+        # Exception there answers 500 but re-raises, so uvicorn logs every bug a second time.
+        async def run(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ApiError as exc:
+                return _error(exc.status, exc.code, exc.message, exc.details)
+            except Exception as exc:
+                log.error("http handler failed", path=request.url.path, exc_info=exc)
+                return _error(
+                    500,
+                    "internal_error",
+                    f"the daemon failed on {request.url.path} ({type(exc).__name__}); see its log",
+                )
+
+        return run
+
     routes = [
-        Route("/", page, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
-        Route("/openapi.json", openapi, methods=["GET"]),
-        Route("/api/status", status, methods=["GET"]),
+        Route("/", safe(page), methods=["GET"]),
+        Route("/metrics", safe(metrics_endpoint), methods=["GET"]),
+        Route("/openapi.json", safe(openapi), methods=["GET"]),
+        Route("/api/status", safe(status), methods=["GET"]),
         Route(
             "/api/training/start",
-            protected("training_start", training_start),
+            safe(protected("training_start", training_start)),
             methods=["POST"],
         ),
-        Route("/api/training/stop", protected("training_stop", training_stop), methods=["POST"]),
-        Route("/api/posts", posts, methods=["GET"]),
-        Route("/api/generate", protected("generate", generate), methods=["POST"]),
-        Route("/api/metrics/history", history, methods=["GET"]),
+        Route(
+            "/api/training/stop",
+            safe(protected("training_stop", training_stop)),
+            methods=["POST"],
+        ),
+        Route("/api/posts", safe(posts), methods=["GET"]),
+        Route("/api/generate", safe(protected("generate", generate)), methods=["POST"]),
+        Route("/api/metrics/history", safe(history), methods=["GET"]),
         Mount("/static", app=_StaticWithHeaders(directory=static_dir), name="static"),
     ]
-
-    async def api_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
-        return _error(exc.status, exc.code, exc.message, exc.details)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -290,21 +310,9 @@ def build_app(
         }.get(exc.status_code, str(exc.detail))
         return _error(exc.status_code, code, message, headers=exc.headers)
 
-    async def internal_error(request: Request, exc: Exception) -> Response:
-        log.error("http handler failed", path=request.url.path, exc_info=exc)
-        return _error(
-            500,
-            "internal_error",
-            f"the daemon failed on {request.url.path} ({type(exc).__name__}); see its log",
-        )
-
     return Starlette(
         routes=routes,
-        exception_handlers={
-            ApiError: api_error,
-            HTTPException: http_error,
-            Exception: internal_error,
-        },
+        exception_handlers={HTTPException: http_error},
     )
 
 

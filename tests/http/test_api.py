@@ -210,7 +210,8 @@ async def test_a_failing_control_is_a_500_with_a_pointer_to_the_log(
 ) -> None:
     control.store.close()  # every store call now fails: a bug-like failure, not a refusal
     app = build_app(control=control, metrics=metrics, token=TOKEN)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    # raise_app_exceptions (the default): the app must answer, not re-raise to the server.
+    transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         response = await client.get("/api/status")
     assert response.status_code == 500
