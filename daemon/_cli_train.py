@@ -254,24 +254,26 @@ def evaluate(
             "--data", help="The data it was trained on (repeat for several).", dir_okay=False
         ),
     ],
-    fmt: Annotated[str, typer.Option("--format", help="auto|text|qa|dialogue|jsonl.")] = "auto",
-    val_split: Annotated[
-        float, typer.Option(help="Held-out share; use the value training used.")
-    ] = 0.05,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="auto|text|qa|dialogue|jsonl.")
+    ] = None,
+    val_split: Annotated[float | None, typer.Option(help="Held-out share.")] = None,
     samples: Annotated[int, typer.Option(help="Samples to generate.")] = 32,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens per sample.")] = 48,
     threshold: Annotated[
         int, typer.Option(help="Memorised: shares a run of this many tokens with a training post.")
     ] = 10,
-    max_seq_len: Annotated[int, typer.Option(help="Tokens per validation row.")] = 256,
+    max_seq_len: Annotated[int | None, typer.Option(help="Tokens per validation row.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 1337,
     chat_template: Annotated[
-        str, typer.Option(help="auto|on|off: conversations in the tokenizer's chat template.")
-    ] = "auto",
+        str | None, typer.Option(help="auto|on|off: conversations in the chat template.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Validation loss and perplexity, sample diversity, BLEU/ROUGE-L against held-out posts,
-    and memorisation (how much of each sample is copied from a training post)."""
+    and memorisation (how much of each sample is copied from a training post). For a run or
+    checkpoint, --format, --val-split, --max-seq-len and --chat-template default to the values
+    it was trained with, so "held out" means held out from that training."""
     from plaudit.learner import (
         LearnerError,
         configure_torch,
@@ -280,17 +282,24 @@ def evaluate(
         read_file,
     )
     from plaudit.learner import evaluate as run_eval
-    from plaudit.learner._checkpoint import resolve_model_dir
+    from plaudit.learner._checkpoint import TRAINER_STATE, load_trainer_state, resolve_model_dir
     from plaudit.learner._data import dedupe, split_validation
     from plaudit.learner._train import use_chat_template
 
     configure_torch()
     try:
+        spec = resolve_model_dir(model) or model
+        trained: dict[str, Any] = {}
+        if isinstance(spec, Path) and (spec / TRAINER_STATE).is_file():
+            trained = load_trainer_state(spec)["config"]
+        fmt = fmt or trained.get("format", "auto")
+        val_split = val_split if val_split is not None else trained.get("val_split", 0.05)
+        max_seq_len = max_seq_len or trained.get("max_seq_len", 256)
+        chat_template = chat_template or trained.get("chat_template", "auto")
         examples = []
         for path in data:
             examples += read_file(path, fmt)[0]  # type: ignore[arg-type]
         train, val = split_validation(dedupe(examples), val_split)
-        spec = resolve_model_dir(model) or model
         loaded = load_model(str(spec), cache_dir=default_cache_dir())
         report = run_eval(
             model=loaded.model,
@@ -307,7 +316,8 @@ def evaluate(
     except LearnerError as e:
         raise fail(str(e), 1) from None
     if as_json:
-        typer.echo(json.dumps({"model": str(spec)} | report.to_dict(), indent=2))
+        settings = {"val_split": val_split, "max_seq_len": max_seq_len, "format": fmt}
+        typer.echo(json.dumps({"model": str(spec)} | settings | report.to_dict(), indent=2))
         return
     typer.echo(f"model {spec}")
     for line in report.lines():
