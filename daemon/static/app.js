@@ -7,7 +7,8 @@ const STATUS_EVERY_MS = 2000;
 const SLOW_EVERY_MS = 10000;
 const FEED_PAGE = 10;
 // Chart id -> series recorded by the controller (Store.record_metrics); the first is primary.
-const CHARTS = { loss: ["loss", "offline_loss"], reward: ["reward"], kl: ["kl"] };
+// Offline (cross-entropy) and online (policy-gradient) losses are different quantities: two charts.
+const CHARTS = { offline: ["offline_loss"], loss: ["loss"], reward: ["reward"], kl: ["kl"] };
 const CHART_SERIES = Object.values(CHARTS).flat();
 
 const $ = (id) => document.getElementById(id);
@@ -106,6 +107,11 @@ function fmtAgo(ts) {
   return ahead ? `in ${text}` : `${text} ago`;
 }
 
+// A scheduled time: "in 5 min", or "due" once it has passed (the job waits for a free slot).
+function fmtDue(ts) {
+  return ts * 1000 <= Date.now() ? "due" : fmtAgo(ts);
+}
+
 function fmtDuration(s) {
   if (s < 60) return `${Math.round(s)} s`;
   if (s < 3600) return `${Math.round(s / 60)} min`;
@@ -160,7 +166,7 @@ function renderStatus(s) {
   const last = Math.max(0, ...s.faces.map((f) => f.last_post_at || 0));
   $("last-post").textContent = last ? fmtAgo(last) : "never";
   const upcoming = s.faces.map((f) => f.next_post_at).filter((t) => t);
-  $("next-post").textContent = upcoming.length ? fmtAgo(Math.min(...upcoming)) : "–";
+  $("next-post").textContent = upcoming.length ? fmtDue(Math.min(...upcoming)) : "–";
   $("start-button").disabled = s.training === "running" && s.mode === "online";
   $("stop-button").disabled = s.training === "paused";
 
@@ -190,7 +196,7 @@ function renderStatus(s) {
     el("td", { text: f.type }),
     el("td", { class: "num", text: String(f.posts_published) }),
     el("td", { text: fmtAgo(f.last_post_at) }),
-    el("td", { text: f.next_post_at ? fmtAgo(f.next_post_at) : "–" }),
+    el("td", { text: f.next_post_at ? fmtDue(f.next_post_at) : "–" }),
     el("td", { class: f.last_error ? "error" : "muted", text: f.last_error || "–" }),
   )));
   if (!s.faces.length) body.append(el("tr", {}, el("td", { colspan: "6", class: "muted", text: "no faces" })));

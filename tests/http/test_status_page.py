@@ -62,9 +62,8 @@ async def test_status_page_end_to_end(
     assert (await samples.nth(0).text_content() or "").startswith("Good morning")
 
     # Charts from the metric history, the feed from the store, the faces table.
-    for name in ("loss", "reward", "kl"):
-        await page.locator(f"#chart-{name} svg path.series").first.wait_for()
-    assert await page.locator("#chart-loss svg path.series.secondary").count() == 1  # offline
+    for name in ("offline", "loss", "reward", "kl"):
+        await page.locator(f"#chart-{name} svg path.series").wait_for()
     assert await page.locator("#feed li").count() == 4
     assert "Rain all week" in (await page.text_content("#feed li:first-child") or "")
     assert await page.locator("#faces-body tr").count() == 2
