@@ -246,8 +246,17 @@ class Daemon:
                     config=spec.face_options(),
                     state_dir=self.state_dir / "faces" / name,
                 )
-            except (FaceConfigError, FaceLoadError, FaceNotFound) as exc:
+            except FaceLoadError as exc:
+                # A broken plugin takes down its own instances, not the daemon.
+                self.log.error(
+                    "face unavailable: its plugin failed to load", face=name, error=str(exc)
+                )
+            except (FaceConfigError, FaceNotFound) as exc:
                 raise StartupError(str(exc)) from None
+        if not self.faces:
+            raise StartupError(
+                "no usable face: every configured face failed to load (see the errors above)"
+            )
 
     def _open_metrics(self) -> None:
         from plaudit.daemon._metrics import Metrics

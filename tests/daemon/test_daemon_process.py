@@ -242,3 +242,48 @@ def test_second_sigint_exits_at_once_and_state_stays_consistent(
     finally:
         daemon.kill()
     assert rc == 0
+
+
+def _broken_plugin(folder: Path) -> dict[str, str]:
+    """A distribution whose `plaudit.faces` entry point cannot be imported."""
+    dist = folder / "broken_face-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-face\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[plaudit.faces]\nbroken = no_such_module_xyz:Face\n")
+    return {"PYTHONPATH": str(folder)}
+
+
+def test_a_broken_plugin_does_not_take_the_daemon_down(
+    tmp_path: Path, tiny_model_dir: Path, notify: NotifySocket
+) -> None:
+    env = {**_broken_plugin(tmp_path / "site"), "NOTIFY_SOCKET": str(notify.path)}
+    state = tmp_path / "state"
+    cfg = tmp_path / "plaudit.toml"
+    cfg.write_text(
+        tiny_config(
+            state_dir=state, model_dir=tiny_model_dir, extra='[faces.bad]\ntype = "broken"\n'
+        )
+    )
+    daemon = DaemonProcess(cfg, env=env)
+    try:
+        failed = daemon.wait_event("face unavailable: its plugin failed to load", timeout=60)
+        assert failed["face"] == "bad" and "no_such_module_xyz" in failed["error"]
+        assert daemon.wait_event("ready", timeout=90)["faces"] == ["sim"]
+        rc, _ = daemon.stop()
+    finally:
+        daemon.kill()
+    assert rc == 0
+
+    # With no usable face left, start-up fails with one clear line and never reports READY.
+    notify.messages.clear()
+    only_bad = tiny_config(state_dir=state, model_dir=tiny_model_dir).split("[faces.sim]")[0]
+    cfg.write_text(only_bad + '[faces.bad]\ntype = "broken"\n')
+    daemon = DaemonProcess(cfg, env=env)
+    try:
+        rc = daemon.proc.wait(timeout=60)
+        daemon._reader.join(timeout=5)
+    finally:
+        daemon.kill()
+    assert rc == 1
+    assert "plaudit: no usable face: every configured face failed to load" in "".join(daemon.lines)
+    assert "READY=1" not in notify.fields()
