@@ -339,7 +339,7 @@ class Controller:
         for post_id, cand in zip(ids, candidates, strict=True):
             reason = reject_reason(
                 cand.text,
-                config=FilterConfig(),
+                config=FilterConfig(blocklist=c.blocklist, min_chars=c.min_chars),
                 max_length=limits.max_length,
                 measure=rt.face.measure,
                 own_posts=self.own_posts,

@@ -93,7 +93,9 @@ class ControllerConfig(_Section):
     # Offline fit on face history: at first start, then again at this interval (None: never).
     offline_interval: Duration | None = timedelta(days=7)
     offline_max_posts: int | None = Field(default=None, ge=1)
-    prompts: tuple[str, ...] = ()
+    # Candidates containing any of these (case-insensitive) are never published.
+    blocklist: tuple[str, ...] = ()
+    min_chars: int = Field(default=12, ge=1)
     shutdown_timeout: Duration = timedelta(seconds=60)
 
     @model_validator(mode="after")
