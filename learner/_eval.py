@@ -300,8 +300,9 @@ def evaluate(
     chat_tok = tokenizer if chat_template else None
     prompts = [sample_prompts([ex], 1, tokenizer=chat_tok)[0] for ex in chosen]
     continuations = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed)
+    # A post's continuation brings its own leading space (or continues the prompt's last word).
     posts = [
-        (f"{p} {c.lstrip()}".strip() if ex.fmt == "text" else c.strip())
+        ((p + c).strip() if ex.fmt == "text" else c.strip())
         for p, c, ex in zip(prompts, continuations, chosen, strict=True)
     ]
     references = [ex.text for ex in chosen]
