@@ -20,6 +20,7 @@ import structlog
 
 from plaudit.daemon._config import ConfigError, Settings, load_settings, resolve_state_dir
 from plaudit.daemon._control import (
+    ControlError,
     FaceStatus,
     GeneratedSample,
     GenerateRequest,
@@ -485,7 +486,7 @@ class Daemon:
 
         assert self.store is not None and self.controller is not None
         if request.mode == "offline" and request.data not in (None, *self.faces):
-            raise ValueError(
+            raise ControlError(
                 f"offline data {request.data!r} is not a configured face; use one of "
                 f"{', '.join(self.faces)}"
             )
