@@ -8,13 +8,12 @@ once and its cache rows are copied to its n samples.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ._errors import ContextLengthError
 from ._model import Transformer
@@ -169,18 +168,25 @@ def transform_logits(logits: Tensor, sampling: SamplingConfig) -> Tensor:
     top_p = sampling.top_p if sampling.top_p is not None and sampling.top_p < 1 else None
     if top_k is None and top_p is None:
         return logits
-    if top_p is None:
-        assert top_k is not None
+    if top_k is not None:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (..., 1)
-        return logits.masked_fill(logits < kth, float("-inf"))
-    # Nucleus over the sorted candidates (all tokens, or the top k): drop a token once the
-    # mass of the tokens before it reaches p. With top-k the sort is only k long.
-    if top_k is None:
-        values, order = torch.sort(logits, dim=-1, descending=True)  # (..., V)
-    else:
-        values, order = torch.topk(logits, top_k, dim=-1)  # (..., k), sorted
-    probs = F.softmax(values, dim=-1)  # (..., k or V)
-    drop = (probs.cumsum(-1) - probs) >= top_p  # (..., k or V)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is None:
+        return logits
+    # Nucleus: drop a token once the mass of the more likely tokens reaches p. Sorting 49k
+    # logits costs ~4.5 ms per row here, so look among the top candidates first (256, then
+    # 2048) and sort everything only when they hold less than p of the mass.
+    limit = top_k if top_k is not None else V
+    lse = logits.logsumexp(dim=-1, keepdim=True)  # (..., 1)
+    k = min(limit, 256)
+    while True:
+        values, order = torch.topk(logits, k, dim=-1)  # (..., k), sorted
+        probs = (values - lse).exp()  # (..., k)
+        mass = probs.cumsum(dim=-1)  # (..., k)
+        if k == limit or bool((mass[..., -1] >= top_p).all()):
+            break
+        k = min(limit, 8 * k)
+    drop = (mass - probs) >= top_p  # (..., k); the tokens past the k candidates are dropped
     values = values.masked_fill(drop, float("-inf"))
     out = torch.full_like(logits, float("-inf"))
     return out.scatter(-1, order, values)  # (..., V)
@@ -228,13 +234,50 @@ class Step:
     stopped: Tensor  # (B,) bool: the row ended on a stop token at this step
 
 
+class DecodeLinear(nn.Module):
+    """A linear layer for inference whose weight is stored transposed, (in, out), contiguous:
+    MKL multiplies a few rows by it 2-4x faster than by the (out, in) layout of `nn.Linear`
+    (measured here at 8 rows by 576 x 1728; 1 row: equal or faster)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+        super().__init__()
+        self.weight_t = nn.Parameter(weight.detach().t().contiguous(), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.bias is None:
+            return x @ self.weight_t  # (..., out)
+        y = torch.addmm(self.bias, x.reshape(-1, x.size(-1)), self.weight_t)  # (N, out)
+        return y.view(*x.shape[:-1], -1)  # (..., out)
+
+
+def decode_copy(model: Transformer, *, device: torch.device, dtype: torch.dtype) -> Transformer:
+    """An inference copy of `model` with every linear layer (the tied head too) as a
+    `DecodeLinear`; norms and embeddings share the model's tensors when device and dtype match.
+    Same arithmetic, so the same logits up to float rounding."""
+    with torch.device("meta"):
+        fast = Transformer(model.config)
+    state = {k: v.detach().to(device=device, dtype=dtype) for k, v in model.state_dict().items()}
+    fast.load_state_dict(state, strict=True, assign=True)
+    for name, buf in model.named_buffers():  # RoPE tables: derived, not in the state dict
+        setattr(fast, name, buf.to(device=device))
+    for module in list(fast.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(module, name, DecodeLinear(child.weight, child.bias))
+    if fast.lm_head is None:
+        fast.lm_head = DecodeLinear(fast.tok_emb.weight, None)
+    return fast.eval().requires_grad_(False)
+
+
 class Engine:
     """Generates from a `Transformer` in batches with a KV cache.
 
-    Runs under `torch.inference_mode`. Given another device or dtype than the model's, the
-    engine works on a converted copy (weights the caller changes later are not seen; build a
-    new engine). A row ends on a stop token, after `max_new_tokens`, or when its sequence
-    fills the model's context (prompt + new tokens = max_seq_len)."""
+    Runs under `torch.inference_mode`, on a snapshot of the model's weights taken when the
+    engine is built (`decode_copy`, in the given device and dtype): after changing the
+    weights, build a new engine (it takes a fraction of a second). A row ends on a stop token,
+    after `max_new_tokens`, or when its sequence fills the model's context (prompt + new
+    tokens = max_seq_len)."""
 
     def __init__(
         self,
@@ -246,9 +289,7 @@ class Engine:
         param = next(model.parameters())
         self.device = torch.device(device) if device is not None else param.device
         self.dtype = dtype if dtype is not None else param.dtype
-        if (self.device, self.dtype) != (param.device, param.dtype):
-            model = copy.deepcopy(model).to(device=self.device, dtype=self.dtype)
-        self.model = model
+        self.model = decode_copy(model, device=self.device, dtype=self.dtype)
         self.config = model.config
 
     def _check_prompts(self, prompts: Sequence[Sequence[int]]) -> list[list[int]]:

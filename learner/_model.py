@@ -251,7 +251,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 class Transformer(nn.Module):
-    lm_head: nn.Linear | None
+    lm_head: nn.Module | None  # None when tied to tok_emb
     rope_cos: Tensor  # llama only
     rope_sin: Tensor  # llama only
 
@@ -342,8 +342,8 @@ class Transformer(nn.Module):
         if last_only:
             x = x[:, -1:, :]  # (B, 1, C)
         x = self.norm_f(x)
-        weight = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(x, weight).float()  # (B, T, V)
+        logits = F.linear(x, self.tok_emb.weight) if self.lm_head is None else self.lm_head(x)
+        return logits.float()  # (B, T, V)
 
     def num_params(self, *, exclude_embeddings: bool = False) -> int:
         """Parameter count (a tied head counted once); without embeddings: no token or

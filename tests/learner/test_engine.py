@@ -7,7 +7,14 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
-from plaudit.learner._engine import Engine, KVCache, SamplingConfig, sample_tokens
+
+from plaudit.learner._engine import (
+    Engine,
+    KVCache,
+    SamplingConfig,
+    sample_tokens,
+    transform_logits,
+)
 from plaudit.learner._errors import ContextLengthError
 from plaudit.learner._model import ModelConfig, Transformer
 
@@ -243,3 +250,18 @@ def test_kv_cache_guards_against_misuse() -> None:
         cache.set_padding(torch.zeros(2, dtype=torch.long))
     cache.reset()
     assert cache.pos == 0
+
+
+@pytest.mark.parametrize("scale", [0.5, 3.0, 30.0], ids=["flat", "medium", "peaked"])
+def test_top_p_candidates_match_a_full_sort(scale: float) -> None:
+    """The nucleus found among the top candidates (growing them when they hold too little
+    mass) is the one a full sort finds, on a vocabulary larger than the first candidate set."""
+    logits = torch.randn(4, 5000, generator=torch.Generator().manual_seed(0)) * scale
+    for s in [
+        SamplingConfig(temperature=0.8, top_p=0.95),
+        SamplingConfig(temperature=1.0, top_p=0.5, top_k=3000),
+    ]:
+        got = transform_logits(logits, s)
+        want = reference_transform(logits, s)
+        assert torch.equal(got.isinf(), want.isinf())
+        torch.testing.assert_close(got, want)

@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
-from plaudit.learner._model import PRESETS, ModelConfig, Transformer, apply_rope, rope_tables
 from safetensors.torch import load_file, save_file
+
+from plaudit.learner._model import PRESETS, ModelConfig, Transformer, apply_rope, rope_tables
 
 
 def tiny(family: str, **kw: object) -> ModelConfig:
