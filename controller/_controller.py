@@ -210,7 +210,9 @@ class Controller:
             try:
                 outcome = await fn(*args)
             except asyncio.CancelledError:
-                raise
+                # Only shutdown cancels jobs (past its deadline); this is the job's top level.
+                self.log.warning("job cancelled at shutdown", job=name)
+                outcome = "error"
             except Exception as exc:
                 outcome = "error"
                 self.log.exception("job failed", job=name, error=str(exc))
