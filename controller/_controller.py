@@ -46,6 +46,7 @@ from plaudit.faces import (
     Rejected,
     Transient,
 )
+from plaudit.learner._errors import GenerationInterrupted
 from plaudit.state import (
     NewCandidate,
     Snapshot,
@@ -186,6 +187,7 @@ class Controller:
             # Pause, not shut down: shutting the executor down would cancel running jobs.
             self.scheduler.pause()
         self.worker.stop_training.set()
+        self.worker.shutting_down.set()
         cancelled = 0
         pending = [t for t in self._tasks if not t.done()]
         if pending:
@@ -314,9 +316,18 @@ class Controller:
             max_new_tokens=s.max_new_tokens,
             seed=self.rng.randrange(2**31),
         )
-        candidates = await self.worker.run(
-            "generate", self.policy.generate, prompts, n=1, sampling=sampling
-        )
+        try:
+            candidates = await self.worker.run(
+                "generate",
+                self.policy.generate,
+                prompts,
+                n=1,
+                sampling=sampling,
+                should_stop=self.worker.shutting_down.is_set,
+            )
+        except GenerationInterrupted:
+            log.info("post cycle abandoned: shutting down during generation")
+            return "skipped"
         gen_s = time.monotonic() - t0
         self.metrics.generation_duration.observe(gen_s)
         self.metrics.posts_generated.labels(rt.name).inc(len(candidates))

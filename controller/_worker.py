@@ -19,6 +19,8 @@ class TorchWorker:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plaudit-torch")
         # Set to ask a long job (training) to stop at its next step boundary.
         self.stop_training = threading.Event()
+        # Set at shutdown: generation stops at its next decoding step too.
+        self.shutting_down = threading.Event()
         self._busy = 0
         self.current: str | None = None
 
@@ -44,4 +46,5 @@ class TorchWorker:
 
     def shutdown(self, *, wait: bool) -> None:
         self.stop_training.set()
+        self.shutting_down.set()
         self._executor.shutdown(wait=wait, cancel_futures=True)

@@ -8,14 +8,14 @@ once and its cache rows are copied to its n samples.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._errors import ContextLengthError
+from ._errors import ContextLengthError, GenerationInterrupted
 from ._model import Transformer
 
 
@@ -415,14 +415,23 @@ class Engine:
             logits = self.model(tokens[:, None], kv_cache=cache)[:, -1]  # (A, V)
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], *, n: int = 1, sampling: SamplingConfig
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        n: int = 1,
+        sampling: SamplingConfig,
+        should_stop: Callable[[], bool] | None = None,
     ) -> list[Sample]:
-        """n samples per prompt, ordered by prompt then sample."""
+        """n samples per prompt, ordered by prompt then sample. ``should_stop`` is asked
+        between decoding steps; when it says yes, `GenerationInterrupted` is raised (a daemon
+        shutting down does not wait for a long batch to finish)."""
         B = len(prompts) * n
         tokens: list[list[int]] = [[] for _ in range(B)]
         logprobs: list[list[float]] = [[] for _ in range(B)]
         finished = [False] * B
         for col in self.stream(prompts, n=n, sampling=sampling):
+            if should_stop is not None and should_stop():
+                raise GenerationInterrupted("generation was interrupted before it finished")
             rows = col.sampled.nonzero().squeeze(-1).tolist()
             toks, lps = col.tokens.tolist(), col.logprobs.tolist()
             for r in rows:

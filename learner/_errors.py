@@ -7,6 +7,7 @@
      ├── ModelExportError        a model could not be written: target not empty, unsupported config
      ├── TokenizerError          a tokenizer could not be built, loaded or used (no chat template)
      ├── ContextLengthError      a token sequence is longer than the model's context window
+     ├── GenerationInterrupted   the caller's stop check ended generation early (shutdown)
      ├── DataError               training data cannot be used: unreadable encoding, mixed
      │                           formats in one file, empty file, too little data for one batch
      ├── CheckpointError         a run folder or checkpoint cannot be used: output exists
@@ -51,6 +52,10 @@ class TokenizerError(LearnerError):
 class ContextLengthError(LearnerError):
     """Raised when a token sequence (for example a prompt plus the tokens to generate) does not
     fit in the model's context window (`ModelConfig.max_seq_len`)."""
+
+
+class GenerationInterrupted(LearnerError):
+    """Raised when a caller's stop check asked generation to end early (a shutdown)."""
 
 
 class DataError(LearnerError):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,7 +109,12 @@ class Policy:
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
 
     def generate(
-        self, prompts: Sequence[str], *, n: int, sampling: SamplingConfig
+        self,
+        prompts: Sequence[str],
+        *,
+        n: int,
+        sampling: SamplingConfig,
+        should_stop: Callable[[], bool] | None = None,
     ) -> list[Candidate]:
         """n candidates per prompt, each with the behaviour logprobs the online update needs."""
         tok = self.tokenizer
@@ -129,7 +134,9 @@ class Policy:
             seed=sampling.seed,
         )
         self.model.eval()
-        samples = Engine(model=self.model).generate(prompt_ids, n=n, sampling=sampling)
+        samples = Engine(model=self.model).generate(
+            prompt_ids, n=n, sampling=sampling, should_stop=should_stop
+        )
         completions: list[list[int]] = []
         for s in samples:
             completions.append(s.tokens if s.finished else self._cut_at_sentence_end(s.tokens))
