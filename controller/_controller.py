@@ -698,28 +698,26 @@ class Controller:
         return "success" if ok else "skipped"
 
     async def _fit_offline(self, texts: list[str], overrides: dict[str, Any]) -> bool:
+        from plaudit.daemon._config import offline_train_config
         from plaudit.learner._data import examples_from_texts
         from plaudit.learner._load import load_model
-        from plaudit.learner._train import OfflineTrainConfig, train_offline
+        from plaudit.learner._train import train_offline
 
-        off = self.settings.offline
-        knobs = {
-            **off.model_dump(),
-            **{k: v for k, v in overrides.items() if v is not None and k != "data" and k != "mode"},
-        }
         base = self.state_dir / "offline" / "base"
         await self.worker.run("checkpoint", self.policy.save, base)
-        cfg = OfflineTrainConfig(
-            model=str(base),
-            epochs=max(1, round(float(knobs["epochs"]))),
-            max_steps=knobs.get("max_steps"),
-            lr=knobs["lr"],
-            batch_size=knobs["batch_size"],
-            max_seq_len=knobs["max_seq_len"],
-            eval_every=max(1, (knobs.get("max_steps") or 100) // 2),
-            save_every=10**9,
-            samples=0,
-            device="cpu" if self.settings.model.device == "auto" else self.settings.model.device,
+        requested = {k: v for k, v in overrides.items() if k in ("max_steps", "lr", "batch_size")}
+        if overrides.get("epochs") is not None:
+            requested["epochs"] = max(1, round(float(overrides["epochs"])))
+        knobs = {**self.settings.offline.knobs(), **{k: v for k, v in requested.items() if v}}
+        cfg = offline_train_config(
+            self.settings,
+            **requested,
+            model=str(base),  # the current policy, saved just above
+            eval_every=knobs.get("eval_every") or max(1, (knobs.get("max_steps") or 100) // 2),
+            save_every=knobs.get("save_every") or 10**9,
+            samples=knobs.get("samples") or 0,
+            device=knobs.get("device")
+            or ("cpu" if self.settings.model.device == "auto" else self.settings.model.device),
         )
         run_dir = self.state_dir / "offline" / "run"
         run_id = self.store.start_run(kind="offline", config=cfg.model_dump(mode="json"))

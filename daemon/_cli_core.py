@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from plaudit.daemon._config import ConfigError, Settings, load_settings, resolve_state_dir
 
@@ -61,6 +62,7 @@ def config_check(
 ) -> None:
     """Validate the configuration and print the effective values (secrets redacted)."""
     settings = settings_or_exit(config, credentials_dir)
+    _check_deep(settings)
     data = settings.redacted()
     if as_json:
         typer.echo(json.dumps(data, indent=2))
@@ -70,6 +72,39 @@ def config_check(
     source = str(config) if config else "defaults (+ ./plaudit.toml if present, + environment)"
     typer.echo(f"# configuration is valid ({source})")
     typer.echo(tomli_w.dumps(_drop_none(data)))  # type: ignore[arg-type]
+
+
+def _check_deep(settings: Settings) -> None:
+    """What the daemon checks at start beyond the config model: every [offline] knob (by the
+    learner) and every face instance's own settings (by its plugin's config model)."""
+    from plaudit.daemon._config import offline_train_config
+    from plaudit.faces import FaceConfigError, FaceLoadError, FaceNotFound
+    from plaudit.faces._registry import discover
+
+    problems = []
+    try:
+        offline_train_config(settings)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    registry = discover(only={f.type for f in settings.faces.values()})
+    for name, spec in settings.faces.items():
+        try:
+            face_type = registry.get(spec.type, instance=name)
+            face_type.Config.model_validate(spec.face_options())
+        except (FaceConfigError, FaceLoadError, FaceNotFound) as exc:
+            problems.append(str(exc))
+        except ValidationError as exc:
+            from plaudit.faces._registry import config_error
+
+            problems.append(
+                str(
+                    config_error(
+                        instance=name, type_name=spec.type, model=face_type.Config, exc=exc
+                    )
+                )
+            )
+    if problems:
+        raise fail("\n".join(problems))
 
 
 def _drop_none(value: object) -> object:

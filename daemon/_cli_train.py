@@ -1,5 +1,5 @@
 """`plaudit train offline`, `plaudit eval`, `plaudit grow`: offline training from the command
-line. Knobs come from flags, then the `[train]` table of the config file, then defaults."""
+line. Knobs come from flags, then the `[offline]` table of the config file, then defaults."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from plaudit.daemon._cli_core import ConfigOption, StateDirOption, fail
 
 
 def _config_table(config: Path | None) -> dict[str, Any]:
-    """The `[train]` table of the config file (--config, else ./plaudit.toml when present),
-    keeping only offline-training knobs."""
+    """The `[offline]` table of the config file (--config, else ./plaudit.toml when present):
+    the same knobs the daemon's offline fits use."""
     from plaudit.learner import OfflineTrainConfig
 
     path = config if config is not None else Path("plaudit.toml")
@@ -27,7 +27,7 @@ def _config_table(config: Path | None) -> dict[str, Any]:
             raise fail(f"config file {config} does not exist")
         return {}
     try:
-        table = tomllib.loads(path.read_text(encoding="utf-8")).get("train", {})
+        table = tomllib.loads(path.read_text(encoding="utf-8")).get("offline", {})
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise fail(f"cannot read config file {path}: {e}") from None
     return {k: v for k, v in table.items() if k in OfflineTrainConfig.model_fields}

@@ -13,17 +13,27 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from datetime import time, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from plaudit.daemon._durations import Duration
 
 DEFAULT_CONFIG_FILE = Path("plaudit.toml")
+_SECRET_NAME = re.compile(r"token|password|secret|api_?key|credential", re.I)
 
 
 class ConfigError(Exception):
@@ -119,12 +129,37 @@ class OnlineConfig(_Section):
     baseline_decay: float = Field(default=0.9, ge=0, lt=1)
 
 
-class OfflineConfig(_Section):
-    epochs: float = Field(default=1.0, gt=0)
+class OfflineConfig(BaseModel):
+    """The `[offline]` table: the knobs of offline training, shared by the daemon's fits on
+    face history and `plaudit train offline`. The keys typed here get the daemon's defaults;
+    any other key of the learner's `OfflineTrainConfig` (warmup_steps, lr_schedule, precision,
+    patience, ...) is allowed too and validated by `offline_train_config` (config check and
+    start-up do that)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    epochs: int = Field(default=1, ge=1)
     max_steps: int | None = Field(default=200, ge=1)
     lr: float = Field(default=5e-5, gt=0)
     batch_size: int = Field(default=8, ge=1)
     max_seq_len: int = Field(default=128, ge=8)
+
+    def knobs(self) -> dict[str, Any]:
+        return {**self.model_dump(exclude=set(self.model_extra or {})), **(self.model_extra or {})}
+
+
+def offline_train_config(settings: Settings, **overrides: Any) -> Any:
+    """The learner's `OfflineTrainConfig` for this configuration (imports torch; the learner
+    validates every knob). Raises ConfigError naming the `offline.` key."""
+    from plaudit.learner import OfflineTrainConfig
+
+    knobs = {**settings.offline.knobs(), **{k: v for k, v in overrides.items() if v is not None}}
+    try:
+        return OfflineTrainConfig(**knobs)
+    except ValidationError as exc:
+        message = format_validation_error(
+            exc, source="the [offline] table", model=OfflineTrainConfig
+        )
+        raise ConfigError(message.replace("\n  ", "\n  offline.")) from None
 
 
 class Settings(BaseSettings):
@@ -138,6 +173,8 @@ class Settings(BaseSettings):
     )
 
     state_dir: Path | None = None
+    # Dotted keys that came from the credentials folder: always shown redacted.
+    _secret_keys: frozenset[str] = PrivateAttr(default_factory=frozenset)
     log: LogConfig = LogConfig()
     http: HttpConfig = HttpConfig()
     model: ModelConfig = ModelConfig()
@@ -162,8 +199,16 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
     def redacted(self) -> dict[str, Any]:
-        """The effective configuration as JSON-able data, secrets shown as '**********'."""
-        return self.model_dump(mode="json")
+        """The effective configuration as JSON-able data, secrets shown as '**********':
+        SecretStr fields, and a face's own keys that are secrets by name (token, password,
+        secret, key) or came from the credentials folder (faces hold their keys untyped until
+        their plugin validates them)."""
+        data = self.model_dump(mode="json")
+        for name, face in data.get("faces", {}).items():
+            for key in face:
+                if _SECRET_NAME.search(key) or f"faces.{name}.{key}" in self._secret_keys:
+                    face[key] = "**********"
+        return data
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -226,14 +271,16 @@ def _known_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]
     return sorted(fields) if fields else []
 
 
-def format_validation_error(exc: ValidationError, *, source: str) -> str:
+def format_validation_error(
+    exc: ValidationError, *, source: str, model: type[BaseModel] | None = None
+) -> str:
     """One line per problem: key, bad value, what is allowed (and the nearest known key)."""
     lines = [f"invalid configuration ({source}):"]
     for err in exc.errors():
         loc = tuple(err["loc"])
         key = ".".join(str(p) for p in loc) or "(top level)"
         if err["type"] == "extra_forbidden":
-            known = _known_keys(Settings, loc)
+            known = _known_keys(model or Settings, loc)
             close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             allowed = f" Known keys here: {', '.join(known)}." if known else ""
@@ -263,14 +310,29 @@ def load_settings(
         source = str(config_file)
     if secrets_dir is None and os.environ.get("CREDENTIALS_DIRECTORY"):
         secrets_dir = Path(os.environ["CREDENTIALS_DIRECTORY"])
+    secret_keys: frozenset[str] = frozenset()
     if secrets_dir is not None:
-        data = _merge(data, _read_secrets(secrets_dir))
+        secrets = _read_secrets(secrets_dir)
+        secret_keys = frozenset(_dotted(secrets))
+        data = _merge(data, secrets)
     if overrides:
         data = _merge(data, overrides)
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source=source)) from None
+    settings._secret_keys = secret_keys
+    return settings
+
+
+def _dotted(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out += _dotted(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}")
+    return out
 
 
 def resolve_state_dir(settings: Settings, override: Path | None = None) -> Path:

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from plaudit.daemon._config import ConfigError, Settings, load_settings, resolve_state_dir
+from plaudit.daemon._config import (
+    ConfigError,
+    Settings,
+    load_settings,
+    offline_train_config,
+    resolve_state_dir,
+)
 from plaudit.daemon._control import (
     ControlError,
     FaceStatus,
@@ -122,6 +128,10 @@ class Daemon:
             raise StartupError(str(exc)) from None
         configure_logging(level=self.settings.log.level, fmt=self.settings.log.format)
         self.log = structlog.stdlib.get_logger("plaudit.daemon")
+        try:
+            offline_train_config(self.settings)  # every [offline] knob, checked by the learner
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from None
         from plaudit.daemon._systemd import Notifier
 
         self.notifier = Notifier()
@@ -382,6 +392,7 @@ class Daemon:
         self.state = "reloading"
         try:
             new = load_settings(config_file=self.config_file, secrets_dir=self.credentials_dir)
+            offline_train_config(new)
         except ConfigError as exc:
             self.log.error("reload failed; keeping the running configuration", error=str(exc))
             self.state = "running"

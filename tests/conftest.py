@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,14 @@ def build_tiny_model(folder: Path, *, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(autouse=True)
+def _ieee_floats_after_each_test() -> Iterator[None]:
+    """Training code sets flush-to-zero on the thread that runs it (a big speed-up on CPU);
+    in tests that thread is pytest's own, and hypothesis (schemathesis) refuses to run with
+    subnormals flushed. Each test leaves the process as it found it."""
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_flush_denormal(False)

@@ -34,10 +34,32 @@ def secret_keys(model: type[pydantic.BaseModel]) -> list[str]:
 
 
 @pytest.mark.parametrize("name", REAL_TIME)
-def test_config_check_accepts_the_example(name: str) -> None:
-    result = runner.invoke(app, ["config", "check", "--config", str(EXAMPLES / name)])
+def test_config_check_accepts_the_example_with_its_secrets(name: str, tmp_path: Path) -> None:
+    # Without the secrets, config check names each missing one and where it goes.
+    missing = runner.invoke(app, ["config", "check", "--config", str(EXAMPLES / name)])
+    assert missing.exit_code == 2
+    assert "it is a secret: put it in a credentials file named faces." in missing.output
+    raw = tomllib.loads((EXAMPLES / name).read_text())
+    registry = discover()
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    for instance, table in raw["faces"].items():
+        for key in secret_keys(registry.get(table["type"], instance=instance).Config):
+            (credentials / f"faces.{instance}.{key}").write_text(f"test-{key}\n")
+    result = runner.invoke(
+        app,
+        [
+            "config",
+            "check",
+            "--config",
+            str(EXAMPLES / name),
+            "--credentials-dir",
+            str(credentials),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "configuration is valid" in result.output
+    assert "test-" not in result.output  # secrets are redacted
 
 
 @pytest.mark.parametrize("name", REAL_TIME)

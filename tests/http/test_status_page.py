@@ -47,9 +47,9 @@ async def test_status_page_end_to_end(
     await page.click("#offline-button")
     progress = page.locator("#progress-text")
     await progress.filter(has_text="offline run: step").wait_for()
-    await page.locator("#progress-extra").filter(has_text="loss").wait_for(timeout=10_000)
+    await page.locator("#progress-extra").filter(has_text="loss").wait_for(timeout=30_000)
     await page.screenshot(path=str(tmp_path / "status-page-offline-run.png"))
-    await page.locator("#progress").wait_for(state="hidden", timeout=15_000)
+    await page.locator("#progress").wait_for(state="hidden", timeout=45_000)
     assert "online mode" in await page.text_content("#summary-meta")
 
     # The playground: two samples from the current policy.

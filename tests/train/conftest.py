@@ -3,52 +3,12 @@ trained on it once per session (BPE training is the slow part of a from-scratch 
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
+from train_corpus import make_posts
 
 from plaudit.learner._tokenizer import Tokenizer
-
-WORDS = [
-    "the",
-    "cat",
-    "dog",
-    "sat",
-    "on",
-    "mat",
-    "ran",
-    "fast",
-    "slow",
-    "big",
-    "red",
-    "blue",
-    "happy",
-    "sad",
-    "day",
-    "night",
-    "sun",
-    "moon",
-    "love",
-    "this",
-    "great",
-    "awful",
-    "so",
-    "very",
-    "not",
-    "really",
-    "what",
-    "a",
-    "time",
-    "to",
-    "be",
-    "alive",
-]
-
-
-def make_posts(n: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) for _ in range(n)]
 
 
 @pytest.fixture(scope="session")

@@ -85,7 +85,7 @@ def test_suffix_automaton_matches_brute_force() -> None:
 
 
 def test_memorisation_finds_the_copied_post(tokenizer: Tokenizer) -> None:
-    from conftest import make_posts  # type: ignore[import-not-found]
+    from train_corpus import make_posts
 
     train = make_posts(200, seed=5)
     copied = train[17]
@@ -106,7 +106,7 @@ def test_memorisation_finds_the_copied_post(tokenizer: Tokenizer) -> None:
 
 
 def test_evaluate_end_to_end_with_a_tiny_model(tokenizer: Tokenizer) -> None:
-    from conftest import make_posts  # type: ignore[import-not-found]
+    from train_corpus import make_posts
 
     torch.manual_seed(0)
     model = Transformer(replace(PRESETS["nano"], vocab_size=tokenizer.vocab_size, n_layer=1))

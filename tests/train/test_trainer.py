@@ -48,7 +48,7 @@ def test_lr_phases() -> None:
 def test_interrupted_and_resumed_run_matches_uninterrupted(
     tmp_path: Path, tokenizer_dir: Path
 ) -> None:
-    from conftest import make_posts  # type: ignore[import-not-found]
+    from train_corpus import make_posts
 
     posts = tmp_path / "posts.txt"
     posts.write_text("\n".join(make_posts(100, seed=1)), encoding="utf-8")
@@ -97,7 +97,7 @@ def test_best_checkpoint_and_patience(tmp_path: Path, tokenizer: Tokenizer) -> N
     # Validation rows of uniformly random tokens: the untrained (near-uniform) model is at its
     # best on them, and learning the training data only makes it worse, so patience must stop
     # the run `patience` evaluations after the first.
-    from conftest import make_posts  # type: ignore[import-not-found]
+    from train_corpus import make_posts
 
     from plaudit.learner._data import examples_from_texts
 
