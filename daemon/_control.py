@@ -5,9 +5,12 @@ and these models into JSON, so every way of steering plaudit goes through the sa
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from plaudit.state import PostStory
 
 
 class _Model(BaseModel):
@@ -64,6 +67,30 @@ class PostView(_Model):
     reactions: dict[str, int] | None
     reward: float | None
     policy_version: int
+
+    @classmethod
+    def from_story(cls, story: PostStory) -> PostView:
+        """A post as the feed shows it: its latest reaction snapshot and its reward."""
+        post, last = story.post, (story.snapshots[-1] if story.snapshots else None)
+        reactions = None
+        if last is not None:
+            reactions = {
+                "likes": last.likes,
+                "reposts": last.reposts,
+                "replies": last.replies,
+                "quotes": last.quotes,
+            }
+        return cls(
+            id=post.id,
+            face=post.face,
+            status=post.status.value,
+            text=post.text,
+            url=post.url,
+            published_at=post.published_at,
+            reactions=reactions,
+            reward=story.reward.reward if story.reward else None,
+            policy_version=post.policy_version,
+        )
 
 
 class PostsPage(_Model):

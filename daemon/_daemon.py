@@ -527,34 +527,8 @@ class Daemon:
         from plaudit.state import PostStatus
 
         assert self.store is not None
-        views = []
-        for post in self.store.posts(
-            face=face, status=PostStatus.PUBLISHED, limit=limit, offset=offset
-        ):
-            story = self.store.story(post.id)
-            last = story.snapshots[-1] if story.snapshots else None
-            views.append(
-                PostView(
-                    id=post.id,
-                    face=post.face,
-                    status=post.status.value,
-                    text=post.text,
-                    url=post.url,
-                    published_at=post.published_at,
-                    reactions=(
-                        {
-                            "likes": last.likes,
-                            "reposts": last.reposts,
-                            "replies": last.replies,
-                            "quotes": last.quotes,
-                        }
-                        if last is not None
-                        else None
-                    ),
-                    reward=story.reward.reward if story.reward else None,
-                    policy_version=post.policy_version,
-                )
-            )
+        posts = self.store.posts(face=face, status=PostStatus.PUBLISHED, limit=limit, offset=offset)
+        views = [PostView.from_story(self.store.story(post.id)) for post in posts]
         total = self.store.count_posts(face=face, status=PostStatus.PUBLISHED)
         return PostsPage(posts=views, total=total, limit=limit, offset=offset)
 

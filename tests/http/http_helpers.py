@@ -179,27 +179,7 @@ class StoreControl:
 
     def posts(self, *, limit: int, offset: int, face: str | None) -> PostsPage:
         rows = self.store.posts(face=face, status=PostStatus.PUBLISHED, limit=limit, offset=offset)
-        views = []
-        for post in rows:
-            story = self.store.story(post.id)
-            last = story.snapshots[-1] if story.snapshots else None
-            views.append(
-                PostView(
-                    id=post.id,
-                    face=post.face,
-                    status=post.status.value,
-                    text=post.text,
-                    url=post.url,
-                    published_at=post.published_at,
-                    reactions=(
-                        {"likes": last.likes, "reposts": last.reposts, "replies": last.replies}
-                        if last
-                        else None
-                    ),
-                    reward=story.reward.reward if story.reward else None,
-                    policy_version=post.policy_version,
-                )
-            )
+        views = [PostView.from_story(self.store.story(post.id)) for post in rows]
         total = self.store.count_posts(face=face, status=PostStatus.PUBLISHED)
         return PostsPage(posts=views, total=total, limit=limit, offset=offset)
 
