@@ -78,7 +78,7 @@ async def test_reads_are_open(server: HttpServer) -> None:
     assert len(posts.json()["posts"]) == 2
     newest = posts.json()["posts"][0]
     assert newest["face"] == "sim"
-    assert newest["reactions"] == {"likes": 5, "reposts": 2, "replies": 1}
+    assert newest["reactions"] == {"likes": 5, "reposts": 2, "replies": 1, "quotes": 0}
     assert newest["reward"] == pytest.approx(0.1)
     series = history.json()["series"]
     assert set(series) == {"loss", "kl"}
