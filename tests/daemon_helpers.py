@@ -52,6 +52,7 @@ offline_max_posts = 300
 shutdown_timeout = "20s"
 [offline]
 max_steps = {offline_steps}
+epochs = {offline_steps}
 batch_size = 4
 max_seq_len = 32
 [faces.sim]
