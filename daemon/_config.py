@@ -62,6 +62,8 @@ class ModelConfig(_Section):
     # "smollm2" (embedded), a Hugging Face folder, a .gguf file or a plaudit model folder.
     name: str = "smollm2"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Precision of generation (candidates, playground). Training and the behaviour logprobs
+    # stay float32; bfloat16 pays from about 8 candidates up on CPUs with AMX (bench/generate.py).
     dtype: Literal["float32", "bfloat16"] = "float32"
 
 

@@ -295,6 +295,8 @@ class Daemon:
         self.notifier.status(f"loading model {self.settings.model.name}")
 
         def load() -> Policy:
+            import torch
+
             configure_torch()
             return Policy.load(
                 self.settings.model.name,
@@ -303,6 +305,7 @@ class Daemon:
                 cache_dir=cache,
                 device=device,
                 lr=self.settings.online.lr,
+                generation_dtype=getattr(torch, self.settings.model.dtype),
             )
 
         t0 = time.monotonic()

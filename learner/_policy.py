@@ -43,8 +43,10 @@ class Policy:
         source: str,
         lr: float,
         weight_decay: float = 0.0,
+        generation_dtype: torch.dtype = torch.float32,
     ) -> None:
         self.model = model
+        self.generation_dtype = generation_dtype
         self.tokenizer = tokenizer
         self.reference = reference
         self.version = version
@@ -64,6 +66,7 @@ class Policy:
         device: str = "cpu",
         lr: float = 1e-5,
         with_reference: bool = True,
+        generation_dtype: torch.dtype = torch.float32,
     ) -> Policy:
         """The base model ``spec`` is the reference; ``checkpoint`` (if any) the current weights."""
         base: LoadedModel = load_model(spec, cache_dir=cache_dir, device=device)
@@ -82,6 +85,7 @@ class Policy:
             version=version,
             source=source,
             lr=lr,
+            generation_dtype=generation_dtype,
         )
         if checkpoint is not None and (checkpoint / OPTIMIZER_FILE).is_file():
             state = torch.load(checkpoint / OPTIMIZER_FILE, map_location=device, weights_only=True)
@@ -134,7 +138,8 @@ class Policy:
             seed=sampling.seed,
         )
         self.model.eval()
-        samples = Engine(model=self.model).generate(
+        # The behaviour logprobs below are recomputed in float32 whatever the engine's dtype.
+        samples = Engine(model=self.model, dtype=self.generation_dtype).generate(
             prompt_ids, n=n, sampling=sampling, should_stop=should_stop
         )
         completions: list[list[int]] = []
