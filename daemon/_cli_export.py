@@ -30,8 +30,9 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
     ) -> None:
-        """Export a model to a Hugging Face folder (config.json, model.safetensors,
-        tokenizer.json, generation_config.json)."""
+        """Export a model to a Hugging Face folder that transformers loads.
+
+        Writes config.json, model.safetensors, tokenizer.json and generation_config.json."""
         # Refuse before spending seconds on loading the model.
         if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
             typer.echo(

@@ -14,8 +14,9 @@ def register(app: typer.Typer) -> None:
     def models(
         as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     ) -> None:
-        """List the model size presets for training from scratch, with parameter counts, and
-        the pretrained model plaudit loads by name."""
+        """List the model size presets (with parameter counts) and the pretrained model.
+
+        The presets are for training from scratch; `smollm2` is the model plaudit loads by name."""
         import torch
 
         from plaudit.learner import PRESETS, Transformer
@@ -89,8 +90,7 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
     ) -> None:
-        """Sample continuations of prompts and print them (with token ids and logprobs under
-        --json)."""
+        """Sample continuations of prompts (token ids and logprobs under --json)."""
         import torch
 
         from plaudit.learner import (

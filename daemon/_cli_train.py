@@ -270,7 +270,9 @@ def evaluate(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Validation loss and perplexity, sample diversity, BLEU/ROUGE-L against held-out posts,
+    """Evaluate a model: loss, diversity, BLEU/ROUGE-L and memorisation.
+
+    Validation loss and perplexity, sample diversity, BLEU/ROUGE-L against held-out posts,
     and memorisation (how much of each sample is copied from a training post). For a run or
     checkpoint, --format, --val-split, --max-seq-len and --chat-template default to the values
     it was trained with, so "held out" means held out from that training."""
@@ -336,8 +338,9 @@ def grow(
     out: Annotated[Path, typer.Option(help="Model folder to write.", file_okay=False)],
     force: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
 ) -> None:
-    """Grow a trained model into a larger preset that starts computing the same function;
-    continue training it with `plaudit train offline --model OUT`."""
+    """Grow a trained model into a larger preset that computes (nearly) the same function.
+
+    Continue training it with `plaudit train offline --model OUT`."""
     from plaudit.learner import LearnerError, configure_torch, load_model, save_model
     from plaudit.learner._checkpoint import resolve_model_dir
     from plaudit.learner._grow import grow as grow_model
