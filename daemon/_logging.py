@@ -16,6 +16,8 @@ from structlog.typing import Processor
 
 _SECRET_KEY = re.compile(r"(token|password|secret|authorization|api_key|apikey)", re.I)
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+")
+# Telegram puts the bot token in the URL path (httpx logs URLs at debug level).
+_URL_TOKEN = re.compile(r"(/bot)\d+:[A-Za-z0-9_-]+")
 REDACTED = "**********"
 
 
@@ -26,8 +28,9 @@ def redact_secrets(
     for key, value in list(event_dict.items()):
         if isinstance(value, SecretStr) or (_SECRET_KEY.search(key) and value is not None):
             event_dict[key] = REDACTED
-        elif isinstance(value, str) and "Bearer" in value:
-            event_dict[key] = _BEARER.sub(r"\1" + REDACTED, value)
+        elif isinstance(value, str):
+            value = _BEARER.sub(r"\1" + REDACTED, value)
+            event_dict[key] = _URL_TOKEN.sub(r"\1" + REDACTED, value)
     return event_dict
 
 

@@ -135,8 +135,13 @@ def test_logging_redacts_secrets(capsys: pytest.CaptureFixture[str]) -> None:
     log = structlog.stdlib.get_logger("t")
     log.info("login", token="abc123", header="Authorization: Bearer abc123", user="me")
     logging.getLogger("httpx").warning("stdlib goes through the same pipeline")
+    logging.getLogger("httpx").warning(
+        "HTTP Request: POST https://api.telegram.org/bot123456:AAE-secret_Token/sendMessage"
+    )
     lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert lines[0]["event"] == "login" and lines[0]["user"] == "me"
     assert "abc123" not in json.dumps(lines)
     assert lines[1]["event"] == "stdlib goes through the same pipeline"
     assert lines[1]["logger"] == "httpx" and lines[1]["level"] == "warning"
+    assert "AAE-secret_Token" not in lines[2]["event"]
+    assert lines[2]["event"].endswith("/bot**********/sendMessage")
