@@ -20,6 +20,7 @@ import structlog
 
 from plaudit.daemon._config import (
     ConfigError,
+    FaceInstanceConfig,
     Settings,
     load_settings,
     offline_train_config,
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from plaudit.daemon._metrics import Metrics
     from plaudit.daemon._systemd import Notifier
     from plaudit.faces import Face
+    from plaudit.faces._registry import FaceRegistry
     from plaudit.learner._policy import Policy
     from plaudit.state import StateLock, Store
 
@@ -251,12 +253,7 @@ class Daemon:
         registry = discover(only={f.type for f in enabled.values()})
         for name, spec in enabled.items():
             try:
-                self.faces[name] = registry.create(
-                    name=name,
-                    type=spec.type,
-                    config=spec.face_options(),
-                    state_dir=self.state_dir / "faces" / name,
-                )
+                self.faces[name] = self._create_face(registry, name, spec)
             except FaceLoadError as exc:
                 # A broken plugin takes down its own instances, not the daemon.
                 self.log.error(
@@ -268,6 +265,17 @@ class Daemon:
             raise StartupError(
                 "no usable face: every configured face failed to load (see the errors above)"
             )
+
+    def _create_face(
+        self, registry: FaceRegistry, name: str, spec: FaceInstanceConfig
+    ) -> Face[Any]:
+        """One face instance; its own state lives in <state>/faces/<name>."""
+        return registry.create(
+            name=name,
+            type=spec.type,
+            config=spec.face_options(),
+            state_dir=self.state_dir / "faces" / name,
+        )
 
     def _open_metrics(self) -> None:
         from plaudit.daemon._metrics import Metrics
@@ -373,6 +381,8 @@ class Daemon:
             )
 
     def _update_status(self, *, force: bool = False) -> None:
+        from plaudit.state import PostStatus
+
         if self.store is None or self.controller is None:
             return
         control = self.store.control()
@@ -380,7 +390,7 @@ class Daemon:
         line = (
             f"{self.state}; training {control.training.value} ({control.mode.value}); "
             f"policy v{self.policy.version}; "
-            f"{self.store.count_posts(status=_published())} posts"
+            f"{self.store.count_posts(status=PostStatus.PUBLISHED)} posts"
         )
         if progress is not None:
             line += f"; {progress.mode} step {progress.step}"
@@ -430,12 +440,7 @@ class Daemon:
         for name in changed:
             spec = new.faces[name]
             try:
-                face = registry.create(
-                    name=name,
-                    type=spec.type,
-                    config=spec.face_options(),
-                    state_dir=self.state_dir / "faces" / name,
-                )
+                face = self._create_face(registry, name, spec)
             except Exception as exc:
                 self.log.error(
                     "face settings invalid; keeping the old ones", face=name, error=str(exc)
@@ -567,12 +572,6 @@ class Daemon:
     ) -> dict[str, list[tuple[float, float]]]:
         assert self.store is not None
         return self.store.metric_history(names, since=since)
-
-
-def _published() -> Any:
-    from plaudit.state import PostStatus
-
-    return PostStatus.PUBLISHED
 
 
 def run_daemon(
