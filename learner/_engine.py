@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from ._decode import DecodeLinear, decode_copy, mkl_packing
 from ._errors import ContextLengthError, GenerationInterrupted
 from ._model import Transformer
 
@@ -168,29 +169,54 @@ def _candidates(logits: Tensor, sampling: SamplingConfig) -> tuple[Tensor, Tenso
     if top_p is None:
         assert top_k is not None
         return torch.topk(logits, top_k, dim=-1)  # (..., k) each
-    # Nucleus: drop a token once the mass of the more likely tokens reaches p. Sorting 49k
-    # logits costs ~1.4 ms per row here, so look among the top candidates first (256, then
-    # 2048 when they hold at least half of p) and sort everything only when they hold too
-    # little of the mass (flat distributions, such as an untrained model's).
-    limit = top_k if top_k is not None else V
+    # Nucleus: drop a token once the mass of the more likely tokens reaches p.
     if top_k is not None:
         logits, order = torch.topk(logits, top_k, dim=-1)  # (..., top_k)
-    lse = logits.logsumexp(dim=-1, keepdim=True)  # (..., 1)
-    k = min(limit, 256)
-    while True:
-        if k < logits.size(-1):
-            values, idx = torch.topk(logits, k, dim=-1)  # (..., k), sorted
-        else:
-            values, idx = torch.sort(logits, dim=-1, descending=True)  # (..., limit)
-        probs = (values - lse).exp()  # (..., k)
-        mass = probs.cumsum(dim=-1)  # (..., k)
-        least = float(mass[..., -1].min())
-        if k == limit or least >= top_p:
-            break
-        k = min(limit, 8 * k) if least >= top_p / 2 else limit
+    values, idx, probs = _nucleus_candidates(logits, top_p)  # (..., k) each, most likely first
     ids = idx if top_k is None else order.gather(-1, idx)  # (..., k) token ids
+    mass = probs.cumsum(dim=-1)  # (..., k)
     drop = (mass - probs) >= top_p  # (..., k); tokens past the k candidates are dropped too
     return values.masked_fill(drop, float("-inf")), ids
+
+
+def _nucleus_candidates(logits: Tensor, top_p: float) -> tuple[Tensor, Tensor, Tensor]:
+    """A superset of every row's top-p nucleus, most likely first: (values, ids, probs), each
+    (..., k), rows padded with -inf values (and a repeated id) to the widest row's k.
+
+    Sorting 49k logits costs ~1.5 ms per row here, so look among each row's top 256 first,
+    then 2048 for the rows whose candidates hold too little mass (all of them when they hold
+    less than half of p: flat distributions, such as an untrained model's). Row by row: one
+    flat row in a batch does not make the other rows sort everything."""
+    shape = logits.shape
+    flat = logits.reshape(-1, shape[-1])  # (R, V)
+    lse = flat.logsumexp(dim=-1, keepdim=True)  # (R, 1)
+    values, ids, probs = _top_mass(flat, lse, top_p, min(flat.size(-1), 256))
+    out = (*shape[:-1], values.size(-1))
+    return values.view(out), ids.view(out), probs.view(out)
+
+
+def _top_mass(logits: Tensor, lse: Tensor, top_p: float, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The k most likely of each row (R, V), widened where they hold less than top_p."""
+    V = logits.size(-1)
+    if k < V:
+        values, ids = torch.topk(logits, k, dim=-1)  # (R, k), sorted
+    else:
+        values, ids = torch.sort(logits, dim=-1, descending=True)  # (R, V)
+    probs = (values - lse).exp()  # (R, k)
+    if k == V:
+        return values, ids, probs
+    held = probs.cumsum(dim=-1)[:, -1]  # (R,) the summation order the nucleus mask uses
+    short = (held < top_p).nonzero().squeeze(-1)  # rows whose nucleus may reach past k
+    if short.numel() == 0:
+        return values, ids, probs
+    wider = min(V, 8 * k) if bool((held[short] >= top_p / 2).all()) else V
+    v2, i2, p2 = _top_mass(logits[short], lse[short], top_p, wider)  # (S, k2)
+    pad = v2.size(-1) - k
+    values = F.pad(values, (0, pad), value=float("-inf"))
+    ids = torch.cat((ids, ids[:, :1].expand(-1, pad)), dim=-1)  # repeated id: -inf slot
+    probs = F.pad(probs, (0, pad), value=0.0)
+    values[short], ids[short], probs[short] = v2, i2, p2
+    return values, ids, probs
 
 
 def transform_logits(logits: Tensor, sampling: SamplingConfig) -> Tensor:
@@ -202,7 +228,11 @@ def transform_logits(logits: Tensor, sampling: SamplingConfig) -> Tensor:
     values, ids = _candidates(logits, sampling)
     if ids is None:
         return values
-    return torch.full_like(logits, float("-inf")).scatter(-1, ids, values)  # (..., V)
+    # amax, not a plain scatter: a nucleus candidate set may repeat an id in -inf padding
+    # slots, and the real value must win.
+    return torch.full_like(logits, float("-inf")).scatter_reduce(
+        -1, ids, values, reduce="amax"
+    )  # (..., V)
 
 
 def sample_tokens(
@@ -249,69 +279,6 @@ class Step:
     stopped: Tensor  # (B,) bool: the row ended on a stop token at this step
 
 
-def _mkl_packing() -> bool:
-    """MKL's packed SGEMM (the kernel Inductor uses for frozen fp32 CPU linears) is present."""
-    return bool(torch._C.has_mkl) and hasattr(torch.ops.mkl, "_mkl_linear")
-
-
-class DecodeLinear(nn.Module):
-    """A linear layer for inference whose weight is stored transposed, (in, out), contiguous:
-    MKL multiplies a few rows by it 2-4x faster than by the (out, in) layout of `nn.Linear`
-    (measured here at 8 rows by 576 x 1728; 1 row: equal or faster).
-
-    `pack(rows)` adds an MKL-packed copy of the weight for inputs of exactly `rows` rows: at
-    2-16 rows the packed SGEMM streams the weights ~1.5x faster than `x @ weight_t` (SmolLM2's
-    30 layers + head at 8 rows, weights cold: 30.7 vs 45.2 ms; bench/generate.py has the
-    end-to-end figures) and gives the same bits. It costs a second copy of the weight (about
-    twice its size), so the engine packs only for batched decoding and only fp32 on CPU."""
-
-    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
-        super().__init__()
-        self.weight_t = nn.Parameter(weight.detach().t().contiguous(), requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
-        self.packed_rows = 0  # 0: not packed
-        self.packed: Tensor | None = None
-
-    def pack(self, rows: int) -> None:
-        if rows == self.packed_rows:
-            return
-        self.packed = None  # free the old packing before making the new one
-        self.packed = torch.ops.mkl._mkl_reorder_linear_weight(self.weight_t.t(), rows)
-        self.packed_rows = rows
-
-    def unpack(self) -> None:
-        self.packed, self.packed_rows = None, 0
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.packed is not None and x.numel() == self.packed_rows * x.size(-1):
-            return torch.ops.mkl._mkl_linear(  # type: ignore[no-any-return]
-                x, self.packed, self.weight_t.t(), self.bias, self.packed_rows
-            )
-        if self.bias is None:
-            return x @ self.weight_t  # (..., out)
-        y = torch.addmm(self.bias, x.reshape(-1, x.size(-1)), self.weight_t)  # (N, out)
-        return y.view(*x.shape[:-1], -1)  # (..., out)
-
-
-def decode_copy(model: Transformer, *, device: torch.device, dtype: torch.dtype) -> Transformer:
-    """An inference copy of `model` with every linear layer (the tied head too) as a
-    `DecodeLinear`; norms and embeddings share the model's tensors when device and dtype match.
-    Same arithmetic, so the same logits up to float rounding."""
-    with torch.device("meta"):
-        fast = Transformer(model.config)
-    state = {k: v.detach().to(device=device, dtype=dtype) for k, v in model.state_dict().items()}
-    fast.load_state_dict(state, strict=True, assign=True)
-    for name, buf in model.named_buffers():  # RoPE tables: derived, not in the state dict
-        setattr(fast, name, buf.to(device=device))
-    for module in list(fast.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(module, name, DecodeLinear(child.weight, child.bias))
-    if fast.lm_head is None:
-        fast.lm_head = DecodeLinear(fast.tok_emb.weight, None)
-    return fast.eval().requires_grad_(False)
-
-
 class Engine:
     """Generates from a `Transformer` in batches with a KV cache.
 
@@ -334,7 +301,7 @@ class Engine:
         self.model = decode_copy(model, device=self.device, dtype=self.dtype)
         self.config = model.config
         # Batched fp32 decoding on CPU multiplies by MKL-packed weights (see DecodeLinear).
-        self.packing = self.device.type == "cpu" and self.dtype == torch.float32 and _mkl_packing()
+        self.packing = self.device.type == "cpu" and self.dtype == torch.float32 and mkl_packing()
 
     def _pack(self, rows: int) -> bool:
         """Pack every linear layer for decoding `rows` rows at once; False when not worth it."""

@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from plaudit.learner._decode import DecodeLinear, mkl_packing
 from plaudit.learner._engine import (
-    DecodeLinear,
     Engine,
     KVCache,
     SamplingConfig,
-    _mkl_packing,
+    _nucleus_candidates,
     sample_tokens,
     transform_logits,
 )
@@ -269,7 +269,7 @@ def test_top_p_candidates_match_a_full_sort(scale: float) -> None:
         torch.testing.assert_close(got, want)
 
 
-@pytest.mark.skipif(not _mkl_packing(), reason="this torch has no MKL packed SGEMM")
+@pytest.mark.skipif(not mkl_packing(), reason="this torch has no MKL packed SGEMM")
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_packed_decoding_equals_unpacked(name: str) -> None:
     """Batched decoding through MKL-packed weights (ended rows still fed, then a last single
@@ -292,3 +292,25 @@ def test_packed_decoding_equals_unpacked(name: str) -> None:
             torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs))
     assert any(isinstance(m, DecodeLinear) and m.packed_rows == 9 for m in packed.model.modules())
     assert any(x.finished for x in b) and not all(x.finished for x in b)
+
+
+def test_top_p_rows_of_different_nucleus_sizes_in_one_batch() -> None:
+    """Rows whose nuclei differ in size in one batch (candidate sets padded to the largest;
+    with a flat row, everything sorted) give each row the nucleus a full sort gives, with the
+    gradient of the kept logits."""
+    g = torch.Generator().manual_seed(3)
+    scales = torch.tensor([[40.0], [6.0], [1.0], [0.05]])
+    s = SamplingConfig(temperature=0.9, top_p=0.9)
+    for n_rows, width in [(2, 256), (4, 6000)]:  # 6000: one row sorts all, the others 256
+        base = (torch.randn(n_rows, 6000, generator=g) * scales[:n_rows]).requires_grad_(True)
+        values, _, _ = _nucleus_candidates(base.detach() / s.temperature, 0.9)
+        assert values.size(-1) == width
+        got, want = transform_logits(base, s), reference_transform(base, s)
+        assert torch.equal(got.isinf(), want.isinf())
+        kept = (~got.isinf()).sum(-1)
+        assert (kept[1:] > kept[:-1]).all(), kept
+        torch.testing.assert_close(got[~got.isinf()], want[~want.isinf()])
+        w = torch.randn(n_rows, 6000, generator=g)
+        (g1,) = torch.autograd.grad(got.masked_fill(got.isinf(), 0).mul(w).sum(), base)
+        (g2,) = torch.autograd.grad(want.masked_fill(want.isinf(), 0).mul(w).sum(), base)
+        torch.testing.assert_close(g1, g2)
