@@ -83,3 +83,25 @@ def test_out_of_memory_says_what_to_reduce(tmp_path: Path, tokenizer: Tokenizer)
     message = str(err.value)
     assert "step 1" in message and "micro-batch 4 x 8" in message
     assert "Reduce --batch-size" in message and "--max-seq-len" in message
+
+
+def test_tensorboard_reads_the_event_file(tmp_path: Path) -> None:
+    """TensorBoard's own reader (the one `tensorboard --logdir` uses) loads the scalars."""
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    writer = ScalarWriter(tmp_path)
+    for step, loss in [(1, 2.5), (2, 2.0), (3, 1.75)]:
+        rec = StepRecord(
+            step=step, epoch=0, loss=loss, lr=1e-3 * step, grad_norm=0.5, tokens_per_s=100.0,
+            tokens=10 * step, elapsed_s=1.0, val_loss=loss + 0.25 if step == 3 else None,
+        )  # fmt: skip
+        writer.scalars(step, rec)
+    writer.close()
+    events = accumulator.EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {
+        "train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "val/loss"
+    }  # fmt: skip
+    loss = events.Scalars("train/loss")
+    assert [(e.step, e.value) for e in loss] == [(1, 2.5), (2, 2.0), (3, 1.75)]
+    assert [(e.step, e.value) for e in events.Scalars("val/loss")] == [(3, 2.0)]
+    assert events.Scalars("train/lr")[1].value == pytest.approx(2e-3)
