@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,3 +108,38 @@ def test_tensorboard_reads_the_event_file(tmp_path: Path) -> None:
     assert [(e.step, e.value) for e in loss] == [(1, 2.5), (2, 2.0), (3, 1.75)]
     assert [(e.step, e.value) for e in events.Scalars("val/loss")] == [(3, 2.0)]
     assert events.Scalars("train/lr")[1].value == pytest.approx(2e-3)
+
+
+_UNDER_A_MEMORY_LIMIT = """
+import resource, sys
+import torch  # mapped before the limit is set
+status = open("/proc/self/status").read().split("VmSize:")[1]
+vm = int(status.split()[0]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (1536 << 20), resource.RLIM_INFINITY))
+from plaudit.daemon._cli import main
+sys.argv = ["plaudit", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_real_out_of_memory_says_what_to_reduce(tmp_path: Path, tokenizer_dir: Path) -> None:
+    """A real allocator failure (the process limited to 1.5 GiB more address space, a `small`
+    model at 64 x 256 tokens needing several GiB of activations) ends with the message, not a
+    traceback, and writes no half checkpoint."""
+    from train_corpus import make_posts
+
+    data = tmp_path / "posts.txt"
+    data.write_text("\n".join(make_posts(3000)) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    args = ["train", "offline", "--model", "small", "--data", str(data), "--tokenizer",
+            str(tokenizer_dir), "--batch-size", "64", "--max-seq-len", "256", "--max-steps",
+            "2", "--samples", "0", "--out", str(out), "--device", "cpu"]  # fmt: skip
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", _UNDER_A_MEMORY_LIMIT, *args],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Out of memory at step 1 with micro-batch 64 x 256" in done.stderr, done.stderr[-2000:]
+    assert "Reduce --batch-size" in done.stderr and "Traceback" not in done.stderr
+    assert not list(out.glob("checkpoints/step-*"))
