@@ -16,6 +16,7 @@ The state-dict names are fixed (import and export map Hugging Face and GGUF weig
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import math
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from ._engine import KVCache
 
 Family = Literal["gpt2", "llama"]
+
+# Attention over several positions runs in fp32 under CPU autocast (see Attention.forward).
+_SDPA_FP32_ON_CPU = True
 
 
 # --- building blocks -------------------------------------------------------------------------
@@ -67,10 +71,12 @@ def rope_tables(
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """x * cos + rotate_half(x) * sin over the last dim (head_dim); cos/sin broadcast to x."""
-    half = x.size(-1) // 2
-    x1, x2 = x[..., :half], x[..., half:]  # (..., D/2) each
-    rotated = torch.cat((-x2, x1), dim=-1)  # (..., D)
-    return x * cos + rotated * sin
+    # chunk, not slicing: a slice's backward zero-fills a tensor of x's size, chunk's is a cat.
+    x1, x2 = x.chunk(2, dim=-1)  # (..., D/2) each
+    # rotate_half(x) * sin = cat(x2, x1) * cat(-sin1, sin2): the sign goes on the small table,
+    # not on x (bit-identical; saves a negation of x forward and of its gradient backward).
+    sin1, sin2 = sin.chunk(2, dim=-1)
+    return x * cos + torch.cat((x2, x1), dim=-1) * torch.cat((-sin1, sin2), dim=-1)
 
 
 class Attention(nn.Module):
@@ -95,12 +101,16 @@ class Attention(nn.Module):
         B, T, C = x.size()
         H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
         qkv = self.qkv(x)  # (B, T, (H + 2 Hkv) D)
-        qk = qkv[..., : (H + Hkv) * D].view(B, T, H + Hkv, D)  # query and key heads
+        # Splits, not slices: a slice's backward zero-fills a tensor of the input's size and
+        # copies into it; a split's backward is one cat.
+        qk, v = qkv.split(((H + Hkv) * D, Hkv * D), dim=-1)
+        qk = qk.view(B, T, H + Hkv, D)  # query and key heads
         if rope is not None:
             qk = apply_rope(qk, *rope)  # both rotated at once
-        q = qk[:, :, :H].transpose(1, 2)  # (B, H, T, D)
-        k = qk[:, :, H:].transpose(1, 2)  # (B, Hkv, T, D)
-        v = qkv[..., (H + Hkv) * D :].view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
+        q, k = qk.split((H, Hkv), dim=2)
+        q = q.transpose(1, 2)  # (B, H, T, D)
+        k = k.transpose(1, 2)  # (B, Hkv, T, D)
+        v = v.view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)  # (B, Hkv, Tk, D) each, Tk = cached + T
         if T == 1:
@@ -113,10 +123,19 @@ class Attention(nn.Module):
                 att = att + mask  # (B, 1, 1, Tk) additive
             y = att.softmax(dim=-1) @ v  # (B, Hkv, H/Hkv, D)
         else:
-            # Without a mask: a plain causal forward over a fresh sequence.
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=Hkv != H
-            )  # (B, H, T, D)
+            autocast_off: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+            if _SDPA_FP32_ON_CPU and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+                # CPU autocast would run SDPA in bf16, whose backward is ~2x slower on CPU than
+                # fp32's; q and k are fp32 already (rotated with the fp32 rope tables).
+                autocast_off = torch.autocast("cpu", enabled=False)
+                q, k, v = q.float(), k.float(), v.float()
+                if mask is not None:
+                    mask = mask.float()
+            with autocast_off:
+                # Without a mask: a plain causal forward over a fresh sequence.
+                y = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=Hkv != H
+                )  # (B, H, T, D)
             y = y.transpose(1, 2)  # (B, T, H, D)
         return self.proj(y.reshape(B, T, C))  # type: ignore[no-any-return]
 
@@ -164,6 +183,125 @@ class Block(nn.Module):
     ) -> Tensor:
         x = x + self.attn(self.norm1(x), rope=rope, mask=mask, kv_cache=kv_cache, layer=layer)
         return x + self.mlp(self.norm2(x))  # type: ignore[no-any-return]
+
+
+# --- fused head + cross-entropy --------------------------------------------------------------
+
+IGNORE_INDEX = -100  # targets that carry no loss (padding, prompts), as F.cross_entropy
+# Rows per chunk: at least 2 C rows (so the per-chunk add into the (V, C) head gradient stays
+# small next to the chunk's own (rows, V) work and its matmul has a long inner dimension;
+# smaller chunks measured slower at V=49152), and at least 16 MiB of fp32 logits.
+_CE_CHUNK_BYTES = 16 << 20
+
+
+def _compute_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The dtype F.linear would compute in here: the autocast dtype when autocast is on."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return dtype
+
+
+def _linear_cross_entropy_chunks(
+    h: Tensor, w: Tensor, targets: Tensor, *, need_h: bool, need_w: bool
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """(loss sum, grad h, grad w) of cross_entropy(h @ w.T, targets, reduction="sum"), chunk
+    by chunk over rows (h (N, C), w (V, C), targets (N,), IGNORE_INDEX rows skipped). Logits
+    and matmuls in h/w's dtype, softmax in fp32. d loss / d logits = softmax - onehot (0 for
+    ignored rows) is turned into the h and w gradients at once, so each chunk's logits are
+    dropped before the next chunk's are computed. grad w comes back in fp32."""
+    N, C = h.shape
+    V = w.size(0)
+    rows = min(N, max(2 * C, _CE_CHUNK_BYTES // (4 * V)))
+    loss = torch.zeros((), dtype=torch.float32, device=h.device)
+    grads_h: list[Tensor] = []
+    grad_w: Tensor | None = None
+    wt = w.t()  # (C, V)
+    for lo in range(0, N, rows):
+        hc = h[lo : lo + rows]  # (n, C)
+        t = targets[lo : lo + rows]  # (n,)
+        logits = (hc @ wt).float()  # (n, V) fp32
+        valid = t != IGNORE_INDEX  # (n,)
+        tt = t.masked_fill(~valid, 0).unsqueeze(1)  # (n, 1), in range
+        # log-softmax in place: shift by the row max, exponentiate, sum.
+        logits.sub_(logits.amax(dim=1, keepdim=True))  # (n, V) shifted
+        picked = logits.gather(1, tt).squeeze(1)  # (n,) shifted target logit
+        logits.exp_()
+        sumexp = logits.sum(dim=1)  # (n,)
+        loss += ((sumexp.log() - picked) * valid).sum()
+        if not (need_h or need_w):
+            continue
+        # softmax - onehot with ignored rows zeroed: normalising and masking is one pass.
+        vf = valid.float()  # (n,)
+        logits.mul_((vf / sumexp).unsqueeze(1))
+        logits.scatter_add_(1, tt, -vf.unsqueeze(1))
+        g = logits.to(h.dtype)  # (n, V) in the matmul dtype
+        if need_h:
+            grads_h.append(g @ w)  # (n, C)
+        if need_w:
+            if grad_w is None:
+                grad_w = (g.t() @ hc).float()  # (V, C)
+            elif g.dtype == torch.float32:
+                grad_w.addmm_(g.t(), hc)
+            else:
+                grad_w += g.t() @ hc  # low-precision matmul, fp32 accumulation
+    grad_h = None
+    if need_h:
+        grad_h = grads_h[0] if len(grads_h) == 1 else torch.cat(grads_h)  # (N, C)
+    return loss, grad_h, grad_w
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """loss sum = cross_entropy(h @ w.T, targets, reduction="sum"); the gradients are computed
+    in forward (chunk by chunk) and backward only scales them by the incoming gradient."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, h: Tensor, w: Tensor, targets: Tensor, dtype: torch.dtype
+    ) -> Tensor:
+        loss, grad_h, grad_w = _linear_cross_entropy_chunks(
+            h.to(dtype),
+            w.to(dtype),
+            targets,
+            need_h=ctx.needs_input_grad[0],
+            need_w=ctx.needs_input_grad[1],
+        )
+        ctx.grads = (grad_h, grad_w)
+        ctx.dtypes = (h.dtype, w.dtype)
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        if ctx.grads is None:
+            raise RuntimeError(
+                "the fused cross-entropy's gradients were already used: it supports one "
+                "backward pass per forward (do not use retain_graph=True through it)"
+            )
+        grad_h, grad_w = ctx.grads
+        ctx.grads = None  # scaled in place below; freed with the graph
+        dtype_h, dtype_w = ctx.dtypes
+        if grad_h is not None:
+            grad_h = grad_h.to(dtype_h).mul_(grad_out)
+        if grad_w is not None:
+            grad_w = grad_w.mul_(grad_out).to(dtype_w)
+        return grad_h, grad_w, None, None
+
+
+def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
+    """Summed token cross-entropy of the logits h @ weight.T (h (..., C), weight (V, C),
+    targets (...) with IGNORE_INDEX skipped) without materialising all the logits: equal to
+    F.cross_entropy(F.linear(h, weight).float().flatten(0, -2), targets.flatten(), reduction=
+    "sum", ignore_index=-100). The matmuls run in the autocast dtype when autocast is on, the
+    softmax in fp32. Gradients flow into h and weight as for any op (DDP hooks included)."""
+    dtype = _compute_dtype(h.device, h.dtype)
+    h2, t = h.reshape(-1, h.size(-1)), targets.reshape(-1)  # (N, C), (N,)
+    with torch.autocast(h.device.type, enabled=False):
+        if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+            out: Tensor = _LinearCrossEntropy.apply(h2, weight, t, dtype)  # type: ignore[no-untyped-call]
+            return out
+        loss, _, _ = _linear_cross_entropy_chunks(
+            h2.to(dtype), weight.to(dtype), t, need_h=False, need_w=False
+        )
+        return loss
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -298,9 +436,16 @@ class Transformer(nn.Module):
                     nn.init.zeros_(bias)
 
     def forward(
-        self, idx: Tensor, *, kv_cache: KVCache | None = None, last_only: bool = False
+        self,
+        idx: Tensor,
+        *,
+        kv_cache: KVCache | None = None,
+        last_only: bool = False,
+        targets: Tensor | None = None,
     ) -> Tensor:
         """idx (B, T) token ids -> fp32 logits (B, T, V), or (B, 1, V) with `last_only`.
+        With `targets` (B, T) instead: the fp32 sum of the token cross-entropies (IGNORE_INDEX
+        targets skipped), from `linear_cross_entropy`, so the logits are never materialised.
 
         With a KV cache the tokens continue what the cache holds: row b's token at cache column
         c sits at position c - pad[b] (left-padded rows), and attends to its own row only."""
@@ -342,6 +487,10 @@ class Transformer(nn.Module):
         if last_only:
             x = x[:, -1:, :]  # (B, 1, C)
         x = self.norm_f(x)
+        if targets is not None:
+            assert not last_only, "targets need every position's logits; drop last_only"
+            head = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
+            return linear_cross_entropy(x, head, targets)  # type: ignore[arg-type]
         logits = F.linear(x, self.tok_emb.weight) if self.lm_head is None else self.lm_head(x)
         return logits.float()  # (B, T, V)
 

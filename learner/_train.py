@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
@@ -220,8 +219,7 @@ def evaluate_loss(
         xb = x[lo : lo + batch_size].to(device)
         yb = y[lo : lo + batch_size].to(device)
         with _autocast(precision, device):
-            logits = model(xb)  # (B, T, V)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), yb.flatten(), reduction="sum")
+            loss = model(xb, targets=yb)  # summed token loss; the logits never materialised
         total += torch.stack([loss.double(), (yb != _data.IGNORE_INDEX).sum().double()])
     distributed.all_reduce_sum(total, dist)
     model.train(was_training)
@@ -431,10 +429,9 @@ def fit(
                     )
                     with no_sync:
                         with _autocast(cfg.precision, device):
-                            logits = trained_model(xb)  # (B, T, V)
-                        micro_sum = F.cross_entropy(
-                            logits.flatten(0, 1).float(), yb.flatten(), reduction="sum"
-                        )
+                            # Summed token loss from the fused, chunked head + cross-entropy
+                            # (the (B*T, V) logits are never materialised).
+                            micro_sum = trained_model(xb, targets=yb)
                         # DDP averages gradients over W ranks; scale back to a global mean.
                         loss = micro_sum * (W / max(1, n_targets))
                         scaled: Tensor = scaler.scale(loss)
