@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 Family = Literal["gpt2", "llama"]
 
-# Attention over several positions runs in fp32 under CPU autocast (see Attention.forward).
+# Attention over several positions runs in fp32 under CPU autocast (see Attention.forward);
+# a switch so the choice can be re-measured on another CPU.
 _SDPA_FP32_ON_CPU = True
 
 
@@ -222,7 +223,8 @@ def _linear_cross_entropy_chunks(
         logits = (hc @ wt).float()  # (n, V) fp32
         valid = t != IGNORE_INDEX  # (n,)
         tt = t.masked_fill(~valid, 0).unsqueeze(1)  # (n, 1), in range
-        # log-softmax in place: shift by the row max, exponentiate, sum.
+        # log-softmax in place: shift by the row max, exponentiate, sum. (Folding the fp32
+        # copy or the cast back into these ops as mixed-dtype out= ops measured 2x slower.)
         logits.sub_(logits.amax(dim=1, keepdim=True))  # (n, V) shifted
         picked = logits.gather(1, tt).squeeze(1)  # (n,) shifted target logit
         logits.exp_()
@@ -296,7 +298,8 @@ def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
     h2, t = h.reshape(-1, h.size(-1)), targets.reshape(-1)  # (N, C), (N,)
     with torch.autocast(h.device.type, enabled=False):
         if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-            out: Tensor = _LinearCrossEntropy.apply(h2, weight, t, dtype)  # type: ignore[no-untyped-call]
+            apply: Any = _LinearCrossEntropy.apply
+            out: Tensor = apply(h2, weight, t, dtype)
             return out
         loss, _, _ = _linear_cross_entropy_chunks(
             h2.to(dtype), weight.to(dtype), t, need_h=False, need_w=False
