@@ -129,3 +129,9 @@ def test_second_backward_through_it_is_refused() -> None:
     loss.backward(retain_graph=True)  # type: ignore[no-untyped-call]
     with pytest.raises(RuntimeError, match="one backward pass per forward"):
         loss.backward()  # type: ignore[no-untyped-call]
+
+
+def test_ignore_index_is_the_data_pipelines() -> None:
+    from plaudit.learner import _data
+
+    assert IGNORE_INDEX == _data.IGNORE_INDEX  # the targets the trainer masks are skipped here
