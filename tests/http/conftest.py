@@ -38,8 +38,10 @@ def metrics() -> Metrics:
 
 
 @pytest.fixture
-def control(store: Store, metrics: Metrics) -> StoreControl:
-    return StoreControl(store=store, metrics=metrics)
+def control(store: Store, metrics: Metrics) -> Iterator[StoreControl]:
+    control = StoreControl(store=store, metrics=metrics)
+    yield control
+    control.close()
 
 
 @pytest.fixture

@@ -90,6 +90,13 @@ def seed_store(store: Store) -> None:
         store.record_metrics(values, ts=now - 60 * (30 - k))
 
 
+def _runs_here(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
 class StoreControl:
     """The Control seam over a real Store; training and generation are simulated."""
 
@@ -104,6 +111,25 @@ class StoreControl:
             running=store.control().training is TrainingState.RUNNING,
             mode=store.control().mode.value,
         )
+
+    def close(self) -> None:
+        """Cancel a simulated run before its store closes. The run lives on the loop that
+        served the request: schemathesis serves every in-process app from one event-loop
+        thread for the whole session, so a run left there would go on writing to a closed
+        store (and log its traceback in that thread) during later tests."""
+        run = self._run
+        if run is None or run.done():
+            return
+        loop = run.get_loop()
+        if loop.is_running() and not _runs_here(loop):
+
+            async def cancel() -> None:
+                run.cancel()
+                await asyncio.gather(run, return_exceptions=True)
+
+            asyncio.run_coroutine_threadsafe(cancel(), loop).result(timeout=10)
+        else:
+            run.cancel()  # delivered when this test's loop runs its pending tasks down
 
     def status(self) -> StatusView:
         control = self.store.control()
