@@ -8,6 +8,7 @@ that both produce the same tokens, i.e. that the comparison is between equal mod
 
     python bench/generate.py --json
     python bench/generate.py --models smollm2 --batches 8 --profile
+    python bench/generate.py --device cuda --models small,medium --bf16
 """
 
 from __future__ import annotations
@@ -61,8 +62,11 @@ def build(name: str) -> tuple[Transformer, Tokenizer, str]:
 
 
 def timed(fn: Callable[[], object]) -> float:
+    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
+    sync()
     t = time.perf_counter()
     fn()
+    sync()  # the GPU's queued work counts too
     return time.perf_counter() - t
 
 
@@ -83,14 +87,15 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     model, tok, source = build(name)
     with tempfile.TemporaryDirectory() as tmp:
         export_hf(Path(tmp) / "hf", model=model, tokenizer=tok)
-        hf = AutoModelForCausalLM.from_pretrained(Path(tmp) / "hf", dtype=torch.float32).eval()
+        hf = AutoModelForCausalLM.from_pretrained(Path(tmp) / "hf", dtype=torch.float32)
+        hf = hf.to(args.device).eval()
         hf_bf16 = None
         if args.bf16:
             hf_bf16 = AutoModelForCausalLM.from_pretrained(Path(tmp) / "hf", dtype=torch.bfloat16)
-            hf_bf16.eval()
+            hf_bf16 = hf_bf16.to(args.device).eval()
     prompts = [tok.encode(p, add_bos=tok.add_bos_token) for p in PROMPTS]
-    engine = Engine(model=model)
-    bf16 = Engine(model=model, dtype=torch.bfloat16) if args.bf16 else None
+    engine = Engine(model=model, device=args.device)
+    bf16 = Engine(model=model, device=args.device, dtype=torch.bfloat16) if args.bf16 else None
     pad = tok.pad_id if tok.pad_id is not None else 0
     N = args.tokens
 
@@ -98,8 +103,8 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         batch: list[list[int]], *, greedy: bool, n_new: int, model: Any = hf
     ) -> list[list[int]]:
         T = max(len(p) for p in batch)  # left padding, as transformers wants for decoders
-        ids = torch.tensor([[pad] * (T - len(p)) + p for p in batch])
-        mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in batch])
+        ids = torch.tensor([[pad] * (T - len(p)) + p for p in batch], device=args.device)
+        mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in batch], device=args.device)
         kw: dict[str, Any] = dict(do_sample=False)
         if not greedy:
             kw = dict(do_sample=True, temperature=args.temperature, top_k=0, top_p=args.top_p)
@@ -161,10 +166,15 @@ def profile(engine: Engine, batch: list[list[int]], sampling: SamplingConfig, ti
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+    cuda = engine.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch_profile(activities=activities) as prof:
         engine.generate(batch, sampling=sampling)
+        if cuda:
+            torch.cuda.synchronize()
     print(f"\n# profile: {title}", file=sys.stderr)
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+    sort = "self_device_time_total" if cuda else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=15)
     print(table, file=sys.stderr)
 
 
@@ -180,6 +190,7 @@ def main() -> None:
     p.add_argument("--bf16", action="store_true", help="also time plaudit in bfloat16")
     p.add_argument("--profile", action="store_true", help="torch.profiler table to stderr")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="both run there")
     args = p.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
     assert max(args.batches) <= len(PROMPTS), f"at most {len(PROMPTS)} prompts"
@@ -191,6 +202,7 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
         "load_average_1min_at_start": round(load, 2),
         "new_tokens": args.tokens,
         "sampling": {"temperature": args.temperature, "top_p": args.top_p},

@@ -4,6 +4,7 @@ the tweets corpus, batch, sequence length and precision.
 
     .venv/bin/python bench/train.py --json                 # small preset and SmolLM2
     .venv/bin/python bench/train.py --models small --steps 20 --precision bf16
+    python bench/train.py --device cuda --models small medium --precision bf16 --batch 16
 
 tokens/s counts input tokens (batch x seq_len) per optimizer step over the timed steps (the
 first `--warmup` steps of each are not timed); the two alternate `--repeats` times and each
@@ -79,7 +80,7 @@ def bench_plaudit(model: Any, tokenizer: Any, x: torch.Tensor, y: torch.Tensor, 
         eval_every=10**9,
         save_every=10**9,
         samples=0,
-        device="cpu",
+        device=a.device,
     )
     with tempfile.TemporaryDirectory() as run_dir:
         res = fit(
@@ -130,10 +131,11 @@ def bench_hf(model: Any, tokenizer: Any, x: torch.Tensor, a: Any) -> float:
             weight_decay=0.1,
             max_grad_norm=1.0,
             bf16=a.precision == "bf16",
+            fp16=a.precision == "fp16",
             save_strategy="no",
             report_to=[],
             logging_strategy="no",
-            use_cpu=True,
+            use_cpu=a.device == "cpu",
             dataloader_num_workers=0,
             disable_tqdm=True,
             seed=0,
@@ -153,7 +155,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--repeats", type=int, default=2, help="alternating runs; best of each")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
@@ -162,6 +165,7 @@ def main() -> None:
         "batch": a.batch,
         "seq_len": a.seq_len,
         "precision": a.precision,
+        "device": torch.cuda.get_device_name() if a.device == "cuda" else "cpu",
         "steps": a.steps,
         "threads": torch.get_num_threads(),
         "models": {},

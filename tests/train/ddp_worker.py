@@ -1,5 +1,7 @@
-"""Run by torchrun (2 gloo processes) from test_train_ddp.py: trains with `train_offline` and
-writes the per-step losses (rank 0) to OUT/losses.json. Not a test module itself."""
+"""Run by torchrun from test_train_ddp.py: trains with `train_offline` and writes the per-step
+losses (rank 0) to OUT/losses.json. Not a test module itself.
+
+    ddp_worker.py POSTS TOKENIZER OUT BATCH [DEVICE [fsdp]]"""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ def main() -> None:
         Path(sys.argv[3]),
         int(sys.argv[4]),
     )
+    device = sys.argv[5] if len(sys.argv) > 5 else "cpu"
+    fsdp = sys.argv[6:7] == ["fsdp"]
     cfg = OfflineTrainConfig(
         model="nano",
         data=[posts],
@@ -29,7 +33,8 @@ def main() -> None:
         save_every=100,
         warmup_steps=1,
         samples=0,
-        device="cpu",
+        device=device,  # type: ignore[arg-type]
+        fsdp=fsdp,
     )
     records: list[StepRecord] = []
     train_offline(cfg, out=out, on_step=records.append)
