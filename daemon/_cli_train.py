@@ -142,7 +142,12 @@ def offline(
     seed: Annotated[int | None, typer.Option(help="Seed (1337).")] = None,
     device: Annotated[str | None, typer.Option(help="auto|cpu|cuda.")] = None,
     compile: Annotated[bool | None, typer.Option("--compile", help="torch.compile.")] = None,
-    fsdp: Annotated[bool | None, typer.Option("--fsdp", help="Shard over GPUs.")] = None,
+    fsdp: Annotated[
+        bool | None,
+        typer.Option(
+            "--fsdp", help="Shard weights, grads and optimizer over the torchrun processes (FSDP2)."
+        ),
+    ] = None,
     eval_every: Annotated[int | None, typer.Option(help="Evaluate every N steps (100).")] = None,
     save_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps (500).")] = None,
     keep: Annotated[int | None, typer.Option(help="Checkpoints to keep (3).")] = None,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
 from ._errors import CheckpointError
 
@@ -73,11 +74,16 @@ def write_atomic_dir(final: Path, write: Callable[[Path], None]) -> Path:
 
 
 def _write_model_and_state(
-    folder: Path, *, model: Transformer, tokenizer: Tokenizer, state: dict[str, Any] | None
+    folder: Path,
+    *,
+    model: Transformer,
+    tokenizer: Tokenizer,
+    state: dict[str, Any] | None,
+    weights: dict[str, Tensor] | None = None,
 ) -> None:
     from ._load import save_model
 
-    save_model(folder, model=model, tokenizer=tokenizer)
+    save_model(folder, model=model, tokenizer=tokenizer, weights=weights)
     if state is not None:
         torch.save(state, folder / TRAINER_STATE)
 
@@ -104,14 +110,18 @@ def save_checkpoint(
     tokenizer: Tokenizer,
     state: dict[str, Any],
     keep: int,
+    weights: dict[str, Tensor] | None = None,
 ) -> Path:
-    """Write checkpoint `step` atomically, then delete all but the newest `keep`."""
+    """Write checkpoint `step` atomically, then delete all but the newest `keep`. `weights`
+    replaces the model's own state_dict() (the whole weights gathered from FSDP shards)."""
     if keep < 1:
         raise CheckpointError(f"--keep must be at least 1, got {keep}.")
     final = run_dir / "checkpoints" / f"step-{step:08d}"
     write_atomic_dir(
         final,
-        lambda tmp: _write_model_and_state(tmp, model=model, tokenizer=tokenizer, state=state),
+        lambda tmp: _write_model_and_state(
+            tmp, model=model, tokenizer=tokenizer, state=state, weights=weights
+        ),
     )
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old)
@@ -119,12 +129,19 @@ def save_checkpoint(
 
 
 def save_best(
-    run_dir: Path, *, model: Transformer, tokenizer: Tokenizer, state: dict[str, Any]
+    run_dir: Path,
+    *,
+    model: Transformer,
+    tokenizer: Tokenizer,
+    state: dict[str, Any],
+    weights: dict[str, Tensor] | None = None,
 ) -> Path:
     """Replace RUN/best atomically (model folder + the trainer state of that step)."""
     return write_atomic_dir(
         run_dir / "best",
-        lambda tmp: _write_model_and_state(tmp, model=model, tokenizer=tokenizer, state=state),
+        lambda tmp: _write_model_and_state(
+            tmp, model=model, tokenizer=tokenizer, state=state, weights=weights
+        ),
     )
 
 

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from ._errors import TrainingError
+
+if TYPE_CHECKING:
+    from torch.optim import Optimizer
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 
@@ -68,16 +71,17 @@ def teardown(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
+def sharded(info: DistInfo, fsdp: bool) -> bool:
+    """Whether `wrap` shards the model: --fsdp under torchrun with more than one process."""
+    return fsdp and info.enabled
+
+
 def wrap(model: nn.Module, info: DistInfo, *, fsdp: bool = False) -> nn.Module:
-    """DDP (or FSDP2 `fully_shard`, CUDA only) around `model`; the model itself when alone."""
+    """DDP, or FSDP2 `fully_shard` (NCCL on GPUs, gloo on CPU), around `model`; the model
+    itself when alone. Build the optimizer after this: sharding replaces the parameters."""
     if not info.enabled:
         return model
     if fsdp:
-        if info.device.type != "cuda":
-            raise TrainingError(
-                "--fsdp shards a model over GPUs and needs --device cuda; on CPU use plain "
-                "data parallelism (leave out --fsdp)."
-            )
         from torch.distributed.fsdp import fully_shard
 
         for block in model.blocks:  # type: ignore[union-attr]
@@ -108,3 +112,52 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+# --- state that survives a change of world size ---------------------------------------------
+# Checkpoints hold whole tensors keyed by parameter name, whatever wrote them (one process,
+# DDP or FSDP), so any of them resumes any run. Under FSDP each rank holds a shard: every rank
+# must take part in gathering, and rank 0 receives the whole (on the CPU).
+
+
+def _options(is_sharded: bool) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True) if is_sharded else None
+
+
+def model_state(model: nn.Module, *, is_sharded: bool) -> dict[str, Tensor] | None:
+    """The whole model's weights gathered from the shards (None unless sharded: the model's
+    own state_dict() is whole). A collective under FSDP: call it on every rank."""
+    if not is_sharded:
+        return None
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    state = get_model_state_dict(model, options=_options(True))
+    return {k: v for k, v in state.items() if isinstance(v, Tensor)}
+
+
+def optimizer_state(model: nn.Module, optimizer: Optimizer, *, is_sharded: bool) -> dict[str, Any]:
+    """The optimizer's state keyed by parameter name. A collective under FSDP."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_options(is_sharded))
+
+
+def load_optimizer_state(
+    model: nn.Module, optimizer: Optimizer, state: dict[str, Any], *, is_sharded: bool
+) -> None:
+    """Restore what `optimizer_state` (or, before it, `optimizer.state_dict()`) saved."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    if any(isinstance(k, int) for k in state.get("state", {})):  # keyed by position: older
+        if is_sharded:
+            raise TrainingError(
+                "This checkpoint's optimizer state was written by an older plaudit, keyed by "
+                "parameter position, which a sharded (--fsdp) run cannot map onto its shards; "
+                "resume it once without --fsdp (one checkpoint rewrites it by name), then "
+                "with --fsdp."
+            )
+        optimizer.load_state_dict(state)
+        return
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state, options=_options(is_sharded))

@@ -110,12 +110,18 @@ def load_model(
     return loaded
 
 
-def save_model(path: Path, *, model: Transformer, tokenizer: Tokenizer) -> None:
+def save_model(
+    path: Path,
+    *,
+    model: Transformer,
+    tokenizer: Tokenizer,
+    weights: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Write `model` and `tokenizer` as a plaudit model folder at `path`, replacing any folder
     there. It is written beside `path` and renamed into place, so readers (and a crash) never
     see it half-written."""
     with atomic_folder(path, overwrite=True) as tmp:
-        _write_folder(tmp, model=model, tokenizer=tokenizer)
+        _write_folder(tmp, model=model, tokenizer=tokenizer, weights=weights)
 
 
 def smollm2_path() -> Path:
@@ -207,11 +213,18 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _write_folder(
-    path: Path, *, model: Transformer, tokenizer: Tokenizer, extra: dict[str, Any] | None = None
+    path: Path,
+    *,
+    model: Transformer,
+    tokenizer: Tokenizer,
+    extra: dict[str, Any] | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> None:
+    """`weights` stands in for model.state_dict() (the whole of a sharded model's weights)."""
     manifest = {"format": FOLDER_FORMAT, "version": FOLDER_VERSION}
     manifest |= {"config": model.config.to_dict()} | (extra or {})
-    sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    source = weights if weights is not None else model.state_dict()
+    sd = {k: v.detach().to("cpu").contiguous() for k, v in source.items()}
     save_file(sd, str(path / WEIGHTS_FILE), metadata={"format": "pt"})
     tokenizer.save(path, model_max_length=model.config.max_seq_len)
     (path / FOLDER_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -56,8 +56,10 @@ _KEEP_HEAP = True
 
 # Knobs that change which rows a step sees or how the loss is normalised: a resumed run must
 # keep them, or it would not continue the same run.
+# What a resumed run must share with its checkpoint to continue the same stream of steps. The
+# rows per process may change with the number of processes, as long as the global batch
+# (batch_size x processes) stays: checkpoints are whole, whoever wrote them.
 _RESUME_FIXED = (
-    "batch_size",
     "grad_accum",
     "max_seq_len",
     "seed",
@@ -370,18 +372,20 @@ def fit(
     # 2) model, optimizer, scaler on the device; state from the checkpoint when resuming
     model.to(device)
     model.train()
+    # Wrap first: FSDP replaces the parameters with shards, which the optimizer must hold.
+    trained_model: nn.Module = distributed.wrap(model, dist, fsdp=cfg.fsdp)
+    is_sharded = distributed.sharded(dist, cfg.fsdp)
     optimizer = model.configure_optimizer(lr=base_lr, weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
+    scaler = _grad_scaler(cfg.precision, is_sharded)
     step, best_val, bad_evals, tokens_seen = 0, math.inf, 0, 0
     if resume is not None:
         st = resume.trainer_state
-        optimizer.load_state_dict(st["optimizer"])
+        distributed.load_optimizer_state(model, optimizer, st["optimizer"], is_sharded=is_sharded)
         if st.get("scaler"):
             scaler.load_state_dict(st["scaler"])
         _set_rng_state(st["rng"], device)
         step, tokens_seen = int(st["step"]), int(st["tokens_seen"])
         best_val, bad_evals = float(st["best_val_loss"]), int(st["bad_evals"])
-    trained_model: nn.Module = distributed.wrap(model, dist, fsdp=cfg.fsdp)
     if cfg.compile:
         trained_model = torch.compile(trained_model)  # type: ignore[assignment]
 
@@ -395,12 +399,13 @@ def fit(
     )
 
     def state_dict_at(step: int) -> dict[str, Any]:
+        """The trainer's state; a collective under FSDP (it gathers the optimizer's shards)."""
         return {
             "version": 1,
             "step": step,
             "epoch": step // steps_per_epoch,
             "index": step % steps_per_epoch,
-            "optimizer": optimizer.state_dict(),
+            "optimizer": distributed.optimizer_state(model, optimizer, is_sharded=is_sharded),
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "rng": _rng_state(device),
             "lr_schedule": {"lr": base_lr, "warmup": warmup, "total": total},
@@ -414,14 +419,17 @@ def fit(
 
     def save(step: int) -> None:
         nonlocal last_ckpt
+        weights = distributed.model_state(model, is_sharded=is_sharded)  # every rank gathers
+        state = state_dict_at(step) if dist.is_main or is_sharded else {}
         if dist.is_main:
             last_ckpt = ckpt.save_checkpoint(
                 run_dir,
                 step=step,
                 model=model,
                 tokenizer=tokenizer,
-                state=state_dict_at(step),
+                state=state,
                 keep=cfg.keep,
+                weights=weights,
             )
             log("checkpoint", step=step, path=str(last_ckpt))
         distributed.barrier(dist)
@@ -480,11 +488,11 @@ def fit(
                         checkpoint=None if last_ckpt is None else str(last_ckpt),
                     )
                 scaler.unscale_(optimizer)
-                grad_norm = float(
-                    nn.utils.clip_grad_norm_(
-                        model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-                    )
+                norm = nn.utils.clip_grad_norm_(
+                    model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf
                 )
+                # Under FSDP the norm is a DTensor over the shards: its whole value.
+                grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
                 if not math.isfinite(grad_norm) and not scaler.is_enabled():
                     optimizer.zero_grad(set_to_none=True)
                     raise NonFiniteLossError(
@@ -529,9 +537,11 @@ def fit(
                 rec = replace(rec, val_loss=val_loss, samples=samples)
                 if val_loss < best_val:
                     best_val, bad_evals = val_loss, 0
+                    weights = distributed.model_state(model, is_sharded=is_sharded)
+                    state = state_dict_at(step) if dist.is_main or is_sharded else {}
                     if dist.is_main:
                         best_dir = ckpt.save_best(
-                            run_dir, model=model, tokenizer=tokenizer, state=state_dict_at(step)
+                            run_dir, model=model, tokenizer=tokenizer, state=state, weights=weights
                         )
                     distributed.barrier(dist)
                 else:
@@ -576,6 +586,16 @@ def fit(
         last_checkpoint=last_ckpt,
         history=history,
     )
+
+
+def _grad_scaler(precision: Precision, is_sharded: bool) -> torch.amp.GradScaler:
+    """fp16's loss scaler (a no-op otherwise). Sharded gradients need the FSDP variant: it
+    agrees on skipping a step across ranks, each of which sees only its shard's infs."""
+    if precision == "fp16" and is_sharded:
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return ShardedGradScaler("cuda")
+    return torch.amp.GradScaler("cuda", enabled=precision == "fp16")
 
 
 def _samples(
@@ -702,12 +722,19 @@ def sample_prompts(
 def _check_resume_compatible(state: dict[str, Any], cfg: OfflineTrainConfig, world: int) -> None:
     saved, now = state["config"], cfg.model_dump(mode="json")
     changed = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in _RESUME_FIXED if saved.get(k) != now[k]]
-    if int(state.get("world_size", 1)) != world:
-        changed.append(f"processes {state.get('world_size', 1)} -> {world}")
+    saved_world = int(state.get("world_size", 1))
+    if saved_world == world and saved["batch_size"] != now["batch_size"]:
+        changed.append(f"batch_size {saved['batch_size']!r} -> {now['batch_size']!r}")
+    elif saved["batch_size"] * saved_world != now["batch_size"] * world:
+        changed.append(
+            f"global batch {saved['batch_size']} x {saved_world} processes -> "
+            f"{now['batch_size']} x {world}"
+        )
     if changed:
         raise CheckpointError(
             f"Cannot resume exactly: {', '.join(changed)} changed since the checkpoint; use the "
-            f"checkpoint's values, or start a new run (--force, or another --out)."
+            f"checkpoint's values (with other process counts, a --batch-size that keeps "
+            f"batch-size x processes), or start a new run (--force, or another --out)."
         )
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 HERE = Path(__file__).parent
 
@@ -64,3 +65,43 @@ def test_two_gloo_processes_match_one(
     assert [v for v in ddp["val"] if v] == pytest.approx([v for v in single["val"] if v], abs=1e-4)
     # Rank 0 alone wrote the checkpoint.
     assert (tmp_path / "ddp/checkpoints/step-00000004/trainer_state.pt").is_file()
+
+
+def test_fsdp_on_two_gloo_processes_matches_one_and_resumes_alone(
+    tmp_path: Path, posts_file: Path, tokenizer_dir: Path
+) -> None:
+    """--fsdp shards parameters, gradients and optimizer state over the ranks (FSDP2 over gloo
+    here; NCCL on GPUs): the same losses as one process, and checkpoints that hold the whole
+    model and a name-keyed optimizer state, so a single process resumes them."""
+    from safetensors.torch import load_file
+
+    from plaudit.learner import OfflineTrainConfig, train_offline
+    from plaudit.learner._errors import CheckpointError
+
+    ddp, single = run_torchrun_and_single(tmp_path, posts_file, tokenizer_dir, fsdp=True)
+    assert ddp["loss"] == pytest.approx(single["loss"], abs=1e-4)
+    assert [v for v in ddp["val"] if v] == pytest.approx([v for v in single["val"] if v], abs=1e-4)
+    ckpt = tmp_path / "ddp/checkpoints/step-00000004"
+    sharded, alone = (
+        load_file(str(ckpt / "model.safetensors")),
+        load_file(str(tmp_path / "single/checkpoints/step-00000004/model.safetensors")),
+    )
+    assert sharded.keys() == alone.keys()
+    for k in alone:  # whole tensors, not one rank's shard
+        assert sharded[k].shape == alone[k].shape, k
+        torch.testing.assert_close(sharded[k], alone[k], atol=1e-5, rtol=0)
+
+    config = json.loads((tmp_path / "ddp/run.json").read_text())["config"]
+    with pytest.raises(CheckpointError, match="global batch 4 x 2 processes -> 4 x 1"):
+        train_offline(
+            OfflineTrainConfig(**(config | {"fsdp": False, "max_steps": 6})),
+            out=tmp_path / "ddp",
+            resume=True,
+        )
+    cfg = OfflineTrainConfig(**(config | {"batch_size": 8, "fsdp": False, "max_steps": 6}))
+    resumed = train_offline(cfg, out=tmp_path / "ddp", resume=True)
+    assert resumed.history[0].step == 5 and resumed.steps == 6
+    cont = train_offline(cfg, out=tmp_path / "single", resume=True)
+    assert [r.loss for r in resumed.history] == pytest.approx(
+        [r.loss for r in cont.history], abs=1e-4
+    )
