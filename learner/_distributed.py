@@ -82,11 +82,15 @@ def wrap(model: nn.Module, info: DistInfo, *, fsdp: bool = False) -> nn.Module:
     if not info.enabled:
         return model
     if fsdp:
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
+        # The mesh names the device: left to itself, fully_shard picks CUDA whenever a GPU
+        # is visible, even for a run on the CPU.
+        mesh = init_device_mesh(info.device.type, (info.world_size,))
         for block in model.blocks:  # type: ignore[union-attr]
-            fully_shard(block)
-        fully_shard(model)
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
         return model
     from torch.nn.parallel import DistributedDataParallel
 
