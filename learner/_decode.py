@@ -1,29 +1,75 @@
 """The inference copy of a model: `decode_copy` snapshots a `Transformer` with every linear
-layer as a `DecodeLinear` (weights transposed, and MKL-packed for batched decoding)."""
+layer as a `DecodeLinear` (weights transposed, and packed for batched decoding)."""
 
 from __future__ import annotations
+
+import functools
+import os
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from ._model import Transformer
 
+PackedKernel = Literal["mkl", "onednn"]
+KERNEL_ENV = "PLAUDIT_DECODE_KERNEL"
 
-def mkl_packing() -> bool:
-    """MKL's packed SGEMM (the kernel Inductor uses for frozen fp32 CPU linears) is present."""
-    return bool(torch._C.has_mkl) and hasattr(torch.ops.mkl, "_mkl_linear")
+
+def available_kernels() -> list[PackedKernel]:
+    """The packed fp32 GEMMs this torch has: MKL's packed SGEMM and oneDNN's inner product
+    over a reordered weight (the two Inductor uses for frozen CPU linears)."""
+    found: list[PackedKernel] = []
+    if torch._C.has_mkl and hasattr(torch.ops.mkl, "_mkl_linear"):
+        found.append("mkl")
+    if torch._C._has_mkldnn and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        found.append("onednn")
+    return found
+
+
+def _cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+@functools.cache
+def packed_kernel() -> PackedKernel | None:
+    """The packed GEMM for batched fp32 decoding on this CPU: MKL's on Intel, oneDNN's
+    elsewhere. `bench/decode_kernels.py` (SmolLM2's 30 layers + head, 8 rows, 2 threads):
+    on a Xeon (AVX-512) MKL 33.0 ms, oneDNN 42.5, plain matmul 39.2; on an AMD EPYC (AVX2),
+    where MKL runs slower code paths, oneDNN 70.6, MKL 108.0, matmul 119.6. A fixed rule, not
+    a timing at start-up, so a seed gives the same samples on every run of a machine.
+    PLAUDIT_DECODE_KERNEL=mkl|onednn|none overrides it."""
+    found = available_kernels()
+    choice = os.environ.get(KERNEL_ENV, "").strip().lower()
+    if choice == "none":
+        return None
+    if choice:
+        if choice not in found:
+            raise ValueError(
+                f"{KERNEL_ENV}={choice!r}: this torch offers {found or 'no packed kernel'}; "
+                f"use one of those or 'none' (or unset it)."
+            )
+        return choice  # type: ignore[return-value]
+    preferred: PackedKernel = "mkl" if _cpu_vendor() == "GenuineIntel" else "onednn"
+    return preferred if preferred in found else (found[0] if found else None)
 
 
 class DecodeLinear(nn.Module):
     """A linear layer for inference whose weight is stored transposed, (in, out), contiguous:
     MKL multiplies a few rows by it 2-4x faster than by the (out, in) layout of `nn.Linear`
-    (measured here at 8 rows by 576 x 1728; 1 row: equal or faster).
+    (measured on a Xeon at 8 rows by 576 x 1728; 1 row: equal or faster).
 
-    `pack(rows)` adds an MKL-packed copy of the weight for inputs of exactly `rows` rows: at
-    2-16 rows the packed SGEMM streams the weights ~1.5x faster than `x @ weight_t` (SmolLM2's
-    30 layers + head at 8 rows, weights cold: 30.7 vs 45.2 ms) and gives the same bits. It
-    costs a second copy of the weight (about twice its size), so the engine packs only for
-    batched decoding and only fp32 on CPU."""
+    `pack(rows, kernel)` adds a packed copy of the weight for inputs of exactly `rows` rows
+    (see `packed_kernel` for which kernel and what it gains). MKL's gives the same bits as
+    `x @ weight_t`; oneDNN's sums in another order (float rounding apart). It costs a second
+    copy of the weight, so the engine packs only for batched decoding and only fp32 on CPU."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
         super().__init__()
@@ -31,16 +77,25 @@ class DecodeLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         self.packed_rows = 0  # 0: not packed
         self.packed: Tensor | None = None
+        self.kernel: PackedKernel = "mkl"
 
-    def pack(self, rows: int) -> None:
-        if rows == self.packed_rows:
+    def pack(self, rows: int, kernel: PackedKernel) -> None:
+        if rows == self.packed_rows and kernel == self.kernel:
             return
         self.packed = None  # free the old packing before making the new one
-        self.packed = torch.ops.mkl._mkl_reorder_linear_weight(self.weight_t.t(), rows)
-        self.packed_rows = rows
+        weight = self.weight_t.t()  # (out, in), the layout both reorders take
+        if kernel == "mkl":
+            self.packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, rows)
+        else:
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+        self.packed_rows, self.kernel = rows, kernel
 
     def forward(self, x: Tensor) -> Tensor:
         if self.packed is not None and x.numel() == self.packed_rows * x.size(-1):
+            if self.kernel == "onednn":
+                return torch.ops.mkldnn._linear_pointwise(  # type: ignore[no-any-return]
+                    x, self.packed, self.bias, "none", [None], ""
+                )
             return torch.ops.mkl._mkl_linear(  # type: ignore[no-any-return]
                 x, self.packed, self.weight_t.t(), self.bias, self.packed_rows
             )

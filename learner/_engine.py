@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._decode import DecodeLinear, decode_copy, mkl_packing
+from ._decode import DecodeLinear, PackedKernel, decode_copy, packed_kernel
 from ._errors import ContextLengthError, GenerationInterrupted
 from ._model import Transformer
 
@@ -300,16 +300,17 @@ class Engine:
         self.dtype = dtype if dtype is not None else param.dtype
         self.model = decode_copy(model, device=self.device, dtype=self.dtype)
         self.config = model.config
-        # Batched fp32 decoding on CPU multiplies by MKL-packed weights (see DecodeLinear).
-        self.packing = self.device.type == "cpu" and self.dtype == torch.float32 and mkl_packing()
+        # Batched fp32 decoding on CPU multiplies by packed weights (see DecodeLinear).
+        cpu_fp32 = self.device.type == "cpu" and self.dtype == torch.float32
+        self.kernel: PackedKernel | None = packed_kernel() if cpu_fp32 else None
 
     def _pack(self, rows: int) -> bool:
         """Pack every linear layer for decoding `rows` rows at once; False when not worth it."""
-        if not self.packing or not 2 <= rows <= 32:
+        if self.kernel is None or not 2 <= rows <= 32:
             return False
         for module in self.model.modules():
             if isinstance(module, DecodeLinear):
-                module.pack(rows)
+                module.pack(rows, self.kernel)
         return True
 
     def _check_prompts(self, prompts: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -398,7 +399,7 @@ class Engine:
         live = torch.arange(B, device=dev)  # (A,) the rows still generating
         stop = torch.tensor(sampling.stop_tokens, dtype=torch.long, device=dev)
         # With packed weights every step decodes all B rows (ended rows are fed a dummy token
-        # and ignored): packed SGEMM at B rows beats unpacked at fewer, and repacking for each
+        # and ignored): packed GEMM at B rows beats unpacked at fewer, and repacking for each
         # new row count would cost more than it saves. A last single row goes unpacked.
         packed = self._pack(B)
         feed = torch.zeros(B, dtype=torch.long, device=dev)  # (B,) the next input tokens

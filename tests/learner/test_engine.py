@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from plaudit.learner._decode import DecodeLinear, mkl_packing
+from plaudit.learner._decode import DecodeLinear, available_kernels
 from plaudit.learner._engine import (
     Engine,
     KVCache,
@@ -269,14 +269,16 @@ def test_top_p_candidates_match_a_full_sort(scale: float) -> None:
         torch.testing.assert_close(got, want)
 
 
-@pytest.mark.skipif(not mkl_packing(), reason="this torch has no MKL packed SGEMM")
+@pytest.mark.parametrize("kernel", ["mkl", "onednn"])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_packed_decoding_equals_unpacked(name: str) -> None:
-    """Batched decoding through MKL-packed weights (ended rows still fed, then a last single
-    row unpacked) samples the same tokens with the same logprobs as the plain path."""
+def test_packed_decoding_equals_unpacked(name: str, kernel: str) -> None:
+    """Batched decoding through packed weights (ended rows still fed, then a last single row
+    unpacked) samples the same tokens with the same logprobs as the plain path."""
+    if kernel not in available_kernels():
+        pytest.skip(f"this torch has no {kernel} packed GEMM")
     model = make_model(name)
     packed, plain = Engine(model=model), Engine(model=model)
-    plain.packing = False
+    packed.kernel, plain.kernel = kernel, None  # type: ignore[assignment]
     prompts = prompts_for(9, [4, 7, 2])
     free = plain.generate(prompts, n=3, sampling=SamplingConfig(max_new_tokens=14, seed=1))
     # Stop tokens that end rows at different steps, leaving one row to go on alone.
@@ -290,7 +292,10 @@ def test_packed_decoding_equals_unpacked(name: str) -> None:
         assert [x.finished for x in a] == [x.finished for x in b]
         for x, y in zip(a, b, strict=True):
             torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs))
-    assert any(isinstance(m, DecodeLinear) and m.packed_rows == 9 for m in packed.model.modules())
+    assert any(
+        isinstance(m, DecodeLinear) and m.packed_rows == 9 and m.kernel == kernel
+        for m in packed.model.modules()
+    )
     assert any(x.finished for x in b) and not all(x.finished for x in b)
 
 
@@ -314,3 +319,23 @@ def test_top_p_rows_of_different_nucleus_sizes_in_one_batch() -> None:
         (g1,) = torch.autograd.grad(got.masked_fill(got.isinf(), 0).mul(w).sum(), base)
         (g2,) = torch.autograd.grad(want.masked_fill(want.isinf(), 0).mul(w).sum(), base)
         torch.testing.assert_close(g1, g2)
+
+
+def test_packed_kernel_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MKL's on Intel, oneDNN's elsewhere (bench/decode_kernels.py); the variable overrides."""
+    from plaudit.learner import _decode
+
+    found = available_kernels()
+    for vendor, want in (("GenuineIntel", "mkl"), ("AuthenticAMD", "onednn")):
+        monkeypatch.setattr(_decode, "_cpu_vendor", lambda v=vendor: v)
+        _decode.packed_kernel.cache_clear()
+        assert _decode.packed_kernel() == (want if want in found else found[0])
+    monkeypatch.setenv(_decode.KERNEL_ENV, "none")
+    _decode.packed_kernel.cache_clear()
+    assert _decode.packed_kernel() is None
+    monkeypatch.setenv(_decode.KERNEL_ENV, "cublas")
+    _decode.packed_kernel.cache_clear()
+    with pytest.raises(ValueError, match="PLAUDIT_DECODE_KERNEL='cublas'"):
+        _decode.packed_kernel()
+    monkeypatch.delenv(_decode.KERNEL_ENV)
+    _decode.packed_kernel.cache_clear()

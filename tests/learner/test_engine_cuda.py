@@ -69,7 +69,7 @@ def test_cached_logits_equal_full_forward_on_cuda(name: str) -> None:
 def test_logprobs_equal_fresh_forward_on_cuda(name: str, sampling: SamplingConfig) -> None:
     model = make_model(name).to(CUDA)
     engine = Engine(model=model)
-    assert engine.device.type == "cuda" and not engine.packing
+    assert engine.device.type == "cuda" and engine.kernel is None
     prompts = prompts_for(4, [3, 8])
     samples = engine.generate(prompts, n=3, sampling=dataclasses.replace(sampling, seed=11))
     for s in samples:

@@ -1,0 +1,92 @@
+"""The GEMM kernels the CPU engine can decode with, on this machine: a plain matmul against the
+transposed weight, MKL's packed SGEMM and oneDNN's packed inner product, at a few rows, over
+SmolLM2-135M's shapes (30 layers of weights, cycled, so they stream from memory as in decoding).
+
+    python bench/decode_kernels.py --json
+    python bench/decode_kernels.py --rows 1,8 --threads 2
+
+Prints microseconds per model-sized pass (all 30 layers' linears + the head) for each kernel,
+and the CPU it ran on. The engine's choice of kernel (learner/_decode.py) rests on these."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+
+import torch
+
+LAYER = [(576, 576), (576, 192), (576, 192), (576, 576), (576, 1536), (576, 1536), (1536, 576)]
+HEAD = (576, 49152)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def kernels(w: torch.Tensor, rows: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    wt = w.t().contiguous()
+    out: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"matmul": lambda x: x @ wt}
+    if torch._C.has_mkl and hasattr(torch.ops.mkl, "_mkl_linear"):
+        p = torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
+        out["mkl_packed"] = lambda x: torch.ops.mkl._mkl_linear(x, p, w, None, rows)
+    if torch.backends.mkldnn.is_available():
+        q = torch.ops.mkldnn._reorder_linear_weight(w, rows)
+        out["onednn_packed"] = lambda x: torch.ops.mkldnn._linear_pointwise(
+            x, q, None, "none", [None], ""
+        )
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", default="1,8")
+    p.add_argument("--layers", type=int, default=30)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+    torch.set_flush_denormal(True)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    shapes = [s for _ in range(a.layers) for s in LAYER] + [HEAD]
+    weights = [torch.randn(o, i) * 0.02 for i, o in shapes]
+    report: dict[str, object] = {
+        "cpu": cpu_name(),
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "results": {},
+    }
+    for rows in [int(r) for r in a.rows.split(",")]:
+        per = [kernels(w, rows) for w in weights]
+        xs = {i: torch.randn(rows, i) for i in {s[0] for s in shapes}}
+        names = list(per[0])
+        best = dict.fromkeys(names, float("inf"))
+        for _ in range(a.repeats):  # alternate the kernels, keep each one's best pass
+            for name in names:
+                t = time.perf_counter()
+                for (i, _), ks in zip(shapes, per, strict=True):
+                    ks[name](xs[i])
+                best[name] = min(best[name], time.perf_counter() - t)
+        report["results"][str(rows)] = {k: round(v * 1e3, 2) for k, v in best.items()}  # type: ignore[index]
+    if a.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"{report['cpu']} ({report['capability']}), {report['threads']} threads")
+    for rows, r in report["results"].items():  # type: ignore[attr-defined]
+        print(f"  {rows} rows: " + ", ".join(f"{k} {v} ms" for k, v in r.items()))
+
+
+if __name__ == "__main__":
+    main()
