@@ -51,3 +51,14 @@ def _ieee_floats_after_each_test() -> Iterator[None]:
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_flush_denormal(False)
+
+
+@pytest.fixture
+def cuda_full_fp32() -> Iterator[None]:
+    """For the `gpu` tests: TF32 matmuls would drift past the 1e-4 their comparisons allow."""
+    import torch
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

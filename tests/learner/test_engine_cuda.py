@@ -5,7 +5,6 @@ Marked `gpu` (left out of the default run); on a machine with a GPU: `pytest -m 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -17,17 +16,9 @@ from plaudit.learner._engine import Engine, KVCache, SamplingConfig
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    pytest.mark.usefixtures("cuda_full_fp32"),
 ]
 CUDA = torch.device("cuda")
-
-
-@pytest.fixture(autouse=True)
-def full_fp32() -> Iterator[None]:
-    """TF32 matmuls would drift past the 1e-4 the comparisons allow: keep full fp32 here."""
-    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

@@ -6,29 +6,20 @@ Marked `gpu` (left out of the default run); on a machine with a GPU: `pytest -m 
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from test_trainer import small_cfg
+from test_trainer import cut_and_resume, small_cfg
 
-from plaudit.learner._checkpoint import latest_checkpoint, load_trainer_state
-from plaudit.learner._train import StepRecord, train_offline
+from plaudit.learner._checkpoint import load_trainer_state
+from plaudit.learner._train import train_offline
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    pytest.mark.usefixtures("cuda_full_fp32"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def full_fp32() -> Iterator[None]:
-    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 def test_cuda_fp32_follows_the_cpu_run(
@@ -66,17 +57,8 @@ def test_resume_on_cuda_continues_the_run(
 ) -> None:
     cfg = small_cfg(posts_file, tokenizer_dir, device="cuda", max_steps=10)
     full = train_offline(cfg, out=tmp_path / "full")
-    stop = threading.Event()
-
-    def interrupt(rec: StepRecord) -> None:
-        if rec.step == 5:
-            stop.set()
-
-    part = train_offline(cfg, out=tmp_path / "cut", on_step=interrupt, stop=stop)
-    assert part.reason == "interrupted" and part.steps == 5
-    assert latest_checkpoint(tmp_path / "cut") == tmp_path / "cut/checkpoints/step-00000005"
-    rest = train_offline(cfg, out=tmp_path / "cut", resume=True)
-    assert rest.history[0].step == 6 and rest.steps == 10
+    part, rest = cut_and_resume(cfg, tmp_path / "cut", at=5)
+    assert rest.steps == 10
     # CUDA's kernels may sum in another order from run to run: equal to float noise, not bits.
     resumed = [r.loss for r in part.history + rest.history]
     assert resumed == pytest.approx([r.loss for r in full.history], abs=1e-4)

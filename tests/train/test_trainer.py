@@ -15,7 +15,14 @@ from plaudit.learner._data import PackedEpochs, tokenize
 from plaudit.learner._errors import CheckpointError, DataError, NonFiniteLossError, TrainingError
 from plaudit.learner._model import ModelConfig, Transformer
 from plaudit.learner._tokenizer import Tokenizer
-from plaudit.learner._train import OfflineTrainConfig, StepRecord, fit, lr_at, train_offline
+from plaudit.learner._train import (
+    FitResult,
+    OfflineTrainConfig,
+    StepRecord,
+    fit,
+    lr_at,
+    train_offline,
+)
 
 
 def small_cfg(posts_file: Path, tokenizer_dir: Path, **kw: object) -> OfflineTrainConfig:
@@ -33,6 +40,22 @@ def small_cfg(posts_file: Path, tokenizer_dir: Path, **kw: object) -> OfflineTra
         device="cpu",
     )
     return OfflineTrainConfig(**(base | kw))  # type: ignore[arg-type]
+
+
+def cut_and_resume(cfg: OfflineTrainConfig, out: Path, *, at: int) -> tuple[FitResult, FitResult]:
+    """A run stopped after step `at` (as SIGTERM stops it), then resumed to its end."""
+    stop = threading.Event()
+
+    def interrupt(rec: StepRecord) -> None:
+        if rec.step == at:
+            stop.set()
+
+    part = train_offline(cfg, out=out, on_step=interrupt, stop=stop)
+    assert part.reason == "interrupted" and part.steps == at
+    assert latest_checkpoint(out) == out / f"checkpoints/step-{at:08d}"
+    rest = train_offline(cfg, out=out, resume=True)
+    assert rest.history[0].step == at + 1
+    return part, rest
 
 
 def test_lr_phases() -> None:
@@ -57,17 +80,8 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(
     assert full.reason == "finished" and full.steps == 10
     assert full.history[4].epoch == 0 and full.history[-1].epoch >= 1, "must cross an epoch"
 
-    stop = threading.Event()
-
-    def interrupt(rec: StepRecord) -> None:
-        if rec.step == 5:
-            stop.set()
-
-    part = train_offline(cfg, out=tmp_path / "cut", on_step=interrupt, stop=stop)
-    assert part.reason == "interrupted" and part.steps == 5
-    assert latest_checkpoint(tmp_path / "cut") == tmp_path / "cut/checkpoints/step-00000005"
-    rest = train_offline(cfg, out=tmp_path / "cut", resume=True)
-    assert rest.steps == 10 and rest.history[0].step == 6
+    part, rest = cut_and_resume(cfg, tmp_path / "cut", at=5)
+    assert rest.steps == 10
 
     resumed = part.history + rest.history
     assert [r.loss for r in resumed] == [r.loss for r in full.history]
