@@ -1,6 +1,7 @@
-"""The GEMM kernels the CPU engine can decode with, on this machine: a plain matmul against the
-transposed weight, MKL's packed SGEMM and oneDNN's packed inner product, at a few rows, over
-SmolLM2-135M's shapes (30 layers of weights, cycled, so they stream from memory as in decoding).
+"""The GEMM kernels the CPU engine can decode with, on this machine: the engine's own
+`DecodeLinear` unpacked (a matmul against the transposed weight) and packed with each kernel
+this torch has (MKL's packed SGEMM, oneDNN's inner product), at a few rows, over SmolLM2-135M's
+shapes (30 layers of weights, cycled, so they stream from memory as in decoding).
 
     python bench/decode_kernels.py --json
     python bench/decode_kernels.py --rows 1,8 --threads 2
@@ -12,38 +13,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
-from collections.abc import Callable
 
 import torch
+
+from plaudit.learner._decode import DecodeLinear, available_kernels, cpuinfo_field
 
 LAYER = [(576, 576), (576, 192), (576, 192), (576, 576), (576, 1536), (576, 1536), (1536, 576)]
 HEAD = (576, 49152)
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def kernels(w: torch.Tensor, rows: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-    wt = w.t().contiguous()
-    out: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"matmul": lambda x: x @ wt}
-    if torch._C.has_mkl and hasattr(torch.ops.mkl, "_mkl_linear"):
-        p = torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
-        out["mkl_packed"] = lambda x: torch.ops.mkl._mkl_linear(x, p, w, None, rows)
-    if torch.backends.mkldnn.is_available():
-        q = torch.ops.mkldnn._reorder_linear_weight(w, rows)
-        out["onednn_packed"] = lambda x: torch.ops.mkldnn._linear_pointwise(
-            x, q, None, "none", [None], ""
-        )
+def kernels(w: torch.Tensor, rows: int) -> dict[str, DecodeLinear]:
+    """One layer as the engine holds it: unpacked, and packed for `rows` with each kernel."""
+    out = {"matmul": DecodeLinear(w, None)}
+    for kernel in available_kernels():
+        out[f"{kernel}_packed"] = packed = DecodeLinear(w, None)
+        packed.pack(rows, kernel)
     return out
 
 
@@ -62,7 +47,7 @@ def main() -> None:
     shapes = [s for _ in range(a.layers) for s in LAYER] + [HEAD]
     weights = [torch.randn(o, i) * 0.02 for i, o in shapes]
     report: dict[str, object] = {
-        "cpu": cpu_name(),
+        "cpu": cpuinfo_field("model name"),
         "capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

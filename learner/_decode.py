@@ -27,15 +27,21 @@ def available_kernels() -> list[PackedKernel]:
     return found
 
 
-def _cpu_vendor() -> str:
+def cpuinfo_field(key: str) -> str:
+    """A field of the first CPU in /proc/cpuinfo ("vendor_id", "model name"), or "unknown"."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
+                name, _, value = line.partition(":")
+                if name.strip() == key:
+                    return value.strip()
     except OSError:
         pass
     return "unknown"
+
+
+def _cpu_vendor() -> str:
+    return cpuinfo_field("vendor_id")
 
 
 @functools.cache

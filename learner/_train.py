@@ -55,10 +55,9 @@ Log = Callable[..., None]
 _KEEP_HEAP = True
 
 # Knobs that change which rows a step sees or how the loss is normalised: a resumed run must
-# keep them, or it would not continue the same run.
-# What a resumed run must share with its checkpoint to continue the same stream of steps. The
-# rows per process may change with the number of processes, as long as the global batch
-# (batch_size x processes) stays: checkpoints are whole, whoever wrote them.
+# keep them, or it would not continue the same run. The rows per process (batch_size) may
+# change with the number of processes as long as the global batch (batch_size x processes)
+# stays: checkpoints are whole, whoever wrote them (_check_resume_compatible).
 _RESUME_FIXED = (
     "grad_accum",
     "max_seq_len",
@@ -417,10 +416,16 @@ def fit(
             "config": cfg.model_dump(mode="json"),
         }
 
+    def snapshot(step: int) -> tuple[dict[str, Tensor] | None, dict[str, Any]]:
+        """Whole weights (None: the model's own) and trainer state for rank 0 to write. Every
+        rank calls it: under FSDP both are gathered from the shards."""
+        weights = distributed.model_state(model, is_sharded=is_sharded)
+        state = state_dict_at(step) if dist.is_main or is_sharded else {}
+        return weights, state
+
     def save(step: int) -> None:
         nonlocal last_ckpt
-        weights = distributed.model_state(model, is_sharded=is_sharded)  # every rank gathers
-        state = state_dict_at(step) if dist.is_main or is_sharded else {}
+        weights, state = snapshot(step)
         if dist.is_main:
             last_ckpt = ckpt.save_checkpoint(
                 run_dir,
@@ -537,8 +542,7 @@ def fit(
                 rec = replace(rec, val_loss=val_loss, samples=samples)
                 if val_loss < best_val:
                     best_val, bad_evals = val_loss, 0
-                    weights = distributed.model_state(model, is_sharded=is_sharded)
-                    state = state_dict_at(step) if dist.is_main or is_sharded else {}
+                    weights, state = snapshot(step)
                     if dist.is_main:
                         best_dir = ckpt.save_best(
                             run_dir, model=model, tokenizer=tokenizer, state=state, weights=weights
