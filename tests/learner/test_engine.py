@@ -13,7 +13,7 @@ from plaudit.learner._engine import (
     Engine,
     KVCache,
     SamplingConfig,
-    _nucleus_candidates,
+    _nucleus,
     sample_tokens,
     transform_logits,
 )
@@ -254,11 +254,14 @@ def test_kv_cache_guards_against_misuse() -> None:
     assert cache.pos == 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # numpy's sort, torch's
 @pytest.mark.parametrize("scale", [0.5, 3.0, 30.0], ids=["flat", "medium", "peaked"])
-def test_top_p_candidates_match_a_full_sort(scale: float) -> None:
+def test_top_p_candidates_match_a_full_sort(scale: float, dtype: torch.dtype) -> None:
     """The nucleus found among the top candidates (growing them when they hold too little
-    mass) is the one a full sort finds, on a vocabulary larger than the first candidate set."""
-    logits = torch.randn(4, 5000, generator=torch.Generator().manual_seed(0)) * scale
+    mass, cutting at a threshold over all of them when a row is flat) is the one a full sort
+    finds, on a vocabulary larger than the first candidate set."""
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(4, 5000, generator=g) * scale).to(dtype)
     for s in [
         SamplingConfig(temperature=0.8, top_p=0.95),
         SamplingConfig(temperature=1.0, top_p=0.5, top_k=3000),
@@ -299,17 +302,38 @@ def test_packed_decoding_equals_unpacked(name: str, kernel: str) -> None:
     assert any(x.finished for x in b) and not all(x.finished for x in b)
 
 
+@pytest.mark.parametrize("kernel", ["mkl", "onednn"])
+def test_packed_weight_serves_the_rows_its_kernel_can(kernel: str) -> None:
+    """MKL's packing serves exactly the rows it was made for, oneDNN's any count from 2 (a
+    prefill's too); both give x @ W.T up to rounding, and every other input goes unpacked."""
+    if kernel not in available_kernels():
+        pytest.skip(f"this torch has no {kernel} packed GEMM")
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(48, 32, generator=g), torch.randn(48, generator=g)
+    layer = DecodeLinear(w, b)
+    layer.pack(8, kernel)  # type: ignore[arg-type]
+    calls: list[str] = []
+    for rows in (1, 3, 8, 20):
+        x = torch.randn(rows, 1, 32, generator=g)
+        with torch.profiler.profile() as prof:
+            y = layer(x)
+        calls += [e.name for e in prof.events() if e.name.startswith(("mkl::", "mkldnn::"))]
+        torch.testing.assert_close(y, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+    op = "mkl::_mkl_linear" if kernel == "mkl" else "mkldnn::_linear_pointwise"
+    assert calls == ([op] if kernel == "mkl" else [op, op, op]), calls
+
+
 def test_top_p_rows_of_different_nucleus_sizes_in_one_batch() -> None:
     """Rows whose nuclei differ in size in one batch (candidate sets padded to the largest;
-    with a flat row, everything sorted) give each row the nucleus a full sort gives, with the
-    gradient of the kept logits."""
+    with a flat row, every row cut at a threshold over the whole vocabulary) give each row
+    the nucleus a full sort gives, with the gradient of the kept logits."""
     g = torch.Generator().manual_seed(3)
     scales = torch.tensor([[40.0], [6.0], [1.0], [0.05]])
     s = SamplingConfig(temperature=0.9, top_p=0.9)
-    for n_rows, width in [(2, 256), (4, 6000)]:  # 6000: one row sorts all, the others 256
+    for n_rows, width in [(2, 256), (4, 6000)]:  # 6000: one row needs all, so all rows do
         base = (torch.randn(n_rows, 6000, generator=g) * scales[:n_rows]).requires_grad_(True)
-        values, _, _ = _nucleus_candidates(base.detach() / s.temperature, 0.9)
-        assert values.size(-1) == width
+        values, ids = _nucleus(base.detach() / s.temperature, 0.9)
+        assert values.size(-1) == width and (ids is None) == (width == 6000)
         got, want = transform_logits(base, s), reference_transform(base, s)
         assert torch.equal(got.isinf(), want.isinf())
         kept = (~got.isinf()).sum(-1)
