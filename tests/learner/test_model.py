@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from plaudit.learner._model import PRESETS, ModelConfig, Transformer, apply_rope, rope_tables
+from plaudit.learner._model import (
+    PRESETS,
+    ModelConfig,
+    Transformer,
+    apply_rope,
+    rope_tables,
+    signed_sin,
+)
 
 
 def tiny(family: str, **kw: object) -> ModelConfig:
@@ -164,6 +171,7 @@ def test_causal(family: str) -> None:
 def test_rope_is_relative() -> None:
     """Rotary scores depend on the distance between positions only."""
     cos, sin = rope_tables(head_dim=8, max_seq_len=20, theta=10000.0)
+    sin = signed_sin(sin)
     q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
 
     def score(i: int, j: int) -> float:
