@@ -437,9 +437,11 @@ class Engine:
         budget = budget[rows]  # (B,)
         live = torch.arange(B, device=dev)  # (A,) the rows still generating
         stop = torch.tensor(sampling.stop_tokens, dtype=torch.long, device=dev)
-        # With packed weights every step decodes all B rows (ended rows are fed a dummy token
-        # and ignored): packed GEMM at B rows beats unpacked at fewer, and repacking for each
-        # new row count would cost more than it saves. A last single row goes unpacked.
+        # MKL's packing serves exactly B rows, so with it every step decodes all B rows (ended
+        # rows are fed a dummy token and ignored): packed GEMM at B rows beats unpacked at
+        # fewer, and repacking for each new row count would cost more than it saves; a last
+        # single row goes unpacked. oneDNN's serves any count: ended rows are dropped.
+        all_rows = packed and self.kernel == "mkl"
         feed = torch.zeros(B, dtype=torch.long, device=dev)  # (B,) the next input tokens
         for step in range(steps):
             # Uniforms drawn for all B rows, so a row's samples do not depend on which other
@@ -459,13 +461,13 @@ class Engine:
                 return
             if bool(ended.any()):
                 keep = (~ended).nonzero().squeeze(-1)  # (A',)
-                if packed and keep.numel() == 1:
+                if all_rows and keep.numel() == 1:
                     cache.keep(live[keep])
-                    packed = False
-                elif not packed:
+                    all_rows = False
+                elif not all_rows:
                     cache.keep(keep)
                 live, tokens = live[keep], tokens[keep]
-            if packed:
+            if all_rows:
                 feed.index_copy_(0, live, tokens)
                 logits = self.model(feed[:, None], kv_cache=cache)[live, -1]  # (A, V)
             else:
