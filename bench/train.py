@@ -5,6 +5,7 @@ the tweets corpus, batch, sequence length and precision.
     .venv/bin/python bench/train.py --json                 # small preset and SmolLM2
     .venv/bin/python bench/train.py --models small --steps 20 --precision bf16
     python bench/train.py --device cuda --models small medium --precision bf16 --batch 16
+    .venv/bin/python bench/train.py --models small --repeats 1 --profile   # what bounds it
 
 tokens/s counts input tokens (batch x seq_len) per optimizer step over the timed steps (the
 first `--warmup` steps of each are not timed); the two alternate `--repeats` times and each
@@ -91,6 +92,34 @@ def bench_plaudit(model: Any, tokenizer: Any, x: torch.Tensor, y: torch.Tensor, 
     return len(timed) * a.batch * a.seq_len / seconds
 
 
+def profile_plaudit(model: Any, tokenizer: Any, x: torch.Tensor, y: torch.Tensor, a: Any) -> None:
+    """One more plaudit run (fit() itself, warm-up steps included) under torch.profiler: the
+    operators by self time, then every matrix multiply by shape with its GFLOPS, to stderr."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = a.device == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        bench_plaudit(model, tokenizer, x, y, a)
+    sort = "self_device_time_total" if cuda else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=15), file=sys.stderr)
+    if cuda:
+        return
+    total = sum(e.self_cpu_time_total for e in prof.key_averages())
+    rows = []
+    for e in prof.key_averages(group_by_input_shape=True):
+        if e.key == "aten::mm" and len(e.input_shapes) >= 2 and e.self_cpu_time_total > 0:
+            (m, k), (_, n) = e.input_shapes[0], e.input_shapes[1]
+            gflops = 2 * m * k * n * e.count / (e.self_cpu_time_total * 1e3)
+            rows.append((e.self_cpu_time_total, e.count, f"({m}, {k}) @ ({k}, {n})", gflops))
+    mm = sum(r[0] for r in rows)
+    print(
+        f"aten::mm: {mm / 1e3:.0f} ms of {total / 1e3:.0f} ms ({mm / total:.1%})", file=sys.stderr
+    )
+    for us, count, shape, gflops in sorted(rows, reverse=True):
+        print(f"  {us / 1e3:8.1f} ms {count:4d}x {shape:28s} {gflops:6.1f} GFLOPS", file=sys.stderr)
+
+
 def bench_hf(model: Any, tokenizer: Any, x: torch.Tensor, a: Any) -> float:
     from transformers import (
         AutoModelForCausalLM,
@@ -159,6 +188,7 @@ def main() -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--repeats", type=int, default=2, help="alternating runs; best of each")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--profile", action="store_true", help="profile one more plaudit run")
     a = p.parse_args()
     torch.set_flush_denormal(True)
     results: dict[str, Any] = {
@@ -182,6 +212,10 @@ def main() -> None:
             hf_runs.append(bench_hf(model, tok, x, a))  # exports the untouched weights first
             model.load_state_dict(state)
             our_runs.append(bench_plaudit(model, tok, x, y, a))
+        if a.profile:
+            model.load_state_dict(state)
+            print(f"\n# profile: plaudit {name}", file=sys.stderr)
+            profile_plaudit(model, tok, x, y, a)
         hf, ours = max(hf_runs), max(our_runs)
         results["models"][name] = {
             "params": model.num_params(),
