@@ -398,7 +398,7 @@ PRESETS: dict[str, ModelConfig] = {
 class Transformer(nn.Module):
     lm_head: nn.Module | None  # None when tied to tok_emb
     rope_cos: Tensor  # llama only
-    rope_sin: Tensor  # llama only
+    rope_sin: Tensor  # llama only; rotate_half's sign folded in (`signed_sin`)
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -419,9 +419,10 @@ class Transformer(nn.Module):
             cos, sin = rope_tables(
                 head_dim=config.head_dim, max_seq_len=config.max_seq_len, theta=config.rope_theta
             )
-            # Not persistent: derived from the config, never part of a checkpoint.
+            # Not persistent: derived from the config, never part of a checkpoint. The sin
+            # table is stored signed, as apply_rope takes it.
             self.register_buffer("rope_cos", cos, persistent=False)  # (max_seq_len, head_dim)
-            self.register_buffer("rope_sin", sin, persistent=False)  # (max_seq_len, head_dim)
+            self.register_buffer("rope_sin", signed_sin(sin), persistent=False)  # same shape
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -486,7 +487,7 @@ class Transformer(nn.Module):
         else:
             cos = self.rope_cos[pos].unsqueeze(2).to(x.dtype)  # (B or 1, T, 1, head_dim)
             sin = self.rope_sin[pos].unsqueeze(2).to(x.dtype)  # (B or 1, T, 1, head_dim)
-            rope = (cos, signed_sin(sin))
+            rope = (cos, sin)
         for i, block in enumerate(self.blocks):
             x = block(x, rope=rope, mask=mask, kv_cache=kv_cache, layer=i)  # (B, T, C)
         if kv_cache is not None:
