@@ -11,15 +11,18 @@ import torch
 from torch import Tensor, nn
 
 from ._model import Transformer
+from ._native import MAX_ROWS as NATIVE_MAX_ROWS
+from ._native import native_gemm, native_gemm_unavailable
 
-PackedKernel = Literal["mkl", "onednn"]
+PackedKernel = Literal["native", "mkl", "onednn"]
 KERNEL_ENV = "PLAUDIT_DECODE_KERNEL"
 
 
 def available_kernels() -> list[PackedKernel]:
-    """The packed fp32 GEMMs this torch has: MKL's packed SGEMM and oneDNN's inner product
-    over a reordered weight (the two Inductor uses for frozen CPU linears)."""
-    found: list[PackedKernel] = []
+    """The packed fp32 GEMMs here: plaudit's own (`_native.py`, where it builds), and this
+    torch's MKL packed SGEMM and oneDNN inner product over a reordered weight (the two Inductor
+    uses for frozen CPU linears)."""
+    found: list[PackedKernel] = ["native"] if native_gemm() is not None else []
     if torch._C.has_mkl and hasattr(torch.ops.mkl, "_mkl_linear"):
         found.append("mkl")
     if torch._C._has_mkldnn and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
@@ -46,25 +49,35 @@ def _cpu_vendor() -> str:
 
 @functools.cache
 def packed_kernel() -> PackedKernel | None:
-    """The packed GEMM for batched fp32 decoding on this CPU: MKL's on Intel, oneDNN's
-    elsewhere. `bench/decode_kernels.py` (SmolLM2's 30 layers + head, 8 rows, 2 threads):
-    on a Xeon (AVX-512) MKL 33.0 ms, oneDNN 42.5, plain matmul 39.2; on an AMD EPYC (AVX2),
-    where MKL runs slower code paths, oneDNN 70.6, MKL 108.0, matmul 119.6. A fixed rule, not
-    a timing at start-up, so a seed gives the same samples on every run of a machine.
-    PLAUDIT_DECODE_KERNEL=mkl|onednn|none overrides it."""
-    found = available_kernels()
+    """The packed GEMM for fp32 decoding on this CPU: MKL's on Intel, plaudit's native one
+    elsewhere (oneDNN's where it does not build). `bench/decode_kernels.py` (SmolLM2's 30
+    layers + head, 2 threads): on a Xeon (AVX-512) at 8 rows MKL 33.0 ms, oneDNN 42.5, plain
+    matmul 39.2 (the native kernel not measured there); on an AMD EPYC (AVX2), where MKL runs
+    slower code paths, native 45.7 ms, oneDNN 66.9, MKL 126.3, matmul 138.6 at 8 rows, and
+    native 29.3 against matmul 48.1 at 1 row. A fixed rule, not a timing at start-up, so a
+    seed gives the same samples on every run of a machine. PLAUDIT_DECODE_KERNEL=native|mkl|
+    onednn|none overrides it."""
     choice = os.environ.get(KERNEL_ENV, "").strip().lower()
     if choice == "none":
         return None
+    found = available_kernels()
     if choice:
         if choice not in found:
+            why = native_gemm_unavailable() if choice == "native" else None
             raise ValueError(
-                f"{KERNEL_ENV}={choice!r}: this torch offers {found or 'no packed kernel'}; "
-                f"use one of those or 'none' (or unset it)."
+                f"{KERNEL_ENV}={choice!r}: "
+                + (f"{why}. " if why else "")
+                + f"Available here: {found or 'no packed kernel'}; use one of those or 'none' "
+                "(or unset it)."
             )
         return choice  # type: ignore[return-value]
-    preferred: PackedKernel = "mkl" if _cpu_vendor() == "GenuineIntel" else "onednn"
-    return preferred if preferred in found else (found[0] if found else None)
+    preferred: list[PackedKernel] = (
+        ["mkl", "onednn"] if _cpu_vendor() == "GenuineIntel" else ["native", "onednn"]
+    )
+    for kernel in preferred:
+        if kernel in found:
+            return kernel
+    return found[0] if found else None
 
 
 class DecodeLinear(nn.Module):
@@ -73,12 +86,15 @@ class DecodeLinear(nn.Module):
     (measured on a Xeon at 8 rows by 576 x 1728; 1 row: equal or faster).
 
     `pack(rows, kernel)` adds a packed copy of the weight (see `packed_kernel` for which kernel
-    and what it gains). MKL's serves inputs of exactly `rows` rows and gives the same bits as
-    `x @ weight_t`; oneDNN's serves any number of rows from 2 up (`rows` only guides its
-    layout) and sums in another order (float rounding apart): on the AMD EPYC, small's 32
-    layers took 11.0 ms packed against 22.7 unpacked at 8 rows, 51.8 against 59.1 at 96 rows
-    (a prefill), 9.7 against 9.1 at 1 row, so a single row stays unpacked. It costs a second
-    copy of the weight, so the engine packs only for batched decoding and only fp32 on CPU."""
+    and what it gains), at the cost of a second copy of the weight. Which inputs it serves:
+    - native: any input of 1 to 16 rows (`rows` is irrelevant); a row's result has the same
+      bits whatever the other rows are;
+    - MKL: inputs of exactly `rows` rows, with the same bits as `x @ weight_t`;
+    - oneDNN: any input of 2 rows or more (`rows` only guides its layout); on the AMD EPYC,
+      small's 32 layers took 11.0 ms packed against 22.7 unpacked at 8 rows, 51.8 against
+      59.1 at 96 rows (a prefill), 9.7 against 9.1 at 1 row, so a single row stays unpacked.
+    The packed kernels sum in another order than `x @ weight_t` (float rounding apart);
+    every other input goes unpacked."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
         super().__init__()
@@ -89,19 +105,32 @@ class DecodeLinear(nn.Module):
         self.kernel: PackedKernel = "mkl"
 
     def pack(self, rows: int, kernel: PackedKernel) -> None:
-        if rows == self.packed_rows and kernel == self.kernel:
+        if (
+            self.packed is not None
+            and kernel == self.kernel
+            and (rows == self.packed_rows or kernel == "native")
+        ):
+            self.packed_rows = rows
             return
         self.packed = None  # free the old packing before making the new one
-        weight = self.weight_t.t()  # (out, in), the layout both reorders take
-        if kernel == "mkl":
-            self.packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, rows)
+        if kernel == "native":
+            native = native_gemm()
+            assert native is not None, native_gemm_unavailable()
+            self.packed = native.pack(self.weight_t)
+        elif kernel == "mkl":
+            self.packed = torch.ops.mkl._mkl_reorder_linear_weight(self.weight_t.t(), rows)
         else:
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight_t.t(), rows)
         self.packed_rows, self.kernel = rows, kernel
 
     def forward(self, x: Tensor) -> Tensor:
         if self.packed is not None:
             rows = x.numel() // x.size(-1)
+            if self.kernel == "native" and rows <= NATIVE_MAX_ROWS:
+                native = native_gemm()
+                assert native is not None  # it packed this weight
+                y = native.linear(x, self.packed, self.weight_t.size(1))
+                return y if self.bias is None else y.add_(self.bias)
             if self.kernel == "onednn" and rows > 1:
                 return torch.ops.mkldnn._linear_pointwise(  # type: ignore[no-any-return]
                     x, self.packed, self.bias, "none", [None], ""

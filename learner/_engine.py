@@ -16,9 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._decode import DecodeLinear, PackedKernel, decode_copy, packed_kernel
+from ._decode import (
+    DecodeLinear,
+    PackedKernel,
+    available_kernels,
+    decode_copy,
+    packed_kernel,
+)
 from ._errors import ContextLengthError, GenerationInterrupted
 from ._model import Transformer
+from ._native import MAX_ROWS as NATIVE_MAX_ROWS
 
 
 class KVCache:
@@ -341,14 +348,20 @@ class Engine:
         cpu_fp32 = self.device.type == "cpu" and self.dtype == torch.float32
         self.kernel: PackedKernel | None = packed_kernel() if cpu_fp32 else None
 
-    def _pack(self, rows: int) -> bool:
-        """Pack every linear layer for decoding `rows` rows at once; False when not worth it."""
-        if self.kernel is None or not 2 <= rows <= 32:
-            return False
+    def _pack(self, rows: int) -> PackedKernel | None:
+        """Pack every linear layer for decoding `rows` rows at once; the kernel it packed for,
+        or None when packing is not worth it. Torch's packed kernels beat the plain matmul
+        from 2 to 32 rows; the native one serves 1 to 16 rows whatever it was packed for (so
+        it is packed once), and oneDNN's takes over above that."""
+        kernel = self.kernel
+        if kernel == "native" and rows > NATIVE_MAX_ROWS:
+            kernel = "onednn" if "onednn" in available_kernels() else None
+        if kernel is None or (kernel != "native" and not 2 <= rows <= 32):
+            return None
         for module in self.model.modules():
             if isinstance(module, DecodeLinear):
-                module.pack(rows, self.kernel)
-        return True
+                module.pack(rows, kernel)
+        return kernel
 
     def _check_prompts(self, prompts: Sequence[Sequence[int]]) -> list[list[int]]:
         if len(prompts) == 0:
@@ -423,8 +436,8 @@ class Engine:
             idx[i, T0 - len(p) :] = torch.tensor(p, device=dev)
         budget = (self.config.max_seq_len - lengths).clamp(max=sampling.max_new_tokens)  # (P,)
         steps = int(budget.max())
-        # Packed weights (for B rows; oneDNN's serve the prefill's P x T0 rows too): see below.
-        packed = self._pack(B)
+        # Packed weights for B rows (serving the prefill's P x T0 rows too where they can).
+        kernel = self._pack(B)
         prefill = self._new_cache(batch_size=P, max_len=T0)
         prefill.set_padding(T0 - lengths)
         logits = self.model(idx, kv_cache=prefill, last_only=True)[:, -1]  # (P, V)
@@ -440,8 +453,9 @@ class Engine:
         # MKL's packing serves exactly B rows, so with it every step decodes all B rows (ended
         # rows are fed a dummy token and ignored): packed GEMM at B rows beats unpacked at
         # fewer, and repacking for each new row count would cost more than it saves; a last
-        # single row goes unpacked. oneDNN's serves any count: ended rows are dropped.
-        all_rows = packed and self.kernel == "mkl"
+        # single row goes unpacked. The native and oneDNN kernels serve any count: ended rows
+        # are dropped.
+        all_rows = kernel == "mkl"
         feed = torch.zeros(B, dtype=torch.long, device=dev)  # (B,) the next input tokens
         for step in range(steps):
             # Uniforms drawn for all B rows, so a row's samples do not depend on which other

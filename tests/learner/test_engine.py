@@ -19,6 +19,7 @@ from plaudit.learner._engine import (
 )
 from plaudit.learner._errors import ContextLengthError
 from plaudit.learner._model import ModelConfig, Transformer
+from plaudit.learner._native import native_gemm
 
 CONFIGS = {
     "gpt2": ModelConfig(
@@ -272,7 +273,7 @@ def test_top_p_candidates_match_a_full_sort(scale: float, dtype: torch.dtype) ->
         torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("kernel", ["mkl", "onednn"])
+@pytest.mark.parametrize("kernel", ["native", "mkl", "onednn"])
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_packed_decoding_equals_unpacked(name: str, kernel: str) -> None:
     """Batched decoding through packed weights (ended rows still fed, then a last single row
@@ -302,25 +303,41 @@ def test_packed_decoding_equals_unpacked(name: str, kernel: str) -> None:
     assert any(x.finished for x in b) and not all(x.finished for x in b)
 
 
-@pytest.mark.parametrize("kernel", ["mkl", "onednn"])
-def test_packed_weight_serves_the_rows_its_kernel_can(kernel: str) -> None:
+@pytest.mark.parametrize("kernel", ["native", "mkl", "onednn"])
+def test_packed_weight_serves_the_rows_its_kernel_can(
+    kernel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """MKL's packing serves exactly the rows it was made for, oneDNN's any count from 2 (a
-    prefill's too); both give x @ W.T up to rounding, and every other input goes unpacked."""
+    prefill's too), the native one 1 to 16 rows; all give x @ W.T up to rounding, and every
+    other input goes unpacked."""
     if kernel not in available_kernels():
-        pytest.skip(f"this torch has no {kernel} packed GEMM")
+        pytest.skip(f"no {kernel} packed GEMM here")
     g = torch.Generator().manual_seed(0)
     w, b = torch.randn(48, 32, generator=g), torch.randn(48, generator=g)
     layer = DecodeLinear(w, b)
     layer.pack(8, kernel)  # type: ignore[arg-type]
+    native = native_gemm()
+    native_rows: list[int] = []
+    if native is not None:
+        real = native.linear
+        monkeypatch.setattr(
+            native,
+            "linear",
+            lambda x, *a: native_rows.append(x.numel() // x.size(-1)) or real(x, *a),
+        )
     calls: list[str] = []
-    for rows in (1, 3, 8, 20):
+    for rows in (1, 3, 8, 16, 20):
         x = torch.randn(rows, 1, 32, generator=g)
         with torch.profiler.profile() as prof:
             y = layer(x)
         calls += [e.name for e in prof.events() if e.name.startswith(("mkl::", "mkldnn::"))]
         torch.testing.assert_close(y, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
-    op = "mkl::_mkl_linear" if kernel == "mkl" else "mkldnn::_linear_pointwise"
-    assert calls == ([op] if kernel == "mkl" else [op, op, op]), calls
+    if kernel == "native":
+        assert calls == [] and native_rows == [1, 3, 8, 16], (calls, native_rows)
+    else:
+        op = "mkl::_mkl_linear" if kernel == "mkl" else "mkldnn::_linear_pointwise"
+        assert calls == ([op] if kernel == "mkl" else [op] * 4), calls
+        assert native_rows == []
 
 
 def test_top_p_rows_of_different_nucleus_sizes_in_one_batch() -> None:
@@ -346,14 +363,19 @@ def test_top_p_rows_of_different_nucleus_sizes_in_one_batch() -> None:
 
 
 def test_packed_kernel_choice(monkeypatch: pytest.MonkeyPatch) -> None:
-    """MKL's on Intel, oneDNN's elsewhere (bench/decode_kernels.py); the variable overrides."""
+    """MKL's on Intel, the native one elsewhere, else oneDNN's (bench/decode_kernels.py); the
+    variable overrides."""
     from plaudit.learner import _decode
 
     found = available_kernels()
-    for vendor, want in (("GenuineIntel", "mkl"), ("AuthenticAMD", "onednn")):
+    for vendor, want in (
+        ("GenuineIntel", ["mkl", "onednn"]),
+        ("AuthenticAMD", ["native", "onednn"]),
+    ):
         monkeypatch.setattr(_decode, "_cpu_vendor", lambda v=vendor: v)
         _decode.packed_kernel.cache_clear()
-        assert _decode.packed_kernel() == (want if want in found else found[0])
+        usable = [k for k in want if k in found] or found
+        assert _decode.packed_kernel() == usable[0]
     monkeypatch.setenv(_decode.KERNEL_ENV, "none")
     _decode.packed_kernel.cache_clear()
     assert _decode.packed_kernel() is None

@@ -1,0 +1,185 @@
+"""plaudit's own decoding GEMM (`_native_gemm.cpp`), compiled on first use and loaded with ctypes.
+
+Decoding a few rows is bound by streaming the weights from memory; torch's kernels stream them
+at about half of what this CPU's memory gives (bench/decode_kernels.py). The C++ kernel reads
+each weight once per call from panels packed for it (see the source for the layout and for why
+a row's result does not depend on the batch).
+
+Built with the system C++ compiler (`$CXX`, else `c++`) into the user cache folder
+(`$XDG_CACHE_HOME/plaudit/native/<hash of source and flags>/`), once per machine; later processes
+load the cached library. Only x86-64 Linux with AVX2 and FMA: elsewhere, or when the compiler is
+missing or fails, `native_gemm()` returns None and says why in `native_gemm_unavailable()`, and
+the engine uses torch's kernels. No Python headers, no torch headers: the build takes a second.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import platformdirs
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("_native_gemm.cpp")
+ABI = 1  # plaudit_gemm_abi() of the source this module drives
+FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
+MAX_ROWS = 16  # beyond this torch's blocked GEMMs win (bench/decode_kernels.py)
+_BUILD_TIMEOUT_S = 120
+
+_i64, _int, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+
+
+class NativeGemm:
+    """The loaded library: `pack` a weight once, then `linear` any number of rows up to
+    `MAX_ROWS` against it."""
+
+    def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
+        self.path = path
+        self._pack = lib.plaudit_gemm_pack
+        self._pack.argtypes = [_ptr, _i64, _i64, _ptr, _int]
+        self._pack.restype = None
+        self._gemm = lib.plaudit_gemm
+        self._gemm.argtypes = [_ptr, _i64, _ptr, _i64, _i64, _ptr, _int]
+        self._gemm.restype = None
+        lib.plaudit_gemm_panel_width.restype = _i64
+        self.panel = int(lib.plaudit_gemm_panel_width())
+
+    def pack(self, weight_t: Tensor) -> Tensor:
+        """The panels (ceil(N / 8), K, 8) of a weight given transposed, (K, N) = (in, out)."""
+        _check(weight_t, "weight_t", dim=2)
+        K, N = weight_t.shape
+        wt = weight_t.contiguous()
+        packed = torch.empty((N + self.panel - 1) // self.panel, K, self.panel)
+        self._pack(wt.data_ptr(), K, N, packed.data_ptr(), torch.get_num_threads())
+        return packed
+
+    def linear(self, x: Tensor, packed: Tensor, out_features: int) -> Tensor:
+        """x (..., K) @ W^T -> (..., out_features), W packed by `pack`."""
+        _check(x, "x", dim=None)
+        K = packed.size(1)
+        assert x.size(-1) == K, f"x has {x.size(-1)} features, the packed weight takes {K}"
+        x2 = x.reshape(-1, K).contiguous()  # (M, K)
+        M = x2.size(0)
+        y = torch.empty(M, out_features)
+        if M:
+            self._gemm(
+                x2.data_ptr(), M, packed.data_ptr(), out_features, K, y.data_ptr(),
+                torch.get_num_threads(),
+            )  # fmt: skip
+        return y.view(*x.shape[:-1], out_features)
+
+
+def _check(t: Tensor, name: str, *, dim: int | None) -> None:
+    assert t.device.type == "cpu" and t.dtype == torch.float32, (
+        f"the native GEMM takes fp32 CPU tensors; {name} is {t.dtype} on {t.device}"
+    )
+    assert dim is None or t.dim() == dim, f"{name} must have {dim} dims, got {tuple(t.shape)}"
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _compiler() -> str | None:
+    cxx = os.environ.get("CXX", "").strip()
+    return shutil.which(cxx) if cxx else (shutil.which("c++") or shutil.which("g++"))
+
+
+def build_dir() -> Path:
+    """Where compiled libraries are cached (one subfolder per source and flags)."""
+    return platformdirs.user_cache_path("plaudit") / "native"
+
+
+def _build(cxx: str) -> Path:
+    """The compiled library for this source, compiler and flags: cached, else built now (into a
+    temporary file renamed into place, so concurrent builds and crashes leave no torn file)."""
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + "\0".join((cxx, *FLAGS)).encode()).hexdigest()[:16]
+    folder = build_dir() / key
+    lib = folder / "libplaudit_gemm.so"
+    if lib.is_file():
+        return lib
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".build-", suffix=".so")
+    os.close(fd)
+    try:
+        done = subprocess.run(
+            [cxx, *FLAGS, str(SOURCE), "-o", tmp],
+            capture_output=True,
+            text=True,
+            timeout=_BUILD_TIMEOUT_S,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"{cxx} failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}"
+            )
+        os.replace(tmp, lib)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return lib
+
+
+@functools.cache
+def _load() -> NativeGemm | str:
+    """The library, or why there is none (logged once per process)."""
+    got = _try_load()
+    if isinstance(got, str):
+        log.warning("%s; decoding uses torch's kernels", got)
+    return got
+
+
+def _try_load() -> NativeGemm | str:
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return (
+            "the native GEMM is built for x86-64 Linux only, "
+            f"this is {platform.system()} {platform.machine()}"
+        )
+    missing = {"avx2", "fma"} - _cpu_flags()
+    if missing:
+        return f"this CPU lacks {', '.join(sorted(missing))}, which the native GEMM needs"
+    cxx = _compiler()
+    if cxx is None:
+        return "no C++ compiler found to build the native GEMM: install g++, or set CXX"
+    try:
+        path = _build(cxx)
+        lib = ctypes.CDLL(str(path))
+        lib.plaudit_gemm_abi.restype = ctypes.c_int
+        abi = lib.plaudit_gemm_abi()
+        if abi != ABI:
+            return f"{path} has ABI {abi} where this plaudit needs {ABI}: delete that file"
+        return NativeGemm(lib, path)
+    except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
+        return f"building the native GEMM into {build_dir()} failed: {e}"
+
+
+def native_gemm() -> NativeGemm | None:
+    """The native GEMM, built on the first call of the process (about a second, once per
+    machine); None where it cannot be (see `native_gemm_unavailable`)."""
+    got = _load()
+    return None if isinstance(got, str) else got
+
+
+def native_gemm_unavailable() -> str | None:
+    """Why the native GEMM is not available here, or None when it is."""
+    got = _load()
+    return got if isinstance(got, str) else None
