@@ -87,7 +87,7 @@ class DecodeLinear(nn.Module):
 
     `pack(rows, kernel)` adds a packed copy of the weight (see `packed_kernel` for which kernel
     and what it gains), at the cost of a second copy of the weight. Which inputs it serves:
-    - native: any input of 1 to 16 rows (`rows` is irrelevant); a row's result has the same
+    - native: any input of 1 to 12 rows (`rows` is irrelevant); a row's result has the same
       bits whatever the other rows are;
     - MKL: inputs of exactly `rows` rows, with the same bits as `x @ weight_t`;
     - oneDNN: any input of 2 rows or more (`rows` only guides its layout); on the AMD EPYC,

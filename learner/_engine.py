@@ -351,7 +351,7 @@ class Engine:
     def _pack(self, rows: int) -> PackedKernel | None:
         """Pack every linear layer for decoding `rows` rows at once; the kernel it packed for,
         or None when packing is not worth it. Torch's packed kernels beat the plain matmul
-        from 2 to 32 rows; the native one serves 1 to 16 rows whatever it was packed for (so
+        from 2 to 32 rows; the native one serves 1 to 12 rows whatever it was packed for (so
         it is packed once), and oneDNN's takes over above that."""
         kernel = self.kernel
         if kernel == "native" and rows > NATIVE_MAX_ROWS:

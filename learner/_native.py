@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("_native_gemm.cpp")
 ABI = 1  # plaudit_gemm_abi() of the source this module drives
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
-MAX_ROWS = 16  # beyond this torch's blocked GEMMs win (bench/decode_kernels.py)
+MAX_ROWS = 12  # rows in one pass over the weights; above, oneDNN is as fast or faster
 _BUILD_TIMEOUT_S = 120
 
 _i64, _int, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p

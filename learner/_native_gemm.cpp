@@ -1,11 +1,12 @@
 // plaudit's decoding GEMM for x86-64 CPUs with AVX2 and FMA: y (M, N) = x (M, K) @ W^T for
-// the few rows (M <= 16) of batched decoding, built and loaded by learner/_native.py.
+// the few rows of batched decoding (up to 12 per pass over the weights). Built and loaded by
+// learner/_native.py.
 //
 // Decoding multiplies a few rows by every weight of the model once per token, so it is bound by
 // how fast the weights stream from memory, not by arithmetic. The weight is packed once into
 // panels of 8 output columns, each panel (K, 8) contiguous, so every panel is one sequential
-// stream, read exactly once per call whatever M is (all rows are computed from the panel while
-// it is in L1). Each output is one fused multiply-add chain over k = 0..K-1 starting from 0, in
+// stream, read from memory once per call (up to 12 rows are computed in one pass over it; more
+// rows take more passes, the later ones from cache). Each output is one fused multiply-add chain over k = 0..K-1 starting from 0, in
 // every code path below: a row's result has the same bits whatever M and the other rows are.
 //
 // Threads: an OpenMP loop over groups of panels. Loaded into a process where torch has already
@@ -20,7 +21,7 @@ namespace {
 
 constexpr int64_t kPanel = 8;     // output columns per panel (one AVX register)
 constexpr int64_t kGroup = 4;     // panels per unit of work
-constexpr int64_t kRowBlock = 8;  // rows per pass over a panel
+constexpr int64_t kRowBlock = 12;  // rows per pass over a panel (12 accumulators)
 constexpr int64_t kPrefetch = 128;  // floats ahead in a panel stream (512 bytes)
 
 inline void store_columns(float* y, __m256 acc, int64_t cols) {
@@ -85,7 +86,11 @@ void group(const float* x, int64_t M, const float* packed, int64_t N, int64_t K,
       case 5: rows_by_group<5>(xm, K, packed, K, ym, N, p0, p1, N); break;
       case 6: rows_by_group<6>(xm, K, packed, K, ym, N, p0, p1, N); break;
       case 7: rows_by_group<7>(xm, K, packed, K, ym, N, p0, p1, N); break;
-      default: rows_by_group<8>(xm, K, packed, K, ym, N, p0, p1, N); break;
+      case 8: rows_by_group<8>(xm, K, packed, K, ym, N, p0, p1, N); break;
+      case 9: rows_by_group<9>(xm, K, packed, K, ym, N, p0, p1, N); break;
+      case 10: rows_by_group<10>(xm, K, packed, K, ym, N, p0, p1, N); break;
+      case 11: rows_by_group<11>(xm, K, packed, K, ym, N, p0, p1, N); break;
+      default: rows_by_group<12>(xm, K, packed, K, ym, N, p0, p1, N); break;
     }
   }
 }
