@@ -302,25 +302,33 @@ class Daemon:
         cache = Path(os.environ.get("CACHE_DIRECTORY", self.state_dir / "cache"))
         self.notifier.status(f"loading model {self.settings.model.name}")
 
-        def load() -> Policy:
+        def load() -> tuple[Policy, str | None]:
             import torch
 
+            from plaudit.learner import decode_kernel
+
             configure_torch()
-            return Policy.load(
+            dtype = getattr(torch, self.settings.model.dtype)
+            policy = Policy.load(
                 self.settings.model.name,
                 checkpoint=checkpoint,
                 version=latest.policy_version if latest and checkpoint else 0,
                 cache_dir=cache,
                 device=device,
                 lr=self.settings.online.lr,
-                generation_dtype=getattr(torch, self.settings.model.dtype),
+                generation_dtype=dtype,
             )
+            # Chosen (and the native kernel built) now, not in the first generation.
+            try:
+                return policy, decode_kernel(torch.device(device), dtype)
+            except ValueError as exc:  # PLAUDIT_DECODE_KERNEL names a kernel this host lacks
+                raise StartupError(str(exc)) from None
 
         t0 = time.monotonic()
         try:
             # A slow first load (GGUF dequantisation) keeps systemd's start timeout extended.
             async with TimeoutExtender(self.notifier, every=5.0, limit=900.0):
-                self.policy = await self.worker.run("load", load)
+                self.policy, kernel = await self.worker.run("load", load)
         except (LearnerError, OSError) as exc:
             raise StartupError(f"cannot load model {self.settings.model.name!r}: {exc}") from None
         self.metrics.policy_version.set(self.policy.version)
@@ -330,6 +338,7 @@ class Daemon:
             source=self.policy.source,
             policy_version=self.policy.version,
             params=self.policy.model.num_params(),
+            decode_kernel=kernel or "matmul",
             load_s=round(time.monotonic() - t0, 2),
         )
 

@@ -1,6 +1,7 @@
 """plaudit.learner: the model, its generation engine, import/export and training."""
 
 from ._data import Example, examples_from_texts, read_file
+from ._decode import decode_kernel
 from ._engine import (
     Engine,
     KVCache,
@@ -59,6 +60,7 @@ __all__: list[str] = [
     "TrainingMemoryError",
     "Transformer",
     "configure_torch",
+    "decode_kernel",
     "default_cache_dir",
     "evaluate",
     "examples_from_texts",

@@ -80,6 +80,12 @@ def packed_kernel() -> PackedKernel | None:
     return found[0] if found else None
 
 
+def decode_kernel(device: torch.device, dtype: torch.dtype) -> PackedKernel | None:
+    """The packed GEMM an engine on this device and dtype decodes with (fp32 on CPU only;
+    None: plain matmuls). Building the native one happens here, on the first call."""
+    return packed_kernel() if device.type == "cpu" and dtype == torch.float32 else None
+
+
 class DecodeLinear(nn.Module):
     """A linear layer for inference whose weight is stored transposed, (in, out), contiguous:
     MKL multiplies a few rows by it 2-4x faster than by the (out, in) layout of `nn.Linear`

@@ -21,7 +21,7 @@ from ._decode import (
     PackedKernel,
     available_kernels,
     decode_copy,
-    packed_kernel,
+    decode_kernel,
 )
 from ._errors import ContextLengthError, GenerationInterrupted
 from ._model import Transformer
@@ -344,9 +344,8 @@ class Engine:
         self.dtype = dtype if dtype is not None else param.dtype
         self.model = decode_copy(model, device=self.device, dtype=self.dtype)
         self.config = model.config
-        # Batched fp32 decoding on CPU multiplies by packed weights (see DecodeLinear).
-        cpu_fp32 = self.device.type == "cpu" and self.dtype == torch.float32
-        self.kernel: PackedKernel | None = packed_kernel() if cpu_fp32 else None
+        # fp32 decoding on CPU multiplies by packed weights (see DecodeLinear).
+        self.kernel: PackedKernel | None = decode_kernel(self.device, self.dtype)
 
     def _pack(self, rows: int) -> PackedKernel | None:
         """Pack every linear layer for decoding `rows` rows at once; the kernel it packed for,

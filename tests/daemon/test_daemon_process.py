@@ -9,8 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from daemon_helpers import DaemonProcess, NotifySocket, query, tiny_config
 
+from plaudit.learner import decode_kernel
 from plaudit.learner._load import load_model
 
 
@@ -36,6 +38,9 @@ def test_end_to_end_loop_tells_the_whole_story(
     daemon = DaemonProcess(cfg, env=env)
     try:
         daemon.wait_event("ready", timeout=90)
+        # The decoding kernel is chosen (the native one built) at load, and logged.
+        kernel = decode_kernel(torch.device("cpu"), torch.float32) or "matmul"
+        assert daemon.wait_event("model loaded")["decode_kernel"] == kernel
         daemon.wait_for(
             lambda: (
                 count(state, "SELECT COUNT(*) FROM checkpoints WHERE kind = 'online'") >= 1
@@ -287,3 +292,19 @@ def test_a_broken_plugin_does_not_take_the_daemon_down(
     assert rc == 1
     assert "plaudit: no usable face: every configured face failed to load" in "".join(daemon.lines)
     assert "READY=1" not in notify.fields()
+
+
+def test_a_decode_kernel_this_host_lacks_stops_the_start_with_the_reason(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    cfg = tmp_path / "plaudit.toml"
+    cfg.write_text(tiny_config(state_dir=tmp_path / "state", model_dir=tiny_model_dir))
+    daemon = DaemonProcess(cfg, env={"PLAUDIT_DECODE_KERNEL": "cublas"})
+    try:
+        rc = daemon.proc.wait(timeout=90)
+        daemon._reader.join(timeout=5)
+    finally:
+        daemon.kill()
+    assert rc == 1, daemon.tail()
+    out = "".join(daemon.lines)
+    assert "plaudit: PLAUDIT_DECODE_KERNEL='cublas'" in out and "Traceback" not in out, out
