@@ -21,7 +21,9 @@ import math
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -92,15 +94,18 @@ def bench_plaudit(model: Any, tokenizer: Any, x: torch.Tensor, y: torch.Tensor, 
     return len(timed) * a.batch * a.seq_len / seconds
 
 
-def profile_plaudit(model: Any, tokenizer: Any, x: torch.Tensor, y: torch.Tensor, a: Any) -> None:
-    """One more plaudit run (fit() itself, warm-up steps included) under torch.profiler: the
-    operators by self time, then every matrix multiply by shape with its GFLOPS, to stderr."""
+def profile_run(label: str, run: Callable[[], float], a: Any) -> None:
+    """One more run of a framework under torch.profiler: the operators by self time, then every
+    matrix multiply by shape with its GFLOPS and the share of the run they took, to stderr.
+    That share bounds the ratio: two frameworks running the same GEMMs at the same speed differ
+    only in the rest."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = a.device == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    print(f"\n# profile: {label}", file=sys.stderr)
     with profile(activities=activities, record_shapes=True) as prof:
-        bench_plaudit(model, tokenizer, x, y, a)
+        run()
     sort = "self_device_time_total" if cuda else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=15), file=sys.stderr)
     if cuda:
@@ -108,13 +113,15 @@ def profile_plaudit(model: Any, tokenizer: Any, x: torch.Tensor, y: torch.Tensor
     total = sum(e.self_cpu_time_total for e in prof.key_averages())
     rows = []
     for e in prof.key_averages(group_by_input_shape=True):
-        if e.key == "aten::mm" and len(e.input_shapes) >= 2 and e.self_cpu_time_total > 0:
-            (m, k), (_, n) = e.input_shapes[0], e.input_shapes[1]
+        if e.key in ("aten::mm", "aten::addmm") and e.self_cpu_time_total > 0:
+            shapes = [s for s in e.input_shapes if len(s) == 2]
+            (m, k), (_, n) = shapes[-2], shapes[-1]  # addmm: (bias, a, b)
             gflops = 2 * m * k * n * e.count / (e.self_cpu_time_total * 1e3)
             rows.append((e.self_cpu_time_total, e.count, f"({m}, {k}) @ ({k}, {n})", gflops))
     mm = sum(r[0] for r in rows)
     print(
-        f"aten::mm: {mm / 1e3:.0f} ms of {total / 1e3:.0f} ms ({mm / total:.1%})", file=sys.stderr
+        f"{label}: matrix multiplies {mm / 1e3:.0f} ms of {total / 1e3:.0f} ms ({mm / total:.1%})",
+        file=sys.stderr,
     )
     for us, count, shape, gflops in sorted(rows, reverse=True):
         print(f"  {us / 1e3:8.1f} ms {count:4d}x {shape:28s} {gflops:6.1f} GFLOPS", file=sys.stderr)
@@ -188,7 +195,7 @@ def main() -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--repeats", type=int, default=2, help="alternating runs; best of each")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--profile", action="store_true", help="profile one more plaudit run")
+    p.add_argument("--profile", action="store_true", help="profile one more run of each")
     a = p.parse_args()
     torch.set_flush_denormal(True)
     results: dict[str, Any] = {
@@ -214,8 +221,9 @@ def main() -> None:
             our_runs.append(bench_plaudit(model, tok, x, y, a))
         if a.profile:
             model.load_state_dict(state)
-            print(f"\n# profile: plaudit {name}", file=sys.stderr)
-            profile_plaudit(model, tok, x, y, a)
+            profile_run(f"plaudit {name}", partial(bench_plaudit, model, tok, x, y, a), a)
+            model.load_state_dict(state)
+            profile_run(f"HF Trainer {name}", partial(bench_hf, model, tok, x, a), a)
         hf, ours = max(hf_runs), max(our_runs)
         results["models"][name] = {
             "params": model.num_params(),
