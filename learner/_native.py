@@ -108,13 +108,17 @@ def build_dir() -> Path:
     return platformdirs.user_cache_path("plaudit") / "native"
 
 
+def library_path(cxx: str) -> Path:
+    """Where the library built by `cxx` from this source with these flags is cached."""
+    key = hashlib.sha256(SOURCE.read_bytes() + "\0".join((cxx, *FLAGS)).encode()).hexdigest()
+    return build_dir() / key[:16] / "libplaudit_gemm.so"
+
+
 def _build(cxx: str) -> Path:
     """The compiled library for this source, compiler and flags: cached, else built now (into a
     temporary file renamed into place, so concurrent builds and crashes leave no torn file)."""
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + "\0".join((cxx, *FLAGS)).encode()).hexdigest()[:16]
-    folder = build_dir() / key
-    lib = folder / "libplaudit_gemm.so"
+    lib = library_path(cxx)
+    folder = lib.parent
     if lib.is_file():
         return lib
     folder.mkdir(parents=True, exist_ok=True)
@@ -160,16 +164,25 @@ def _try_load() -> NativeGemm | str:
     cxx = _compiler()
     if cxx is None:
         return "no C++ compiler found to build the native GEMM: install g++, or set CXX"
-    try:
-        path = _build(cxx)
-        lib = ctypes.CDLL(str(path))
-        lib.plaudit_gemm_abi.restype = ctypes.c_int
-        abi = lib.plaudit_gemm_abi()
-        if abi != ABI:
-            return f"{path} has ABI {abi} where this plaudit needs {ABI}: delete that file"
-        return NativeGemm(lib, path)
-    except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
-        return f"building the native GEMM into {build_dir()} failed: {e}"
+    lib: ctypes.CDLL | None = None
+    for attempt in range(2):
+        try:
+            path = _build(cxx)
+        except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
+            return f"building the native GEMM into {build_dir()} failed: {e}"
+        try:
+            lib = ctypes.CDLL(str(path))
+            lib.plaudit_gemm_abi.restype = ctypes.c_int
+            break
+        except (OSError, AttributeError) as e:  # a damaged cached file: rebuild it once
+            if attempt:
+                return f"cannot load the native GEMM {path} ({e}): delete {path.parent}"
+            path.unlink(missing_ok=True)
+    assert lib is not None
+    abi = lib.plaudit_gemm_abi()
+    if abi != ABI:
+        return f"{path} has ABI {abi} where this plaudit needs {ABI}: delete {path.parent}"
+    return NativeGemm(lib, path)
 
 
 def native_gemm() -> NativeGemm | None:

@@ -136,3 +136,25 @@ def test_a_cpu_without_avx2_is_reported(fresh_build: Path, monkeypatch: pytest.M
     monkeypatch.setattr(_native.platform, "system", lambda: "Linux")
     assert native_gemm() is None
     assert "lacks avx2" in (native_gemm_unavailable() or "")
+
+
+@needs_native
+def test_a_damaged_cached_library_is_rebuilt(
+    fresh_build: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Another name for the compiler gives another cache path: one this process has not
+    # loaded (dlopen would hand back a loaded library without reading the file).
+    real = _native._compiler()
+    assert real is not None
+    alias = tmp_path / "c++-alias"
+    alias.symlink_to(real)
+    monkeypatch.setenv("CXX", str(alias))
+    damaged = _native.library_path(str(alias))
+    assert damaged.parent.parent == fresh_build
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"\x7fELF but cut short")  # what a crash or a failing disk could leave
+    native = native_gemm()
+    assert native is not None and native.path == damaged
+    assert damaged.stat().st_size > 1000  # rebuilt in place
+    x, w = torch.randn(3, 16), torch.randn(8, 16)
+    torch.testing.assert_close(native.linear(x, native.pack(w.t()), 8), x @ w.t())
