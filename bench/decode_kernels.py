@@ -1,12 +1,12 @@
 """The GEMM kernels the CPU engine can decode with, on this machine: the engine's own
 `DecodeLinear` unpacked (a matmul against the transposed weight) and packed with each kernel
-this torch has (MKL's packed SGEMM, oneDNN's inner product), at a few rows, over SmolLM2-135M's
+available here (plaudit's native GEMM, MKL's packed SGEMM, oneDNN's inner product), at a few rows, over SmolLM2-135M's
 shapes (30 layers of weights, cycled, so they stream from memory as in decoding).
 
     python bench/decode_kernels.py --json
     python bench/decode_kernels.py --rows 1,8 --threads 2
 
-Prints microseconds per model-sized pass (all 30 layers' linears + the head) for each kernel,
+Prints milliseconds per model-sized pass (best of the repeats) (all 30 layers' linears + the head) for each kernel,
 and the CPU it ran on. The engine's choice of kernel (learner/_decode.py) rests on these."""
 
 from __future__ import annotations

@@ -53,10 +53,10 @@ def packed_kernel() -> PackedKernel | None:
     elsewhere (oneDNN's where it does not build). `bench/decode_kernels.py` (SmolLM2's 30
     layers + head, 2 threads): on a Xeon (AVX-512) at 8 rows MKL 33.0 ms, oneDNN 42.5, plain
     matmul 39.2 (the native kernel not measured there); on an AMD EPYC (AVX2), where MKL runs
-    slower code paths, native 45.7 ms, oneDNN 66.9, MKL 126.3, matmul 138.6 at 8 rows, and
-    native 29.3 against matmul 48.1 at 1 row. A fixed rule, not a timing at start-up, so a
-    seed gives the same samples on every run of a machine. PLAUDIT_DECODE_KERNEL=native|mkl|
-    onednn|none overrides it."""
+    slower code paths, one run of `--rows 1,8,12,16 --repeats 9`: native 57.0 ms, oneDNN
+    66.4, MKL 122.4, matmul 139.2 at 8 rows; native 34.6, oneDNN 57.0, matmul 58.5 at 1 row.
+    A fixed rule, not a timing at start-up, so a seed gives the same samples on every run of a
+    machine. PLAUDIT_DECODE_KERNEL=native|mkl|onednn|none overrides it."""
     choice = os.environ.get(KERNEL_ENV, "").strip().lower()
     if choice == "none":
         return None

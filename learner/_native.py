@@ -41,8 +41,8 @@ _i64, _int, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
 
 
 class NativeGemm:
-    """The loaded library: `pack` a weight once, then `linear` any number of rows up to
-    `MAX_ROWS` against it."""
+    """The loaded library: `pack` a weight once, then `linear` any number of rows against it
+    (it pays from 1 to `MAX_ROWS` rows, which one pass over the weights serves)."""
 
     def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
         self.path = path

@@ -6,8 +6,9 @@
 // how fast the weights stream from memory, not by arithmetic. The weight is packed once into
 // panels of 8 output columns, each panel (K, 8) contiguous, so every panel is one sequential
 // stream, read from memory once per call (up to 12 rows are computed in one pass over it; more
-// rows take more passes, the later ones from cache). Each output is one fused multiply-add chain over k = 0..K-1 starting from 0, in
-// every code path below: a row's result has the same bits whatever M and the other rows are.
+// rows take more passes, the later ones from cache). Each output is one fused multiply-add
+// chain over k = 0..K-1 starting from 0, in every code path below: a row's result has the same
+// bits whatever M and the other rows are.
 //
 // Threads: an OpenMP loop over groups of panels. Loaded into a process where torch has already
 // loaded its libgomp.so.1, this library binds to that same runtime (one thread pool, no fight);
