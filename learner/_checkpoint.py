@@ -4,88 +4,46 @@
     RUN/checkpoints/step-00000500/    a plaudit model folder (save_model) + trainer_state.pt
     RUN/best/                         the same, for the lowest validation loss so far
 
-A checkpoint is written into a hidden temporary folder, every file fsynced, then renamed into
-place (and the parent folder fsynced), so a crash or `kill -9` leaves either the old set of
+A checkpoint is written with `plaudit.state.atomic_folder` (a hidden temporary folder, every
+file fsynced, then renamed into place), so a crash or `kill -9` leaves either the old set of
 checkpoints or the new one, never a half-written folder. The trainer state is a plain dict
 (optimizer, step, data position, RNG states, best validation loss, config).
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ._errors import CheckpointError
+from plaudit.state import atomic_folder
 
-if TYPE_CHECKING:
-    from ._model import Transformer
-    from ._tokenizer import Tokenizer
+from ._errors import CheckpointError
+from ._load import FOLDER_MANIFEST, write_model_folder
+from ._model import Transformer
+from ._tokenizer import Tokenizer
 
 TRAINER_STATE = "trainer_state.pt"
-MODEL_MARKER = "plaudit_model.json"  # written by save_model
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-def _fsync_tree(path: Path) -> None:
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(root))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic_dir(final: Path, write: Callable[[Path], None]) -> Path:
-    """Run `write(tmp)` into a temporary sibling folder, fsync it, then swap it in as `final`
-    (an existing `final` is replaced; between the two renames it survives as `.old-NAME`)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}"
-    old = final.parent / f".old-{final.name}"
-    for leftover in (tmp, old):
-        if leftover.exists():
-            shutil.rmtree(leftover)
-    tmp.mkdir()
-    write(tmp)
-    _fsync_tree(tmp)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    _fsync_dir(final.parent)
-    if old.exists():
-        shutil.rmtree(old)
-    return final
-
-
-def _write_model_and_state(
+def _save_model_and_state(
     folder: Path,
     *,
     model: Transformer,
     tokenizer: Tokenizer,
-    state: dict[str, Any] | None,
-    weights: dict[str, Tensor] | None = None,
-) -> None:
-    from ._load import save_model
-
-    save_model(folder, model=model, tokenizer=tokenizer, weights=weights)
-    if state is not None:
-        torch.save(state, folder / TRAINER_STATE)
+    state: dict[str, Any],
+    weights: dict[str, Tensor] | None,
+) -> Path:
+    """A model folder plus the trainer state, written atomically as one (replacing `folder`)."""
+    with atomic_folder(folder, replace=True) as tmp:
+        write_model_folder(tmp, model=model, tokenizer=tokenizer, weights=weights)
+        torch.save(state, tmp / TRAINER_STATE)
+    return folder
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -116,12 +74,12 @@ def save_checkpoint(
     replaces the model's own state_dict() (the whole weights gathered from FSDP shards)."""
     if keep < 1:
         raise CheckpointError(f"--keep must be at least 1, got {keep}.")
-    final = run_dir / "checkpoints" / f"step-{step:08d}"
-    write_atomic_dir(
-        final,
-        lambda tmp: _write_model_and_state(
-            tmp, model=model, tokenizer=tokenizer, state=state, weights=weights
-        ),
+    final = _save_model_and_state(
+        run_dir / "checkpoints" / f"step-{step:08d}",
+        model=model,
+        tokenizer=tokenizer,
+        state=state,
+        weights=weights,
     )
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old)
@@ -137,11 +95,8 @@ def save_best(
     weights: dict[str, Tensor] | None = None,
 ) -> Path:
     """Replace RUN/best atomically (model folder + the trainer state of that step)."""
-    return write_atomic_dir(
-        run_dir / "best",
-        lambda tmp: _write_model_and_state(
-            tmp, model=model, tokenizer=tokenizer, state=state, weights=weights
-        ),
+    return _save_model_and_state(
+        run_dir / "best", model=model, tokenizer=tokenizer, state=state, weights=weights
     )
 
 
@@ -166,9 +121,9 @@ def resolve_model_dir(path: str | Path) -> Path | None:
     """The model folder a path means: a model folder itself, or a run folder (its best/, else
     its newest checkpoint). None when the path is neither (e.g. a preset or "smollm2")."""
     p = Path(path)
-    if (p / MODEL_MARKER).is_file():
+    if (p / FOLDER_MANIFEST).is_file():
         return p
-    if (p / "best" / MODEL_MARKER).is_file():
+    if (p / "best" / FOLDER_MANIFEST).is_file():
         return p / "best"
     newest = latest_checkpoint(p)
     return newest if newest is not None else None

@@ -392,6 +392,21 @@ def split_validation(
 # --- tokenize and pack ---------------------------------------------------------------------
 
 
+def sample_prompts(
+    val_examples: Sequence[Example], n: int, *, tokenizer: TextTokenizer | None = None
+) -> list[str]:
+    """Fixed prompts for samples at each evaluation: the prompts of held-out conversations
+    (chat-templated when `tokenizer` is given), or the first two words of held-out posts."""
+    prompts = []
+    for ex in val_examples[:n]:
+        if ex.fmt == "text":
+            prompts.append(" ".join(ex.turns[0][1].split()[:2]))
+        else:
+            segments = ex.segments() if tokenizer is None else ex.chat_segments(tokenizer)
+            prompts.append(segments[0][0])
+    return prompts
+
+
 @dataclass
 class TokenizedSet:
     """Per example: token ids (int64) and which targets are trained (bool), same length."""

@@ -24,121 +24,9 @@ from ._decode import (
     decode_kernel,
 )
 from ._errors import ContextLengthError, GenerationInterrupted
+from ._kv_cache import KVCache
 from ._model import Transformer
 from ._native import MAX_ROWS as NATIVE_MAX_ROWS
-
-
-class KVCache:
-    """Keys and values of every layer, allocated up front: (n_layer, B, n_kv_head, max_len, D).
-
-    `pos` columns are filled, the same number in every row; `pad[b]` leading columns of row b
-    are padding. `update` writes a layer's new keys and values at the fill point and returns
-    the filled views; the model calls `advance` once after its last layer."""
-
-    def __init__(
-        self,
-        *,
-        batch_size: int,
-        n_layer: int,
-        n_kv_head: int,
-        head_dim: int,
-        max_len: int,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        assert batch_size > 0 and max_len > 0, (
-            f"a KV cache needs rows and columns, got batch_size {batch_size}, max_len {max_len}"
-        )
-        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.pad = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,)
-        self.pos = 0
-        self.n_layer = n_layer
-        self.max_len = max_len
-
-    @property
-    def batch_size(self) -> int:
-        return self.k.size(1)
-
-    def reset(self) -> None:
-        self.pos = 0
-        self.pad.zero_()
-
-    def set_padding(self, pad: Tensor) -> None:
-        """Declare how many leading columns of each row are padding (before any prefill)."""
-        assert self.pos == 0, "set the padding of an empty cache only: call reset() first"
-        assert pad.shape == self.pad.shape, f"pad must be ({self.batch_size},), got {pad.shape}"
-        self.pad.copy_(pad)
-
-    def prefill(self, other: KVCache, *, rows: Tensor) -> None:
-        """Fill this (empty) cache with `other`'s rows: row b here = row rows[b] there. Used to
-        prefill each distinct prompt once and copy it to its n samples."""
-        assert self.pos == 0, "prefill into an empty cache only: call reset() first"
-        assert other.pos <= self.max_len, (
-            f"the source cache holds {other.pos} columns, this one has room for {self.max_len}"
-        )
-        assert rows.numel() == self.batch_size, (
-            f"need one source row per row ({self.batch_size}), got {rows.numel()}"
-        )
-        assert self.k.shape[0::2] == other.k.shape[0::2], (
-            f"caches differ in layers, heads or head_dim: "
-            f"{tuple(self.k.shape)} vs {tuple(other.k.shape)}"
-        )
-        n = other.pos
-        self.k[:, :, :, :n] = other.k[:, rows, :, :n]
-        self.v[:, :, :, :n] = other.v[:, rows, :, :n]
-        self.pad.copy_(other.pad[rows])
-        self.pos = n
-
-    def positions(self, T: int) -> Tensor:
-        """Positions (B, T) of T tokens about to be written; padding columns clamp to 0."""
-        cols = torch.arange(self.pos, self.pos + T, device=self.pad.device)  # (T,)
-        return (cols[None, :] - self.pad[:, None]).clamp(min=0)  # (B, T)
-
-    def attention_mask(self, T: int) -> Tensor | None:
-        """Boolean mask (B, 1, T, pos + T) for T new tokens, True = attend; None when a plain
-        causal (fresh, unpadded) or unmasked (one token, unpadded) attention is exact."""
-        if not bool(self.pad.any()) and (T == 1 or self.pos == 0):
-            return None
-        q = torch.arange(self.pos, self.pos + T, device=self.pad.device)[:, None]  # (T, 1)
-        k = torch.arange(self.pos + T, device=self.pad.device)[None, :]  # (1, Tk)
-        causal = k <= q  # (T, Tk)
-        # A padding query attends to itself only, so its (unused) output is finite, not NaN.
-        real = (k[None] >= self.pad[:, None, None]) | (k == q)[None]  # (B, T, Tk)
-        return (causal[None] & real).unsqueeze(1)  # (B, 1, T, Tk)
-
-    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write k, v (B, n_kv_head, T, D) of `layer` at the fill point; return the filled
-        keys and values (B, n_kv_head, pos + T, D) as views (no copy)."""
-        T = k.size(2)
-        assert 0 <= layer < self.n_layer, f"layer {layer} out of range (cache has {self.n_layer})"
-        assert self.pos + T <= self.max_len, (
-            f"KV cache full: {self.pos} columns filled + {T} new > capacity {self.max_len}"
-        )
-        end = self.pos + T
-        self.k[layer, :, :, self.pos : end] = k
-        self.v[layer, :, :, self.pos : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-
-    def keep(self, rows: Tensor) -> None:
-        """Drop every row but `rows` (finished samples stop costing compute)."""
-        assert rows.dim() == 1 and 0 < rows.numel() <= self.batch_size, (
-            f"keep needs 1..{self.batch_size} row indices, got shape {tuple(rows.shape)}"
-        )
-        n = self.pos
-        k = self.k.new_empty((self.n_layer, rows.numel(), *self.k.shape[2:]))
-        v = self.v.new_empty((self.n_layer, rows.numel(), *self.v.shape[2:]))
-        k[:, :, :, :n] = self.k[:, rows, :, :n]
-        v[:, :, :, :n] = self.v[:, rows, :, :n]
-        self.k, self.v, self.pad = k, v, self.pad[rows]
-
-    def advance(self, T: int) -> None:
-        assert self.pos + T <= self.max_len, (
-            f"cannot advance past capacity: {self.pos} + {T} > {self.max_len}"
-        )
-        self.pos += T
-
 
 # --- sampling --------------------------------------------------------------------------------
 
@@ -285,7 +173,7 @@ def sample_tokens(
     """Sample one token per row of fp32 logits (B, V) given uniforms (B, 1) in [0, 1); return
     tokens (B,) and their logprobs (B,) under the distribution sampled from. Inverse-CDF
     sampling (cumsum + searchsorted) over the candidates only: on a 49k vocabulary
-    `torch.multinomial` costs ~0.9 ms per row (DESIGN.md)."""
+    `torch.multinomial` measured ~0.9 ms per row on the development CPU."""
     if sampling.temperature == 0:
         tokens = logits.argmax(dim=-1)  # (B,)
         logp = F.log_softmax(logits, dim=-1)  # (B, V)

@@ -231,36 +231,6 @@ class EvalReport:
         return out
 
 
-def generate(
-    model: Transformer,
-    tokenizer: Tokenizer,
-    prompts: Sequence[str],
-    *,
-    max_new_tokens: int,
-    seed: int,
-    temperature: float = 0.8,
-    top_p: float | None = 0.95,
-) -> list[str]:
-    """One continuation per prompt (text of the new tokens, stop token left out)."""
-    from ._engine import Engine, SamplingConfig
-
-    bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
-    ids = [bos + tokenizer.encode(p) for p in prompts]
-    ids = [p if p else [tokenizer.eos_id or 0] for p in ids]
-    sampling = SamplingConfig(
-        temperature=temperature,
-        top_p=top_p,
-        max_new_tokens=max_new_tokens,
-        stop_tokens=tuple(tokenizer.stop_ids),
-        seed=seed,
-    )
-    out = Engine(model=model).generate(ids, n=1, sampling=sampling)
-    stops = set(tokenizer.stop_ids)
-    return [
-        tokenizer.decode([t for t in s.tokens if t not in stops], skip_special=True) for s in out
-    ]
-
-
 def evaluate(
     *,
     model: Transformer,
@@ -279,7 +249,8 @@ def evaluate(
     """Evaluate `model` on held-out `val` (loss, samples, text metrics) and check its samples
     against the `train` posts for copying."""
     from ._distributed import DistInfo
-    from ._train import evaluate_loss, sample_prompts
+    from ._generate import sample_continuations
+    from ._train import evaluate_loss
 
     device = next(model.parameters()).device
     val_loss = None
@@ -298,8 +269,10 @@ def evaluate(
     pool = list(val) or list(train)
     chosen = [pool[i % len(pool)] for i in range(n_samples)]
     chat_tok = tokenizer if chat_template else None
-    prompts = [sample_prompts([ex], 1, tokenizer=chat_tok)[0] for ex in chosen]
-    continuations = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed)
+    prompts = [_data.sample_prompts([ex], 1, tokenizer=chat_tok)[0] for ex in chosen]
+    continuations = sample_continuations(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed
+    )
     # A post's continuation brings its own leading space (or continues the prompt's last word).
     posts = [
         ((p + c).strip() if ex.fmt == "text" else c.strip())

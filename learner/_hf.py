@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from plaudit.state import StateError, atomic_folder
+
 from ._errors import ModelExportError, ModelLoadError
-from ._load import atomic_folder
 from ._model import ModelConfig, Transformer
 from ._tokenizer import Tokenizer
 
@@ -287,15 +288,18 @@ def export_hf(
         "eos_token_id": eos,
         "pad_token_id": tokenizer.pad_id,
     }
-    with atomic_folder(path, overwrite=overwrite) as tmp:
-        save_file(
-            {k: v.contiguous() for k, v in tensors.items()},
-            str(tmp / "model.safetensors"),
-            metadata={"format": "pt"},
-        )
-        _write_json(tmp / "config.json", hf_cfg)
-        _write_json(tmp / "generation_config.json", generation)
-        tokenizer.save(tmp, model_max_length=config.max_seq_len)
+    try:
+        with atomic_folder(path, replace=overwrite) as tmp:
+            save_file(
+                {k: v.contiguous() for k, v in tensors.items()},
+                str(tmp / "model.safetensors"),
+                metadata={"format": "pt"},
+            )
+            _write_json(tmp / "config.json", hf_cfg)
+            _write_json(tmp / "generation_config.json", generation)
+            tokenizer.save(tmp, model_max_length=config.max_seq_len)
+    except StateError as e:  # a LearnerError, which the CLI reports as one line
+        raise ModelExportError(str(e)) from e
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -15,15 +15,10 @@ plaudit model folder keyed by the file's sha256, and later loads read that inste
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import importlib.util
 import json
-import os
-import shutil
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,14 +29,15 @@ from filelock import FileLock
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ._errors import ChecksumError, ModelExportError, ModelLoadError
+from plaudit.state import atomic_folder
+
+from ._errors import ChecksumError, ModelLoadError
 from ._model import ModelConfig, Transformer
 from ._tokenizer import Tokenizer
 
 __all__ = [
     "SMOLLM2_SHA256",
     "LoadedModel",
-    "atomic_folder",
     "build_model",
     "default_cache_dir",
     "load_model",
@@ -120,8 +116,8 @@ def save_model(
     """Write `model` and `tokenizer` as a plaudit model folder at `path`, replacing any folder
     there. It is written beside `path` and renamed into place, so readers (and a crash) never
     see it half-written."""
-    with atomic_folder(path, overwrite=True) as tmp:
-        _write_folder(tmp, model=model, tokenizer=tokenizer, weights=weights)
+    with atomic_folder(path, replace=True) as tmp:
+        write_model_folder(tmp, model=model, tokenizer=tokenizer, weights=weights)
 
 
 def smollm2_path() -> Path:
@@ -141,78 +137,15 @@ def smollm2_path() -> Path:
     return path
 
 
-@contextlib.contextmanager
-def atomic_folder(path: Path, *, overwrite: bool) -> Iterator[Path]:
-    """Yield an empty temporary folder beside `path`; on success it replaces `path`.
-
-    Without `overwrite`, a `path` that exists and is not empty is an error (checked before
-    anything is written). On failure the temporary folder is removed and `path` is untouched."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ModelExportError(f"{path} exists and is a file; give a folder path.")
-    if not overwrite and path.is_dir() and any(path.iterdir()):
-        raise ModelExportError(
-            f"{path} is not empty; choose a new folder or allow overwriting (--force)."
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    tmp.mkdir()
-    try:
-        yield tmp
-        _publish_tree(tmp)
-        if path.is_dir():
-            old = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.old"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
-
 def default_cache_dir() -> Path:
     """Where converted models are cached when the caller has no state folder of its own."""
     return platformdirs.user_cache_path("plaudit") / "models"
 
 
-def _publish_tree(root: Path) -> None:
-    """Make a finished folder readable as the umask allows (safetensors writes files 0600) and
-    flush it to disk, so the rename that follows never exposes missing data after a crash."""
-    mask = _umask()
-    for file in root.rglob("*"):
-        if file.is_file():
-            file.chmod(0o666 & ~mask)
-            with file.open("rb") as f:
-                os.fsync(f.fileno())
-    root.chmod(0o777 & ~mask)
-    _fsync_dir(root)
-
-
-def _umask() -> int:
-    # Linux shows it without changing it; os.umask() can only read by setting (racy in threads).
-    with contextlib.suppress(OSError, StopIteration, ValueError):
-        status = Path("/proc/self/status").read_text().splitlines()
-        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # --- plaudit model folders -------------------------------------------------------------------
 
 
-def _write_folder(
+def write_model_folder(
     path: Path,
     *,
     model: Transformer,
@@ -220,7 +153,9 @@ def _write_folder(
     extra: dict[str, Any] | None = None,
     weights: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """`weights` stands in for model.state_dict() (the whole of a sharded model's weights)."""
+    """Write the files of a plaudit model folder into the existing folder `path` (not
+    atomically: callers write into `atomic_folder`'s temporary folder). `weights` stands in for
+    model.state_dict() (the whole of a sharded model's weights)."""
     manifest = {"format": FOLDER_FORMAT, "version": FOLDER_VERSION}
     manifest |= {"config": model.config.to_dict()} | (extra or {})
     source = weights if weights is not None else model.state_dict()
@@ -342,8 +277,8 @@ def _load_gguf(path: Path, *, cache_dir: Path | None, sha256: str | None) -> Loa
     with FileLock(str(cached) + ".lock"):
         if not (cached / FOLDER_MANIFEST).is_file():
             loaded = _convert_gguf(path)
-            with atomic_folder(cached, overwrite=True) as tmp:
-                _write_folder(
+            with atomic_folder(cached, replace=True) as tmp:
+                write_model_folder(
                     tmp,
                     model=loaded.model,
                     tokenizer=loaded.tokenizer,

@@ -9,11 +9,16 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-from ._engine import Engine, SamplingConfig
-from ._load import LoadedModel, load_model, save_model
+from plaudit.state import atomic_folder
+
+from ._engine import SamplingConfig
+from ._errors import ModelLoadError
+from ._generate import generate_text
+from ._load import LoadedModel, load_model, write_model_folder
 from ._model import Transformer
 from ._online import OnlineUpdateConfig, Trajectory, UpdateStats, policy_update, sequence_logprobs
 from ._tokenizer import Tokenizer
@@ -93,6 +98,12 @@ class Policy:
         return policy
 
     @property
+    def device(self) -> Literal["cpu", "cuda"]:
+        """The kind of device the weights live on, as training's `device` option names it (an
+        offline fit of this policy trains there)."""
+        return "cuda" if next(self.model.parameters()).is_cuda else "cpu"
+
+    @property
     def optimizer(self) -> torch.optim.Optimizer:
         if self._optimizer is None:
             self._optimizer = self.model.configure_optimizer(
@@ -120,34 +131,25 @@ class Policy:
         sampling: SamplingConfig,
         should_stop: Callable[[], bool] | None = None,
     ) -> list[Candidate]:
-        """n candidates per prompt, each with the behaviour logprobs the online update needs."""
-        tok = self.tokenizer
-        add_bos = tok.bos_id is not None and tok.chat_template is None
-        start = tok.bos_id if tok.bos_id is not None else tok.eos_id
-        prompt_ids = [
-            tok.encode(p, add_bos=add_bos) or ([start] if start is not None else [])
-            for p in prompts
-        ]
-        stops = tuple(sorted(set(sampling.stop_tokens) | set(tok.stop_ids)))
-        sampling = SamplingConfig(
-            temperature=sampling.temperature,
-            top_k=sampling.top_k,
-            top_p=sampling.top_p,
-            max_new_tokens=sampling.max_new_tokens,
-            stop_tokens=stops,
-            seed=sampling.seed,
-        )
+        """n candidates per prompt, each with the behaviour logprobs the online update needs.
+        Prompts are encoded and sampled by `generate_text`, like every other generation."""
         self.model.eval()
         # The behaviour logprobs below are recomputed in float32 whatever the engine's dtype.
-        samples = Engine(model=self.model, dtype=self.generation_dtype).generate(
-            prompt_ids, n=n, sampling=sampling, should_stop=should_stop
+        samples = generate_text(
+            model=self.model,
+            tokenizer=self.tokenizer,
+            prompts=prompts,
+            n=n,
+            sampling=sampling,
+            dtype=self.generation_dtype,
+            should_stop=should_stop,
         )
         completions: list[list[int]] = []
         for s in samples:
             completions.append(s.tokens if s.finished else self._cut_at_sentence_end(s.tokens))
         behaviour = sequence_logprobs(
             self.model,
-            [prompt_ids[s.prompt_index] for s in samples],
+            [s.prompt_tokens for s in samples],
             completions,
             temperature=sampling.temperature or 1.0,
         )
@@ -156,8 +158,8 @@ class Policy:
             out.append(
                 Candidate(
                     prompt=prompts[s.prompt_index],
-                    prompt_tokens=prompt_ids[s.prompt_index],
-                    text=tok.decode(comp, skip_special=True).strip(),
+                    prompt_tokens=s.prompt_tokens,
+                    text=self.tokenizer.decode(comp, skip_special=True).strip(),
                     tokens=comp,
                     logprobs=lps,
                     finished=s.finished,
@@ -197,14 +199,36 @@ class Policy:
         return stats
 
     def save(self, folder: Path) -> None:
-        """A plaudit model folder plus the online optimizer state, written atomically."""
-        save_model(folder, model=self.model, tokenizer=self.tokenizer)
-        if self._optimizer is not None:
-            tmp = folder / f".{OPTIMIZER_FILE}.tmp"
-            torch.save(self._optimizer.state_dict(), tmp)
-            tmp.replace(folder / OPTIMIZER_FILE)
+        """A plaudit model folder plus the online optimizer state, written atomically as one
+        (replacing `folder`)."""
+        with atomic_folder(folder, replace=True) as tmp:
+            write_model_folder(tmp, model=self.model, tokenizer=self.tokenizer)
+            if self._optimizer is not None:
+                torch.save(self._optimizer.state_dict(), tmp / OPTIMIZER_FILE)
 
     def reset_reference(self) -> None:
-        """Anchor to the current weights (after an offline fit: the community's style)."""
+        """Anchor to the current weights (after an offline fit: the community's style). The
+        online optimizer starts afresh: its moments belong to the old anchor."""
         self.reference = copy.deepcopy(self.model).requires_grad_(False).eval()
         self._optimizer = None
+
+    def adopt(self, model_dir: Path) -> int:
+        """Take the weights of the plaudit model folder `model_dir` (an offline fit's best
+        model, same architecture and tokenizer) as the current weights, anchor the KL
+        reference to them (`reset_reference`) and return the new, bumped version.
+
+        The weights are copied into the existing model, so its device and dtype stay and any
+        engine built later samples the new weights; a folder of another shape raises
+        `ModelLoadError` and leaves the policy as it was."""
+        weights = load_model(model_dir).model.state_dict()
+        own = self.model.state_dict()
+        # Checked first: load_state_dict would copy the matching tensors before it raised.
+        if {k: v.shape for k, v in weights.items()} != {k: v.shape for k, v in own.items()}:
+            raise ModelLoadError(
+                f"{model_dir} holds another architecture than the policy's model; adopt only "
+                f"model folders trained from this policy."
+            )
+        self.model.load_state_dict(weights)
+        self.reset_reference()
+        self.version += 1
+        return self.version

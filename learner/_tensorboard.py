@@ -14,10 +14,8 @@ import socket
 import struct
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ._train import StepRecord
+from ._step_record import StepRecord
 
 
 def _crc32c_table() -> list[int]:

@@ -90,8 +90,8 @@ class Tokenizer:
         self.pad_token = pad_token
         self.unk_token = unk_token
         self.chat_template = chat_template
-        # Whether the model was trained on texts that start with BOS (Llama 2/3 yes, SmolLM2 no):
-        # callers building prompts pass `encode(text, add_bos=tok.add_bos_token)`.
+        # Whether the model was pretrained on texts that start with BOS (Llama 2/3 yes, SmolLM2
+        # no), kept for export; prompts follow plaudit's own rule (`_generate.encode_prompts`).
         self.add_bos_token = add_bos_token
         self.bos_id = self._id_of(bos_token, "bos_token")
         self.eos_id = self._id_of(eos_token, "eos_token")

@@ -43,6 +43,7 @@ from ._errors import (
     TrainingError,
     TrainingMemoryError,
 )
+from ._step_record import StepRecord
 
 if TYPE_CHECKING:
     from ._model import Transformer
@@ -116,22 +117,6 @@ class OfflineTrainConfig(BaseModel):
     samples: int = Field(default=3, ge=0)  # fixed prompts sampled at each evaluation
     sample_tokens: int = Field(default=40, ge=1)
     tensorboard: Path | None = None
-
-
-@dataclass(frozen=True)
-class StepRecord:
-    """One optimizer step, as reported to `on_step` (val_loss only on evaluation steps)."""
-
-    step: int  # steps done, 1-based
-    epoch: int
-    loss: float
-    lr: float
-    grad_norm: float
-    tokens_per_s: float
-    tokens: int  # input tokens seen so far
-    elapsed_s: float
-    val_loss: float | None = None
-    samples: tuple[str, ...] = ()
 
 
 @dataclass
@@ -348,7 +333,7 @@ def fit(
     dist = dist or distributed.DistInfo(device=distributed.pick_device(cfg.device))
     device = dist.device
     check_precision(cfg.precision, device)
-    torch.set_flush_denormal(True)  # 3-8x faster fp32 training on this CPU (DESIGN.md)
+    torch.set_flush_denormal(True)  # fp32 training measured 3-8x faster on the dev CPU
 
     # 1) schedule: steps, learning rate, warmup
     steps_per_epoch = train.steps_per_epoch
@@ -612,12 +597,14 @@ def _samples(
     """A few samples from fixed prompts with a fixed seed, so evaluations compare like with like."""
     if not prompts or cfg.samples == 0 or not dist.is_main or cfg.fsdp:
         return ()
-    from ._eval import generate
+    from ._generate import sample_continuations
 
     was_training = model.training
     model.eval()
     chosen = prompts[: cfg.samples]
-    out = generate(model, tokenizer, chosen, max_new_tokens=cfg.sample_tokens, seed=cfg.seed)
+    out = sample_continuations(
+        model, tokenizer, chosen, max_new_tokens=cfg.sample_tokens, seed=cfg.seed
+    )
     model.train(was_training)
     return tuple(f"{p}|{c}" for p, c in zip(chosen, out, strict=True))
 
@@ -706,21 +693,6 @@ def prepare_data(
         val_examples=val_ex,
         stats=stats,
     )
-
-
-def sample_prompts(
-    val_examples: list[_data.Example], n: int, *, tokenizer: Tokenizer | None = None
-) -> list[str]:
-    """Fixed prompts for samples at each evaluation: the prompts of held-out conversations
-    (chat-templated when `tokenizer` is given), or the first two words of held-out posts."""
-    prompts = []
-    for ex in val_examples[:n]:
-        if ex.fmt == "text":
-            prompts.append(" ".join(ex.turns[0][1].split()[:2]))
-        else:
-            segments = ex.segments() if tokenizer is None else ex.chat_segments(tokenizer)
-            prompts.append(segments[0][0])
-    return prompts
 
 
 def _check_resume_compatible(state: dict[str, Any], cfg: OfflineTrainConfig, world: int) -> None:
@@ -880,7 +852,7 @@ def train_offline(
             on_step=on_step,
             stop=stop,
             log=log if dist.is_main else _null_log,
-            sample_prompts=sample_prompts(
+            sample_prompts=_data.sample_prompts(
                 data.val_examples, cfg.samples, tokenizer=tokenizer if data.chat else None
             ),
             fine_tune=fine_tune,

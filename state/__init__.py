@@ -7,7 +7,12 @@ from plaudit.state._errors import (
     StateError,
     StoreLocked,
 )
-from plaudit.state._files import atomic_dir, atomic_write_bytes, atomic_write_text
+from plaudit.state._files import (
+    atomic_folder,
+    atomic_write_bytes,
+    atomic_write_text,
+    fsync_dir,
+)
 from plaudit.state._lock import StateLock
 from plaudit.state._store import (
     SCHEMA_VERSION,
@@ -45,7 +50,8 @@ __all__ = [
     "TrainingMode",
     "TrainingRun",
     "TrainingState",
-    "atomic_dir",
+    "atomic_folder",
     "atomic_write_bytes",
     "atomic_write_text",
+    "fsync_dir",
 ]

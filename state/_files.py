@@ -1,22 +1,29 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of either.
+"""Atomic files and folders: a reader sees the old version or the new one, never half of either.
 
-Write to a temporary sibling, fsync it, rename over the target, fsync the folder. A crash at
-any point leaves the previous version intact (and at worst a stray ``.tmp-*`` file)."""
+Write to a temporary sibling, fsync it, rename over the target, fsync the parent folder. A
+crash at any point leaves the previous version intact and at worst a stray ``.tmp-*`` sibling
+(a folder's is cleared by the next write of that folder)."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
+import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from plaudit.state._errors import DiskFull, StateError
 
+# What follows `.tmp-NAME-` / `.old-NAME-`: the writer's pid, then a random tag (no hyphen).
+_LEFTOVER_TAIL = re.compile(r"(\d+)-[a-z0-9_]+")
 
-def _fsync_dir(folder: Path) -> None:
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (the names renamed into it) to disk."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -42,7 +49,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -54,27 +61,45 @@ def atomic_write_text(path: Path, text: str, *, mode: int = 0o644) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: Path, *, replace: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder to fill; on success it is fsynced and renamed to ``path``.
+def atomic_folder(path: Path, *, replace: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path`` to fill; when the block ends without an
+    exception, every file and folder in it is fsynced and it is renamed to ``path``.
 
-    With ``replace`` an existing ``path`` is swapped out (renamed aside, then removed); without
-    it an existing ``path`` is an error, so nothing is ever overwritten by surprise."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and not replace:
-        raise StateError(f"{path} already exists: remove it or choose another folder")
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+    Without ``replace``, a ``path`` that holds anything is an error, raised before the block
+    runs, so nothing is overwritten by surprise (an empty folder holds nothing to lose). With
+    it, an existing ``path`` is renamed aside, the new folder renamed in, the old one removed.
+    On any failure the temporary folder is removed and ``path`` is untouched. The result gets
+    the permissions a plain ``mkdir``/``open`` would give (the temporary folder is created
+    0700, and some writers, safetensors among them, create files 0600).
+
+    Temporary names carry the writer's pid: leftovers of a writer that is gone (killed mid-way)
+    are cleared on the next write of ``path``, and if the kill fell between the two renames the
+    old version is put back first."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _clear_leftovers(path)  # first: it may put the previous version back
+    except OSError as exc:
+        raise _translate(exc, path) from exc
+    if path.exists() and not path.is_dir():
+        raise StateError(f"{path} exists and is a file: give a folder path")
+    if not replace and path.is_dir() and any(path.iterdir()):
+        raise StateError(
+            f"{path} already exists and is not empty: remove it or choose another folder"
+        )
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-{os.getpid()}-", dir=path.parent))
+    except OSError as exc:
+        raise _translate(exc, path) from exc
     try:
         yield tmp
-        for root, _dirs, files in os.walk(tmp):
-            for name in files:
-                with open(os.path.join(root, name), "rb") as fh:
-                    os.fsync(fh.fileno())
+        _publish(tmp)
         old = None
-        if path.exists():
-            old = path.with_name(f".old-{path.name}-{os.getpid()}")
+        if path.is_dir():
+            old = path.with_name(f".old-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
             os.replace(path, old)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except OSError as exc:
@@ -83,3 +108,52 @@ def atomic_dir(path: Path, *, replace: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _clear_leftovers(path: Path) -> None:
+    """Remove the ``.tmp-``/``.old-`` siblings of ``path`` left by writers that no longer run
+    (an ``.old-`` one is renamed back first when ``path`` itself is missing)."""
+    for kind in (".old-", ".tmp-"):
+        prefix = f"{kind}{path.name}-"
+        for entry in path.parent.iterdir():
+            tail = _LEFTOVER_TAIL.fullmatch(entry.name.removeprefix(prefix))
+            if not entry.name.startswith(prefix) or tail is None or _running(int(tail[1])):
+                continue
+            if kind == ".old-" and not path.exists():
+                os.replace(entry, path)
+            else:
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def _publish(root: Path) -> None:
+    """Give a finished folder ordinary permissions and flush all of it to disk, so the rename
+    that follows never exposes missing data after a crash."""
+    mask = _umask()
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            file = Path(folder, name)
+            file.chmod(0o666 & ~mask)
+            with file.open("rb") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(Path(folder))
+    root.chmod(0o777 & ~mask)
+
+
+def _umask() -> int:
+    # Linux shows it without changing it; os.umask() can only read by setting (racy in threads).
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -108,6 +108,21 @@ def test_empty_prompt_starts_from_bos(tokenizer: Tokenizer) -> None:
         encode_prompts(tokenizer)
 
 
+def test_one_bos_rule_for_texts_templates_and_empty_prompts(tokenizer: Tokenizer) -> None:
+    bos = tokenizer.bos_id
+    assert bos is not None and not tokenizer.add_bos_token
+    # BOS first, as training lays texts out, whatever add_bos_token says.
+    assert encode_prompts(tokenizer, prompts=["the cat"]) == [[bos, *tokenizer.encode("the cat")]]
+    conv = [{"role": "user", "content": "hello"}]
+    (chat,) = encode_prompts(tokenizer, messages=[conv])
+    assert chat[0] == bos and chat[1] != bos  # the template writes BOS: no second one
+    rendered = tokenizer.apply_chat_template(conv)  # what Policy.render_prompt hands over
+    assert encode_prompts(tokenizer, prompts=[rendered]) == [chat]
+    no_bos = Tokenizer(backend=tokenizer.backend, eos_token="<|eos|>")
+    assert encode_prompts(no_bos, prompts=["the"]) == [no_bos.encode("the")]
+    assert encode_prompts(no_bos, prompts=[""]) == [[no_bos.eos_id]]  # where a new text begins
+
+
 def test_models_lists_every_preset_with_its_count() -> None:
     code, out, _ = cli("models", "--json")
     assert code == 0

@@ -27,7 +27,7 @@ from plaudit.state import (
     StoreLocked,
     TrainingMode,
     TrainingState,
-    atomic_dir,
+    atomic_folder,
     atomic_write_text,
 )
 
@@ -198,16 +198,42 @@ def test_atomic_write_and_dir(tmp_path: Path) -> None:
     assert target.read_text() == "two"
     assert [p.name for p in target.parent.iterdir()] == ["f.txt"]
     ckpt = tmp_path / "ckpt"
-    with atomic_dir(ckpt) as tmp:
+    with atomic_folder(ckpt) as tmp:
         (tmp / "w.bin").write_bytes(b"1")
     assert (ckpt / "w.bin").read_bytes() == b"1"
-    with pytest.raises(StateError, match="already exists"), atomic_dir(ckpt):
+    with pytest.raises(StateError, match="already exists"), atomic_folder(ckpt):
         pass
-    with pytest.raises(RuntimeError), atomic_dir(ckpt, replace=True) as tmp:
+    with pytest.raises(RuntimeError), atomic_folder(ckpt, replace=True) as tmp:
         (tmp / "w.bin").write_bytes(b"2")
         raise RuntimeError("crash mid-write")
     assert (ckpt / "w.bin").read_bytes() == b"1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "ckpt"]
+
+
+def test_atomic_folder_clears_what_a_killed_writer_left(tmp_path: Path) -> None:
+    dead = int(subprocess.check_output([sys.executable, "-c", "import os; print(os.getpid())"]))
+    # Killed mid-write of "m": its temporary folder. Killed between the two renames of "n":
+    # its previous version renamed aside, the new one not yet in place.
+    (tmp_path / f".tmp-m-{dead}-abc123").mkdir()
+    old_n = tmp_path / f".old-n-{dead}-abc123"
+    old_n.mkdir()
+    (old_n / "w.bin").write_bytes(b"old")
+    live = tmp_path / f".tmp-m-{os.getpid()}-abc123"  # a running writer's: left alone
+    live.mkdir()
+    (tmp_path / "m").mkdir()  # an empty folder holds nothing to lose: no error
+    with atomic_folder(tmp_path / "m") as tmp:
+        (tmp / "w.bin").write_bytes(b"1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, old_n.name, "m"])
+    with pytest.raises(StateError, match="already exists"), atomic_folder(tmp_path / "n"):
+        pass  # the previous version of "n" was put back first
+    assert (tmp_path / "n" / "w.bin").read_bytes() == b"old" and not old_n.exists()
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert (tmp_path / "m").stat().st_mode & 0o777 == 0o777 & ~mask
+    assert (tmp_path / "m" / "w.bin").stat().st_mode & 0o777 == 0o666 & ~mask
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(StateError, match="is a file"), atomic_folder(tmp_path / "f"):
+        pass
 
 
 def test_state_lock_refuses_second_and_takes_over_stale(tmp_path: Path) -> None:

@@ -12,12 +12,13 @@ import pytest
 import torch
 from torch import Tensor
 
+from plaudit.learner import StepRecord
 from plaudit.learner._data import PackedEpochs, examples_from_texts, tokenize
 from plaudit.learner._errors import TrainingMemoryError
 from plaudit.learner._model import ModelConfig, Transformer
 from plaudit.learner._tensorboard import ScalarWriter, _masked_crc, crc32c
 from plaudit.learner._tokenizer import Tokenizer
-from plaudit.learner._train import OfflineTrainConfig, StepRecord, fit
+from plaudit.learner._train import OfflineTrainConfig, fit
 
 
 def test_crc32c_check_value() -> None:
