@@ -1,10 +1,12 @@
-"""plaudit.faces: where posts live. The face interface, its errors and data models, and
-discovery of face plugins through the `plaudit.faces` entry-point group.
+"""plaudit.faces: where posts live. The face interface, its errors and data models, the clock
+faces read time from, and discovery of face plugins through the `plaudit.faces` entry-point
+group (`discover()` -> `FaceRegistry`).
 
 A face plugin subclasses `Face`; see faces/README.md for the guide and
 `plaudit.faces.testing` for the contract test kit."""
 
 from ._api import Face, FaceState, score_reactions
+from ._clock import Clock, SimulatedClock, WallClock, utc_datetime
 from ._errors import (
     AuthFailed,
     FaceConfigError,
@@ -30,9 +32,20 @@ from ._models import (
     ScoreWeights,
     utc_now,
 )
+from ._registry import (
+    FaceRegistry,
+    FaceSpec,
+    FailedFace,
+    InstalledFace,
+    config_error,
+    discover,
+    face_specs,
+    read_face_specs,
+)
 
 __all__: list[str] = [
     "AuthFailed",
+    "Clock",
     "Draft",
     "Face",
     "FaceConfig",
@@ -41,9 +54,13 @@ __all__: list[str] = [
     "FaceInfo",
     "FaceLoadError",
     "FaceNotFound",
+    "FaceRegistry",
+    "FaceSpec",
     "FaceState",
     "FaceStateError",
+    "FailedFace",
     "HistoricalPost",
+    "InstalledFace",
     "Limits",
     "Permanent",
     "Published",
@@ -53,7 +70,14 @@ __all__: list[str] = [
     "Rejected",
     "RequestRate",
     "ScoreWeights",
+    "SimulatedClock",
     "Transient",
+    "WallClock",
+    "config_error",
+    "discover",
+    "face_specs",
+    "read_face_specs",
     "score_reactions",
+    "utc_datetime",
     "utc_now",
 ]

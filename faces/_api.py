@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Generic, Self, TypeVar
 
+from ._clock import Clock, WallClock, utc_datetime
 from ._errors import FaceError, FaceStateError, Rejected
 from ._models import (
     Draft,
@@ -34,7 +35,6 @@ from ._models import (
     Published,
     ReactionSnapshot,
     ScoreWeights,
-    utc_now,
 )
 
 __all__ = ["Face", "FaceState", "score_reactions"]
@@ -75,8 +75,11 @@ class Face(abc.ABC, Generic[ConfigT]):
     Subclass contract:
       - `type_name`: the entry-point name the face is registered under ("mastodon").
       - `Config`: the face's `FaceConfig` subclass; the registry validates raw config with it.
-      - `__init__(*, name, config, state_dir)`: keyword-only; do no I/O here (open clients
-        lazily, on first use), so that constructing a face never fails for network reasons.
+      - `__init__(*, name, config, state_dir, clock=None)`: keyword-only; do no I/O here (open
+        clients lazily, on first use), so that constructing a face never fails for network
+        reasons. A subclass that overrides it passes `clock` on to `super().__init__`.
+      - `clock`: the host's `Clock` (the real time unless a test or benchmark simulates it);
+        read the time and wait through it, never `time.time()`/`asyncio.sleep()` directly.
       - `state_dir`: a folder owned by this instance for whatever must survive a restart
         (sessions, idempotency records); create it when first writing.
     """
@@ -84,7 +87,9 @@ class Face(abc.ABC, Generic[ConfigT]):
     type_name: ClassVar[str]
     Config: ClassVar[type[FaceConfig]]
 
-    def __init__(self, *, name: str, config: ConfigT, state_dir: Path) -> None:
+    def __init__(
+        self, *, name: str, config: ConfigT, state_dir: Path, clock: Clock | None = None
+    ) -> None:
         if not isinstance(config, self.Config):
             raise TypeError(
                 f"Face '{name}' of type {self.type_name!r} needs a {self.Config.__name__} config, "
@@ -94,6 +99,7 @@ class Face(abc.ABC, Generic[ConfigT]):
         self.name = name
         self.config: ConfigT = config
         self.state_dir = Path(state_dir)
+        self.clock: Clock = clock if clock is not None else WallClock()
         self.state = FaceState.OPEN
 
     def __repr__(self) -> str:
@@ -230,7 +236,7 @@ class Face(abc.ABC, Generic[ConfigT]):
             self._tag(exc)
             raise
         by_ref = {snap.ref: snap for snap in got}
-        now = utc_now()
+        now = utc_datetime(self.clock)
         return [
             by_ref.get(ref) or ReactionSnapshot(ref=ref, found=False, read_at=now) for ref in refs
         ]
@@ -240,10 +246,14 @@ class Face(abc.ABC, Generic[ConfigT]):
         limits). Raises `AuthFailed`, `Transient`, ... like any other call."""
         self._require_open("check")
         try:
-            return await self._check()
+            info = await self._check()
         except FaceError as exc:
             self._tag(exc)
             raise
+        if "checked_at" not in info.model_fields_set:
+            # The model's default is the real time; stamp it on the face's clock instead.
+            info = info.model_copy(update={"checked_at": utc_datetime(self.clock)})
+        return info
 
     async def aclose(self) -> None:
         """Release the face's resources. Safe to call more than once."""

@@ -1,9 +1,10 @@
 """What every HTTP face needs, written once: the mapping from HTTP to the face error hierarchy,
-rate-limit header parsing, a client-side rate limiter, retries with backoff and jitter (stamina)
-that honour Retry-After and reset headers, and Link-header pagination.
+rate-limit header parsing, a client-side rate limiter, retries with backoff and jitter that
+honour Retry-After and reset headers, and Link-header pagination.
 
-    http = FaceHttp(face=name, base_url="https://example.social", headers={...},
-                    limiter=RateLimiter(rate=RequestRate(requests=300, per=timedelta(minutes=5))))
+    http = FaceHttp(face=name, base_url="https://example.social", headers={...}, clock=clock,
+                    limiter=RateLimiter(rate=RequestRate(requests=300, per=timedelta(minutes=5)),
+                                        clock=clock))
     response = await http.request("POST", "/api/v1/statuses", json=..., publishing=True,
                                   headers={"Idempotency-Key": key})
     async for page in http.paginate("/api/v1/accounts/1/statuses", params={"limit": 40}):
@@ -11,6 +12,9 @@ that honour Retry-After and reset headers, and Link-header pagination.
 
 Only send `retry=True` (the default) for a POST when the platform deduplicates it (an
 idempotency key, a nonce): a timed-out POST may have been applied.
+
+Every wait (the limiter's, a retry's backoff) and every "now" goes through the face's `Clock`,
+so that a face on a `SimulatedClock` waits out a 429 without real time passing.
 """
 
 from __future__ import annotations
@@ -18,16 +22,16 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
-import stamina
+import structlog
 
+from ._clock import Clock, WallClock, utc_datetime
 from ._errors import AuthFailed, FaceError, Permanent, RateLimited, Rejected, Transient
 from ._models import RequestRate
 
@@ -39,7 +43,12 @@ __all__ = [
     "error_for_response",
     "parse_reset",
     "retry_after_seconds",
+    "retry_call",
 ]
+
+T = TypeVar("T")
+
+log = structlog.get_logger("plaudit.faces.http")
 
 # A reset value above this is an epoch timestamp, below it a delay in seconds (2001-09-09).
 _EPOCH_THRESHOLD = 1e9
@@ -155,8 +164,10 @@ def error_for_response(
     face: str | None,
     ref: str | None = None,
     publishing: bool = False,
+    now: datetime | None = None,
 ) -> FaceError | None:
     """The one mapping from an HTTP response to the face error hierarchy; None for 2xx/3xx.
+    `now` (default: the real time) is the moment reset headers are read against.
 
     401, 403            -> AuthFailed
     429                 -> RateLimited(retry_after from the body's `retry_after`, else from
@@ -183,7 +194,7 @@ def error_for_response(
     if status == 429:
         wait = _body_retry_after(response)
         if wait is None:
-            wait = retry_after_seconds(response.headers)
+            wait = retry_after_seconds(response.headers, now=now)
         when = f"retry in {wait:.1f} s" if wait is not None else "the platform gave no reset time"
         return RateLimited(
             f"The platform rate-limited face '{face}' ({what} -> 429{said}); {when}.",
@@ -244,12 +255,11 @@ def error_for_exception(
 class RateLimiter:
     """Client-side limiter: a token bucket of `rate.requests` per `rate.per`, at least
     `min_interval` seconds between two calls, and a pause until a reset the server announced.
-    `clock` and `sleep` are injectable so tests need not wait."""
+    It reads the time and waits on `clock` (give it the face's, so simulated time applies)."""
 
     rate: RequestRate | None = None
     min_interval: float = 0.0
-    clock: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    clock: Clock = field(default_factory=WallClock)
     _tokens: float = field(init=False, default=0.0)
     _refilled_at: float = field(init=False, default=0.0)
     _last_call: float | None = field(init=False, default=None)
@@ -260,20 +270,21 @@ class RateLimiter:
         if self.min_interval < 0:
             raise ValueError(f"min_interval must be zero or positive, got {self.min_interval}.")
         self._tokens = float(self.rate.requests) if self.rate else 0.0
-        self._refilled_at = self.clock()
+        self._refilled_at = self.clock.now()
 
     def block_for(self, seconds: float) -> None:
         """Hold every call back for `seconds` from now (a 429 or Remaining: 0 with a reset)."""
-        self._blocked_until = max(self._blocked_until, self.clock() + max(0.0, seconds))
+        self._blocked_until = max(self._blocked_until, self.clock.now() + max(0.0, seconds))
 
     def _delay(self) -> float:
-        now = self.clock()
+        now = self.clock.now()
         delay = max(0.0, self._blocked_until - now)
         if self._last_call is not None:
             delay = max(delay, self._last_call + self.min_interval - now)
         if self.rate is not None:
             per_token = self.rate.per.total_seconds() / self.rate.requests
-            elapsed = now - self._refilled_at
+            # A wall clock may step back (NTP): never take tokens away for it.
+            elapsed = max(0.0, now - self._refilled_at)
             self._tokens = min(float(self.rate.requests), self._tokens + elapsed / per_token)
             self._refilled_at = now
             if self._tokens < 1.0:
@@ -284,10 +295,10 @@ class RateLimiter:
         """Wait until a call is allowed, then take it."""
         async with self._lock:
             while (delay := self._delay()) > 0:
-                await self.sleep(delay)
+                await self.clock.sleep(delay)
             if self.rate is not None:
                 self._tokens -= 1.0
-            self._last_call = self.clock()
+            self._last_call = self.clock.now()
 
 
 @dataclass(frozen=True)
@@ -302,6 +313,52 @@ class RetryPolicy:
     wait_max: float = 10.0
     wait_jitter: float = 1.0
     max_rate_limit_wait: float = 60.0
+
+    def backoff(self, attempt: int) -> float:
+        """The wait after failed attempt number `attempt` (1-based) when the failure names no
+        wait of its own: wait_initial·2^(attempt-1) plus up to `wait_jitter`, at most
+        `wait_max` (stamina's formula, which this replaces)."""
+        jitter = random.uniform(0, self.wait_jitter) if self.wait_jitter else 0.0
+        try:
+            return min(self.wait_max, self.wait_initial * 2.0 ** (attempt - 1) + jitter)
+        except OverflowError:
+            return self.wait_max
+
+
+async def retry_call(
+    call: Callable[[], Awaitable[T]],
+    *,
+    on: Callable[[Exception], bool | float],
+    policy: RetryPolicy,
+    clock: Clock,
+) -> T:
+    """Await `call()` until it succeeds, retrying per `policy` and waiting on `clock`.
+
+    `on(exc)` decides each failure: False re-raises it, True retries after the policy's backoff,
+    a float retries after exactly that many seconds (a server-announced reset). The last failure
+    is re-raised after `policy.attempts` attempts, or once `policy.timeout` seconds have passed
+    on `clock` since the first one. (stamina's retry_context did this, but it always sleeps with
+    asyncio, so its waits could not follow a simulated clock.)"""
+    started = clock.now()
+    attempt = 1
+    while True:
+        try:
+            return await call()
+        except Exception as exc:
+            decision = on(exc)
+            out_of_time = clock.now() - started >= policy.timeout
+            if decision is False or attempt >= policy.attempts or out_of_time:
+                raise
+            wait = policy.backoff(attempt) if isinstance(decision, bool) else float(decision)
+            # stamina logged every scheduled retry at warning level; keep that visible.
+            log.warning(
+                "retry_scheduled",
+                attempt=attempt,
+                wait_seconds=round(wait, 2),
+                caused_by=f"{type(exc).__name__}: {exc}",
+            )
+        await clock.sleep(wait)
+        attempt += 1
 
 
 class FaceHttp:
@@ -320,9 +377,14 @@ class FaceHttp:
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         redact: Collection[str] = (),
+        clock: Clock | None = None,
     ) -> None:
         self.face = face
-        self.limiter = limiter or RateLimiter()
+        # One clock for the limiters and the retry waits: the one given, else the limiter's.
+        if clock is None:
+            clock = limiter.clock if limiter is not None else WallClock()
+        self.clock: Clock = clock
+        self.limiter = limiter or RateLimiter(clock=self.clock)
         self.retry_policy = retry or RetryPolicy()
         self._buckets: dict[str, RateLimiter] = {}
         # Secrets that may appear in URLs (Telegram puts the bot token in the path): they are
@@ -350,9 +412,7 @@ class FaceHttp:
         per-route budgets (Discord) pause only the route that ran out, not every call."""
         limiter = self._buckets.get(bucket)
         if limiter is None:
-            limiter = self._buckets[bucket] = RateLimiter(
-                clock=self.limiter.clock, sleep=self.limiter.sleep
-            )
+            limiter = self._buckets[bucket] = RateLimiter(clock=self.clock)
         return limiter
 
     def _observe(self, response: httpx.Response, bucket: str | None) -> None:
@@ -362,7 +422,7 @@ class FaceHttp:
             "ratelimit-remaining"
         )
         if remaining is not None and remaining.strip() in ("0", "0.0"):
-            wait = retry_after_seconds(response.headers)
+            wait = retry_after_seconds(response.headers, now=utc_datetime(self.clock))
             if wait is not None:
                 target = self.bucket_limiter(bucket) if bucket is not None else self.limiter
                 target.block_for(min(wait, self.retry_policy.max_rate_limit_wait))
@@ -398,7 +458,13 @@ class FaceHttp:
         self._observe(response, bucket)
         if response.status_code in expect:
             return response
-        error = error_for_response(response, face=self.face, ref=ref, publishing=publishing)
+        error = error_for_response(
+            response,
+            face=self.face,
+            ref=ref,
+            publishing=publishing,
+            now=utc_datetime(self.clock),
+        )
         if error is not None:
             if isinstance(error, RateLimited) and error.retry_after is not None:
                 scoped = bucket is not None and not _is_global_limit(response)
@@ -428,8 +494,9 @@ class FaceHttp:
         (a global 429 still pauses everything). `expect` lists error statuses the caller
         handles itself (404 for a lookup that may miss): those responses are returned, not
         raised."""
-        if not retry:
-            return await self._send_once(
+
+        def send() -> Awaitable[httpx.Response]:
+            return self._send_once(
                 method,
                 url,
                 ref=ref,
@@ -438,26 +505,10 @@ class FaceHttp:
                 expect=expect,
                 kwargs=kwargs,
             )
-        policy = self.retry_policy
-        async for attempt in stamina.retry_context(
-            on=self._backoff,
-            attempts=policy.attempts,
-            timeout=policy.timeout,
-            wait_initial=policy.wait_initial,
-            wait_max=policy.wait_max,
-            wait_jitter=policy.wait_jitter,
-        ):
-            with attempt:
-                return await self._send_once(
-                    method,
-                    url,
-                    ref=ref,
-                    publishing=publishing,
-                    bucket=bucket,
-                    expect=expect,
-                    kwargs=kwargs,
-                )
-        raise AssertionError("unreachable: stamina re-raises the last failure")
+
+        if not retry:
+            return await send()
+        return await retry_call(send, on=self._backoff, policy=self.retry_policy, clock=self.clock)
 
     async def paginate(
         self,

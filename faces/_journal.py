@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from ._models import Published, utc_now
+from ._clock import Clock, WallClock, utc_datetime
+from ._models import Published
 
 __all__ = ["JournalEntry", "JournalState", "PublishJournal"]
 
@@ -78,10 +79,11 @@ CREATE TABLE IF NOT EXISTS publish_journal (
 
 class PublishJournal:
     """The publish intents of one face instance, in `path` (an SQLite file, created with its
-    folder on first use)."""
+    folder on first use). Intents are stamped with `clock` (the face's)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, clock: Clock | None = None) -> None:
         self.path = Path(path)
+        self.clock: Clock = clock if clock is not None else WallClock()
         self._db: sqlite3.Connection | None = None
 
     def _conn(self) -> sqlite3.Connection:
@@ -138,7 +140,7 @@ class PublishJournal:
             db.execute(
                 "INSERT INTO publish_journal (key, state, text_sha256, started_at) "
                 "VALUES (?, ?, ?, ?)",
-                (key, JournalState.PENDING.value, digest, utc_now().isoformat()),
+                (key, JournalState.PENDING.value, digest, utc_datetime(self.clock).isoformat()),
             )
         else:
             if existing.text_sha256 != digest:

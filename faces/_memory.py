@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import Field, NonNegativeInt, PositiveInt
 
 from ._api import Face
+from ._clock import Clock, utc_datetime
 from ._errors import FaceError
 from ._models import (
     Draft,
@@ -26,7 +27,6 @@ from ._models import (
     Published,
     Reactions,
     ReactionSnapshot,
-    utc_now,
 )
 
 __all__ = ["MemoryConfig", "MemoryFace"]
@@ -55,8 +55,10 @@ class MemoryFace(Face[MemoryConfig]):
     type_name = "memory"
     Config = MemoryConfig
 
-    def __init__(self, *, name: str, config: MemoryConfig, state_dir: Path) -> None:
-        super().__init__(name=name, config=config, state_dir=state_dir)
+    def __init__(
+        self, *, name: str, config: MemoryConfig, state_dir: Path, clock: Clock | None = None
+    ) -> None:
+        super().__init__(name=name, config=config, state_dir=state_dir, clock=clock)
         self._posts: dict[str, _Post] = {}
         self._by_key: dict[str, str] = {}
         self._failures: list[FaceError] = []
@@ -118,7 +120,7 @@ class MemoryFace(Face[MemoryConfig]):
             return Published(ref=post.id, url=post.url, published_at=post.created_at)
         ref = f"m{self._next_id}"
         self._next_id += 1
-        now = utc_now()
+        now = utc_datetime(self.clock)
         url = f"memory://{self.name}/{ref}"
         post = HistoricalPost(id=ref, text=draft.text, created_at=now, url=url)
         self._posts[ref] = _Post(post, idempotency_key)
@@ -127,7 +129,7 @@ class MemoryFace(Face[MemoryConfig]):
 
     async def _reactions(self, refs: Sequence[str]) -> Sequence[ReactionSnapshot]:
         self._maybe_fail()
-        now = utc_now()
+        now = utc_datetime(self.clock)
         return [
             ReactionSnapshot(
                 ref=ref,

@@ -6,7 +6,7 @@ them). The registry is built at start-up and passed down: there is no module-lev
 
     registry = discover(only={"simulated"})          # import only what is configured
     face = registry.create(name="sim", type="simulated", config={"seed": 7},
-                           state_dir=state / "faces" / "sim")
+                           state_dir=state / "faces" / "sim", clock=clock)
 
 A plugin that fails to import does not raise at discovery: it is recorded in
 `registry.failed()` (shown by `plaudit faces list`) and raises `FaceLoadError` only when a
@@ -16,6 +16,7 @@ configured instance needs it.
 from __future__ import annotations
 
 import difflib
+import inspect
 import tomllib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from typing import Any
 import pydantic
 
 from ._api import Face
+from ._clock import Clock
 from ._errors import FaceConfigError, FaceLoadError, FaceNotFound
 from ._models import FaceConfig
 
@@ -35,6 +37,7 @@ __all__ = [
     "FaceSpec",
     "FailedFace",
     "InstalledFace",
+    "config_error",
     "discover",
     "face_specs",
     "read_face_specs",
@@ -232,15 +235,45 @@ class FaceRegistry:
         )
 
     def create(
-        self, *, name: str, type: str, config: Mapping[str, Any], state_dir: Path
+        self,
+        *,
+        name: str,
+        type: str,
+        config: Mapping[str, Any],
+        state_dir: Path,
+        clock: Clock | None = None,
     ) -> Face[Any]:
-        """Validate `config` with the face's Config model and construct the instance."""
+        """Validate `config` with the face's Config model and construct the instance on `clock`
+        (None: the face's default, the wall clock).
+
+        Faces written before the clock existed define `__init__(*, name, config, state_dir)`;
+        they are constructed without it and get `clock` assigned afterwards, so `face.clock`
+        is the host's clock for every face."""
         cls = self.get(type, instance=name)
         try:
             model = cls.Config.model_validate(dict(config))
         except pydantic.ValidationError as exc:
             raise config_error(instance=name, type_name=type, model=cls.Config, exc=exc) from None
-        return cls(name=name, config=model, state_dir=state_dir)
+        if clock is None:
+            return cls(name=name, config=model, state_dir=state_dir)
+        if _accepts_clock(cls):
+            return cls(name=name, config=model, state_dir=state_dir, clock=clock)
+        face = cls(name=name, config=model, state_dir=state_dir)
+        face.clock = clock
+        return face
+
+
+def _accepts_clock(cls: type[Face[Any]]) -> bool:
+    """Whether the face's constructor takes `clock=` (explicitly or through **kwargs)."""
+    try:
+        params = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):  # a signature inspect cannot read: do not guess
+        return False
+    return any(
+        p.kind is inspect.Parameter.VAR_KEYWORD
+        or (p.name == "clock" and p.kind is not inspect.Parameter.POSITIONAL_ONLY)
+        for p in params
+    )
 
 
 @dataclass(frozen=True)

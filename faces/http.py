@@ -1,6 +1,7 @@
 """Public helpers for faces that talk HTTP (see faces/README.md, "Faces that talk HTTP"):
 the mapping from HTTP to the face errors, rate-limit header parsing, a client-side rate
-limiter, retries that honour Retry-After, and Link-header pagination."""
+limiter, retries that honour Retry-After (`retry_call`, which waits on the face's clock), and
+Link-header pagination."""
 
 from ._http import (
     FaceHttp,
@@ -10,6 +11,7 @@ from ._http import (
     error_for_response,
     parse_reset,
     retry_after_seconds,
+    retry_call,
 )
 
 __all__: list[str] = [
@@ -20,4 +22,5 @@ __all__: list[str] = [
     "error_for_response",
     "parse_reset",
     "retry_after_seconds",
+    "retry_call",
 ]

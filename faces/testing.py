@@ -16,7 +16,9 @@ runs every check below against your face, the same checks every built-in face pa
 The factory is called inside the test's event loop, with keyword arguments `state_dir` (a fresh
 folder; called again with the same folder to simulate a restart) and `history` (the posts of
 `SAMPLE_HISTORY`, for faces whose history can be seeded). It returns the face (or an awaitable
-of it). Capabilities are class attributes; hooks are methods you override:
+of it), on whatever clock the test likes: the checks compare times with `face.clock`, so a face
+on a `SimulatedClock` passes them too. Capabilities are class attributes; hooks are methods you
+override:
 
     seeds_history         True if the factory puts exactly `history` into the face's history
                           (then ids, texts, dates and reactions are compared one to one)
@@ -55,6 +57,7 @@ from typing import Any, ClassVar, TypeVar
 import pytest
 
 from ._api import Face
+from ._clock import utc_datetime
 from ._errors import (
     AuthFailed,
     FaceError,
@@ -65,7 +68,7 @@ from ._errors import (
     Transient,
 )
 from ._memory import MemoryConfig, MemoryFace
-from ._models import Draft, HistoricalPost, Reactions, ReactionSnapshot, utc_now
+from ._models import Draft, HistoricalPost, Reactions, ReactionSnapshot
 from ._registry import FaceRegistry, discover
 
 __all__ = ["SAMPLE_HISTORY", "FaceContract", "FaceFactory", "MemoryConfig", "MemoryFace"]
@@ -250,7 +253,7 @@ class FaceContract:
         async def check() -> None:
             face = await self._make(face_factory, tmp_path)
             try:
-                before = utc_now()
+                before = utc_datetime(face.clock)  # the face's now: simulated clocks pass
                 published = await face.publish(Draft(text=self._text("p")), idempotency_key="k-p")
                 assert published.ref
                 assert published.published_at.utcoffset() == timedelta(0)
@@ -367,7 +370,7 @@ class FaceContract:
                 assert missing.reactions == Reactions(), "an unknown ref has zero counts"
                 for snap in snaps:
                     assert snap.read_at.utcoffset() == timedelta(0)
-                    assert abs(snap.read_at - utc_now()) < timedelta(minutes=10)
+                    assert abs(snap.read_at - utc_datetime(face.clock)) < timedelta(minutes=10)
                 assert await face.reactions([]) == []
             finally:
                 await face.aclose()
@@ -404,7 +407,7 @@ class FaceContract:
         async def check() -> None:
             face = await self._make(face_factory, tmp_path)
             try:
-                now = utc_now()
+                now = utc_datetime(face.clock)
 
                 def snap(likes: int) -> ReactionSnapshot:
                     reactions = Reactions(likes=likes, reposts=1, replies=1)

@@ -12,7 +12,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -317,15 +317,20 @@ def _checkpoint(row: sqlite3.Row) -> Checkpoint:
 class Store:
     """Typed access to the state database. Open with ``Store.open(folder)``; close when done."""
 
-    def __init__(self, *, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(
+        self, *, conn: sqlite3.Connection, path: Path, now: Callable[[], float] = time.time
+    ) -> None:
         self._conn = conn
         self._lock = threading.RLock()
         self.path = path
+        # Every timestamp the store writes comes from here: the daemon passes the wall clock,
+        # a test or benchmark the `now` of its simulated clock.
+        self.now = now
 
     # -- life ------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, folder: Path) -> Store:
+    def open(cls, folder: Path, *, now: Callable[[], float] = time.time) -> Store:
         """Open (creating if needed) the database in ``folder`` and bring its schema up to date."""
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -344,7 +349,7 @@ class Store:
                 f"cannot open state database {path}: {exc}. If the file is corrupt, move it "
                 f"aside and restore a backup; plaudit never deletes it"
             ) from None
-        store = cls(conn=conn, path=path)
+        store = cls(conn=conn, path=path, now=now)
         store._migrate()
         return store
 
@@ -416,7 +421,7 @@ class Store:
     def add_candidates(
         self, *, face: str, cycle_id: str, candidates: Sequence[NewCandidate]
     ) -> list[int]:
-        now = time.time()
+        now = self.now()
         ids: list[int] = []
         with self._tx() as conn:
             for c in candidates:
@@ -457,7 +462,7 @@ class Store:
         sql = (
             f"UPDATE posts SET status = ?, updated_at = ?{', ' + sets if sets else ''} WHERE id = ?"
         )
-        conn.execute(sql, (to.value, time.time(), *cols.values(), post_id))
+        conn.execute(sql, (to.value, self.now(), *cols.values(), post_id))
 
     def mark_filtered(self, post_id: int, *, reason: str) -> None:
         with self._tx() as conn:
@@ -597,7 +602,7 @@ class Store:
             conn.execute(
                 "INSERT INTO rewards (post_id, face, score, reward, created_at) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (post_id, face, score, reward, time.time()),
+                (post_id, face, score, reward, self.now()),
             )
 
     def scores(self, face: str, *, limit: int = 1000) -> list[float]:
@@ -640,7 +645,7 @@ class Store:
         with self._tx() as conn:
             cur = conn.execute(
                 "INSERT INTO training_runs (kind, status, config, started_at) VALUES (?, ?, ?, ?)",
-                (kind, "running", json.dumps(config, default=str), time.time()),
+                (kind, "running", json.dumps(config, default=str), self.now()),
             )
             assert cur.lastrowid is not None
             return cur.lastrowid
@@ -652,7 +657,7 @@ class Store:
             conn.execute(
                 "UPDATE training_runs SET status = ?, metrics = ?, error = ?, ended_at = ? "
                 "WHERE id = ?",
-                (status, json.dumps(metrics, default=str), error, time.time(), run_id),
+                (status, json.dumps(metrics, default=str), error, self.now(), run_id),
             )
 
     def runs(self, *, kind: str | None = None, limit: int = 50) -> list[TrainingRun]:
@@ -668,7 +673,7 @@ class Store:
             cur = conn.execute(
                 "UPDATE training_runs SET status = 'interrupted', ended_at = ? "
                 "WHERE status = 'running'",
-                (time.time(),),
+                (self.now(),),
             )
             return cur.rowcount
 
@@ -685,7 +690,7 @@ class Store:
             cur = conn.execute(
                 "INSERT INTO checkpoints (path, policy_version, kind, run_id, metrics, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (str(path), policy_version, kind, run_id, json.dumps(metrics or {}), time.time()),
+                (str(path), policy_version, kind, run_id, json.dumps(metrics or {}), self.now()),
             )
             assert cur.lastrowid is not None
             return cur.lastrowid
@@ -717,7 +722,7 @@ class Store:
     def set_control(
         self, *, training: TrainingState | None = None, mode: TrainingMode | None = None
     ) -> ControlState:
-        now = time.time()
+        now = self.now()
         with self._tx() as conn:
             for key, value in (("training", training), ("mode", mode)):
                 if value is not None:
@@ -740,13 +745,13 @@ class Store:
                 "INSERT INTO control (key, value, updated_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
                 "updated_at = excluded.updated_at",
-                (f"x:{key}", value, time.time()),
+                (f"x:{key}", value, self.now()),
             )
 
     # -- metric history (the status page's charts) -----------------------------------------
 
     def record_metrics(self, values: dict[str, float], *, ts: float | None = None) -> None:
-        stamp = time.time() if ts is None else ts
+        stamp = self.now() if ts is None else ts
         with self._tx() as conn:
             conn.executemany(
                 "INSERT INTO metric_points (ts, name, value) VALUES (?, ?, ?)",

@@ -37,7 +37,6 @@ from typing import Any, Literal
 
 import httpx
 import pydantic
-import stamina
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -51,8 +50,9 @@ from pydantic import (
 )
 
 from .._api import Face
+from .._clock import Clock, utc_datetime
 from .._errors import Permanent, RateLimited, Rejected, Transient
-from .._http import FaceHttp, RateLimiter, RetryPolicy
+from .._http import FaceHttp, RateLimiter, RetryPolicy, retry_call
 from .._models import (
     Draft,
     FaceConfig,
@@ -63,7 +63,6 @@ from .._models import (
     Reactions,
     ReactionSnapshot,
     RequestRate,
-    utc_now,
 )
 from ._text import (
     MAX_GRAPHEMES,
@@ -205,8 +204,9 @@ class BlueskyFace(Face[BlueskyConfig]):
         state_dir: Path,
         transport: httpx.AsyncBaseTransport | None = None,
         retry: RetryPolicy | None = None,
+        clock: Clock | None = None,
     ) -> None:
-        super().__init__(name=name, config=config, state_dir=state_dir)
+        super().__init__(name=name, config=config, state_dir=state_dir, clock=clock)
         self._transport = transport
         self._retry = retry
         self._xrpc: Xrpc | None = None
@@ -222,9 +222,10 @@ class BlueskyFace(Face[BlueskyConfig]):
                 base_url=self.config.service,
                 headers={"User-Agent": "plaudit (bluesky face)", "Accept": "application/json"},
                 timeout=self.config.timeout_seconds,
-                limiter=RateLimiter(rate=self._request_rate()),
+                limiter=RateLimiter(rate=self._request_rate(), clock=self.clock),
                 retry=self._retry,
                 transport=self._transport,
+                clock=self.clock,
             )
             self._xrpc = Xrpc(
                 face=self.name,
@@ -348,17 +349,12 @@ class BlueskyFace(Face[BlueskyConfig]):
         policy = self.xrpc.http.retry_policy
         # The whole read-then-create is the unit to retry: after an attempt whose answer was
         # lost, the next one finds the record and returns it instead of writing again.
-        async for attempt in stamina.retry_context(
+        return await retry_call(
+            lambda: self._publish_once(draft, rkey=rkey, key=idempotency_key),
             on=self._retryable,
-            attempts=policy.attempts,
-            timeout=policy.timeout,
-            wait_initial=policy.wait_initial,
-            wait_max=policy.wait_max,
-            wait_jitter=policy.wait_jitter,
-        ):
-            with attempt:
-                return await self._publish_once(draft, rkey=rkey, key=idempotency_key)
-        raise AssertionError("unreachable: stamina re-raises the last failure")
+            policy=policy,
+            clock=self.clock,
+        )
 
     def _retryable(self, exc: Exception) -> bool | float:
         if isinstance(exc, RateLimited):
@@ -386,7 +382,7 @@ class BlueskyFace(Face[BlueskyConfig]):
             existing = None
         if existing is not None:
             return self._published_from_existing(existing, draft, key=key)
-        now = utc_now()
+        now = utc_datetime(self.clock)
         # The time as written (milliseconds), so that a later call that finds the record
         # returns the very same `published_at`.
         created_at = now.replace(microsecond=now.microsecond // 1000 * 1000)
@@ -426,7 +422,7 @@ class BlueskyFace(Face[BlueskyConfig]):
                 face=self.name,
                 ref=uri,
             )
-        published_at = parse_datetime(value.get("createdAt")) or utc_now()
+        published_at = parse_datetime(value.get("createdAt")) or utc_datetime(self.clock)
         return Published(ref=uri, url=self._url(uri), published_at=published_at)
 
     async def _facets(self, text: str) -> list[dict[str, Any]]:
@@ -467,7 +463,7 @@ class BlueskyFace(Face[BlueskyConfig]):
                     face=self.name,
                 )
             views.extend(self._parse(_PostView, post, "post") for post in posts)
-        now = utc_now()
+        now = utc_datetime(self.clock)
         return [self._snapshot(v, audience=audience, read_at=now) for v in views]
 
     async def _check(self) -> FaceInfo:

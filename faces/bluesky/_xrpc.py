@@ -25,15 +25,16 @@ import contextlib
 import json
 import os
 import tempfile
-import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic import SecretStr
 
+from .._clock import utc_datetime
 from .._errors import AuthFailed, FaceError, Permanent, Rejected
 from .._http import FaceHttp, error_for_response
 
@@ -153,8 +154,10 @@ def error_for_xrpc(
     face: str,
     ref: str | None = None,
     publishing: bool = False,
+    now: datetime | None = None,
 ) -> FaceError | None:
-    """The face error for a failed XRPC response (see the module docstring); None for 2xx."""
+    """The face error for a failed XRPC response (see the module docstring); None for 2xx.
+    `now` (default: the real time) is the moment rate-limit reset headers are read against."""
     status = response.status_code
     if status < 400:
         return None
@@ -186,7 +189,7 @@ def error_for_xrpc(
             face=face,
             ref=ref,
         )
-    return error_for_response(response, face=face, ref=ref, publishing=publishing)
+    return error_for_response(response, face=face, ref=ref, publishing=publishing, now=now)
 
 
 class Xrpc:
@@ -202,7 +205,7 @@ class Xrpc:
         service: str,
         identifier: str,
         password: SecretStr,
-        clock: Any = time.time,
+        clock: Callable[[], float] | None = None,  # Unix seconds; default: the http's clock
     ) -> None:
         self.face = face
         self.http = http
@@ -210,7 +213,7 @@ class Xrpc:
         self.service = service
         self.identifier = identifier
         self._password = password
-        self._clock = clock
+        self._clock = clock if clock is not None else http.clock.now
         self._session: Session | None = None
         self._loaded = False
         self._lock = asyncio.Lock()
@@ -255,7 +258,7 @@ class Xrpc:
             name = xrpc_error_name(response)
             if response.status_code == 401 or name in _TOKEN_ERRORS:
                 return None  # the refresh token expired or was revoked: log in again
-            error = error_for_xrpc(response, face=self.face)
+            error = error_for_xrpc(response, face=self.face, now=utc_datetime(self.http.clock))
             assert error is not None
             raise error
         return self._session_from(self._json(response), "refreshSession")
@@ -358,7 +361,13 @@ class Xrpc:
             if session is not None and attempt == 0 and renewable:
                 await self._renew(session)
                 continue
-            error = error_for_xrpc(response, face=self.face, ref=ref, publishing=publishing)
+            error = error_for_xrpc(
+                response,
+                face=self.face,
+                ref=ref,
+                publishing=publishing,
+                now=utc_datetime(self.http.clock),
+            )
             assert error is not None
             raise error
         raise AssertionError("unreachable: the second attempt returns or raises")

@@ -47,6 +47,7 @@ from pydantic import (
 )
 
 from .._api import Face
+from .._clock import Clock, utc_datetime
 from .._emoji import DEFAULT_NEGATIVE, emoji_reactions, emoji_score_weights
 from .._errors import Permanent
 from .._http import FaceHttp, RateLimiter, RetryPolicy
@@ -62,7 +63,6 @@ from .._models import (
     ReactionSnapshot,
     RequestRate,
     ScoreWeights,
-    utc_now,
 )
 
 __all__ = ["DiscordConfig", "DiscordFace", "nonce_for", "snowflake_at"]
@@ -184,12 +184,13 @@ class DiscordFace(Face[DiscordConfig]):
         state_dir: Path,
         transport: httpx.AsyncBaseTransport | None = None,
         retry: RetryPolicy | None = None,
+        clock: Clock | None = None,
     ) -> None:
-        super().__init__(name=name, config=config, state_dir=state_dir)
+        super().__init__(name=name, config=config, state_dir=state_dir, clock=clock)
         self._transport = transport
         self._retry = retry
         self._http: FaceHttp | None = None
-        self._journal = PublishJournal(self.state_dir / "publish-journal.sqlite3")
+        self._journal = PublishJournal(self.state_dir / "publish-journal.sqlite3", clock=self.clock)
         self._bot: _User | None = None
         self._channel: _Channel | None = None
 
@@ -205,9 +206,12 @@ class DiscordFace(Face[DiscordConfig]):
                     "User-Agent": "DiscordBot (https://github.com/plaudit/plaudit, 0.1)",
                 },
                 timeout=self.config.timeout_seconds,
-                limiter=RateLimiter(rate=RequestRate(requests=50, per=timedelta(seconds=1))),
+                limiter=RateLimiter(
+                    rate=RequestRate(requests=50, per=timedelta(seconds=1)), clock=self.clock
+                ),
                 retry=self._retry,
                 transport=self._transport,
+                clock=self.clock,
             )
         return self._http
 
@@ -409,7 +413,7 @@ class DiscordFace(Face[DiscordConfig]):
                     found=True,
                     reactions=self._reactions_of(message),
                     audience=audience,
-                    read_at=utc_now(),
+                    read_at=utc_datetime(self.clock),
                 )
             )
         return snaps

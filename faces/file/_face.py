@@ -34,6 +34,7 @@ import structlog
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt, ValidationError
 
 from .._api import Face
+from .._clock import Clock, utc_datetime
 from .._errors import FaceError, Permanent, Transient
 from .._models import (
     Draft,
@@ -44,7 +45,6 @@ from .._models import (
     Published,
     Reactions,
     ReactionSnapshot,
-    utc_now,
 )
 
 __all__ = ["FileConfig", "FileFace"]
@@ -99,8 +99,10 @@ class FileFace(Face[FileConfig]):
     type_name = "file"
     Config = FileConfig
 
-    def __init__(self, *, name: str, config: FileConfig, state_dir: Path) -> None:
-        super().__init__(name=name, config=config, state_dir=state_dir)
+    def __init__(
+        self, *, name: str, config: FileConfig, state_dir: Path, clock: Clock | None = None
+    ) -> None:
+        super().__init__(name=name, config=config, state_dir=state_dir, clock=clock)
         self.published_path = config.published or self.state_dir / "published.jsonl"
         self.reactions_path = config.reactions or self.state_dir / "reactions.jsonl"
         self.skipped_lines = 0
@@ -257,7 +259,7 @@ class FileFace(Face[FileConfig]):
         posts: list[HistoricalPost] = []
         for path in self.config.history:
             posts.extend(self._history_posts(Path(path)))
-        now = utc_now()
+        now = utc_datetime(self.clock)
         reactions = self._latest_reactions()
         for line in self._published():
             data = line.data
@@ -294,7 +296,7 @@ class FileFace(Face[FileConfig]):
                         ref=line.data["ref"],
                         published_at=_parse_time(line.data["published_at"]),
                     )
-            now = utc_now()
+            now = utc_datetime(self.clock)
             digest = hashlib.sha256(f"{self.name}\x1f{idempotency_key}".encode()).hexdigest()
             record = {
                 "ref": f"file-{digest[:16]}",
@@ -321,7 +323,7 @@ class FileFace(Face[FileConfig]):
             return Published(ref=record["ref"], published_at=now)
 
     async def _reactions(self, refs: Sequence[str]) -> Sequence[ReactionSnapshot]:
-        now = utc_now()
+        now = utc_datetime(self.clock)
         latest = self._latest_reactions()
         known = {line.data.get("ref") for line in self._published()}
         for path in self.config.history:

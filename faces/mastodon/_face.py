@@ -44,6 +44,7 @@ from pydantic import (
 )
 
 from .._api import Face
+from .._clock import Clock, utc_datetime
 from .._errors import Permanent, Rejected
 from .._http import FaceHttp, RateLimiter, RetryPolicy
 from .._journal import JournalState, PublishJournal, text_digest
@@ -57,7 +58,6 @@ from .._models import (
     Reactions,
     ReactionSnapshot,
     RequestRate,
-    utc_now,
 )
 from ._text import countable_length, html_to_text
 
@@ -148,12 +148,13 @@ class MastodonFace(Face[MastodonConfig]):
         state_dir: Path,
         transport: httpx.AsyncBaseTransport | None = None,
         retry: RetryPolicy | None = None,
+        clock: Clock | None = None,
     ) -> None:
-        super().__init__(name=name, config=config, state_dir=state_dir)
+        super().__init__(name=name, config=config, state_dir=state_dir, clock=clock)
         self._transport = transport
         self._retry = retry
         self._http: FaceHttp | None = None
-        self._journal = PublishJournal(self.state_dir / "publish-journal.sqlite3")
+        self._journal = PublishJournal(self.state_dir / "publish-journal.sqlite3", clock=self.clock)
         self._instance: _Instance | None = None
         self._account: _Account | None = None
         self._batch_reads = True  # False once the server turned out to predate GET ?id[]=
@@ -175,9 +176,10 @@ class MastodonFace(Face[MastodonConfig]):
                     "Accept": "application/json",
                 },
                 timeout=self.config.timeout_seconds,
-                limiter=RateLimiter(rate=rate),
+                limiter=RateLimiter(rate=rate, clock=self.clock),
                 retry=self._retry,
                 transport=self._transport,
+                clock=self.clock,
             )
         return self._http
 
@@ -299,7 +301,7 @@ class MastodonFace(Face[MastodonConfig]):
                 reason="too_long",
                 face=self.name,
             )
-        if entry is not None and utc_now() - entry.started_at > SERVER_KEY_WINDOW:
+        if entry is not None and utc_datetime(self.clock) - entry.started_at > SERVER_KEY_WINDOW:
             # The server has forgotten the key by now: look for the post before sending again.
             found = await self._find_own_post(draft.text, after=entry.started_at)
             if found is not None:
@@ -353,7 +355,7 @@ class MastodonFace(Face[MastodonConfig]):
                 )
                 if response.status_code != 404:
                     statuses.append(self._parse(_Status, self._json(response), "status"))
-        now = utc_now()
+        now = utc_datetime(self.clock)
         return [
             ReactionSnapshot(
                 ref=s.id,

@@ -8,16 +8,20 @@ audience rewards); they are final (all arrived).
 
 Live posts: at publish time the face computes the post's appeal (see `_audience`), draws its
 final reaction counts and stores them with the seed; reactions then arrive over simulated time
-(`time_scale` simulated seconds per real second) with a decaying rate, mean
-`arrival_mean_hours`. The count at time t is the number of seeded arrival times before t, so it
-never decreases and is the same for the same seed, post and t, across restarts.
+with a decaying rate, mean `arrival_mean_hours`. The count at time t is the number of seeded
+arrival times before t, so it never decreases and is the same for the same seed, post and t,
+across restarts.
+
+Time is the face's clock (the host's): on a `SimulatedClock` the audience lives at whatever
+speed the host drives that clock, so keep `time_scale = 1`; on the wall clock, `time_scale`
+simulated seconds pass per real second (1440: a day of reactions in a minute, for a demo).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +30,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
 
 from .._api import Face
+from .._clock import Clock, utc_datetime
 from .._errors import FaceError, Permanent, Transient
 from .._models import (
     Draft,
@@ -36,7 +41,6 @@ from .._models import (
     Published,
     Reactions,
     ReactionSnapshot,
-    utc_now,
 )
 from ._audience import (
     AudienceModel,
@@ -67,12 +71,12 @@ class PenaltyWeights(BaseModel):
 
 class SimulatedConfig(FaceConfig):
     """Settings of the simulated audience. The defaults give about 30-130 likes per post from
-    1,000 followers in real time; set `time_scale = 1440` to see a day of reactions in a
-    minute."""
+    1,000 followers in real time; on the wall clock, set `time_scale = 1440` to see a day of
+    reactions in a minute (on a simulated clock, leave it at 1: the clock sets the pace)."""
 
     account: str = "simulated"
     audience_size: PositiveInt = 1000
-    time_scale: float = Field(default=1.0, gt=0)  # simulated seconds per real second
+    time_scale: float = Field(default=1.0, gt=0)  # audience seconds per second of the clock
     arrival_mean_hours: float = Field(default=4.0, gt=0)  # mean delay of a reaction
     seed: int = 0
     preference: Literal["positive", "negative", "neutral", "intense"] = "positive"
@@ -107,7 +111,8 @@ CREATE TABLE IF NOT EXISTS posts (
 
 
 class SimulatedFace(Face[SimulatedConfig]):
-    """The simulated audience (type "simulated"). `clock` may be replaced in tests."""
+    """The simulated audience (type "simulated"). It reads the time from `self.clock`: give it
+    a `SimulatedClock` to run days of audience in a test."""
 
     type_name = "simulated"
     Config = SimulatedConfig
@@ -118,10 +123,9 @@ class SimulatedFace(Face[SimulatedConfig]):
         name: str,
         config: SimulatedConfig,
         state_dir: Path,
-        clock: Callable[[], datetime] = utc_now,
+        clock: Clock | None = None,
     ) -> None:
-        super().__init__(name=name, config=config, state_dir=state_dir)
-        self.clock = clock
+        super().__init__(name=name, config=config, state_dir=state_dir, clock=clock)
         self.model = AudienceModel(
             size=config.audience_size,
             base_rate=config.base_rate,
@@ -270,7 +274,7 @@ class SimulatedFace(Face[SimulatedConfig]):
     async def _history(
         self, *, since: datetime | None, until: datetime | None, limit: int | None
     ) -> AsyncIterator[HistoricalPost]:
-        now = self.clock()
+        now = utc_datetime(self.clock)
         size = self.config.history_page_size
         yielded = 0
         last_seq: int | None = None
@@ -319,7 +323,7 @@ class SimulatedFace(Face[SimulatedConfig]):
         appeal = self.model.appeal(
             draft.text, sentiment=sentiment, recent=recent, lexicon=self._lexicon
         )
-        now = self.clock()
+        now = utc_datetime(self.clock)
         db = self._conn()
         try:
             with db:  # one transaction: the post and its fate are stored together
@@ -353,7 +357,7 @@ class SimulatedFace(Face[SimulatedConfig]):
         return Published(ref=ref, url=self._url(ref), published_at=now)
 
     async def _reactions(self, refs: Sequence[str]) -> Sequence[ReactionSnapshot]:
-        now = self.clock()
+        now = utc_datetime(self.clock)
         found: list[ReactionSnapshot] = []
         own = [r for r in refs if r.startswith("sim-")]
         if own:

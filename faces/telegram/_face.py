@@ -43,14 +43,13 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pydantic
-import stamina
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -62,9 +61,10 @@ from pydantic import (
 )
 
 from .._api import Face
+from .._clock import Clock, utc_datetime
 from .._emoji import DEFAULT_NEGATIVE, emoji_reactions, emoji_score_weights
 from .._errors import FaceError, Permanent, RateLimited, Transient
-from .._http import FaceHttp, RateLimiter, RetryPolicy
+from .._http import FaceHttp, RateLimiter, RetryPolicy, retry_call
 from .._journal import JournalState, PublishJournal
 from .._models import (
     Draft,
@@ -77,7 +77,6 @@ from .._models import (
     ReactionSnapshot,
     RequestRate,
     ScoreWeights,
-    utc_now,
 )
 
 __all__ = ["TelegramConfig", "TelegramFace", "utf16_length"]
@@ -269,12 +268,13 @@ class TelegramFace(Face[TelegramConfig]):
         state_dir: Path,
         transport: httpx.AsyncBaseTransport | None = None,
         retry: RetryPolicy | None = None,
+        clock: Clock | None = None,
     ) -> None:
-        super().__init__(name=name, config=config, state_dir=state_dir)
+        super().__init__(name=name, config=config, state_dir=state_dir, clock=clock)
         self._transport = transport
         self._retry = retry
         self._http: FaceHttp | None = None
-        self._journal = PublishJournal(self.state_dir / "publish-journal.sqlite3")
+        self._journal = PublishJournal(self.state_dir / "publish-journal.sqlite3", clock=self.clock)
         self._store = _ChannelStore(self.state_dir / "telegram.sqlite3")
         self._chat: _Chat | None = None
 
@@ -288,9 +288,12 @@ class TelegramFace(Face[TelegramConfig]):
                 headers={"User-Agent": "plaudit"},
                 timeout=self.config.timeout_seconds,
                 # Telegram: about 30 messages a second per bot; far above what plaudit sends.
-                limiter=RateLimiter(rate=RequestRate(requests=30, per=timedelta(seconds=1))),
+                limiter=RateLimiter(
+                    rate=RequestRate(requests=30, per=timedelta(seconds=1)), clock=self.clock
+                ),
                 retry=self._retry,
                 transport=self._transport,
+                clock=self.clock,
                 redact=[token],
             )
         return self._http
@@ -495,32 +498,25 @@ class TelegramFace(Face[TelegramConfig]):
                 return exc.retry_after + 0.01  # a float: wait exactly this long
             return isinstance(exc, Transient) and _certainly_unsent(exc)
 
-        async for attempt in stamina.retry_context(
-            on=retry_on,
-            attempts=policy.attempts,
-            timeout=policy.timeout,
-            wait_initial=policy.wait_initial,
-            wait_max=policy.wait_max,
-            wait_jitter=policy.wait_jitter,
-        ):
-            with attempt:
-                return await self.http.request(
-                    "POST",
-                    "sendMessage",
-                    json={
-                        "chat_id": self.config.chat_id,
-                        "text": text,
-                        "disable_notification": self.config.disable_notification,
-                    },
-                    publishing=True,
-                    retry=False,
-                )
-        raise AssertionError("unreachable: stamina re-raises the last failure")
+        def send() -> Awaitable[httpx.Response]:
+            return self.http.request(
+                "POST",
+                "sendMessage",
+                json={
+                    "chat_id": self.config.chat_id,
+                    "text": text,
+                    "disable_notification": self.config.disable_notification,
+                },
+                publishing=True,
+                retry=False,
+            )
+
+        return await retry_call(send, on=retry_on, policy=policy, clock=self.clock)
 
     async def _reactions(self, refs: Sequence[str]) -> Sequence[ReactionSnapshot]:
         await self._sync()
         audience = await self._members()
-        now = utc_now()
+        now = utc_datetime(self.clock)
         snaps = []
         for ref in refs:
             if not ref.isdigit() or not self._store.known(int(ref)):

@@ -1,14 +1,25 @@
 """The shared HTTP helpers against httpx.MockTransport: error mapping, reset headers, retries
 that honour Retry-After, the client-side limiter and Link pagination."""
 
+import itertools
 import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 
-from plaudit.faces import AuthFailed, Permanent, RateLimited, Rejected, RequestRate, Transient
-from plaudit.faces._http import (
+from plaudit.faces import (
+    AuthFailed,
+    Permanent,
+    RateLimited,
+    Rejected,
+    RequestRate,
+    SimulatedClock,
+    Transient,
+    WallClock,
+    utc_datetime,
+)
+from plaudit.faces.http import (
     FaceHttp,
     RateLimiter,
     RetryPolicy,
@@ -16,6 +27,7 @@ from plaudit.faces._http import (
     error_for_response,
     parse_reset,
     retry_after_seconds,
+    retry_call,
 )
 
 NOW = datetime(2024, 11, 22, 1, 40, 0, tzinfo=UTC)
@@ -172,32 +184,33 @@ async def test_429_with_long_reset_surfaces_to_caller() -> None:
     await http.aclose()
 
 
-async def test_limiter_spaces_calls_with_fake_clock() -> None:
-    now = [0.0]
-    slept: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        now[0] += seconds
-
-    limiter = RateLimiter(
-        rate=RequestRate(requests=2, per=timedelta(seconds=10)),
-        clock=lambda: now[0],
-        sleep=sleep,
-    )
+async def test_limiter_spaces_calls_on_a_simulated_clock() -> None:
+    clock = SimulatedClock()
+    started = time.monotonic()
+    limiter = RateLimiter(rate=RequestRate(requests=2, per=timedelta(seconds=10)), clock=clock)
     for _ in range(4):
         await limiter.acquire()
     # Two calls from the full bucket, then one token every 5 s.
-    assert slept == pytest.approx([5.0, 5.0])
-    spaced = RateLimiter(min_interval=2.0, clock=lambda: now[0], sleep=sleep)
-    slept.clear()
+    assert clock.slept == pytest.approx(10.0)
+    spaced = RateLimiter(min_interval=2.0, clock=clock)
+    before = clock.slept
     await spaced.acquire()
     await spaced.acquire()
-    assert slept == pytest.approx([2.0])
+    assert clock.slept - before == pytest.approx(2.0)
     spaced.block_for(30.0)
-    slept.clear()
+    before = clock.slept
     await spaced.acquire()
-    assert slept == pytest.approx([30.0])
+    assert clock.slept - before == pytest.approx(30.0)
+    assert time.monotonic() - started < 1.0, "simulated waits take no real time"
+
+
+def test_limiter_and_client_default_to_the_wall_clock() -> None:
+    assert isinstance(RateLimiter().clock, WallClock)
+    http = FaceHttp(face="t", base_url="https://example.test")
+    assert isinstance(http.clock, WallClock) and http.limiter.clock is http.clock
+    clock = SimulatedClock()
+    given = FaceHttp(face="t", base_url="https://example.test", limiter=RateLimiter(clock=clock))
+    assert given.clock is clock, "without clock=, the client follows its limiter's clock"
 
 
 async def test_remaining_zero_pauses_the_limiter() -> None:
@@ -244,3 +257,105 @@ async def test_paginate_stops_on_a_loop() -> None:
         async for _ in http.paginate("/items"):
             pass
     await http.aclose()
+
+
+# ---- waits on the face's clock ---------------------------------------------------------------
+
+
+def _clocked(handler: httpx.MockTransport, clock: SimulatedClock, **policy: float) -> FaceHttp:
+    retry = RetryPolicy(wait_jitter=0.0, **policy)  # type: ignore[arg-type]
+    limiter = RateLimiter(min_interval=1.0, clock=clock)
+    return FaceHttp(
+        face="t",
+        base_url="https://example.test",
+        transport=handler,
+        retry=retry,
+        limiter=limiter,
+        clock=clock,
+    )
+
+
+async def test_retry_backoff_and_429_reset_wait_on_the_clock() -> None:
+    clock = SimulatedClock()
+    seen: list[float] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(clock.now())
+        if len(seen) <= 2:
+            return httpx.Response(503)
+        if len(seen) == 3:
+            # A reset 45 s ahead of the clock's now (not the machine's).
+            reset = utc_datetime(clock) + timedelta(seconds=45)
+            return httpx.Response(429, headers={"X-RateLimit-Reset": reset.isoformat()})
+        return httpx.Response(200)
+
+    started = time.monotonic()
+    http = _clocked(httpx.MockTransport(handle), clock, wait_initial=2.0, wait_max=60.0)
+    await http.request("GET", "/x")
+    assert time.monotonic() - started < 1.0, "no real time passes"
+    gaps = [later - earlier for earlier, later in itertools.pairwise(seen)]
+    # Backoff 2 s then 4 s (exponential, no jitter); then the announced 45 s reset.
+    assert gaps == pytest.approx([2.0, 4.0, 45.0])
+    assert clock.slept == pytest.approx(51.0)
+    await http.aclose()
+
+
+async def test_retries_give_up_after_the_policy_timeout_on_the_clock() -> None:
+    clock = SimulatedClock()
+    calls: list[float] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        calls.append(clock.now())
+        return httpx.Response(502)
+
+    http = _clocked(
+        httpx.MockTransport(handle),
+        clock,
+        attempts=10,
+        timeout=25.0,
+        wait_initial=10.0,
+        wait_max=10.0,
+    )
+    with pytest.raises(Transient):
+        await http.request("GET", "/x")
+    # Attempts at 0, 10, 20, 30 s: the one at 30 s is past the 25 s budget, so no more.
+    assert [t - calls[0] for t in calls] == pytest.approx([0.0, 10.0, 20.0, 30.0])
+    await http.aclose()
+
+
+async def test_limiter_waits_of_a_client_go_through_the_clock() -> None:
+    clock = SimulatedClock()
+    http = _clocked(httpx.MockTransport(lambda request: httpx.Response(200)), clock)
+    for _ in range(3):
+        await http.request("GET", "/x")
+    assert clock.slept == pytest.approx(2.0), "min_interval 1 s between three calls"
+    await http.aclose()
+
+
+async def test_retry_call_semantics() -> None:
+    clock = SimulatedClock()
+    policy = RetryPolicy(attempts=3, wait_initial=1.0, wait_max=1.5, wait_jitter=0.0)
+    outcomes: list[Exception | str] = [Transient("a"), Transient("b"), "done"]
+
+    async def flaky() -> str:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    assert await retry_call(flaky, on=lambda exc: True, policy=policy, clock=clock) == "done"
+    assert clock.slept == pytest.approx(1.0 + 1.5), "2 s of backoff clamped to wait_max"
+
+    outcomes[:] = [Transient("a"), "done"]
+    before = clock.slept
+    await retry_call(flaky, on=lambda exc: 7.25, policy=policy, clock=clock)
+    assert clock.slept - before == pytest.approx(7.25), "a float is the exact wait"
+
+    outcomes[:] = [Permanent("no")]
+    with pytest.raises(Permanent):
+        await retry_call(flaky, on=lambda exc: False, policy=policy, clock=clock)
+
+    outcomes[:] = [Transient("1"), Transient("2"), Transient("3"), "never"]
+    with pytest.raises(Transient, match="3"):
+        await retry_call(flaky, on=lambda exc: True, policy=policy, clock=clock)
+    assert outcomes == ["never"], "three attempts in all"

@@ -2,18 +2,33 @@
 for unknown types, broken plugins and bad configs."""
 
 import sys
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
-from plaudit.faces import FaceConfigError, FaceLoadError, FaceNotFound
-from plaudit.faces._registry import (
+from plaudit.faces import (
+    Draft,
+    Face,
+    FaceConfigError,
+    FaceInfo,
+    FaceLoadError,
+    FaceNotFound,
     FaceRegistry,
+    HistoricalPost,
     InstalledFace,
+    Limits,
+    Published,
+    ReactionSnapshot,
+    SimulatedClock,
+    WallClock,
     discover,
     face_specs,
     read_face_specs,
+    utc_datetime,
 )
 from plaudit.faces.testing import MemoryConfig, MemoryFace
 
@@ -174,3 +189,107 @@ def test_face_specs_from_toml(tmp_path: Path) -> None:
 def test_constructor_rejects_a_config_of_the_wrong_model(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match=r"needs a MemoryConfig config, got dict"):
         MemoryFace(name="m", config={"audience": 1}, state_dir=tmp_path)  # type: ignore[arg-type]
+
+
+# ---- the clock ---------------------------------------------------------------------------------
+
+NETWORK_CONFIGS: dict[str, dict[str, Any]] = {
+    "mastodon": {"base_url": "https://mastodon.example", "access_token": "t"},
+    "discord": {"bot_token": "t", "channel_id": "123456789012345678"},
+    "telegram": {"bot_token": "1:t", "chat_id": "@plaudit"},
+    "bluesky": {"identifier": "bot.example", "app_password": "p"},
+}
+
+
+@pytest.mark.parametrize("type_name", ["memory", "simulated", "file", *NETWORK_CONFIGS])
+def test_registry_hands_the_clock_to_builtin_faces(tmp_path: Path, type_name: str) -> None:
+    registry = discover(only={type_name})
+    clock = SimulatedClock()
+    config = NETWORK_CONFIGS.get(type_name, {})
+    face = registry.create(name="f", type=type_name, config=config, state_dir=tmp_path, clock=clock)
+    assert face.clock is clock
+    plain = registry.create(name="f", type=type_name, config=config, state_dir=tmp_path)
+    assert isinstance(plain.clock, WallClock), "without a clock a face runs on the real time"
+
+
+@pytest.mark.parametrize("type_name", list(NETWORK_CONFIGS))
+def test_network_faces_wait_on_their_clock(tmp_path: Path, type_name: str) -> None:
+    clock = SimulatedClock()
+    face = discover(only={type_name}).create(
+        name="f", type=type_name, config=NETWORK_CONFIGS[type_name], state_dir=tmp_path, clock=clock
+    )
+    # Building the HTTP client does no I/O; its limiter and retry waits use the face's clock.
+    http = face.xrpc.http if type_name == "bluesky" else face.http  # type: ignore[attr-defined]
+    assert http.clock is clock and http.limiter.clock is clock
+    assert http.bucket_limiter("route").clock is clock
+
+
+class OldConfig(MemoryConfig):
+    pass
+
+
+class OldStyleFace(Face[OldConfig]):
+    """A third-party face written before the clock: its constructor has no `clock`."""
+
+    type_name = "oldstyle"
+    Config = OldConfig
+
+    def __init__(self, *, name: str, config: OldConfig, state_dir: Path) -> None:
+        super().__init__(name=name, config=config, state_dir=state_dir)
+        self.built_with = type(self.clock)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_length=100)
+
+    async def _history(
+        self, *, since: datetime | None, until: datetime | None, limit: int | None
+    ) -> AsyncIterator[HistoricalPost]:
+        return
+        yield
+
+    async def _publish(self, draft: Draft, *, idempotency_key: str) -> Published:
+        return Published(ref="r", published_at=utc_datetime(self.clock))
+
+    async def _reactions(self, refs: Sequence[str]) -> Sequence[ReactionSnapshot]:
+        return []
+
+    async def _check(self) -> FaceInfo:
+        return FaceInfo(face=self.name, type_name=self.type_name, account="a", limits=self.limits)
+
+
+class KwargsFace(OldStyleFace):
+    """A face that forwards whatever it is given."""
+
+    type_name = "kwargs"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super(OldStyleFace, self).__init__(**kwargs)
+        self.built_with = type(self.clock)
+
+
+async def test_faces_without_a_clock_parameter_get_the_clock_after_construction(
+    tmp_path: Path,
+) -> None:
+    registry = FaceRegistry(
+        installed={
+            "oldstyle": InstalledFace("oldstyle", OldStyleFace, "old 1", "old:OldStyleFace"),
+            "kwargs": InstalledFace("kwargs", KwargsFace, "kw 1", "kw:KwargsFace"),
+        }
+    )
+    clock = SimulatedClock()
+    old = registry.create(name="o", type="oldstyle", config={}, state_dir=tmp_path, clock=clock)
+    assert isinstance(old, OldStyleFace)
+    assert old.built_with is WallClock, "constructed the old way, without clock="
+    assert old.clock is clock, "then given the host's clock"
+    published = await old.publish(Draft(text="hello"), idempotency_key="k")
+    assert published.published_at == utc_datetime(clock)
+    # check() stamps checked_at on the face's clock when the face leaves it to the default.
+    clock.advance(3600)
+    assert (await old.check()).checked_at == utc_datetime(clock)
+    (missing,) = await old.reactions(["nowhere"])
+    assert not missing.found and missing.read_at == utc_datetime(clock)
+
+    forwarded = registry.create(name="k", type="kwargs", config={}, state_dir=tmp_path, clock=clock)
+    assert isinstance(forwarded, KwargsFace)
+    assert forwarded.built_with is SimulatedClock, "**kwargs takes clock= at construction"

@@ -3,19 +3,19 @@ arrive over time, state survives a restart, spam and repeats lose, history is th
 
 import asyncio
 import gzip
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from plaudit.faces import Draft, Face, Permanent, Reactions
+from plaudit.faces import Draft, Face, Permanent, Reactions, SimulatedClock, WallClock, discover
 from plaudit.faces.simulated import SimulatedConfig, SimulatedFace, load_corpus
 from plaudit.faces.simulated._corpus import parse_corpus
 from plaudit.faces.testing import FaceContract, FaceFactory
 
-# A day of reactions in about 0.09 s of real time (mean arrival 4 h = 0.015 s).
-FAST = {"time_scale": 1_000_000.0, "seed": 3}
+T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
 
 class TestSimulatedFace(FaceContract):
@@ -25,16 +25,22 @@ class TestSimulatedFace(FaceContract):
 
     @pytest.fixture
     def face_factory(self) -> FaceFactory:
+        clock = SimulatedClock(start=T0.timestamp())  # one clock across a "restart"
+
         def make(*, state_dir: Path, history: list[Any]) -> SimulatedFace:
             return SimulatedFace(
-                name="sim", config=SimulatedConfig(**FAST, history_page_size=7), state_dir=state_dir
+                name="sim",
+                config=SimulatedConfig(seed=3, history_page_size=7),
+                state_dir=state_dir,
+                clock=clock,
             )
 
         return make
 
     async def react(self, face: Face[Any], ref: str) -> Reactions | None:
-        await asyncio.sleep(0.2)  # about 13 days of simulated time: every reaction has arrived
         assert isinstance(face, SimulatedFace)
+        assert isinstance(face.clock, SimulatedClock)
+        face.clock.advance(timedelta(days=13).total_seconds())  # every reaction has arrived
         explained = face.explain(ref)
         assert explained is not None
         final = explained["final"]
@@ -42,31 +48,30 @@ class TestSimulatedFace(FaceContract):
         return Reactions(**final)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-def make_face(tmp_path: Path, clock: Clock, **config: Any) -> SimulatedFace:
+def make_face(tmp_path: Path, clock: SimulatedClock, **config: Any) -> SimulatedFace:
     return SimulatedFace(
         name="sim", config=SimulatedConfig(**config), state_dir=tmp_path, clock=clock
     )
+
+
+def hours(n: float) -> float:
+    return n * 3600.0
 
 
 GOOD = "Had a lovely walk by the river this morning, the sun was out and the birds were singing."
 
 
 async def test_reactions_arrive_over_time_and_persist(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = SimulatedClock(start=T0.timestamp())
     face = make_face(tmp_path, clock, time_scale=1.0, arrival_mean_hours=4.0)
-    ref = (await face.publish(Draft(text=GOOD), idempotency_key="k1")).ref
+    published = await face.publish(Draft(text=GOOD), idempotency_key="k1")
+    ref = published.ref
+    assert published.published_at == T0, "the post is stamped with the face's clock"
     seen = []
-    for hours in (0, 0.5, 2, 6, 24, 96):
-        clock.now = datetime(2026, 5, 1, 12, 0, tzinfo=UTC) + timedelta(hours=hours)
+    for after in (0, 0.5, 2, 6, 24, 96):
+        clock.advance_to(T0.timestamp() + hours(after))
         (snap,) = await face.reactions([ref])
+        assert snap.read_at == T0 + timedelta(hours=after)
         seen.append(snap.reactions.likes)
     assert seen[0] == 0
     assert seen == sorted(seen), f"counts never decrease: {seen}"
@@ -76,21 +81,27 @@ async def test_reactions_arrive_over_time_and_persist(tmp_path: Path) -> None:
     await face.aclose()
 
     # A new instance on the same state folder: same post, same counts at the same time.
-    again = make_face(tmp_path, clock, time_scale=1.0, arrival_mean_hours=4.0)
-    for hours, expected in ((2, seen[2]), (24, seen[4])):
-        clock.now = datetime(2026, 5, 1, 12, 0, tzinfo=UTC) + timedelta(hours=hours)
+    for after, expected in ((2, seen[2]), (24, seen[4])):
+        again = make_face(
+            tmp_path,
+            SimulatedClock(start=T0.timestamp() + hours(after)),
+            time_scale=1.0,
+            arrival_mean_hours=4.0,
+        )
         (snap,) = await again.reactions([ref])
         assert snap.reactions.likes == expected
+        await again.aclose()
+    again = make_face(tmp_path, clock, time_scale=1.0, arrival_mean_hours=4.0)
     assert (await again.publish(Draft(text=GOOD), idempotency_key="k1")).ref == ref
     assert (await again.check()).details["posts_published"] == 1
     await again.aclose()
 
 
 async def test_time_scale_compresses_a_day_into_a_minute(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = SimulatedClock()
     face = make_face(tmp_path, clock, time_scale=1440.0)
     ref = (await face.publish(Draft(text=GOOD), idempotency_key="k")).ref
-    clock.now += timedelta(seconds=60)  # one real minute = one simulated day
+    clock.advance(60)  # one minute of the clock = one day of the audience
     (snap,) = await face.reactions([ref])
     final = face.explain(ref)
     assert final is not None
@@ -100,13 +111,13 @@ async def test_time_scale_compresses_a_day_into_a_minute(tmp_path: Path) -> None
 
 async def final_score(tmp_path: Path, texts: list[str], seed: int = 0) -> list[float]:
     """Publish `texts` in order on one account, return the final score of each."""
-    clock = Clock()
+    clock = SimulatedClock()
     face = make_face(tmp_path, clock, seed=seed)
     refs = []
     for i, text in enumerate(texts):
         refs.append((await face.publish(Draft(text=text), idempotency_key=f"k{i}")).ref)
-        clock.now += timedelta(hours=3)
-    clock.now += timedelta(days=30)
+        clock.advance(hours(3))
+    clock.advance(hours(24 * 30))
     scores = [face.score(s) for s in await face.reactions(refs)]
     await face.aclose()
     return scores
@@ -149,10 +160,10 @@ async def test_negative_preference_flips_the_audience(tmp_path: Path) -> None:
     happy = "I love my friends and my family, they make me happy every day."
     grumpy = "I hate everything about this stupid rainy day, nothing works and it is awful."
     pos = await final_score(tmp_path / "p", [happy, grumpy])
-    clock = Clock()
+    clock = SimulatedClock()
     face = make_face(tmp_path / "n", clock, preference="negative")
     refs = [(await face.publish(Draft(text=t), idempotency_key=t)).ref for t in (happy, grumpy)]
-    clock.now += timedelta(days=30)
+    clock.advance(hours(24 * 30))
     neg = [face.score(s) for s in await face.reactions(refs)]
     assert pos[0] > pos[1] and neg[1] > neg[0]
     await face.aclose()
@@ -166,7 +177,7 @@ async def test_same_seed_same_fate_other_seed_other_noise(tmp_path: Path) -> Non
 
 
 async def test_history_is_the_corpus_newest_first(tmp_path: Path) -> None:
-    face = make_face(tmp_path, Clock())
+    face = make_face(tmp_path, SimulatedClock())
     posts = [p async for p in face.history(limit=5000)]
     assert len(posts) == 4200
     assert posts[0].id == "vader-4200" and posts[-1].id == "vader-1"
@@ -210,3 +221,39 @@ async def test_unusable_state_folder_is_a_permanent_error_naming_it(tmp_path: Pa
         await face.publish(Draft(text=GOOD), idempotency_key="k")
     assert info.value.face == "sim"
     assert f"Cannot create the simulated face's state folder {blocker / 'sim'}" in str(info.value)
+
+
+async def test_registry_runs_the_audience_on_the_hosts_clock(tmp_path: Path) -> None:
+    """A week of posting and reading on a simulated clock, through the registry as the daemon
+    creates faces: it takes no real time, and the audience keeps the clock's pace."""
+    clock = SimulatedClock()
+    face = discover(only={"simulated"}).create(
+        name="sim", type="simulated", config={"seed": 1}, state_dir=tmp_path, clock=clock
+    )
+    assert face.clock is clock
+    started = time.monotonic()
+    refs = []
+    for day in range(7):
+        refs.append((await face.publish(Draft(text=GOOD), idempotency_key=f"d{day}")).ref)
+        await clock.sleep(hours(24))  # what a posting loop does between posts
+    snaps = await face.reactions(refs)
+    assert time.monotonic() - started < 5.0, "a simulated week takes no real week"
+    assert snaps[0].reactions.likes > 0, "a week-old post has collected its likes"
+    assert all(s.read_at.timestamp() == clock.now() for s in snaps)
+    await face.aclose()
+
+
+async def test_wall_clock_demo_with_time_scale(tmp_path: Path) -> None:
+    """The default clock is the real time; `time_scale` speeds the audience up for a demo."""
+    face = SimulatedFace(
+        name="sim",
+        config=SimulatedConfig(time_scale=1_000_000.0, seed=3),  # a day in about 0.09 s
+        state_dir=tmp_path,
+    )
+    assert isinstance(face.clock, WallClock)
+    ref = (await face.publish(Draft(text=GOOD), idempotency_key="k")).ref
+    await asyncio.sleep(0.2)  # about 2 days of audience time
+    (snap,) = await face.reactions([ref])
+    final = face.explain(ref)
+    assert final is not None and snap.reactions.likes == final["final"]["likes"] > 0
+    await face.aclose()

@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from plaudit.faces import Face, HistoricalPost, Reactions
-from plaudit.faces._registry import discover
+from plaudit.faces import Face, HistoricalPost, Reactions, discover
 from plaudit.faces.testing import FaceContract, FaceFactory
 
 
