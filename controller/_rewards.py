@@ -1,14 +1,23 @@
-"""From a face's score to a reward: normalised per face over the bot's own posts only, so
-rewards from a 50-follower account and a 50,000-follower one mean the same thing."""
+"""Score -> reward -> advantage, in one place.
+
+- score: the face's own number for a post's reactions at the final horizon (`Face.score`, for
+  example (likes + 2 reposts + replies) / followers);
+- reward: that score as a z-score against the face's earlier scores (its own posts only), so
+  rewards from a 50-follower account and a 50,000-follower one mean the same thing;
+- advantage: the reward minus a moving-average baseline, in the order the rewards arrived.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 # With fewer own posts than this, there is no spread to normalise by: the reward is 0.
 MIN_HISTORY = 2
 CLIP = 3.0
+# The reward of a post is judged against at most this many earlier scores of its face.
+SCORE_WINDOW = 200
 
 
 def normalise(score: float, history: Sequence[float]) -> float:
@@ -26,3 +35,17 @@ def normalise(score: float, history: Sequence[float]) -> float:
     var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
     spread = max(math.sqrt(var), 0.1 * abs(mean), 1e-9)
     return max(-CLIP, min(CLIP, (score - mean) / spread))
+
+
+@dataclass
+class Baseline:
+    """A moving average of rewards; advantage = reward - the average before it."""
+
+    value: float = 0.0
+    decay: float = 0.9
+
+    def advantage(self, reward: float) -> float:
+        """The advantage of ``reward``, then fold it into the average (call in time order)."""
+        adv = reward - self.value
+        self.value = self.decay * self.value + (1 - self.decay) * reward
+        return adv

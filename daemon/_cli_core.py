@@ -79,7 +79,7 @@ def _check_deep(settings: Settings) -> None:
     learner) and every face instance's own settings (by its plugin's config model)."""
     from plaudit.daemon._config import offline_train_config
     from plaudit.faces import FaceConfigError, FaceLoadError, FaceNotFound
-    from plaudit.faces._registry import discover
+    from plaudit.faces import discover
 
     problems = []
     try:
@@ -94,7 +94,7 @@ def _check_deep(settings: Settings) -> None:
         except (FaceConfigError, FaceLoadError, FaceNotFound) as exc:
             problems.append(str(exc))
         except ValidationError as exc:
-            from plaudit.faces._registry import config_error
+            from plaudit.faces import config_error
 
             problems.append(
                 str(

@@ -31,7 +31,7 @@ def list_faces(
 ) -> None:
     """The installed face types with the package each comes from, and the plugins that failed
     to load (with their error)."""
-    from plaudit.faces._registry import discover
+    from plaudit.faces import discover
 
     registry = discover()
     installed, failed = registry.installed(), registry.failed()
@@ -97,7 +97,7 @@ def check_face(
     found: account, audience size, limits."""
     from plaudit.daemon._config import resolve_state_dir
     from plaudit.faces import FaceConfigError, FaceError, FaceLoadError, FaceNotFound
-    from plaudit.faces._registry import discover
+    from plaudit.faces import discover
 
     settings = settings_or_exit(config, credentials_dir)
     if face_type is not None:

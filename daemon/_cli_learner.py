@@ -98,9 +98,9 @@ def register(app: typer.Typer) -> None:
             SamplingConfig,
             configure_torch,
             default_cache_dir,
+            generate_text,
             load_model,
         )
-        from plaudit.learner._generate import generate_text
 
         configure_torch()
         try:

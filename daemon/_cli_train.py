@@ -65,7 +65,7 @@ def _face_examples(name: str, config: Path | None, state_dir: Path | None) -> li
     from plaudit.daemon._cli_core import settings_or_exit
     from plaudit.daemon._config import resolve_state_dir
     from plaudit.faces import FaceError
-    from plaudit.faces._registry import discover, face_specs
+    from plaudit.faces import discover, face_specs
     from plaudit.learner import examples_from_texts
 
     path = config if config is not None else Path("plaudit.toml")
@@ -282,16 +282,19 @@ def evaluate(
     checkpoint, --format, --val-split, --max-seq-len and --chat-template default to the values
     it was trained with, so "held out" means held out from that training."""
     from plaudit.learner import (
+        TRAINER_STATE,
         LearnerError,
         configure_torch,
+        dedupe_examples,
         default_cache_dir,
         load_model,
+        load_trainer_state,
         read_file,
+        resolve_model_dir,
+        split_validation,
+        use_chat_template,
     )
     from plaudit.learner import evaluate as run_eval
-    from plaudit.learner._checkpoint import TRAINER_STATE, load_trainer_state, resolve_model_dir
-    from plaudit.learner._data import dedupe, split_validation
-    from plaudit.learner._train import use_chat_template
 
     configure_torch()
     try:
@@ -306,7 +309,7 @@ def evaluate(
         examples = []
         for path in data:
             examples += read_file(path, fmt)[0]  # type: ignore[arg-type]
-        train, val = split_validation(dedupe(examples), val_split)
+        train, val = split_validation(dedupe_examples(examples), val_split)
         loaded = load_model(str(spec), cache_dir=default_cache_dir())
         report = run_eval(
             model=loaded.model,
@@ -346,10 +349,16 @@ def grow(
     """Grow a trained model into a larger preset that computes (nearly) the same function.
 
     Continue training it with `plaudit train offline --model OUT`."""
-    from plaudit.learner import LearnerError, configure_torch, load_model, save_model
-    from plaudit.learner._checkpoint import resolve_model_dir
-    from plaudit.learner._grow import grow as grow_model
-    from plaudit.learner._grow import logit_difference, target_config
+    from plaudit.learner import (
+        LearnerError,
+        configure_torch,
+        grow_model,
+        grow_target_config,
+        load_model,
+        logit_difference,
+        resolve_model_dir,
+        save_model,
+    )
 
     configure_torch()
     if out.exists() and any(out.iterdir()) and not force:
@@ -357,7 +366,7 @@ def grow(
     try:
         spec = resolve_model_dir(source) or source
         loaded = load_model(str(spec))
-        grown = grow_model(loaded.model, target_config(loaded.model.config, to))
+        grown = grow_model(loaded.model, grow_target_config(loaded.model.config, to))
         diff = logit_difference(loaded.model, grown)
         save_model(out, model=grown, tokenizer=loaded.tokenizer)
     except LearnerError as e:

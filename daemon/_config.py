@@ -15,7 +15,6 @@ import difflib
 import os
 import re
 import tomllib
-from datetime import time, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,11 +25,12 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
-    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from plaudit.daemon._durations import Duration
+from plaudit.controller import (
+    LoopSettings,
+)
 
 DEFAULT_CONFIG_FILE = Path("plaudit.toml")
 _SECRET_NAME = re.compile(r"token|password|secret|api_?key|credential", re.I)
@@ -67,13 +67,6 @@ class ModelConfig(_Section):
     dtype: Literal["float32", "bfloat16"] = "float32"
 
 
-class SamplingConfig(_Section):
-    temperature: float = Field(default=0.9, ge=0.0, le=5.0)
-    top_p: float | None = Field(default=0.95, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=1)
-    max_new_tokens: int = Field(default=60, ge=1, le=4096)
-
-
 class FaceInstanceConfig(BaseModel):
     """One face instance: ``type`` picks the plugin; the other keys go to its own config model,
     which validates them when the face is created."""
@@ -86,77 +79,13 @@ class FaceInstanceConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
-class QuietHours(_Section):
-    start: time
-    end: time
-
-
-class ControllerConfig(_Section):
-    post_interval: Duration = timedelta(hours=4)
-    post_jitter: Duration = timedelta(minutes=20)
-    daily_cap: int = Field(default=6, ge=0)  # posts per 24 h per face; 0: no cap
-    quiet_hours: QuietHours | None = None
-    candidates: int = Field(default=8, ge=1, le=256)
-    # Snapshot reactions at each horizon after publishing; the last one gives the reward.
-    horizons: tuple[Duration, ...] = (timedelta(hours=1), timedelta(hours=6), timedelta(hours=24))
-    collect_interval: Duration = timedelta(minutes=10)
-    learn_interval: Duration = timedelta(minutes=30)
-    learn_min_rewards: int = Field(default=4, ge=1)
-    # Offline fit on face history: at first start, then again at this interval (None: never).
-    offline_interval: Duration | None = timedelta(days=7)
-    offline_max_posts: int | None = Field(default=None, ge=1)
-    # Candidates containing any of these (case-insensitive) are never published.
-    blocklist: tuple[str, ...] = ()
-    min_chars: int = Field(default=12, ge=1)
-    shutdown_timeout: Duration = timedelta(seconds=60)
-
-    @model_validator(mode="after")
-    def _horizons_sorted(self) -> ControllerConfig:
-        if not self.horizons:
-            raise ValueError("horizons must list at least one duration, such as ['1h', '24h']")
-        if list(self.horizons) != sorted(self.horizons):
-            raise ValueError("horizons must be in increasing order, such as ['1h', '6h', '24h']")
-        return self
-
-
-class OnlineConfig(_Section):
-    # clipped: importance-weighted clipped update with a KL anchor; reinforce: the baseline.
-    method: Literal["clipped", "reinforce"] = "clipped"
-    lr: float = Field(default=1e-5, gt=0)
-    max_kl: float | None = Field(default=0.1, gt=0)
-    kl_coef: float = Field(default=0.05, ge=0)
-    epochs: int = Field(default=2, ge=1)
-    clip: float = Field(default=0.2, gt=0)
-    grad_clip: float = Field(default=1.0, gt=0)
-    baseline_decay: float = Field(default=0.9, ge=0, lt=1)
-
-
-class OfflineConfig(BaseModel):
-    """The `[offline]` table: the knobs of offline training, shared by the daemon's fits on
-    face history and `plaudit train offline`. The keys typed here get the daemon's defaults;
-    any other key of the learner's `OfflineTrainConfig` (warmup_steps, lr_schedule, precision,
-    patience, ...) is allowed too and validated by `offline_train_config` (config check and
-    start-up do that)."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-    epochs: int = Field(default=1, ge=1)
-    max_steps: int | None = Field(default=200, ge=1)
-    lr: float = Field(default=5e-5, gt=0)
-    batch_size: int = Field(default=8, ge=1)
-    max_seq_len: int = Field(default=128, ge=8)
-
-    def knobs(self) -> dict[str, Any]:
-        return {**self.model_dump(exclude=set(self.model_extra or {})), **(self.model_extra or {})}
-
-
-def offline_train_config(settings: Settings, **overrides: Any) -> Any:
+def offline_train_config(settings: LoopSettings, **overrides: Any) -> Any:
     """The learner's `OfflineTrainConfig` for this configuration (imports torch; the learner
     validates every knob). Raises ConfigError naming the `offline.` key."""
     from plaudit.learner import OfflineTrainConfig
 
-    knobs = {**settings.offline.knobs(), **{k: v for k, v in overrides.items() if v is not None}}
     try:
-        return OfflineTrainConfig(**knobs)
+        return settings.offline.train_config(**overrides)
     except ValidationError as exc:
         message = format_validation_error(
             exc, source="the [offline] table", model=OfflineTrainConfig
@@ -164,8 +93,9 @@ def offline_train_config(settings: Settings, **overrides: Any) -> Any:
         raise ConfigError(message.replace("\n  ", "\n  offline.")) from None
 
 
-class Settings(BaseSettings):
-    """Everything the daemon reads from its configuration."""
+class Settings(BaseSettings, LoopSettings):
+    """Everything the daemon reads from its configuration: the loop's tables (`LoopSettings`:
+    sampling, controller, online, offline) and the daemon's own."""
 
     model_config = SettingsConfigDict(
         env_prefix="PLAUDIT_",
@@ -180,10 +110,6 @@ class Settings(BaseSettings):
     log: LogConfig = LogConfig()
     http: HttpConfig = HttpConfig()
     model: ModelConfig = ModelConfig()
-    sampling: SamplingConfig = SamplingConfig()
-    controller: ControllerConfig = ControllerConfig()
-    online: OnlineConfig = OnlineConfig()
-    offline: OfflineConfig = OfflineConfig()
     faces: dict[str, FaceInstanceConfig] = Field(
         default_factory=lambda: {"sim": FaceInstanceConfig(type="simulated")}
     )

@@ -13,7 +13,6 @@ The controller updates metrics through the attributes, for example
 from __future__ import annotations
 
 import asyncio
-import math
 from collections import deque
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
@@ -31,7 +30,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-FILTER_REASONS: Final = ("too_long", "too_short", "blocklist", "duplicate", "novelty", "empty")
+from plaudit.controller import FILTER_REASONS, horizon_label
+
 FAILURE_REASONS: Final = ("rate_limited", "auth", "transient", "permanent", "rejected", "other")
 TRAINING_MODES: Final = ("offline", "online")
 SCHEDULER_JOBS: Final = ("offline", "post", "collect", "learn")
@@ -49,17 +49,6 @@ _REWARD_BUCKETS: Final = (-3.0, -2.0, -1.5, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1
 _LAG_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 # reward_recent_mean is the mean of this many most recent rewards per face.
 RECENT_REWARDS: Final = 20
-
-
-def horizon_label(horizon: timedelta | float) -> str:
-    """A horizon as the short duration the config uses: 3600 s -> "1h", 90 s -> "90s"."""
-    seconds = horizon.total_seconds() if isinstance(horizon, timedelta) else float(horizon)
-    if seconds <= 0 or not math.isfinite(seconds):
-        raise ValueError(f"a reaction horizon must be a positive duration, got {seconds!r} s")
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
 
 
 class Metrics:

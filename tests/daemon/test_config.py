@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from plaudit.daemon._cli import _register, app
 from plaudit.daemon._config import ConfigError, load_settings, resolve_state_dir
-from plaudit.daemon._durations import format_duration, parse_duration
+from plaudit.controller import format_duration, parse_duration
 from plaudit.daemon._logging import configure_logging
 
 runner = CliRunner()

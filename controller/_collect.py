@@ -1,0 +1,72 @@
+"""Collection: snapshot the reactions of posts that reached a horizon; at the last horizon the
+face's score becomes the post's reward (controller/_rewards.py), recorded exactly once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from plaudit.controller._context import LoopContext, Outcome
+from plaudit.controller._metrics import horizon_label
+from plaudit.controller._rewards import SCORE_WINDOW, normalise
+from plaudit.faces import FaceError
+from plaudit.state import Snapshot
+
+
+class Collection:
+    def __init__(self, ctx: LoopContext) -> None:
+        self.ctx = ctx
+
+    async def sweep(self) -> Outcome:
+        ctx = self.ctx
+        horizons = [h.total_seconds() for h in ctx.settings.controller.horizons]
+        final = horizons[-1]
+        due = ctx.store.due_snapshots(now=ctx.clock.now(), horizons_s=horizons)
+        if not due:
+            return "skipped"
+        by_face: dict[str, list[tuple[Any, float]]] = {}
+        for post, horizon in due:
+            if post.face in ctx.faces and post.face_ref:
+                by_face.setdefault(post.face, []).append((post, horizon))
+        rewards = 0
+        for name, items in by_face.items():
+            rt = ctx.faces[name]
+            try:
+                snaps = await rt.face.reactions([p.face_ref for p, _ in items])
+            except FaceError as exc:
+                ctx.log.warning(
+                    "reactions unavailable; retried next sweep", face=name, error=str(exc)
+                )
+                continue
+            for (post, horizon), snap in zip(items, snaps, strict=True):
+                r = snap.reactions
+                ctx.store.add_snapshot(
+                    Snapshot(
+                        post_id=post.id,
+                        horizon_s=horizon,
+                        found=snap.found,
+                        likes=r.likes,
+                        reposts=r.reposts,
+                        replies=r.replies,
+                        quotes=r.quotes,
+                        extra=dict(r.extra),
+                        audience=snap.audience,
+                        read_at=snap.read_at.timestamp(),
+                    )
+                )
+                ctx.metrics.reactions_collected.labels(name, horizon_label(horizon)).inc()
+                if horizon == final and snap.found:
+                    score = rt.face.score(snap)
+                    reward = normalise(score, ctx.store.scores(name, limit=SCORE_WINDOW))
+                    ctx.store.add_reward(post_id=post.id, face=name, score=score, reward=reward)
+                    ctx.metrics.record_reward(name, reward)
+                    ctx.store.record_metrics({"reward": reward, "score": score})
+                    rewards += 1
+                    ctx.log.info(
+                        "reward",
+                        face=name,
+                        post_id=post.id,
+                        score=round(score, 4),
+                        reward=round(reward, 3),
+                    )
+        ctx.log.info("collect sweep", snapshots=len(due), rewards=rewards)
+        return "success"

@@ -1,0 +1,293 @@
+"""Posting: the rules for when a face may post, the post cycle (candidates -> filters ->
+choice -> intent -> publish) and publishing with retries under one idempotency key.
+
+A publish that fails for now (rate limited, a 5xx, a timeout) keeps its intent: the face's next
+cycles retry that post, with the same key and a growing backoff, before generating new ones, so
+a post never goes out days late beside newer ones."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from plaudit.controller._context import FaceRuntime, LoopContext, Outcome
+from plaudit.controller._filters import FilterConfig, NoveltyIndex, reject_reason
+from plaudit.controller._prompts import SYSTEM, instructions
+from plaudit.faces import (
+    AuthFailed,
+    Draft,
+    FaceError,
+    Permanent,
+    RateLimited,
+    Rejected,
+    Transient,
+)
+from plaudit.state import NewCandidate, Post
+
+# A rate limit longer than this is not waited out inside a cycle: the intent stays recorded and
+# a later cycle retries the post (with the same idempotency key).
+MAX_INLINE_WAIT = 900.0
+PUBLISH_ATTEMPTS = 4
+# Backoff between cycles that retry a kept intent: 1 min, 2, 4, ... at most an hour.
+KEPT_RETRY_FIRST = 60.0
+KEPT_RETRY_MAX = 3600.0
+
+PublishStatus = Literal["published", "kept", "failed"]
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    status: PublishStatus
+    # For "kept": the earliest time a retry makes sense (a rate limit's Retry-After).
+    retry_at: float | None = None
+
+
+class Posting:
+    def __init__(self, ctx: LoopContext) -> None:
+        self.ctx = ctx
+        self.own_posts = NoveltyIndex(n=6)
+        self.training_posts = NoveltyIndex(n=6)
+
+    # -- when ------------------------------------------------------------------------------
+
+    def interval(self, rt: FaceRuntime) -> float:
+        """The gap to the next post: the configured interval (at least the face's own minimum)
+        plus jitter."""
+        c = self.ctx.settings.controller
+        jitter = c.post_jitter.total_seconds()
+        base = max(c.post_interval.total_seconds(), rt.face.limits.min_interval.total_seconds())
+        return max(0.0, base + self.ctx.rng.uniform(-jitter, jitter))
+
+    def first_post_time(self, rt: FaceRuntime) -> float:
+        """After a restart the first post respects the last post's time (no burst); a kept
+        intent is due at once."""
+        now = self.ctx.clock.now()
+        if self.ctx.store.in_flight(face=rt.name):
+            return now
+        last = self.ctx.store.last_published_at(rt.name)
+        if last is None:
+            return now
+        return max(now, last + self.interval(rt))
+
+    def blocked_until(self, rt: FaceRuntime, now: float) -> tuple[str, float] | None:
+        """Why a post cannot go out now and when to try again, or None when it may."""
+        c = self.ctx.settings.controller
+        store = self.ctx.store
+        last = store.last_published_at(rt.name)
+        min_gap = rt.face.limits.min_interval.total_seconds()
+        if last is not None and now - last < min_gap:
+            return "min_interval", last + min_gap
+        if c.daily_cap and store.published_since(rt.name, now - 86400) >= c.daily_cap:
+            return "daily_cap", now + 3600
+        if c.quiet_hours is not None:
+            local = datetime.fromtimestamp(now).astimezone()
+            start, end = c.quiet_hours.start, c.quiet_hours.end
+            t = local.time()
+            quiet = (start <= t < end) if start <= end else (t >= start or t < end)
+            if quiet:
+                resume = local.replace(hour=end.hour, minute=end.minute, second=0, microsecond=0)
+                if resume <= local:
+                    resume += timedelta(days=1)
+                return "quiet_hours", resume.timestamp()
+        return None
+
+    # -- the cycle -------------------------------------------------------------------------
+
+    async def post(self, rt: FaceRuntime) -> Outcome:
+        """One post job for a face: a kept intent first, else a new post. Sets
+        `rt.next_post_at` to when the face's next post job is due."""
+        now = self.ctx.clock.now()
+        blocked = self.blocked_until(rt, now)
+        if blocked is not None:
+            reason, retry_at = blocked
+            self.ctx.log.info(
+                "post deferred", face=rt.name, reason=reason, retry_in_s=round(retry_at - now)
+            )
+            rt.next_post_at = retry_at
+            return "skipped"
+        kept = self.ctx.store.in_flight(face=rt.name)
+        if kept:
+            return await self._retry_kept(rt, kept[0])
+        rt.next_post_at = None
+        try:
+            return await self._cycle(rt)
+        finally:
+            if rt.next_post_at is None:
+                rt.next_post_at = self.ctx.clock.now() + self.interval(rt)
+
+    async def _retry_kept(self, rt: FaceRuntime, post: Post) -> Outcome:
+        log = self.ctx.log.bind(face=rt.name, post_id=post.id)
+        assert post.idempotency_key is not None, "in_flight() lists posts with an intent only"
+        tries = rt.retries.get(post.id, 0)
+        log.info("publishing a kept intent", earlier_tries=tries)
+        result = await self.publish(rt, post.id, post.text, post.idempotency_key, log)
+        now = self.ctx.clock.now()
+        if result.status == "kept":
+            rt.retries[post.id] = tries + 1
+            backoff = min(KEPT_RETRY_MAX, KEPT_RETRY_FIRST * 2.0**tries)
+            rt.next_post_at = max(now + backoff, result.retry_at or 0.0)
+            return "error"
+        rt.retries.pop(post.id, None)
+        # Published (or failed for good): the next post is due a full interval from now.
+        rt.next_post_at = now + self.interval(rt)
+        return "success" if result.status == "published" else "error"
+
+    async def _cycle(self, rt: FaceRuntime) -> Outcome:
+        # The learner (torch) is imported when first needed: reading the config stays light.
+        from plaudit.learner import GenerationInterrupted, SamplingConfig
+
+        ctx = self.ctx
+        cycle = uuid.uuid4().hex[:12]
+        log = ctx.log.bind(cycle=cycle, face=rt.name)
+        c, s = ctx.settings.controller, ctx.settings.sampling
+        limits = rt.face.limits
+        t0 = time.monotonic()  # durations of real work are measured in real time
+        texts = instructions(
+            history=rt.history, n=c.candidates, max_chars=limits.max_length, rng=ctx.rng
+        )
+        prompts = [ctx.policy.render_prompt(t, system=SYSTEM) for t in texts]
+        sampling = SamplingConfig(
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            max_new_tokens=s.max_new_tokens,
+            seed=ctx.rng.randrange(2**31),
+        )
+        try:
+            candidates = await ctx.worker.run(
+                "generate",
+                ctx.policy.generate,
+                prompts,
+                n=1,
+                sampling=sampling,
+                should_stop=ctx.worker.shutting_down.is_set,
+            )
+        except GenerationInterrupted:
+            log.info("post cycle abandoned: shutting down during generation")
+            return "skipped"
+        gen_s = time.monotonic() - t0
+        ctx.metrics.generation_duration.observe(gen_s)
+        ctx.metrics.posts_generated.labels(rt.name).inc(len(candidates))
+        version = ctx.policy.version
+        ids = ctx.store.add_candidates(
+            face=rt.name,
+            cycle_id=cycle,
+            candidates=[
+                NewCandidate(
+                    text=cand.text,
+                    prompt=cand.prompt,
+                    prompt_tokens=cand.prompt_tokens,
+                    tokens=cand.tokens,
+                    logprobs=cand.logprobs,
+                    policy_version=version,
+                )
+                for cand in candidates
+            ],
+        )
+        survivors: list[tuple[int, str]] = []
+        filtered: dict[str, int] = {}
+        filters = FilterConfig(blocklist=c.blocklist, min_chars=c.min_chars)
+        for post_id, cand in zip(ids, candidates, strict=True):
+            reason = reject_reason(
+                cand.text,
+                config=filters,
+                max_length=limits.max_length,
+                measure=rt.face.measure,
+                own_posts=self.own_posts,
+                training_posts=self.training_posts,
+                batch_seen=[t for _, t in survivors],
+            )
+            if reason is None:
+                survivors.append((post_id, cand.text))
+            else:
+                ctx.store.mark_filtered(post_id, reason=reason)
+                ctx.metrics.posts_filtered.labels(rt.name, reason).inc()
+                filtered[reason] = filtered.get(reason, 0) + 1
+        if not survivors:
+            log.warning("no candidate survived the filters", generated=len(ids), filtered=filtered)
+            return "skipped"
+        # Exploration: uniform among survivors (a reward model would rank them here).
+        post_id, text = ctx.rng.choice(survivors)
+        ctx.store.choose(post_id)
+        key = f"plaudit-{rt.name}-{post_id}-{uuid.uuid4().hex[:8]}"
+        ctx.store.record_intent(post_id, idempotency_key=key)
+        result = await self.publish(rt, post_id, text, key, log)
+        if result.status == "kept":
+            rt.retries[post_id] = 1
+            rt.next_post_at = max(ctx.clock.now() + KEPT_RETRY_FIRST, result.retry_at or 0.0)
+        log.info(
+            "post cycle",
+            generated=len(ids),
+            filtered=filtered,
+            chosen=post_id,
+            published=result.status == "published",
+            generation_s=round(gen_s, 2),
+            total_s=round(time.monotonic() - t0, 2),
+            policy_version=version,
+        )
+        return "success" if result.status == "published" else "error"
+
+    # -- publishing ------------------------------------------------------------------------
+
+    async def publish(
+        self, rt: FaceRuntime, post_id: int, text: str, key: str, log: Any
+    ) -> PublishResult:
+        """Publish with retries; the same idempotency key makes every retry the same post."""
+        ctx = self.ctx
+        m = ctx.metrics
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            t0 = time.monotonic()
+            try:
+                published = await rt.face.publish(Draft(text=text), idempotency_key=key)
+            except RateLimited as exc:
+                wait = exc.retry_after if exc.retry_after is not None else 60.0
+                m.rate_limit_waits.labels(rt.name).inc()
+                if wait > MAX_INLINE_WAIT or attempt == PUBLISH_ATTEMPTS:
+                    rt.last_error = f"rate limited for {wait:.0f}s"
+                    log.warning("publish rate limited; intent kept for a later cycle", wait_s=wait)
+                    m.posts_failed.labels(rt.name, "rate_limited").inc()
+                    return PublishResult("kept", retry_at=ctx.clock.now() + wait)
+                m.rate_limit_wait_seconds.labels(rt.name).inc(wait)
+                await ctx.clock.sleep(wait)
+                continue
+            except Transient as exc:
+                if attempt == PUBLISH_ATTEMPTS:
+                    rt.last_error = str(exc)
+                    log.warning(
+                        "publish failed for now; intent kept for a later cycle", error=str(exc)
+                    )
+                    m.posts_failed.labels(rt.name, "transient").inc()
+                    return PublishResult("kept")
+                await ctx.clock.sleep(min(60.0, 2.0**attempt) * (0.5 + ctx.rng.random()))
+                continue
+            except FaceError as exc:
+                reason = (
+                    "auth"
+                    if isinstance(exc, AuthFailed)
+                    else "rejected"
+                    if isinstance(exc, Rejected)
+                    else "permanent"
+                    if isinstance(exc, Permanent)
+                    else "other"
+                )
+                rt.last_error = str(exc)
+                ctx.store.mark_failed(post_id, error=f"{type(exc).__name__}: {exc}")
+                m.posts_failed.labels(rt.name, reason).inc()
+                log.error("publish failed", post_id=post_id, reason=reason, error=str(exc))
+                return PublishResult("failed")
+            m.publish_duration.labels(rt.name).observe(time.monotonic() - t0)
+            ctx.store.mark_published(
+                post_id,
+                ref=published.ref,
+                url=published.url,
+                published_at=published.published_at.timestamp(),
+            )
+            self.own_posts.add(text)
+            rt.last_error = None
+            m.posts_published.labels(rt.name).inc()
+            m.last_post_timestamp.labels(rt.name).set(published.published_at.timestamp())
+            return PublishResult("published")
+        raise AssertionError("unreachable: the last attempt returns")

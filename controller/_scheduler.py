@@ -1,0 +1,76 @@
+"""The APScheduler shell: it wakes the controller on the wall clock at the times the
+controller plans, and nothing else. Which job is due when is the controller's business
+(`Controller.due()`); a test or benchmark skips this shell and calls `run_until()` on a
+simulated clock, which APScheduler cannot run on."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from apscheduler.events import EVENT_JOB_MISSED, JobEvent
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.date import DateTrigger
+
+from plaudit.faces import SimulatedClock
+
+if TYPE_CHECKING:
+    from plaudit.controller._controller import Controller
+
+
+class JobScheduler:
+    def __init__(self, controller: Controller) -> None:
+        if isinstance(controller.clock, SimulatedClock):
+            raise TypeError(
+                "APScheduler runs on the wall clock; drive a SimulatedClock with run_until()"
+            )
+        self.controller = controller
+        self._scheduler = AsyncIOScheduler()
+        self._scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED)
+
+    def start(self) -> None:
+        self.sync()
+        self._scheduler.start()
+
+    def sync(self) -> None:
+        """Make the timers match the controller's plan: one timer per due job, none for a
+        job that runs now (its next time is planned when it ends) or is not due."""
+        due = self.controller.due()
+        for job in self._scheduler.get_jobs():
+            if job.id not in due:
+                job.remove()
+        for name, at in due.items():
+            if self.controller.is_running(name):
+                continue
+            when = datetime.fromtimestamp(at).astimezone()
+            job = self._scheduler.get_job(name)
+            if job is not None and job.next_run_time == when:
+                continue
+            self._scheduler.add_job(
+                self._run,
+                DateTrigger(run_date=when),
+                args=[name],
+                id=name,
+                replace_existing=True,
+                misfire_grace_time=None,  # a late wake-up still runs the job
+            )
+
+    async def _run(self, name: str) -> None:
+        try:
+            await self.controller.run_job(name)
+        finally:
+            if self._scheduler.running:
+                self.sync()
+
+    def pause(self) -> None:
+        if self._scheduler.running:
+            # Pause, not shut down: shutting the executor down would cancel running jobs.
+            self._scheduler.pause()
+
+    def shutdown(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+
+    def _on_missed(self, event: JobEvent) -> None:
+        job = str(event.job_id).split(":")[0]
+        self.controller.ctx.metrics.scheduler_misfires.labels(job).inc()

@@ -1,0 +1,353 @@
+"""The controller on its own, on a simulated clock: a real store, a real tiny policy on the one
+torch worker, and the in-memory face with a rule for its audience. A simulated week runs in
+seconds; every rule of posting and every piece of reward bookkeeping is checked against what
+the face itself recorded."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plaudit.controller import (
+    Controller,
+    ControllerConfig,
+    LoopSettings,
+    OnlineConfig,
+    QuietHours,
+    SamplingConfig,
+    TorchWorker,
+)
+from plaudit.daemon._metrics import Metrics
+from plaudit.faces import (
+    Draft,
+    HistoricalPost,
+    Published,
+    RateLimited,
+    Reactions,
+    SimulatedClock,
+    Transient,
+)
+from plaudit.faces._memory import MemoryConfig, MemoryFace
+from plaudit.learner import Policy
+from plaudit.state import PostStatus, Store
+
+DAY = 86400.0
+HOUR = 3600.0
+
+
+class AudienceFace(MemoryFace):
+    """The in-memory face with an audience: a published post gets likes by a fixed rule of its
+    text, so rewards vary and can be traced. It records every publish call it answered."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.publish_calls: list[tuple[str, float]] = []  # (idempotency key, clock time)
+
+    async def _publish(self, draft: Draft, *, idempotency_key: str) -> Published:
+        self.publish_calls.append((idempotency_key, self.clock.now()))
+        published = await super()._publish(draft, idempotency_key=idempotency_key)
+        self.set_reactions(published.ref, Reactions(likes=len(draft.text) % 7, replies=1))
+        return published
+
+
+def history(n: int = 40) -> list[HistoricalPost]:
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    return [
+        HistoricalPost(
+            id=f"h{i}",
+            text=f"history post number {i} about the weather and the sea",
+            created_at=start + timedelta(hours=i),
+            reactions=Reactions(likes=i % 5),
+        )
+        for i in range(n)
+    ]
+
+
+def settings(**controller: Any) -> LoopSettings:
+    base: dict[str, Any] = {
+        "post_interval": timedelta(hours=4),
+        "post_jitter": timedelta(minutes=20),
+        "daily_cap": 6,
+        "candidates": 4,
+        "horizons": (timedelta(hours=1), timedelta(hours=6), timedelta(hours=24)),
+        "collect_interval": timedelta(minutes=10),
+        "learn_interval": timedelta(minutes=30),
+        "learn_min_rewards": 4,
+        "offline_interval": None,
+        "min_chars": 1,
+    }
+    return LoopSettings(
+        controller=ControllerConfig(**{**base, **controller}),
+        sampling=SamplingConfig(temperature=1.0, top_p=None, max_new_tokens=12),
+        online=OnlineConfig(lr=1e-3, epochs=1, max_kl=None),
+    )
+
+
+class Loop:
+    """Everything a controller needs, kept across a simulated restart."""
+
+    def __init__(self, tmp_path: Path, model_dir: Path, loop_settings: LoopSettings) -> None:
+        self.clock = SimulatedClock(start=datetime(2026, 3, 2, 8, tzinfo=UTC).timestamp())
+        self.state_dir = tmp_path / "state"
+        self.store = Store.open(self.state_dir, now=self.clock.now)
+        self.face = AudienceFace(
+            name="mem",
+            config=MemoryConfig(audience=100),
+            state_dir=tmp_path / "face",
+            clock=self.clock,
+        )
+        self.face.seed(history())
+        self.policy = Policy.load(model_dir, lr=1e-3)
+        self.worker = TorchWorker()
+        self.metrics = Metrics(faces=["mem"], version="test", model="tiny", process=False)
+        self.settings = loop_settings
+
+    def controller(self, seed: int = 0) -> Controller:
+        return Controller(
+            settings=self.settings,
+            store=self.store,
+            faces={"mem": self.face},
+            policy=self.policy,
+            worker=self.worker,
+            metrics=self.metrics,
+            state_dir=self.state_dir,
+            clock=self.clock,
+            seed=seed,
+        )
+
+    def published(self) -> list[Any]:
+        return self.store.posts(face="mem", status=PostStatus.PUBLISHED, limit=10_000)
+
+    def close(self) -> None:
+        self.worker.shutdown(wait=True)
+        self.store.close()
+
+
+@pytest.fixture
+def make_loop(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Any]:
+    import torch
+
+    # A nano model gains nothing from a second thread, and OpenMP threads that spin against a
+    # busy neighbour cost 50x (measured: 3 s instead of 0.05 s per cycle on a loaded 2-core box).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    loops: list[Loop] = []
+
+    def make(loop_settings: LoopSettings | None = None) -> Loop:
+        loop = Loop(tmp_path / f"loop{len(loops)}", tiny_model_dir, loop_settings or settings())
+        loops.append(loop)
+        return loop
+
+    yield make
+    for loop in loops:
+        loop.close()
+    torch.set_num_threads(threads)
+
+
+async def test_a_simulated_week(make_loop: Any) -> None:
+    loop = make_loop()
+    ctl = loop.controller()
+    await ctl.start(schedule=False)
+    start = loop.clock.now()
+    t0 = time.monotonic()
+    counts = await ctl.run_until(start + 7 * DAY)
+    wall = time.monotonic() - t0
+    print(f"a simulated week: {wall:.1f} s, jobs {counts}")
+
+    published = loop.published()
+    times = sorted(p.published_at for p in published)
+    # Every 4 h +- 20 min for a week, capped at 6 a day: 40 to 42 posts.
+    assert 38 <= len(published) <= 43, counts
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 4 * HOUR - 20 * 60 - 1
+    # The face's own record and the store agree: one face post per published post, no duplicate.
+    assert len(loop.face.posts()) == len(history()) + len(published)
+    assert {p.face_ref for p in published} == {
+        p.id for p in loop.face.posts() if not p.id.startswith("h")
+    }
+    # Each post published a day before the end has its three snapshots and exactly one reward.
+    rewards = loop.store.rewards(limit=10_000)
+    assert len({r.post_id for r in rewards}) == len(rewards)
+    settled = [p for p in published if p.published_at <= loop.clock.now() - DAY - 600]
+    assert {r.post_id for r in rewards} >= {p.id for p in settled}
+    for post in settled:
+        assert len(loop.store.snapshots(post.id)) == 3
+    # Learning ran on those rewards: updates, checkpoints, every used reward used once.
+    assert ctl.ctx.policy.version >= 5
+    assert loop.store.latest_checkpoint() is not None
+    used = loop.store.rewards(limit=10_000)
+    assert len(used) - len(loop.store.rewards(unused_only=True, limit=10_000)) >= 20
+    assert counts["post"].get("error", 0) == 0
+    assert wall < 120
+
+
+async def test_failed_publish_keeps_its_intent_and_goes_out_before_new_posts(
+    make_loop: Any,
+) -> None:
+    loop = make_loop()
+    ctl = loop.controller()
+    await ctl.start(schedule=False)
+    for _ in range(4):  # every inline attempt of the first cycle fails for now (a 5xx)
+        loop.face.fail_next(Transient("502 from the server", face="mem"))
+    outcome = await ctl.run_job("post:mem")
+    assert outcome == "error"
+    [kept] = loop.store.in_flight(face="mem")
+    assert loop.face.publish_calls and {k for k, _ in loop.face.publish_calls} == {
+        kept.idempotency_key
+    }
+    candidates = loop.store.count_posts(face="mem")
+    # The retry is due within minutes (backoff), not a whole post interval later.
+    due = ctl.due()["post:mem"]
+    assert due - loop.clock.now() <= 120
+    loop.face.fail_next(Transient("503 from the server", face="mem"))
+    loop.face.fail_next(Transient("503 from the server", face="mem"))
+    loop.face.fail_next(Transient("503 from the server", face="mem"))
+    loop.face.fail_next(Transient("503 from the server", face="mem"))
+    await ctl.run_until(due)
+    # Failed again: the next try backs off further; still no new candidates generated.
+    second_due = ctl.due()["post:mem"]
+    assert second_due - loop.clock.now() > due - kept.created_at
+    assert loop.store.count_posts(face="mem") == candidates
+    await ctl.run_until(second_due)
+    # Published now, under the key of its intent, and no new post was generated in that cycle.
+    assert loop.store.in_flight(face="mem") == []
+    post = loop.store.get_post(kept.id)
+    assert post.status is PostStatus.PUBLISHED
+    assert loop.store.count_posts(face="mem") == candidates
+    assert {k for k, _ in loop.face.publish_calls} == {kept.idempotency_key}
+    assert len(loop.face.posts()) == len(history()) + 1
+    # The next post comes a full interval later, and it is a new one.
+    next_due = ctl.due()["post:mem"]
+    assert next_due - loop.clock.now() >= 4 * HOUR - 20 * 60 - 1
+    await ctl.run_until(next_due)
+    assert len(loop.published()) == 2
+
+
+async def test_rate_limits_are_waited_on_the_clock_or_kept(make_loop: Any) -> None:
+    loop = make_loop()
+    ctl = loop.controller()
+    await ctl.start(schedule=False)
+    # A short limit is waited out inside the cycle, on the simulated clock.
+    loop.face.fail_next(RateLimited("slow down", face="mem", retry_after=30.0))
+    before = loop.clock.now()
+    assert await ctl.run_job("post:mem") == "success"
+    assert loop.clock.slept >= 30.0 and loop.clock.now() - before >= 30.0
+    assert loop.metrics.rate_limit_wait_seconds.labels("mem")._value.get() == 30.0
+    # A long one keeps the intent; the retry waits at least the limit.
+    await ctl.run_until(ctl.due()["post:mem"] - 1)
+    loop.face.fail_next(RateLimited("come back later", face="mem", retry_after=2 * HOUR))
+    await ctl.run_until(ctl.due()["post:mem"])
+    [kept] = loop.store.in_flight(face="mem")
+    assert ctl.due()["post:mem"] - loop.clock.now() >= 2 * HOUR - 1
+    await ctl.run_until(loop.clock.now() + 2 * HOUR + 1)
+    assert loop.store.get_post(kept.id).status is PostStatus.PUBLISHED
+    assert len(loop.published()) == 2
+
+
+async def test_quiet_hours_and_the_daily_cap_hold_for_a_week(make_loop: Any) -> None:
+    quiet = QuietHours(start=datetime(2026, 1, 1, 22).time(), end=datetime(2026, 1, 1, 6).time())
+    loop = make_loop(
+        settings(
+            post_interval=timedelta(hours=1),
+            post_jitter=timedelta(0),
+            daily_cap=3,
+            quiet_hours=quiet,
+            learn_interval=timedelta(days=30),
+        )
+    )
+    ctl = loop.controller()
+    await ctl.start(schedule=False)
+    await ctl.run_until(loop.clock.now() + 7 * DAY)
+    times = sorted(p.published_at for p in loop.published())
+    assert len(times) >= 7 * 3 - 3
+    for t in times:
+        local = datetime.fromtimestamp(t).astimezone().time()
+        assert not (local >= quiet.start or local < quiet.end), local
+    for i, t in enumerate(times):
+        assert sum(1 for u in times[i:] if u < t + DAY) <= 3
+
+
+async def test_restart_recovers_an_in_flight_post_under_its_key(make_loop: Any) -> None:
+    loop = make_loop()
+    ctl = loop.controller()
+    await ctl.start(schedule=False)
+    await ctl.run_job("post:mem")
+    # A crash right after the face accepted a post but before the store heard of it: the intent
+    # is recorded and the face has the post under that key.
+    [cand] = loop.store.add_candidates(
+        face="mem",
+        cycle_id="crashed",
+        candidates=[
+            _candidate("a post that was in flight when the daemon died", loop.policy.version)
+        ],
+    )
+    loop.store.choose(cand)
+    loop.store.record_intent(cand, idempotency_key="plaudit-mem-crash")
+    await loop.face.publish(
+        Draft(text="a post that was in flight when the daemon died"),
+        idempotency_key="plaudit-mem-crash",
+    )
+    loop.clock.advance(600)
+    restarted = loop.controller(seed=1)
+    await restarted.start(schedule=False)
+    assert restarted.due()["post:mem"] == loop.clock.now()  # a kept intent is due at once
+    generated = loop.store.count_posts(face="mem")
+    assert await restarted.run_job("post:mem") == "success"
+    assert loop.store.get_post(cand).status is PostStatus.PUBLISHED
+    assert loop.store.count_posts(face="mem") == generated  # nothing new generated
+    texts = [p.text for p in loop.face.posts()]
+    assert texts.count("a post that was in flight when the daemon died") == 1
+
+
+async def test_each_reward_is_recorded_once_even_when_reactions_fail(make_loop: Any) -> None:
+    loop = make_loop(settings(learn_interval=timedelta(days=30)))
+    ctl = loop.controller()
+    await ctl.start(schedule=False)
+    start = loop.clock.now()
+    await ctl.run_until(start + DAY)
+    # The face fails every other reactions call for the next two days.
+    for _ in range(200):
+        loop.face.fail_next(Transient("reactions timed out", face="mem"))
+        loop.face.fail_next(Transient("reactions timed out", face="mem"))
+        await ctl.run_until(loop.clock.now() + 15 * 60)
+        if loop.clock.now() > start + 3 * DAY:
+            break
+    await ctl.run_until(start + 5 * DAY)
+    published = loop.published()
+    rewards = loop.store.rewards(limit=10_000)
+    assert len({r.post_id for r in rewards}) == len(rewards)
+    settled = {p.id for p in published if p.published_at <= loop.clock.now() - DAY - 600}
+    assert settled and settled <= {r.post_id for r in rewards}
+    for post in published:
+        horizons = [s.horizon_s for s in loop.store.snapshots(post.id)]
+        assert len(horizons) == len(set(horizons))
+
+
+async def test_jobs_due_together_run_offline_first_and_posts_wait_for_the_first_fit(
+    make_loop: Any,
+) -> None:
+    loop = make_loop(settings(offline_interval=timedelta(days=7)))
+    ctl = loop.controller()
+    await ctl.start(schedule=False)
+    assert ctl.first_fit_pending
+    assert "post:mem" not in ctl.due()
+    assert ctl.next_job() == ("offline", loop.clock.now())
+
+
+def _candidate(text: str, version: int) -> Any:
+    from plaudit.state import NewCandidate
+
+    return NewCandidate(
+        text=text,
+        prompt="",
+        prompt_tokens=[1],
+        tokens=[5, 6],
+        logprobs=[-1.0, -2.0],
+        policy_version=version,
+    )
