@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-REASONS = ("empty", "too_short", "too_long", "blocklist", "duplicate", "novelty")
+REASONS = ("empty", "unfinished", "too_short", "too_long", "blocklist", "duplicate", "novelty")
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -61,6 +61,7 @@ class NoveltyIndex:
 def reject_reason(
     text: str,
     *,
+    finished: bool = True,
     config: FilterConfig,
     max_length: int,
     measure: Callable[[str], int],
@@ -68,9 +69,13 @@ def reject_reason(
     training_posts: NoveltyIndex,
     batch_seen: Sequence[str] = (),
 ) -> str | None:
-    """The reason to drop ``text``, or None to keep it."""
+    """The reason to drop ``text``, or None to keep it. ``finished``: the model ended the post
+    itself (its end token within the budget); a post cut off by the token budget is never
+    published, so that what is published is what the policy chose to write and end."""
     if not text.strip():
         return "empty"
+    if not finished:
+        return "unfinished"
     if len(text.strip()) < config.min_chars:
         return "too_short"
     if measure(text) > max_length:

@@ -183,6 +183,11 @@ class Posting:
                     tokens=cand.tokens,
                     logprobs=cand.logprobs,
                     policy_version=version,
+                    sampling={
+                        "temperature": sampling.temperature,
+                        "top_p": sampling.top_p,
+                        "top_k": sampling.top_k,
+                    },
                 )
                 for cand in candidates
             ],
@@ -193,6 +198,7 @@ class Posting:
         for post_id, cand in zip(ids, candidates, strict=True):
             reason = reject_reason(
                 cand.text,
+                finished=cand.finished,
                 config=filters,
                 max_length=limits.max_length,
                 measure=rt.face.measure,

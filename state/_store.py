@@ -12,7 +12,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -101,6 +101,12 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX metric_points_name_ts ON metric_points (name, ts);
     """,
+    # 2: the sampling settings each candidate was drawn with (temperature, top_p, top_k), so an
+    # update computes its importance ratios at the post's own settings, whatever the config
+    # says by then.
+    """
+    ALTER TABLE posts ADD COLUMN sampling TEXT NOT NULL DEFAULT '{}';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -144,6 +150,8 @@ class NewCandidate:
     logprobs: Sequence[float] = ()
     policy_version: int = 0
     predicted_reward: float | None = None
+    # How it was sampled: {"temperature": 0.9, "top_p": 0.95, "top_k": None}.
+    sampling: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -167,6 +175,7 @@ class Post:
     error: str | None
     created_at: float
     updated_at: float
+    sampling: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -260,6 +269,7 @@ def _post(row: sqlite3.Row) -> Post:
         error=row["error"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        sampling=json.loads(row["sampling"]),
     )
 
 
@@ -427,8 +437,8 @@ class Store:
             for c in candidates:
                 cur = conn.execute(
                     "INSERT INTO posts (face, cycle_id, status, text, prompt, prompt_tokens, "
-                    "tokens, logprobs, policy_version, predicted_reward, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "tokens, logprobs, policy_version, predicted_reward, sampling, created_at, "
+                    "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         face,
                         cycle_id,
@@ -440,6 +450,7 @@ class Store:
                         json.dumps([round(float(x), 6) for x in c.logprobs]),
                         c.policy_version,
                         c.predicted_reward,
+                        json.dumps(dict(c.sampling)),
                         now,
                         now,
                     ),
@@ -630,6 +641,17 @@ class Store:
                 "UPDATE rewards SET used_in_version = ? WHERE post_id = ?",
                 [(policy_version, pid) for pid in post_ids],
             )
+
+    def release_rewards_after(self, policy_version: int) -> int:
+        """Return to pending the rewards used by updates newer than ``policy_version`` (the
+        version the weights were restored from): those updates are lost with their weights, so
+        their rewards train again. Returns how many."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE rewards SET used_in_version = NULL WHERE used_in_version > ?",
+                (policy_version,),
+            )
+            return int(cur.rowcount)
 
     def story(self, post_id: int) -> PostStory:
         rewards = self._query("SELECT * FROM rewards WHERE post_id = ?", (post_id,))

@@ -84,7 +84,7 @@ def settings(**controller: Any) -> LoopSettings:
     }
     return LoopSettings(
         controller=ControllerConfig(**{**base, **controller}),
-        sampling=SamplingConfig(temperature=1.0, top_p=None, max_new_tokens=12),
+        sampling=SamplingConfig(temperature=1.0, top_p=None, max_new_tokens=32),
         online=OnlineConfig(lr=1e-3, epochs=1, max_kl=None),
     )
 
@@ -130,7 +130,7 @@ class Loop:
 
 
 @pytest.fixture
-def make_loop(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Any]:
+def make_loop(tmp_path: Path, post_model_dir: Path) -> Iterator[Any]:
     import torch
 
     # A nano model gains nothing from a second thread, and OpenMP threads that spin against a
@@ -140,7 +140,7 @@ def make_loop(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Any]:
     loops: list[Loop] = []
 
     def make(loop_settings: LoopSettings | None = None) -> Loop:
-        loop = Loop(tmp_path / f"loop{len(loops)}", tiny_model_dir, loop_settings or settings())
+        loop = Loop(tmp_path / f"loop{len(loops)}", post_model_dir, loop_settings or settings())
         loops.append(loop)
         return loop
 

@@ -278,3 +278,48 @@ def test_survives_kill_minus_9_during_writes(tmp_path: Path) -> None:
         texts = {p.text for p in s.posts(limit=100_000)}
         # Every commit acknowledged before the kill is there (one more may have landed).
         assert all(f"post {i}" in texts for i in range(committed + 1))
+
+
+def test_rewards_used_by_lost_updates_return_to_pending(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    ids = store.add_candidates(
+        face="f", cycle_id="c", candidates=[NewCandidate(text=f"post {i}") for i in range(3)]
+    )
+    for i, pid in enumerate(ids):
+        store.add_reward(post_id=pid, face="f", score=float(i), reward=float(i))
+    store.mark_rewards_used(ids[:1], policy_version=3)
+    store.mark_rewards_used(ids[1:], policy_version=4)
+    # The weights on disk are version 3: the update to 4 is lost, its rewards train again.
+    assert store.release_rewards_after(3) == 2
+    assert sorted(r.post_id for r in store.rewards(unused_only=True)) == ids[1:]
+    assert store.release_rewards_after(3) == 0
+
+
+def test_candidates_keep_their_sampling_settings_and_old_databases_migrate(
+    tmp_path: Path,
+) -> None:
+    from plaudit.state._store import MIGRATIONS
+
+    # A database at schema 1 (before sampling settings were stored) with one post in it.
+    old = tmp_path / "old"
+    old.mkdir()
+    conn = sqlite3.connect(old / "plaudit.sqlite3")
+    conn.executescript(MIGRATIONS[0])
+    conn.execute(
+        "INSERT INTO posts (face, cycle_id, status, text, created_at, updated_at) "
+        "VALUES ('f', 'c', 'candidate', 'an old post', 1.0, 1.0)"
+    )
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    store = Store.open(old)
+    assert store.schema_version == SCHEMA_VERSION
+    assert store.get_post(1).sampling == {}
+    [pid] = store.add_candidates(
+        face="f",
+        cycle_id="c2",
+        candidates=[
+            NewCandidate(text="new", sampling={"temperature": 0.7, "top_p": 0.9, "top_k": None})
+        ],
+    )
+    assert store.get_post(pid).sampling == {"temperature": 0.7, "top_p": 0.9, "top_k": None}
