@@ -78,8 +78,7 @@ def _check_deep(settings: Settings) -> None:
     """What the daemon checks at start beyond the config model: every [offline] knob (by the
     learner) and every face instance's own settings (by its plugin's config model)."""
     from plaudit.daemon._config import offline_train_config
-    from plaudit.faces import FaceConfigError, FaceLoadError, FaceNotFound
-    from plaudit.faces import discover
+    from plaudit.faces import FaceConfigError, FaceLoadError, FaceNotFound, discover
 
     problems = []
     try:

@@ -96,8 +96,7 @@ def check_face(
     """Create the face from its config, check credentials and connectivity, and print what it
     found: account, audience size, limits."""
     from plaudit.daemon._config import resolve_state_dir
-    from plaudit.faces import FaceConfigError, FaceError, FaceLoadError, FaceNotFound
-    from plaudit.faces import discover
+    from plaudit.faces import FaceConfigError, FaceError, FaceLoadError, FaceNotFound, discover
 
     settings = settings_or_exit(config, credentials_dir)
     if face_type is not None:

@@ -64,8 +64,7 @@ def _face_examples(name: str, config: Path | None, state_dir: Path | None) -> li
 
     from plaudit.daemon._cli_core import settings_or_exit
     from plaudit.daemon._config import resolve_state_dir
-    from plaudit.faces import FaceError
-    from plaudit.faces import discover, face_specs
+    from plaudit.faces import FaceError, discover, face_specs
     from plaudit.learner import examples_from_texts
 
     path = config if config is not None else Path("plaudit.toml")

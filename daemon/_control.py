@@ -1,16 +1,22 @@
 """The seam between the daemon and whatever steers it (HTTP API, status page, CLI).
 
-The daemon implements ``Control``; the HTTP layer only translates requests into these calls
-and these models into JSON, so every way of steering plaudit goes through the same code."""
+The daemon's ``ControlService`` (daemon/_service.py) implements ``Control``; the HTTP layer only
+translates requests into these calls and these models into JSON, so every way of steering
+plaudit goes through the same code."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from plaudit.state import PostStory
+
+
+DaemonState: TypeAlias = Literal["starting", "running", "reloading", "stopping"]
+TrainingStateName: TypeAlias = Literal["running", "paused"]
+TrainingModeName: TypeAlias = Literal["online", "offline"]
 
 
 class _Model(BaseModel):
@@ -36,9 +42,9 @@ class TrainingProgress(_Model):
 
 
 class StatusView(_Model):
-    state: Literal["starting", "running", "reloading", "stopping"]
-    training: Literal["running", "paused"]
-    mode: Literal["online", "offline"]
+    state: DaemonState
+    training: TrainingStateName
+    mode: TrainingModeName
     policy_version: int
     model: str
     faces: list[FaceStatus]
@@ -48,7 +54,7 @@ class StatusView(_Model):
 
 
 class TrainingStartRequest(_Model):
-    mode: Literal["online", "offline"] = "online"
+    mode: TrainingModeName = "online"
     # Offline only: where the posts come from (a face instance name or a data file path).
     data: str | None = None
     epochs: float | None = Field(default=None, gt=0)

@@ -26,28 +26,18 @@ from plaudit.daemon._config import (
     offline_train_config,
     resolve_state_dir,
 )
-from plaudit.daemon._control import (
-    ControlError,
-    FaceStatus,
-    GeneratedSample,
-    GenerateRequest,
-    PostsPage,
-    PostView,
-    StatusView,
-    TrainingProgress,
-    TrainingStartRequest,
-)
+from plaudit.daemon._control import ControlError, DaemonState, TrainingStartRequest
 from plaudit.daemon._logging import configure_logging
+from plaudit.faces import WallClock
 
 if TYPE_CHECKING:
-    from plaudit.controller._controller import Controller
-    from plaudit.controller._worker import TorchWorker
+    from plaudit.controller import Controller, TorchWorker
     from plaudit.daemon._http import HttpServer
     from plaudit.daemon._metrics import Metrics
+    from plaudit.daemon._service import ControlService
     from plaudit.daemon._systemd import Notifier
-    from plaudit.faces import Face
-    from plaudit.faces._registry import FaceRegistry
-    from plaudit.learner._policy import Policy
+    from plaudit.faces import Face, FaceRegistry
+    from plaudit.learner import Policy
     from plaudit.state import StateLock, Store
 
 VERSION = "0.1.0"
@@ -70,8 +60,10 @@ class Daemon:
         self.state_dir_override = state_dir
         self.credentials_dir = credentials_dir
         self.log = structlog.stdlib.get_logger("plaudit.daemon")
-        self.state = "starting"
+        self.state: DaemonState = "starting"
         self.started_at = time.time()
+        # The one clock the store, the faces and the controller read (tests drive a simulated one).
+        self.clock = WallClock()
         self.signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
         self._stopping = False
         self._tasks: list[asyncio.Task[Any]] = []
@@ -87,6 +79,7 @@ class Daemon:
         self.worker: TorchWorker | None = None
         self.policy: Policy
         self.controller: Controller | None = None
+        self.control: ControlService | None = None
         self.http: HttpServer | None = None
 
     # -- the three phases --------------------------------------------------------------------
@@ -143,6 +136,7 @@ class Daemon:
         self._open_metrics()
         await self._load_policy()
         await self._start_controller()
+        self._start_control()
         await self._start_http()
         await self._start_background()
         self.state = "running"
@@ -169,10 +163,15 @@ class Daemon:
                 return
             if sig == signal.SIGHUP:
                 await self.reload()
-            elif sig == signal.SIGUSR1:
-                await self.start_training(TrainingStartRequest(mode="online"))
-            elif sig == signal.SIGUSR2:
-                await self.stop_training()
+            elif sig in (signal.SIGUSR1, signal.SIGUSR2) and self.control is not None:
+                try:
+                    if sig == signal.SIGUSR1:
+                        await self.control.start_training(TrainingStartRequest(mode="online"))
+                    else:
+                        await self.control.stop_training()
+                except ControlError as exc:
+                    self.log.warning("signal refused", signal=sig.name, error=str(exc))
+                self._update_status()
 
     async def shutdown(self) -> None:
         """Ordered and time-limited: stop scheduling, let in-flight work finish until the
@@ -236,7 +235,7 @@ class Daemon:
         if stale:
             self.log.warning("stale pid file found; the previous daemon did not stop cleanly")
         try:
-            self.store = Store.open(self.state_dir)
+            self.store = Store.open(self.state_dir, now=self.clock.now)
         except StateError as exc:
             raise StartupError(str(exc)) from None
         interrupted = self.store.interrupt_stale_runs()
@@ -244,8 +243,7 @@ class Daemon:
             self.log.warning("training runs interrupted by the last stop", runs=interrupted)
 
     async def _open_faces(self) -> None:
-        from plaudit.faces import FaceConfigError, FaceLoadError, FaceNotFound
-        from plaudit.faces._registry import discover
+        from plaudit.faces import FaceConfigError, FaceLoadError, FaceNotFound, discover
 
         enabled = {n: f for n, f in self.settings.faces.items() if f.enabled}
         if not enabled:
@@ -275,6 +273,7 @@ class Daemon:
             type=spec.type,
             config=spec.face_options(),
             state_dir=self.state_dir / "faces" / name,
+            clock=self.clock,
         )
 
     def _open_metrics(self) -> None:
@@ -288,11 +287,9 @@ class Daemon:
         )
 
     async def _load_policy(self) -> None:
-        from plaudit.controller._worker import TorchWorker
+        from plaudit.controller import TorchWorker
         from plaudit.daemon._systemd import TimeoutExtender
-        from plaudit.learner._errors import LearnerError
-        from plaudit.learner._policy import Policy
-        from plaudit.learner._runtime import configure_torch
+        from plaudit.learner import LearnerError, Policy, configure_torch
 
         assert self.store is not None
         self.worker = TorchWorker()
@@ -343,7 +340,7 @@ class Daemon:
         )
 
     async def _start_controller(self) -> None:
-        from plaudit.controller._controller import Controller
+        from plaudit.controller import Controller
 
         assert self.store is not None and self.worker is not None
         control = self.store.control()
@@ -358,6 +355,7 @@ class Daemon:
             worker=self.worker,
             metrics=self.metrics,
             state_dir=self.state_dir,
+            clock=self.clock,
         )
         await self.controller.start()
 
@@ -368,7 +366,8 @@ class Daemon:
         from plaudit.daemon._http import build_app, serve
 
         token = ensure_token(self.settings.http.token, self.state_dir)
-        app = build_app(control=self, metrics=self.metrics, token=token)
+        assert self.control is not None
+        app = build_app(control=self.control, metrics=self.metrics, token=token)
         try:
             self.http = await serve(app, host=self.settings.http.host, port=self.settings.http.port)
         except OSError as exc:
@@ -426,6 +425,8 @@ class Daemon:
             )
         await self._refresh_faces(new)
         self.settings = new
+        if self.control is not None:
+            self.control.settings = new
         configure_logging(level=new.log.level, fmt=new.log.format)
         assert self.controller is not None
         self.controller.reschedule(new)
@@ -435,7 +436,7 @@ class Daemon:
 
     async def _refresh_faces(self, new: Settings) -> None:
         """Re-create face instances whose settings changed (same names only)."""
-        from plaudit.faces._registry import discover
+        from plaudit.faces import discover
 
         changed = [
             name
@@ -457,130 +458,27 @@ class Daemon:
                 continue
             old = self.faces[name]
             self.faces[name] = face
-            self.controller.faces[name].face = face
+            self.controller.replace_face(name, face)
             await old.aclose()
             self.log.info("face settings applied", face=name)
 
     # -- Control: what the HTTP API, the page and the CLI call --------------------------------
 
-    def status(self) -> StatusView:
-        from plaudit.state import PostStatus
+    def _start_control(self) -> None:
+        """The one ControlService: the HTTP API and SIGUSR1/SIGUSR2 both steer through it."""
+        from plaudit.daemon._service import ControlService
 
-        assert self.store is not None and self.controller is not None
-        control = self.store.control()
-        faces = [
-            FaceStatus(
-                name=name,
-                type=rt.face.type_name,
-                posts_published=self.store.count_posts(face=name, status=PostStatus.PUBLISHED),
-                last_post_at=self.store.last_published_at(name),
-                next_post_at=rt.next_post_at,
-                last_error=rt.last_error,
-            )
-            for name, rt in self.controller.faces.items()
-        ]
-        p = self.controller.progress
-        progress = (
-            TrainingProgress(
-                mode=p.mode,
-                step=p.step,
-                total_steps=p.total_steps,
-                loss=p.loss,
-                tokens_per_second=p.tokens_per_second,
-                started_at=p.started_at,
-            )
-            if p is not None
-            else None
+        assert self.store is not None and self.controller is not None and self.worker is not None
+        self.control = ControlService(
+            settings=self.settings,
+            store=self.store,
+            controller=self.controller,
+            policy=self.policy,
+            worker=self.worker,
+            metrics=self.metrics,
+            state=lambda: self.state,
+            started_at=self.started_at,
         )
-        state = (
-            self.state
-            if self.state in ("starting", "running", "reloading", "stopping")
-            else "running"
-        )
-        return StatusView(
-            state=state,  # type: ignore[arg-type]
-            training=control.training.value,  # type: ignore[arg-type]
-            mode=control.mode.value,  # type: ignore[arg-type]
-            policy_version=self.policy.version,
-            model=self.settings.model.name,
-            faces=faces,
-            last_rewards=[r.reward for r in self.store.rewards(limit=10)],
-            progress=progress,
-            uptime_seconds=time.time() - self.started_at,
-        )
-
-    async def start_training(self, request: TrainingStartRequest) -> StatusView:
-        from plaudit.state import TrainingMode, TrainingState
-
-        assert self.store is not None and self.controller is not None
-        if request.mode == "offline" and request.data not in (None, *self.faces):
-            raise ControlError(
-                f"offline data {request.data!r} is not a configured face; use one of "
-                f"{', '.join(self.faces)}"
-            )
-        self.worker.stop_training.clear() if self.worker else None
-        self.store.set_control(training=TrainingState.RUNNING, mode=TrainingMode(request.mode))
-        self.metrics.set_training(running=True, mode=request.mode)
-        if request.mode == "offline":
-            self.controller.request_offline(request.model_dump())
-        else:
-            self.controller.resume()
-        self.log.info("training started", mode=request.mode)
-        self._update_status()
-        return self.status()
-
-    async def stop_training(self) -> StatusView:
-        from plaudit.state import TrainingState
-
-        assert self.store is not None and self.worker is not None
-        control = self.store.set_control(training=TrainingState.PAUSED)
-        self.worker.stop_training.set()  # the running update stops at its next step
-        self.metrics.set_training(running=False, mode=control.mode.value)
-        self.log.info("training paused")
-        self._update_status()
-        return self.status()
-
-    def posts(self, *, limit: int, offset: int, face: str | None) -> PostsPage:
-        from plaudit.state import PostStatus
-
-        assert self.store is not None
-        posts = self.store.posts(face=face, status=PostStatus.PUBLISHED, limit=limit, offset=offset)
-        views = [PostView.from_story(self.store.story(post.id)) for post in posts]
-        total = self.store.count_posts(face=face, status=PostStatus.PUBLISHED)
-        return PostsPage(posts=views, total=total, limit=limit, offset=offset)
-
-    async def generate(self, request: GenerateRequest) -> list[GeneratedSample]:
-        from plaudit.controller._prompts import SYSTEM, TOPICLESS
-        from plaudit.learner import SamplingConfig
-
-        assert self.worker is not None
-        s = self.settings.sampling
-        instruction = request.prompt or TOPICLESS.format(max_chars=280)
-        prompt = self.policy.render_prompt(instruction, system=SYSTEM)
-        sampling = SamplingConfig(
-            temperature=request.temperature if request.temperature is not None else s.temperature,
-            top_p=request.top_p if request.top_p is not None else s.top_p,
-            top_k=s.top_k,
-            max_new_tokens=request.max_new_tokens or s.max_new_tokens,
-            seed=request.seed,
-        )
-        cands = await self.worker.run(
-            "playground", self.policy.generate, [prompt], n=request.n, sampling=sampling
-        )
-        return [
-            GeneratedSample(
-                text=c.text,
-                tokens=len(c.tokens),
-                mean_logprob=sum(c.logprobs) / max(len(c.logprobs), 1),
-            )
-            for c in cands
-        ]
-
-    def metric_history(
-        self, names: list[str], *, since: float
-    ) -> dict[str, list[tuple[float, float]]]:
-        assert self.store is not None
-        return self.store.metric_history(names, since=since)
 
 
 def run_daemon(

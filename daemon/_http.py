@@ -1,10 +1,13 @@
 """The daemon's one HTTP port: ``/metrics``, the JSON control API and the status page.
 
 This module only translates HTTP to ``Control`` calls and their models to JSON; what the calls
-do is the daemon's business. Access: mutating calls (every POST) need ``Authorization: Bearer
-<token>``; reads (GET) are open, because the port is bound to 127.0.0.1 by default and
-Prometheus scrapes without a token. Put a reverse proxy with its own authentication in front
-before binding the port to a public address.
+do is the daemon's business. Every operation is declared once, in ``ENDPOINTS``: the routes and
+the OpenAPI document (``/openapi.json``) both come from that list.
+
+Access: mutating calls (every POST) need ``Authorization: Bearer <token>``; reads (GET) are
+open, because the port is bound to 127.0.0.1 by default and Prometheus scrapes without a token.
+Put a reverse proxy with its own authentication in front before binding the port to a public
+address.
 
 Errors are JSON ``{"error": <code>, "message": <sentence>, "details": [...]}``: 400 bad JSON
 or a request the daemon refuses, 401 missing or wrong token, 404 unknown path, 405 wrong
@@ -19,6 +22,7 @@ import json
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, TypeVar
@@ -31,7 +35,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from plaudit.daemon._auth import bearer_matches
@@ -176,6 +180,254 @@ def _json(model: BaseModel) -> JSONResponse:
     return JSONResponse(model.model_dump(mode="json"))
 
 
+# -- the endpoints, declared once: the routes and the OpenAPI paths both come from ENDPOINTS -
+
+
+@dataclass(frozen=True)
+class _Api:
+    """What every handler works with; one per app."""
+
+    control: Control
+    metrics: Metrics
+    index: Path
+    spec: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request, its inputs already validated against the endpoint's declared models."""
+
+    request: Request
+    parsed_body: BaseModel | None = None
+    parsed_query: BaseModel | None = None
+
+    def body(self, model: type[M]) -> M:
+        return _declared(self.parsed_body, model)
+
+    def query(self, model: type[M]) -> M:
+        return _declared(self.parsed_query, model)
+
+
+def _declared(value: BaseModel | None, model: type[M]) -> M:
+    if not isinstance(value, model):  # the handler reads a model its endpoint does not declare
+        raise TypeError(f"the endpoint declares {type(value).__name__}, not {model.__name__}")
+    return value
+
+
+Handler = Callable[[_Api, Call], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A reply that is not one of the API's JSON models."""
+
+    media_type: str
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Endpoint:
+    """One operation of the port. Its route, its checks (token, body, query), how the daemon's
+    refusals answer, and its OpenAPI operation all come from this declaration."""
+
+    method: Literal["GET", "POST"]
+    path: str
+    # snake_case: the metric label of refused tokens and the prefix of refusal messages.
+    name: str
+    operation_id: str
+    summary: str
+    handler: Handler
+    reply: type[BaseModel] | Raw
+    reply_description: str
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    auth: bool = False
+    # What the Control call may answer when it refuses: 400 (ControlError), 409
+    # (ControlConflict), 503 (ControlUnavailable). Any other refusal is a bug and answers 500.
+    refusals: tuple[Literal[400, 409, 503], ...] = ()
+
+    def errors(self) -> dict[int, str]:
+        """Every error status this endpoint answers besides 404/405/500, with its meaning."""
+        errors: dict[int, str] = {}
+        if self.auth:
+            errors[401] = "Missing or wrong bearer token"
+        if self.body is not None:
+            errors[400] = "Malformed JSON" + (
+                ", or the daemon refuses the request" if 400 in self.refusals else ""
+            )
+            errors[413] = f"Body larger than {MAX_BODY_BYTES // 1024} KiB"
+            errors[422] = "A field is invalid"
+        elif 400 in self.refusals:
+            errors[400] = "Refused"
+        if self.query is not None:
+            errors[422] = "Invalid query parameter"
+        if 409 in self.refusals:
+            errors[409] = "The request conflicts with what the daemon is doing"
+        if 503 in self.refusals:
+            errors[503] = "The daemon cannot do this right now (starting or stopping)"
+        return dict(sorted(errors.items()))
+
+
+class EmptyBody(_ApiModel):
+    """No fields: an empty body or {}."""
+
+
+async def _page(api: _Api, call: Call) -> Response:
+    return FileResponse(api.index, media_type="text/html", headers=_PAGE_HEADERS)
+
+
+async def _metrics(api: _Api, call: Call) -> Response:
+    return Response(api.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _openapi(api: _Api, call: Call) -> Response:
+    return JSONResponse(api.spec)
+
+
+async def _status(api: _Api, call: Call) -> Response:
+    return _json(api.control.status())
+
+
+async def _training_start(api: _Api, call: Call) -> Response:
+    body = call.body(TrainingStartRequest)
+    view = await api.control.start_training(body)
+    log.info("training started via api", mode=body.mode, client=_client(call.request))
+    return _json(view)
+
+
+async def _training_stop(api: _Api, call: Call) -> Response:
+    view = await api.control.stop_training()
+    log.info("training stopped via api", client=_client(call.request))
+    return _json(view)
+
+
+async def _posts(api: _Api, call: Call) -> Response:
+    query = call.query(PostsQuery)
+    return _json(api.control.posts(limit=query.limit, offset=query.offset, face=query.face))
+
+
+async def _generate(api: _Api, call: Call) -> Response:
+    samples = await api.control.generate(call.body(GenerateRequest))
+    return _json(GenerateResponse(samples=samples))
+
+
+async def _metric_history(api: _Api, call: Call) -> Response:
+    query = call.query(HistoryQuery)
+    names = list(dict.fromkeys(query.names.split(",")))
+    series = api.control.metric_history(names, since=query.since)
+    data = {name: [[t, v] for t, v in points] for name, points in series.items()}
+    return _json(MetricHistory(since=query.since, series=data))
+
+
+_REFUSALS: Final[tuple[Literal[400, 409, 503], ...]] = (400, 409, 503)
+
+ENDPOINTS: Final[tuple[Endpoint, ...]] = (
+    Endpoint(
+        method="GET",
+        path="/",
+        name="page",
+        operation_id="page",
+        summary="The status page",
+        handler=_page,
+        reply=Raw("text/html"),
+        reply_description="HTML",
+    ),
+    Endpoint(
+        method="GET",
+        path="/metrics",
+        name="metrics",
+        operation_id="metrics",
+        summary="Prometheus metrics (text exposition format)",
+        handler=_metrics,
+        reply=Raw("text/plain"),
+        reply_description="Metrics",
+    ),
+    Endpoint(
+        method="GET",
+        path="/openapi.json",
+        name="openapi",
+        operation_id="openapi",
+        summary="This document",
+        handler=_openapi,
+        reply=Raw("application/json", {"type": "object"}),
+        reply_description="OpenAPI 3.1",
+    ),
+    Endpoint(
+        method="GET",
+        path="/api/status",
+        name="status",
+        operation_id="status",
+        summary="Training state, mode, policy version, faces and last rewards",
+        handler=_status,
+        reply=StatusView,
+        reply_description="Current status",
+    ),
+    Endpoint(
+        method="POST",
+        path="/api/training/start",
+        name="training_start",
+        operation_id="startTraining",
+        summary="Start (resume) training; offline mode runs one supervised fit",
+        handler=_training_start,
+        reply=StatusView,
+        reply_description="Status after the change",
+        body=TrainingStartRequest,
+        auth=True,
+        refusals=_REFUSALS,
+    ),
+    Endpoint(
+        method="POST",
+        path="/api/training/stop",
+        name="training_stop",
+        operation_id="stopTraining",
+        summary="Stop (pause) training; posting continues with the current policy",
+        handler=_training_stop,
+        reply=StatusView,
+        reply_description="Status after the change",
+        body=EmptyBody,
+        auth=True,
+        refusals=_REFUSALS,
+    ),
+    Endpoint(
+        method="GET",
+        path="/api/posts",
+        name="posts",
+        operation_id="posts",
+        summary="The feed: posts with reactions and rewards, newest first",
+        handler=_posts,
+        reply=PostsPage,
+        reply_description="One page of posts",
+        query=PostsQuery,
+        refusals=(400,),
+    ),
+    Endpoint(
+        method="POST",
+        path="/api/generate",
+        name="generate",
+        operation_id="generate",
+        summary="Playground: sample from the current policy; nothing is published",
+        handler=_generate,
+        reply=GenerateResponse,
+        reply_description="Samples",
+        body=GenerateRequest,
+        auth=True,
+        refusals=_REFUSALS,
+    ),
+    Endpoint(
+        method="GET",
+        path="/api/metrics/history",
+        name="metric_history",
+        operation_id="metricHistory",
+        summary="Recorded series (loss, reward, kl, ...) for charts",
+        handler=_metric_history,
+        reply=MetricHistory,
+        reply_description="Series",
+        query=HistoryQuery,
+        refusals=(400,),
+    ),
+)
+
+
 # -- the app --------------------------------------------------------------------------------
 
 
@@ -194,112 +446,11 @@ def build_app(
         raise FileNotFoundError(
             f"status page {index} is missing: reinstall plaudit (the package ships it)"
         )
-    spec = openapi_document()
-
-    def protected(
-        endpoint: str, handler: Callable[[Request], Awaitable[Response]]
-    ) -> Callable[[Request], Awaitable[Response]]:
-        async def guarded(request: Request) -> Response:
-            if not bearer_matches(request.headers.get("authorization"), token):
-                metrics.http_unauthorized.labels(endpoint).inc()
-                log.warning("http unauthorized", endpoint=endpoint, client=_client(request))
-                return _error(
-                    401,
-                    "unauthorized",
-                    "this call needs the header 'Authorization: Bearer <token>' with the "
-                    "daemon's API token (http.token, or the http-token file in the state folder)",
-                    headers={"WWW-Authenticate": 'Bearer realm="plaudit"'},
-                )
-            return await handler(request)
-
-        return guarded
-
-    async def page(request: Request) -> Response:
-        return FileResponse(index, media_type="text/html", headers=_PAGE_HEADERS)
-
-    async def metrics_endpoint(request: Request) -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-    async def openapi(request: Request) -> Response:
-        return JSONResponse(spec)
-
-    async def status(request: Request) -> Response:
-        return _json(control.status())
-
-    async def training_start(request: Request) -> Response:
-        body = await _body(request, TrainingStartRequest)
-        with _control_errors("training start"):
-            view = await control.start_training(body)
-        log.info("training started via api", mode=body.mode, client=_client(request))
-        return _json(view)
-
-    async def training_stop(request: Request) -> Response:
-        await _body(request, _Empty)
-        with _control_errors("training stop"):
-            view = await control.stop_training()
-        log.info("training stopped via api", client=_client(request))
-        return _json(view)
-
-    async def posts(request: Request) -> Response:
-        query = _query(request, PostsQuery)
-        with _control_errors("posts"):
-            page_ = control.posts(limit=query.limit, offset=query.offset, face=query.face)
-        return _json(page_)
-
-    async def generate(request: Request) -> Response:
-        body = await _body(request, GenerateRequest)
-        with _control_errors("generate"):
-            samples = await control.generate(body)
-        return _json(GenerateResponse(samples=samples))
-
-    async def history(request: Request) -> Response:
-        query = _query(request, HistoryQuery)
-        names = list(dict.fromkeys(query.names.split(",")))
-        with _control_errors("metric history"):
-            series = control.metric_history(names, since=query.since)
-        data = {name: [[t, v] for t, v in points] for name, points in series.items()}
-        return _json(MetricHistory(since=query.since, series=data))
-
-    Handler = Callable[[Request], Awaitable[Response]]
-
-    def safe(handler: Handler) -> Handler:
-        # Errors become JSON here rather than in Starlette's exception handlers: a handler for
-        # Exception there answers 500 but re-raises, so uvicorn logs every bug a second time.
-        async def run(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except ApiError as exc:
-                return _error(exc.status, exc.code, exc.message, exc.details)
-            except Exception as exc:
-                log.error("http handler failed", path=request.url.path, exc_info=exc)
-                return _error(
-                    500,
-                    "internal_error",
-                    f"the daemon failed on {request.url.path} ({type(exc).__name__}); see its log",
-                )
-
-        return run
-
-    routes = [
-        Route("/", safe(page), methods=["GET"]),
-        Route("/metrics", safe(metrics_endpoint), methods=["GET"]),
-        Route("/openapi.json", safe(openapi), methods=["GET"]),
-        Route("/api/status", safe(status), methods=["GET"]),
-        Route(
-            "/api/training/start",
-            safe(protected("training_start", training_start)),
-            methods=["POST"],
-        ),
-        Route(
-            "/api/training/stop",
-            safe(protected("training_stop", training_stop)),
-            methods=["POST"],
-        ),
-        Route("/api/posts", safe(posts), methods=["GET"]),
-        Route("/api/generate", safe(protected("generate", generate)), methods=["POST"]),
-        Route("/api/metrics/history", safe(history), methods=["GET"]),
-        Mount("/static", app=_StaticWithHeaders(directory=static_dir), name="static"),
+    api = _Api(control=control, metrics=metrics, index=index, spec=openapi_document())
+    routes: list[BaseRoute] = [
+        Route(ep.path, _serve(api, ep, token), methods=[ep.method]) for ep in ENDPOINTS
     ]
+    routes.append(Mount("/static", app=_StaticWithHeaders(directory=static_dir), name="static"))
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -316,8 +467,45 @@ def build_app(
     )
 
 
-class _Empty(_ApiModel):
-    """POST /api/training/stop takes no fields; an empty body or {} is fine."""
+def _serve(api: _Api, ep: Endpoint, token: str) -> Callable[[Request], Awaitable[Response]]:
+    """The route's endpoint: token, inputs and refusals as ``ep`` declares them."""
+
+    async def run(request: Request) -> Response:
+        # Errors become JSON here rather than in Starlette's exception handlers: a handler for
+        # Exception there answers 500 but re-raises, so uvicorn logs every bug a second time.
+        try:
+            if ep.auth and not bearer_matches(request.headers.get("authorization"), token):
+                return _unauthorized(api.metrics, ep.name, request)
+            call = Call(
+                request=request,
+                parsed_body=await _body(request, ep.body) if ep.body else None,
+                parsed_query=_query(request, ep.query) if ep.query else None,
+            )
+            with _control_errors(ep):
+                return await ep.handler(api, call)
+        except ApiError as exc:
+            return _error(exc.status, exc.code, exc.message, exc.details)
+        except Exception as exc:
+            log.error("http handler failed", path=request.url.path, exc_info=exc)
+            return _error(
+                500,
+                "internal_error",
+                f"the daemon failed on {request.url.path} ({type(exc).__name__}); see its log",
+            )
+
+    return run
+
+
+def _unauthorized(metrics: Metrics, endpoint: str, request: Request) -> Response:
+    metrics.http_unauthorized.labels(endpoint).inc()
+    log.warning("http unauthorized", endpoint=endpoint, client=_client(request))
+    return _error(
+        401,
+        "unauthorized",
+        "this call needs the header 'Authorization: Bearer <token>' with the "
+        "daemon's API token (http.token, or the http-token file in the state folder)",
+        headers={"WWW-Authenticate": 'Bearer realm="plaudit"'},
+    )
 
 
 class _StaticWithHeaders(StaticFiles):
@@ -328,16 +516,21 @@ class _StaticWithHeaders(StaticFiles):
 
 
 @contextlib.contextmanager
-def _control_errors(what: str) -> Iterator[None]:
-    """The daemon's refusals become 400/409/503 with its own message."""
+def _control_errors(ep: Endpoint) -> Iterator[None]:
+    """The daemon's refusals become 400/409/503 with its own message, where ``ep`` declares
+    them; an undeclared one propagates (and answers 500), so the document never lies."""
     try:
         yield
-    except ControlConflict as exc:
-        raise ApiError(409, "conflict", str(exc)) from None
-    except ControlUnavailable as exc:
-        raise ApiError(503, "unavailable", str(exc)) from None
     except ControlError as exc:
-        raise ApiError(400, "refused", f"{what}: {exc}") from None
+        if isinstance(exc, ControlConflict):
+            error = ApiError(409, "conflict", str(exc))
+        elif isinstance(exc, ControlUnavailable):
+            error = ApiError(503, "unavailable", str(exc))
+        else:
+            error = ApiError(400, "refused", f"{ep.name.replace('_', ' ')}: {exc}")
+        if error.status not in ep.refusals:
+            raise
+        raise error from None
 
 
 def _client(request: Request) -> str:
@@ -354,148 +547,52 @@ def _package_version() -> str:
         return "0+unknown"
 
 
+_SchemaMode = Literal["validation", "serialization"]
+
+
 def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 description, built from the same pydantic models the handlers use."""
-    models: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
-        (TrainingStartRequest, "validation"),
-        (GenerateRequest, "validation"),
-        (StatusView, "serialization"),
-        (PostsPage, "serialization"),
-        (GenerateResponse, "serialization"),
-        (MetricHistory, "serialization"),
-        (ErrorBody, "serialization"),
-    ]
-    refs, top = models_json_schema(models, ref_template="#/components/schemas/{model}")
-    schemas: dict[str, Any] = dict(top.get("$defs", {}))
+    """The OpenAPI 3.1 description of ENDPOINTS, from the pydantic models the handlers use."""
+    models: list[tuple[type[BaseModel], _SchemaMode]] = [(ErrorBody, "serialization")]
+    for ep in ENDPOINTS:
+        if ep.body is not None:
+            models.append((ep.body, "validation"))
+        if not isinstance(ep.reply, Raw):
+            models.append((ep.reply, "serialization"))
+    refs, top = models_json_schema(
+        list(dict.fromkeys(models)), ref_template="#/components/schemas/{model}"
+    )
 
-    def ref(model: type[BaseModel], mode: Literal["validation", "serialization"]) -> Any:
-        return refs[(model, mode)]
+    def content(schema: Any, media_type: str = "application/json") -> dict[str, Any]:
+        return {media_type: {"schema": schema}}
 
-    def error(description: str) -> dict[str, Any]:
-        return {
-            "description": description,
-            "content": {"application/json": {"schema": ref(ErrorBody, "serialization")}},
-        }
-
-    def ok(model: type[BaseModel], description: str) -> dict[str, Any]:
-        return {
-            "200": {
+    def operation(ep: Endpoint) -> dict[str, Any]:
+        reply = (
+            content(ep.reply.schema, ep.reply.media_type)
+            if isinstance(ep.reply, Raw)
+            else content(refs[(ep.reply, "serialization")])
+        )
+        op: dict[str, Any] = {"operationId": ep.operation_id, "summary": ep.summary}
+        if ep.auth:
+            op["security"] = [{"bearerAuth": []}]
+        if ep.body is not None:
+            op["requestBody"] = {
+                "required": False,
+                "content": content(refs[(ep.body, "validation")]),
+            }
+        if ep.query is not None:
+            op["parameters"] = _query_parameters(ep.query)
+        op["responses"] = {"200": {"description": ep.reply_description, "content": reply}} | {
+            str(status): {
                 "description": description,
-                "content": {"application/json": {"schema": ref(model, "serialization")}},
+                "content": content(refs[(ErrorBody, "serialization")]),
             }
+            for status, description in ep.errors().items()
         }
+        return op
 
-    def query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
-        schema = model.model_json_schema()
-        params = []
-        for name, prop in schema["properties"].items():
-            prop = dict(prop)
-            description = prop.pop("description", None)
-            prop.pop("title", None)
-            if "anyOf" in prop:  # optional filter: absent means no filter, never null
-                prop = next(s for s in prop.pop("anyOf") if s.get("type") != "null") | prop
-                prop.pop("default", None)
-            param = {"name": name, "in": "query", "required": False, "schema": prop}
-            if description:
-                param["description"] = description
-            params.append(param)
-        return params
-
-    def body(model: type[BaseModel]) -> dict[str, Any]:
-        return {
-            "required": False,
-            "content": {"application/json": {"schema": ref(model, "validation")}},
-        }
-
-    secured: list[dict[str, list[str]]] = [{"bearerAuth": []}]
-    mutating_errors = {
-        "400": error("Malformed JSON, or the daemon refuses the request"),
-        "401": error("Missing or wrong bearer token"),
-        "409": error("The request conflicts with what the daemon is doing"),
-        "413": error("Body larger than 64 KiB"),
-        "422": error("A field is invalid"),
-        "503": error("The daemon cannot do this right now (starting or stopping)"),
-    }
-    text = {"schema": {"type": "string"}}
-    paths: dict[str, Any] = {
-        "/": {
-            "get": {
-                "operationId": "page",
-                "summary": "The status page",
-                "responses": {"200": {"description": "HTML", "content": {"text/html": text}}},
-            }
-        },
-        "/metrics": {
-            "get": {
-                "operationId": "metrics",
-                "summary": "Prometheus metrics (text exposition format)",
-                "responses": {"200": {"description": "Metrics", "content": {"text/plain": text}}},
-            }
-        },
-        "/openapi.json": {
-            "get": {
-                "operationId": "openapi",
-                "summary": "This document",
-                "responses": {
-                    "200": {
-                        "description": "OpenAPI 3.1",
-                        "content": {"application/json": {"schema": {"type": "object"}}},
-                    }
-                },
-            }
-        },
-        "/api/status": {
-            "get": {
-                "operationId": "status",
-                "summary": "Training state, mode, policy version, faces and last rewards",
-                "responses": ok(StatusView, "Current status"),
-            }
-        },
-        "/api/training/start": {
-            "post": {
-                "operationId": "startTraining",
-                "summary": "Start (resume) training; offline mode runs one supervised fit",
-                "security": secured,
-                "requestBody": body(TrainingStartRequest),
-                "responses": ok(StatusView, "Status after the change") | mutating_errors,
-            }
-        },
-        "/api/training/stop": {
-            "post": {
-                "operationId": "stopTraining",
-                "summary": "Stop (pause) training; posting continues with the current policy",
-                "security": secured,
-                "responses": ok(StatusView, "Status after the change") | mutating_errors,
-            }
-        },
-        "/api/posts": {
-            "get": {
-                "operationId": "posts",
-                "summary": "The feed: posts with reactions and rewards, newest first",
-                "parameters": query_params(PostsQuery),
-                "responses": ok(PostsPage, "One page of posts")
-                | {"400": error("Refused"), "422": error("Invalid query parameter")},
-            }
-        },
-        "/api/generate": {
-            "post": {
-                "operationId": "generate",
-                "summary": "Playground: sample from the current policy; nothing is published",
-                "security": secured,
-                "requestBody": body(GenerateRequest),
-                "responses": ok(GenerateResponse, "Samples") | mutating_errors,
-            }
-        },
-        "/api/metrics/history": {
-            "get": {
-                "operationId": "metricHistory",
-                "summary": "Recorded series (loss, reward, kl, ...) for charts",
-                "parameters": query_params(HistoryQuery),
-                "responses": ok(MetricHistory, "Series")
-                | {"400": error("Refused"), "422": error("Invalid query parameter")},
-            }
-        },
-    }
+    paths: dict[str, Any] = {}
+    for ep in ENDPOINTS:
+        paths.setdefault(ep.path, {})[ep.method.lower()] = operation(ep)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -508,10 +605,26 @@ def openapi_document() -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "schemas": schemas,
+            "schemas": dict(top.get("$defs", {})),
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
         },
     }
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    params = []
+    for name, prop in model.model_json_schema()["properties"].items():
+        prop = dict(prop)
+        description = prop.pop("description", None)
+        prop.pop("title", None)
+        if "anyOf" in prop:  # optional filter: absent means no filter, never null
+            prop = next(s for s in prop.pop("anyOf") if s.get("type") != "null") | prop
+            prop.pop("default", None)
+        param = {"name": name, "in": "query", "required": False, "schema": prop}
+        if description:
+            param["description"] = description
+        params.append(param)
+    return params
 
 
 # -- serving in-process ---------------------------------------------------------------------

@@ -11,9 +11,9 @@ import pytest
 import structlog
 from typer.testing import CliRunner
 
+from plaudit.controller import format_duration, parse_duration
 from plaudit.daemon._cli import _register, app
 from plaudit.daemon._config import ConfigError, load_settings, resolve_state_dir
-from plaudit.controller import format_duration, parse_duration
 from plaudit.daemon._logging import configure_logging
 
 runner = CliRunner()

@@ -1,4 +1,5 @@
-"""The control API over a real uvicorn server: auth, validation, errors, the token file."""
+"""The control API over a real uvicorn server, backed by the daemon's ControlService on a real
+controller and a tiny model: auth, validation, errors, offline runs, the token file."""
 
 from __future__ import annotations
 
@@ -6,17 +7,27 @@ import asyncio
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from http_helpers import TOKEN, StoreControl
+from http_helpers import TOKEN
 from openapi_spec_validator import validate
 from pydantic import SecretStr
 
 from plaudit.daemon._auth import TOKEN_FILE, bearer_matches, ensure_token
-from plaudit.daemon._http import STATIC_DIR, HttpServer, build_app, openapi_document, serve
-from plaudit.daemon._metrics import Metrics
-from plaudit.state import StateError
+from plaudit.daemon._control import ControlConflict, StatusView
+from plaudit.daemon._http import (
+    ENDPOINTS,
+    STATIC_DIR,
+    HttpServer,
+    build_app,
+    openapi_document,
+    serve,
+)
+from plaudit.daemon._metrics import PROTECTED_ENDPOINTS, Metrics
+from plaudit.daemon._service import ControlService
+from plaudit.state import StateError, Store
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -30,7 +41,7 @@ def unauthorized(metrics: Metrics, endpoint: str) -> float:
 
 
 async def test_auth_no_token_wrong_token_right_token(
-    server: HttpServer, metrics: Metrics, control: StoreControl
+    server: HttpServer, metrics: Metrics, control: ControlService
 ) -> None:
     async with httpx.AsyncClient(base_url=server.url) as client:
         missing = await client.post("/api/training/stop")
@@ -145,53 +156,127 @@ async def test_bad_bodies(server: HttpServer) -> None:
     assert huge.status_code == 413
 
 
-async def test_control_refusals_map_to_400_and_409(server: HttpServer) -> None:
+async def wait_for_offline_run(
+    client: httpx.AsyncClient, store: Store, *, runs: int = 1
+) -> list[dict[str, Any]]:
+    """Poll the status until ``runs`` offline runs have ended; every status seen on the way."""
+    seen = []
+    for _ in range(600):
+        status = (await client.get("/api/status")).json()
+        seen.append(status)
+        ended = [r for r in store.runs(kind="offline") if r.ended_at is not None]
+        if len(ended) >= runs and status["progress"] is None:
+            return seen
+        await asyncio.sleep(0.05)
+    raise AssertionError("the offline run did not end within 30 s")
+
+
+async def test_control_refusals_map_to_400_and_409(
+    server: HttpServer, control: ControlService
+) -> None:
     async with httpx.AsyncClient(base_url=server.url, headers=AUTH) as client:
         unknown_data = await client.post(
             "/api/training/start", json={"mode": "offline", "data": "nowhere"}
         )
         first = await client.post("/api/training/start", json={"mode": "offline", "max_steps": 50})
         second = await client.post("/api/training/start", json={"mode": "offline"})
+        await wait_for_offline_run(client, control.store)
+        after = await client.post("/api/training/start", json={"mode": "offline", "max_steps": 1})
     assert unknown_data.status_code == 400
     assert "nowhere" in unknown_data.json()["message"]
     assert first.status_code == 200
     assert first.json()["mode"] == "offline"
-    assert first.json()["progress"]["total_steps"] == 50
     assert second.status_code == 409
     assert second.json()["error"] == "conflict"
+    first_run = min(control.store.runs(kind="offline"), key=lambda r: r.id)
+    assert first_run.config["max_steps"] == 50
+    assert after.status_code == 200  # once the run is over, the next one is welcome
 
 
-async def test_offline_progress_advances(server: HttpServer, metrics: Metrics) -> None:
+async def test_refusals_while_the_daemon_stops_are_503(
+    control: ControlService, metrics: Metrics
+) -> None:
+    stopping = ControlService(
+        settings=control.settings,
+        store=control.store,
+        controller=control.controller,
+        policy=control.policy,
+        worker=control.worker,
+        metrics=metrics,
+        state=lambda: "stopping",
+        started_at=control.started_at,
+    )
+    app = build_app(control=stopping, metrics=metrics, token=TOKEN)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=AUTH) as client:
+        start = await client.post("/api/training/start", json={"mode": "online"})
+        generate = await client.post("/api/generate", json={"n": 1})
+        status = await client.get("/api/status")
+    assert (start.status_code, generate.status_code) == (503, 503)
+    assert start.json()["error"] == "unavailable"
+    assert "stopping" in generate.json()["message"]
+    assert status.json()["state"] == "stopping"
+
+
+async def test_offline_progress_advances(
+    server: HttpServer, metrics: Metrics, control: ControlService
+) -> None:
+    """A long run shows its steps as they go; stopping training ends it at a step boundary."""
+    long_run = {"mode": "offline", "epochs": 100, "max_steps": 1000}
+    async with httpx.AsyncClient(base_url=server.url, headers=AUTH) as client:
+        started = await client.post("/api/training/start", json=long_run)
+        assert started.json()["mode"] == "offline"
+        steps: list[int] = []
+        for _ in range(600):
+            progress = (await client.get("/api/status")).json()["progress"]
+            if progress is not None:
+                assert (progress["mode"], progress["total_steps"]) == ("offline", 1000)
+                steps.append(progress["step"])
+            if len(set(steps)) >= 3:
+                break
+            await asyncio.sleep(0.05)
+        stopped = await client.post("/api/training/stop")
+        seen = await wait_for_offline_run(client, control.store)
+    assert len(set(steps)) >= 3 and steps == sorted(steps), steps
+    assert stopped.json()["training"] == "paused"
+    assert (seen[-1]["mode"], seen[-1]["training"]) == ("online", "paused")
+    (run,) = control.store.runs(kind="offline")
+    assert run.status == "interrupted"
+    assert steps[-1] <= run.metrics["steps"] < 1000
+    counted = metrics.registry.get_sample_value("plaudit_train_steps_total", {"mode": "offline"})
+    assert counted == run.metrics["steps"]
+
+
+async def test_offline_run_completes(
+    server: HttpServer, metrics: Metrics, control: ControlService
+) -> None:
+    before = len(control.store.metric_history(["offline_loss"], since=0)["offline_loss"])
     async with httpx.AsyncClient(base_url=server.url, headers=AUTH) as client:
         started = await client.post("/api/training/start", json={"mode": "offline", "max_steps": 6})
-        assert started.json()["progress"]["step"] == 0
-        seen = []
-        for _ in range(100):
-            status = (await client.get("/api/status")).json()
-            seen.append(status["progress"]["step"] if status["progress"] else None)
-            if status["progress"] is None:
-                break
-            await asyncio.sleep(0.02)
-    assert seen[-1] is None, "the offline run never finished"
-    steps = [s for s in seen if s is not None]
-    assert steps == sorted(steps) and steps[-1] > 0
-    assert status["mode"] == "online"
+        assert started.json()["mode"] == "offline"
+        status = (await wait_for_offline_run(client, control.store))[-1]
+    assert (status["mode"], status["training"]) == ("online", "running")
+    assert status["policy_version"] == 1  # the fitted weights are the new policy
     assert metrics.registry.get_sample_value("plaudit_train_steps_total", {"mode": "offline"}) == 6
+    after = control.store.metric_history(["offline_loss"], since=0)["offline_loss"]
+    assert len(after) == before + 6
+    (run,) = control.store.runs(kind="offline")
+    assert run.status == "completed"
 
 
 async def test_generate(server: HttpServer) -> None:
+    request = {"prompt": "Good morning", "n": 3, "seed": 7}
     async with httpx.AsyncClient(base_url=server.url, headers=AUTH) as client:
-        response = await client.post(
-            "/api/generate", json={"prompt": "Good morning", "n": 3, "seed": 7}
-        )
-        again = await client.post(
-            "/api/generate", json={"prompt": "Good morning", "n": 3, "seed": 7}
-        )
+        response = await client.post("/api/generate", json=request)
+        again = await client.post("/api/generate", json=request)
+        other = await client.post("/api/generate", json=request | {"seed": 8})
     assert response.status_code == 200
     samples = response.json()["samples"]
     assert len(samples) == 3
-    assert all(s["text"].startswith("Good morning") for s in samples)
-    assert again.json() == response.json()
+    assert all(s["mean_logprob"] <= 0 and s["predicted_reward"] is None for s in samples)
+    assert sum(s["tokens"] for s in samples) > 0
+    assert again.json() == response.json()  # the seed makes it repeatable
+    assert other.json() != response.json()
 
 
 async def test_unknown_path_and_wrong_method_are_json(server: HttpServer) -> None:
@@ -206,7 +291,7 @@ async def test_unknown_path_and_wrong_method_are_json(server: HttpServer) -> Non
 
 
 async def test_a_failing_control_is_a_500_with_a_pointer_to_the_log(
-    control: StoreControl, metrics: Metrics
+    control: ControlService, metrics: Metrics
 ) -> None:
     control.store.close()  # every store call now fails: a bug-like failure, not a refusal
     app = build_app(control=control, metrics=metrics, token=TOKEN)
@@ -236,6 +321,61 @@ def test_openapi_document_is_valid_openapi_3() -> None:
         ("/api/training/stop", "post"),
         ("/api/generate", "post"),
     }
+
+
+def test_every_route_is_in_the_openapi_document(app: object) -> None:
+    """The routes and the document come from ENDPOINTS: nothing served is undocumented."""
+    spec = openapi_document()
+    served = {
+        (route.path, method.lower())
+        for route in app.routes  # type: ignore[attr-defined]
+        for method in getattr(route, "methods", None) or ()
+        if method != "HEAD"
+    }
+    documented = {(path, method) for path, item in spec["paths"].items() for method in item}
+    assert served == documented
+    assert {ep.name for ep in ENDPOINTS if ep.auth} == set(PROTECTED_ENDPOINTS)
+
+
+def test_error_codes_follow_what_each_endpoint_checks() -> None:
+    paths = openapi_document()["paths"]
+    codes = {
+        (path, method): sorted(op["responses"])
+        for path, item in paths.items()
+        for method, op in item.items()
+    }
+    mutating = ["200", "400", "401", "409", "413", "422", "503"]
+    assert codes[("/api/training/start", "post")] == mutating
+    assert codes[("/api/training/stop", "post")] == mutating
+    assert codes[("/api/generate", "post")] == mutating
+    assert codes[("/api/posts", "get")] == ["200", "400", "422"]
+    assert codes[("/api/status", "get")] == ["200"]
+    assert codes[("/", "get")] == ["200"]
+
+
+async def test_an_undeclared_refusal_is_a_500(control: ControlService, metrics: Metrics) -> None:
+    """/api/status declares no refusal: one there is a bug, not a 400 the document hides."""
+
+    class Refusing(ControlService):
+        def status(self) -> StatusView:
+            raise ControlConflict("nothing to conflict with")
+
+    refusing = Refusing(
+        settings=control.settings,
+        store=control.store,
+        controller=control.controller,
+        policy=control.policy,
+        worker=control.worker,
+        metrics=metrics,
+        state=lambda: "running",
+        started_at=control.started_at,
+    )
+    app = build_app(control=refusing, metrics=metrics, token=TOKEN)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get("/api/status")
+    assert response.status_code == 500
+    assert response.json()["error"] == "internal_error"
 
 
 async def test_openapi_is_served(server: HttpServer) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from http_helpers import TOKEN, StoreControl
+from http_helpers import TOKEN
 from starlette.applications import Starlette
 
 from plaudit.daemon._auth import TOKEN_FILE
@@ -24,6 +24,7 @@ from plaudit.daemon._client import (
 )
 from plaudit.daemon._control import GenerateRequest
 from plaudit.daemon._http import HttpServer, serve
+from plaudit.daemon._service import ControlService
 
 
 @pytest.fixture
@@ -48,7 +49,7 @@ def url(app: Starlette) -> Iterator[str]:
     loop.close()
 
 
-def test_status_start_stop(url: str, control: StoreControl) -> None:
+def test_status_start_stop(url: str, control: ControlService) -> None:
     with DaemonClient(base_url=url, token=TOKEN) as client:
         assert client.status().training == "running"
         assert client.stop_training().training == "paused"

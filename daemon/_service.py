@@ -1,0 +1,193 @@
+"""``ControlService``: the ``Control`` seam over the running loop.
+
+The HTTP API, the status page, the CLI (through the API) and the daemon's SIGUSR1/SIGUSR2
+handling all steer plaudit through this one object. It owns no process life: the daemon builds
+it once the controller has started and tells it its state through a callable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import structlog
+
+from plaudit.daemon._control import (
+    ControlConflict,
+    ControlError,
+    ControlUnavailable,
+    DaemonState,
+    FaceStatus,
+    GeneratedSample,
+    GenerateRequest,
+    PostsPage,
+    PostView,
+    StatusView,
+    TrainingProgress,
+    TrainingStartRequest,
+)
+from plaudit.state import PostStatus, TrainingMode, TrainingState
+
+if TYPE_CHECKING:
+    from plaudit.controller import Controller, TorchWorker
+    from plaudit.daemon._config import Settings
+    from plaudit.daemon._metrics import Metrics
+    from plaudit.learner import Policy
+    from plaudit.state import Store
+
+# The status shows this many of the latest rewards.
+LAST_REWARDS = 10
+
+
+class ControlService:
+    """What the daemon offers to anything that steers it (implements ``Control``)."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        controller: Controller,
+        policy: Policy,
+        worker: TorchWorker,
+        metrics: Metrics,
+        state: Callable[[], DaemonState],
+        started_at: float,
+    ) -> None:
+        # Replaced by the daemon on reload (sampling defaults of the playground may change).
+        self.settings = settings
+        self.store = store
+        self.controller = controller
+        self.policy = policy
+        self.worker = worker
+        self.metrics = metrics
+        self._state = state
+        self.started_at = started_at
+        self.log = structlog.stdlib.get_logger("plaudit.daemon")
+
+    def status(self) -> StatusView:
+        faces = [
+            FaceStatus(
+                name=name,
+                type=rt.face.type_name,
+                posts_published=self.store.count_posts(face=name, status=PostStatus.PUBLISHED),
+                last_post_at=self.store.last_published_at(name),
+                next_post_at=rt.next_post_at,
+                last_error=rt.last_error,
+            )
+            for name, rt in self.controller.faces.items()
+        ]
+        p = self.controller.progress
+        progress = (
+            TrainingProgress(
+                mode=p.mode,
+                step=p.step,
+                total_steps=p.total_steps,
+                loss=p.loss,
+                tokens_per_second=p.tokens_per_second,
+                started_at=p.started_at,
+            )
+            if p is not None
+            else None
+        )
+        control = self.store.control()
+        return StatusView(
+            state=self._state(),
+            training=control.training.value,
+            mode=control.mode.value,
+            policy_version=self.policy.version,
+            model=self.settings.model.name,
+            faces=faces,
+            last_rewards=[r.reward for r in self.store.rewards(limit=LAST_REWARDS)],
+            progress=progress,
+            uptime_seconds=time.time() - self.started_at,
+        )
+
+    async def start_training(self, request: TrainingStartRequest) -> StatusView:
+        if self._state() == "stopping":
+            raise ControlUnavailable("the daemon is stopping; start training after it restarts")
+        if request.mode == "offline":
+            faces = list(self.controller.faces)
+            if request.data not in (None, *faces):
+                raise ControlError(
+                    f"offline data {request.data!r} is not a configured face; use one of "
+                    f"{', '.join(faces)}"
+                )
+            if self._offline_running():
+                raise ControlConflict(
+                    "an offline run is already running or waiting to run; start the next one "
+                    "when it has finished"
+                )
+        self.worker.stop_training.clear()
+        self.store.set_control(training=TrainingState.RUNNING, mode=TrainingMode(request.mode))
+        self.metrics.set_training(running=True, mode=request.mode)
+        if request.mode == "offline":
+            self.controller.request_offline(request.model_dump())
+        else:
+            self.controller.resume()
+        self.log.info("training started", mode=request.mode)
+        return self.status()
+
+    async def stop_training(self) -> StatusView:
+        control = self.store.set_control(training=TrainingState.PAUSED)
+        self.worker.stop_training.set()  # the running update stops at its next step
+        self.metrics.set_training(running=False, mode=control.mode.value)
+        self.log.info("training paused")
+        return self.status()
+
+    def posts(self, *, limit: int, offset: int, face: str | None) -> PostsPage:
+        posts = self.store.posts(face=face, status=PostStatus.PUBLISHED, limit=limit, offset=offset)
+        views = [PostView.from_story(self.store.story(post.id)) for post in posts]
+        total = self.store.count_posts(face=face, status=PostStatus.PUBLISHED)
+        return PostsPage(posts=views, total=total, limit=limit, offset=offset)
+
+    async def generate(self, request: GenerateRequest) -> list[GeneratedSample]:
+        from plaudit.controller import SYSTEM, TOPICLESS
+        from plaudit.learner import ContextLengthError, GenerationInterrupted, SamplingConfig
+
+        if self._state() == "stopping":
+            raise ControlUnavailable("the daemon is stopping; generate after it restarts")
+        s = self.settings.sampling
+        instruction = request.prompt or TOPICLESS.format(max_chars=280)
+        prompt = self.policy.render_prompt(instruction, system=SYSTEM)
+        sampling = SamplingConfig(
+            temperature=request.temperature if request.temperature is not None else s.temperature,
+            top_p=request.top_p if request.top_p is not None else s.top_p,
+            top_k=s.top_k,
+            max_new_tokens=request.max_new_tokens or s.max_new_tokens,
+            seed=request.seed,
+        )
+        try:
+            cands = await self.worker.run(
+                "playground",
+                self.policy.generate,
+                [prompt],
+                n=request.n,
+                sampling=sampling,
+                should_stop=self.worker.shutting_down.is_set,
+            )
+        except ContextLengthError as exc:
+            raise ControlError(f"the prompt is too long for the model: {exc}") from None
+        except GenerationInterrupted:
+            raise ControlUnavailable("the daemon began stopping during generation") from None
+        return [
+            GeneratedSample(
+                text=c.text,
+                tokens=len(c.tokens),
+                mean_logprob=sum(c.logprobs) / max(len(c.logprobs), 1),
+            )
+            for c in cands
+        ]
+
+    def metric_history(
+        self, names: list[str], *, since: float
+    ) -> dict[str, list[tuple[float, float]]]:
+        return self.store.metric_history(names, since=since)
+
+    def _offline_running(self) -> bool:
+        """An offline fit runs now, or one asked for waits for its turn."""
+        return (
+            self.controller.is_running("offline")
+            or self.controller.offline_fits.request is not None
+        )
