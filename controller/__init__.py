@@ -1,6 +1,7 @@
 """plaudit.controller: the loop. What runs when, and how posts, reactions and rewards flow
 between the faces, the learner and the store (see docs/architecture.md)."""
 
+from ._checkpoints import reference_checkpoint
 from ._config import (
     ControllerConfig,
     LoopSettings,
@@ -37,4 +38,5 @@ __all__: list[str] = [
     "format_duration",
     "horizon_label",
     "parse_duration",
+    "reference_checkpoint",
 ]

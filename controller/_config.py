@@ -64,7 +64,10 @@ class OnlineConfig(_Section):
     # clipped: importance-weighted clipped update with a KL anchor; reinforce: the baseline.
     method: Literal["clipped", "reinforce"] = "clipped"
     lr: float = Field(default=1e-5, gt=0)
-    max_kl: float | None = Field(default=0.1, gt=0)
+    # The drift budget: KL(policy || reference) in nats per post (summed over a post's
+    # tokens). A step that would cross it is undone (clipped only).
+    max_kl: float | None = Field(default=5.0, gt=0)
+    # Weight of the exact per-token KL(policy || reference) in the clipped update's loss.
     kl_coef: float = Field(default=0.05, ge=0)
     epochs: int = Field(default=2, ge=1)
     clip: float = Field(default=0.2, gt=0)

@@ -130,6 +130,15 @@ class Controller:
         for rt in ctx.faces.values():
             await self._load_history(rt)
         self.posting.own_posts.extend(ctx.store.published_texts(limit=5000))
+        # Updates newer than the weights we run (lost with a crash or a damaged checkpoint):
+        # their rewards train again.
+        released = ctx.store.release_rewards_after(ctx.policy.version)
+        if released:
+            self.log.warning(
+                "rewards of updates lost since the last checkpoint return to pending",
+                rewards=released,
+                policy_version=ctx.policy.version,
+            )
         c = ctx.settings.controller
         self._first_fit_pending = bool(
             self.offline_fits.never_fitted() and self.training_running() and c.offline_interval

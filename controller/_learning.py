@@ -14,6 +14,11 @@ from plaudit.state import TrainingMode, TrainingState
 MAX_BATCH = 256
 
 
+def lag_label(lag: int) -> str:
+    """A version lag as a metric label: "0", "1", "2" or "3+" (few series, whatever the lag)."""
+    return str(lag) if lag < 3 else "3+"
+
+
 class Learning:
     def __init__(self, ctx: LoopContext, checkpoints: Checkpoints) -> None:
         self.ctx = ctx
@@ -40,12 +45,17 @@ class Learning:
             post = store.get_post(reward.post_id)
             if not post.tokens or len(post.logprobs) != len(post.tokens):
                 continue
+            sampled = post.sampling  # {} for posts stored before settings were recorded
             batch.append(
                 Trajectory(
                     prompt=post.prompt_tokens,
                     completion=post.tokens,
                     behaviour_logprobs=post.logprobs,
                     advantage=baseline.advantage(reward.reward),
+                    temperature=sampled.get("temperature"),
+                    top_p=sampled.get("top_p"),
+                    top_k=sampled.get("top_k"),
+                    policy_version=post.policy_version,
                 )
             )
             used.append(reward.post_id)
@@ -84,35 +94,83 @@ class Learning:
         duration = time.monotonic() - t0
         metrics = {
             "loss": stats.loss,
-            "kl": stats.kl,
+            "kl_per_post": stats.kl_per_post,
+            "kl_per_token": stats.kl_per_token,
+            "kl_per_post_before": stats.kl_per_post_before,
+            "entropy": stats.entropy,
             "clip_fraction": stats.clip_fraction,
+            "clip_fraction_by_lag": {str(k): v for k, v in stats.clip_fraction_by_lag.items()},
+            "ratio_mean": stats.ratio_mean,
+            "ratio_max": stats.ratio_max,
+            "is_weight_mean": stats.is_weight_mean,
             "steps": stats.steps,
+            "steps_undone": stats.steps_undone,
             "tokens": stats.tokens,
-            "early_stopped": stats.early_stopped,
+            "stop_reason": stats.stop_reason,
         }
+        ctx.metrics.online_steps_undone.inc(stats.steps_undone)
         if stats.steps == 0:
+            if stats.stop_reason == "max_kl":
+                # At the drift budget: every step these rewards ask for would cross it. They
+                # are spent (each reward trains at most once), the weights stay as they are.
+                store.mark_rewards_used(used, policy_version=ctx.policy.version)
+                store.set_value("reward_baseline", repr(baseline.value))
+                store.finish_run(run_id, status="completed", metrics=metrics)
+                ctx.log.warning(
+                    "policy update undone: at the drift budget",
+                    rewards=len(batch),
+                    kl_per_post=round(stats.kl_per_post, 3),
+                    max_kl=o.max_kl,
+                )
+                return "skipped"
             store.finish_run(run_id, status="interrupted", metrics=metrics)
             return "skipped"
-        await self.checkpoints.save(kind="online", run_id=run_id, metrics=metrics)
+        # The rewards are spent on the weights in memory now. Should the checkpoint below fail
+        # (a full disk), they are not trained on again by the next update; should the process
+        # die before any later checkpoint, start-up returns them to pending
+        # (`Store.release_rewards_after`), since the weights they trained are lost with it.
         store.mark_rewards_used(used, policy_version=ctx.policy.version)
         store.set_value("reward_baseline", repr(baseline.value))
         store.finish_run(run_id, status="completed", metrics=metrics)
+        try:
+            await self.checkpoints.save(kind="online", run_id=run_id, metrics=metrics)
+        except Exception as exc:
+            ctx.log.error(
+                "checkpoint after the update failed; the next checkpoint writes these weights",
+                policy_version=ctx.policy.version,
+                error=str(exc),
+            )
+            return "error"
         m = ctx.metrics
         m.train_steps.labels("online").inc(stats.steps)
         m.train_loss.labels("online").set(stats.loss)
-        m.train_kl.labels("online").set(stats.kl)
+        m.train_kl.labels("online").set(stats.kl_per_post)
+        m.train_entropy.labels("online").set(stats.entropy)
+        m.online_importance_weight.set(stats.is_weight_mean)
+        by_label: dict[str, list[float]] = {}
+        for lag, fraction in stats.clip_fraction_by_lag.items():
+            by_label.setdefault(lag_label(lag), []).append(fraction)
+        for label, fractions in by_label.items():
+            m.online_clip_fraction.labels(label).set(sum(fractions) / len(fractions))
         m.train_learning_rate.labels("online").set(o.lr)
         m.train_tokens_per_second.labels("online").set(
             stats.tokens * max(stats.steps, 1) / max(duration, 1e-9)
         )
-        store.record_metrics({"loss": stats.loss, "kl": stats.kl})
+        store.record_metrics({"loss": stats.loss, "kl": stats.kl_per_post})
         ctx.log.info(
             "policy update",
             rewards=len(batch),
             steps=stats.steps,
+            steps_undone=stats.steps_undone,
             loss=round(stats.loss, 4),
-            kl=round(stats.kl, 5),
+            kl_per_post=round(stats.kl_per_post, 4),
+            kl_per_token=round(stats.kl_per_token, 5),
+            entropy=round(stats.entropy, 3),
             clip_fraction=round(stats.clip_fraction, 3),
+            clip_fraction_by_lag={k: round(v, 3) for k, v in stats.clip_fraction_by_lag.items()},
+            ratio_max=round(stats.ratio_max, 3),
+            is_weight_mean=round(stats.is_weight_mean, 3),
+            stop_reason=stats.stop_reason,
             policy_version=ctx.policy.version,
             duration_s=round(duration, 2),
         )

@@ -41,6 +41,10 @@ class LoopMetrics(Protocol):
     train_kl: Gauge  # [mode]
     train_learning_rate: Gauge  # [mode]
     train_tokens_per_second: Gauge  # [mode]
+    train_entropy: Gauge  # [mode]
+    online_clip_fraction: Gauge  # [lag]: "0", "1", "2", "3+"
+    online_importance_weight: Gauge
+    online_steps_undone: Counter
     policy_version: Gauge
     scheduler_job_runs: Counter  # [job, outcome]
     scheduler_misfires: Counter  # [job]

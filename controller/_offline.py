@@ -138,7 +138,9 @@ class OfflineFits:
         if result.steps == 0:
             ctx.store.finish_run(run_id, status="interrupted", metrics=metrics)
             return False
-        await self.checkpoints.save(kind="offline", run_id=run_id, metrics=metrics)
+        folder = await self.checkpoints.save(kind="offline", run_id=run_id, metrics=metrics)
+        # The fitted weights are the new KL reference; a restart loads it from this checkpoint.
+        self.checkpoints.mark_reference(folder)
         status = "interrupted" if result.reason == "interrupted" else "completed"
         ctx.store.finish_run(run_id, status=status, metrics=metrics)
         ctx.log.info(

@@ -287,7 +287,7 @@ class Daemon:
         )
 
     async def _load_policy(self) -> None:
-        from plaudit.controller import TorchWorker
+        from plaudit.controller import TorchWorker, reference_checkpoint
         from plaudit.daemon._systemd import TimeoutExtender
         from plaudit.learner import LearnerError, Policy, configure_torch
 
@@ -297,6 +297,15 @@ class Daemon:
         checkpoint = Path(latest.path) if latest and Path(latest.path).is_dir() else None
         device = "cpu" if self.settings.model.device == "auto" else self.settings.model.device
         cache = Path(os.environ.get("CACHE_DIRECTORY", self.state_dir / "cache"))
+        # The KL reference is the model of the last offline fit (kept in its checkpoint), the
+        # same one a running daemon anchored to; before any fit, the configured base model.
+        reference = reference_checkpoint(self.store, self.state_dir)
+        if reference is not None and not reference.is_dir():
+            self.log.warning(
+                "the reference checkpoint is missing; anchoring to the base model",
+                reference=str(reference),
+            )
+            reference = None
         self.notifier.status(f"loading model {self.settings.model.name}")
 
         def load() -> tuple[Policy, str | None]:
@@ -314,6 +323,7 @@ class Daemon:
                 device=device,
                 lr=self.settings.online.lr,
                 generation_dtype=dtype,
+                reference=reference,
             )
             # Chosen (and the native kernel built) now, not in the first generation.
             try:

@@ -168,8 +168,33 @@ class Metrics:
         )
         self.train_kl = Gauge(
             "plaudit_train_kl",
-            "KL divergence of the policy from the reference model at the last step.",
+            "KL divergence of the policy from its reference after the last update, in nats per "
+            "post (summed over a post's tokens, exact over the vocabulary).",
             ["mode"],
+            registry=registry,
+        )
+        self.train_entropy = Gauge(
+            "plaudit_train_entropy",
+            "Mean per-token entropy of the policy on the last update's posts, in nats.",
+            ["mode"],
+            registry=registry,
+        )
+        self.online_clip_fraction = Gauge(
+            "plaudit_online_clip_fraction",
+            "Share of tokens whose ratio to the proximal policy left the clip range in the last "
+            "update, by how many versions older than the policy the post was (lag).",
+            ["lag"],
+            registry=registry,
+        )
+        self.online_importance_weight = Gauge(
+            "plaudit_online_importance_weight",
+            "Mean truncated importance weight (proximal / behaviour) in the last update: "
+            "how far the policy moved since the posts were sampled (1 = not at all).",
+            registry=registry,
+        )
+        self.online_steps_undone = Counter(
+            "plaudit_online_steps_undone_total",
+            "Online update steps undone because they crossed the drift budget (online.max_kl).",
             registry=registry,
         )
         self.train_learning_rate = Gauge(

@@ -5,7 +5,6 @@ controller makes from its one torch worker thread (never two at once)."""
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,21 +19,29 @@ from ._errors import ModelLoadError
 from ._generate import generate_text
 from ._load import LoadedModel, load_model, write_model_folder
 from ._model import Transformer
-from ._online import OnlineUpdateConfig, Trajectory, UpdateStats, policy_update, sequence_logprobs
+from ._online import OnlineUpdateConfig, Trajectory, UpdateStats, policy_update
 from ._tokenizer import Tokenizer
 
 OPTIMIZER_FILE = "online_optimizer.pt"
-_SENTENCE_END = re.compile(r"[.!?…)\"'»\n]\s*$")
 
 
 @dataclass(frozen=True)
 class Candidate:
     prompt: str
     prompt_tokens: list[int]
-    text: str
-    tokens: list[int]  # the completion the policy is credited with (maybe cut at a sentence end)
-    logprobs: list[float]  # behaviour logprobs of `tokens`, as the online update computes them
-    finished: bool  # the model ended the post itself (stop token)
+    text: str  # the post's text: `tokens` decoded, without the stop token
+    # Every sampled token, the stop token that ended the post included when the model ended
+    # it (so the online update credits ending); all `max_new_tokens` when it ran out.
+    tokens: list[int]
+    # Behaviour logprobs of `tokens` (float32 arithmetic whatever the generation dtype): under
+    # the distribution each was sampled from (temperature, top-k, top-p, renormalised).
+    logprobs: list[float]
+    finished: bool  # the model ended the post itself (stop token); False: it ran out of tokens
+    # The sampling settings the post was drawn with; store them with the post, they belong in
+    # its `Trajectory`.
+    temperature: float = 1.0
+    top_p: float | None = None
+    top_k: int | None = None
 
 
 class Policy:
@@ -72,13 +79,22 @@ class Policy:
         lr: float = 1e-5,
         with_reference: bool = True,
         generation_dtype: torch.dtype = torch.float32,
+        reference: Path | None = None,
     ) -> Policy:
-        """The base model ``spec`` is the reference; ``checkpoint`` (if any) the current weights."""
+        """The base model ``spec`` is the reference, or the model folder ``reference`` (one
+        `save_reference` wrote: the anchor of a daemon that ran before) where given;
+        ``checkpoint`` (if any) holds the current weights. Without ``with_reference`` there is
+        no reference (``reference`` is then not read). A ``reference`` of another architecture
+        than ``spec`` raises `ModelLoadError`."""
         base: LoadedModel = load_model(spec, cache_dir=cache_dir, device=device)
-        reference = None
+        anchor: Transformer | None = None
         if with_reference:
-            reference = copy.deepcopy(base.model)
-            reference.requires_grad_(False).eval()
+            if reference is not None:
+                anchor = load_model(reference, device=device).model
+                _check_same_shapes(anchor, base.model, reference)
+            else:
+                anchor = copy.deepcopy(base.model)
+            anchor.requires_grad_(False).eval()
         model, tokenizer, source = base.model, base.tokenizer, base.source
         if checkpoint is not None:
             current = load_model(checkpoint, device=device)
@@ -86,7 +102,7 @@ class Policy:
         policy = cls(
             model=model,
             tokenizer=tokenizer,
-            reference=reference,
+            reference=anchor,
             version=version,
             source=source,
             lr=lr,
@@ -132,9 +148,14 @@ class Policy:
         should_stop: Callable[[], bool] | None = None,
     ) -> list[Candidate]:
         """n candidates per prompt, each with the behaviour logprobs the online update needs.
-        Prompts are encoded and sampled by `generate_text`, like every other generation."""
+        Prompts are encoded and sampled by `generate_text`, like every other generation.
+
+        The behaviour logprobs are the engine's: each token's logprob under the distribution
+        it was actually sampled from (temperature, top-k, top-p, renormalised), computed in
+        float32 from the engine's float32 logits whatever the generation dtype. A candidate
+        the model ended keeps its stop token as its last token (the update credits ending);
+        one that ran out of tokens keeps all of them, with ``finished=False``."""
         self.model.eval()
-        # The behaviour logprobs below are recomputed in float32 whatever the engine's dtype.
         samples = generate_text(
             model=self.model,
             tokenizer=self.tokenizer,
@@ -144,36 +165,23 @@ class Policy:
             dtype=self.generation_dtype,
             should_stop=should_stop,
         )
-        completions: list[list[int]] = []
-        for s in samples:
-            completions.append(s.tokens if s.finished else self._cut_at_sentence_end(s.tokens))
-        behaviour = sequence_logprobs(
-            self.model,
-            [s.prompt_tokens for s in samples],
-            completions,
-            temperature=sampling.temperature or 1.0,
-        )
         out = []
-        for s, comp, lps in zip(samples, completions, behaviour, strict=True):
+        for s in samples:
+            body = s.tokens[:-1] if s.finished else s.tokens  # a finished sample ends on a stop
             out.append(
                 Candidate(
                     prompt=prompts[s.prompt_index],
                     prompt_tokens=s.prompt_tokens,
-                    text=self.tokenizer.decode(comp, skip_special=True).strip(),
-                    tokens=comp,
-                    logprobs=lps,
+                    text=self.tokenizer.decode(body, skip_special=True).strip(),
+                    tokens=list(s.tokens),
+                    logprobs=list(s.logprobs),
                     finished=s.finished,
+                    temperature=sampling.temperature,
+                    top_p=sampling.top_p,
+                    top_k=sampling.top_k,
                 )
             )
         return out
-
-    def _cut_at_sentence_end(self, tokens: list[int]) -> list[int]:
-        """An unfinished sample is cut after its last complete sentence (never mid-word);
-        with no sentence end at all it is returned whole and the length filter decides."""
-        for end in range(len(tokens), 0, -1):
-            if _SENTENCE_END.search(self.tokenizer.decode(tokens[:end], skip_special=True)):
-                return tokens[:end]
-        return tokens
 
     # -- learning -------------------------------------------------------------------------
 
@@ -184,16 +192,30 @@ class Policy:
         config: OnlineUpdateConfig,
         should_stop: object = None,
     ) -> UpdateStats:
-        for group in self.optimizer.param_groups:
+        """One online update (`policy_update`); the version goes up when a step was kept.
+        All-or-nothing: if it fails, the weights, the optimizer (its state and learning rate)
+        and the version are as they were before the call, and the exception is re-raised."""
+        fresh = self._optimizer is None
+        optimizer = self.optimizer
+        lrs = [group["lr"] for group in optimizer.param_groups]
+        for group in optimizer.param_groups:
             group["lr"] = self.lr
-        stats = policy_update(
-            model=self.model,
-            reference=self.reference,
-            optimizer=self.optimizer,
-            batch=batch,
-            config=config,
-            should_stop=should_stop,
-        )
+        try:
+            stats = policy_update(
+                model=self.model,
+                reference=self.reference,
+                optimizer=optimizer,
+                batch=batch,
+                config=config,
+                should_stop=should_stop,
+                current_version=self.version,
+            )
+        except BaseException:
+            for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+                group["lr"] = lr
+            if fresh:
+                self._optimizer = None
+            raise
         if stats.steps:
             self.version += 1
         return stats
@@ -205,6 +227,14 @@ class Policy:
             write_model_folder(tmp, model=self.model, tokenizer=self.tokenizer)
             if self._optimizer is not None:
                 torch.save(self._optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+
+    def save_reference(self, folder: Path) -> None:
+        """The KL reference as a plaudit model folder, written atomically (replacing
+        `folder`), for `Policy.load(..., reference=folder)` after a restart."""
+        if self.reference is None:
+            raise ValueError("this policy has no reference to save (loaded without one)")
+        with atomic_folder(folder, replace=True) as tmp:
+            write_model_folder(tmp, model=self.reference, tokenizer=self.tokenizer)
 
     def reset_reference(self) -> None:
         """Anchor to the current weights (after an offline fit: the community's style). The
@@ -220,15 +250,19 @@ class Policy:
         The weights are copied into the existing model, so its device and dtype stay and any
         engine built later samples the new weights; a folder of another shape raises
         `ModelLoadError` and leaves the policy as it was."""
-        weights = load_model(model_dir).model.state_dict()
-        own = self.model.state_dict()
+        loaded = load_model(model_dir).model
         # Checked first: load_state_dict would copy the matching tensors before it raised.
-        if {k: v.shape for k, v in weights.items()} != {k: v.shape for k, v in own.items()}:
-            raise ModelLoadError(
-                f"{model_dir} holds another architecture than the policy's model; adopt only "
-                f"model folders trained from this policy."
-            )
-        self.model.load_state_dict(weights)
+        _check_same_shapes(loaded, self.model, model_dir)
+        self.model.load_state_dict(loaded.state_dict())
         self.reset_reference()
         self.version += 1
         return self.version
+
+
+def _check_same_shapes(loaded: Transformer, own: Transformer, folder: Path) -> None:
+    a = {k: v.shape for k, v in loaded.state_dict().items()}
+    if a != {k: v.shape for k, v in own.state_dict().items()}:
+        raise ModelLoadError(
+            f"{folder} holds another architecture than the policy's model; use only model "
+            f"folders trained from this policy."
+        )

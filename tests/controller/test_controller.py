@@ -351,3 +351,70 @@ def _candidate(text: str, version: int) -> Any:
         logprobs=[-1.0, -2.0],
         policy_version=version,
     )
+
+
+async def test_an_offline_fit_becomes_the_reference_a_restart_loads(
+    make_loop: Any, post_model_dir: Path
+) -> None:
+    from plaudit.controller import OfflineConfig, reference_checkpoint
+
+    loop = make_loop(
+        LoopSettings(
+            controller=settings(offline_interval=timedelta(days=7)).controller,
+            sampling=settings().sampling,
+            offline=OfflineConfig(max_steps=3, batch_size=4, max_seq_len=32, lr=1e-3),
+        )
+    )
+    ctl = loop.controller()
+    await ctl.start(schedule=False)
+    assert reference_checkpoint(loop.store, loop.state_dir) is None
+    assert await ctl.run_job("offline") == "success"
+    folder = reference_checkpoint(loop.store, loop.state_dir)
+    assert folder is not None and folder.is_dir()
+    # Later checkpoints rotate the old ones out, never the reference's.
+    for _ in range(4):
+        loop.policy.version += 1
+        await ctl.checkpoint(kind="online", run_id=None, metrics={})
+    assert folder.is_dir()
+    restarted = Policy.load(post_model_dir, reference=folder)
+    assert restarted.reference is not None and loop.policy.reference is not None
+    for (name, a), b in zip(
+        restarted.reference.state_dict().items(),
+        loop.policy.reference.state_dict().values(),
+        strict=True,
+    ):
+        assert a.equal(b), name
+
+
+async def test_a_failed_checkpoint_spends_the_rewards_and_a_restart_returns_them(
+    make_loop: Any, post_model_dir: Path
+) -> None:
+    loop = make_loop(settings(learn_interval=timedelta(days=30)))
+    ctl = loop.controller()
+    await ctl.start(schedule=False)
+    await ctl.run_until(loop.clock.now() + 2 * DAY)
+    assert len(loop.store.rewards(unused_only=True)) >= 4
+    before = loop.policy.version
+
+    def disk_full(folder: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    loop.policy.save = disk_full  # type: ignore[method-assign]
+    assert await ctl.run_job("learn") == "error"
+    assert loop.policy.version == before + 1  # the update itself went through
+    spent = [r for r in loop.store.rewards() if r.used_in_version == before + 1]
+    assert spent and loop.store.rewards(unused_only=True) == []  # not trained on twice
+    # A restart runs the weights of the last checkpoint (version `before`): the update is lost
+    # with the process, and its rewards wait for the next one.
+    restarted = Controller(
+        settings=loop.settings,
+        store=loop.store,
+        faces={"mem": loop.face},
+        policy=Policy.load(post_model_dir, version=before),
+        worker=loop.worker,
+        metrics=loop.metrics,
+        state_dir=loop.state_dir,
+        clock=loop.clock,
+    )
+    await restarted.start(schedule=False)
+    assert {r.post_id for r in loop.store.rewards(unused_only=True)} == {r.post_id for r in spent}

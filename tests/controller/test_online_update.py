@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -17,6 +18,14 @@ from plaudit.learner._online import (
     policy_update,
     sequence_logprobs,
 )
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny(seed: int = 0) -> Transformer:
@@ -111,8 +120,9 @@ def test_early_stop_on_kl() -> None:
     opt = model.configure_optimizer(lr=5e-2, weight_decay=0.0)
     cfg = OnlineUpdateConfig(epochs=20, minibatch_size=2, kl_coef=0.01, max_kl=1e-3, clip=10.0)
     stats = policy_update(model=model, reference=reference, optimizer=opt, batch=batch, config=cfg)
-    assert stats.early_stopped and stats.steps < 40
-    assert measure_kl(model, reference, batch) > 1e-3
+    assert stats.early_stopped and stats.stop_reason == "max_kl" and stats.steps < 40
+    assert stats.steps_undone == 1  # the step that crossed the budget, undone
+    assert measure_kl(model, reference, batch) <= 1e-3  # nats per post
 
 
 def test_stop_event_interrupts_and_nan_is_refused() -> None:
@@ -129,7 +139,7 @@ def test_stop_event_interrupts_and_nan_is_refused() -> None:
         config=OnlineUpdateConfig(),
         should_stop=stop,
     )
-    assert stats.steps == 0 and stats.early_stopped
+    assert stats.steps == 0 and stats.early_stopped and stats.stop_reason == "interrupted"
     weights = copy.deepcopy(model.state_dict())
     bad = [Trajectory(t.prompt, t.completion, t.behaviour_logprobs, float("nan")) for t in batch]
     with pytest.raises(FloatingPointError, match="weights were not changed"):

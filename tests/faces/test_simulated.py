@@ -10,7 +10,17 @@ from typing import Any
 
 import pytest
 
-from plaudit.faces import Draft, Face, Permanent, Reactions, SimulatedClock, WallClock, discover
+from plaudit.faces import (
+    Draft,
+    Face,
+    FaceStateError,
+    Permanent,
+    Reactions,
+    SimulatedAudience,
+    SimulatedClock,
+    WallClock,
+    discover,
+)
 from plaudit.faces.simulated import SimulatedConfig, SimulatedFace, load_corpus
 from plaudit.faces.simulated._corpus import parse_corpus
 from plaudit.faces.testing import FaceContract, FaceFactory
@@ -257,3 +267,69 @@ async def test_wall_clock_demo_with_time_scale(tmp_path: Path) -> None:
     final = face.explain(ref)
     assert final is not None and snap.reactions.likes == final["final"]["likes"] > 0
     await face.aclose()
+
+
+NEAR = "Had a lovely walk by the river this morning, the sun was out and the birds were loud."
+PLAIN = "The meeting moved to Thursday, so bring the notes from last week with you."
+SALAD = "love amazing great happy best wonderful awesome beautiful"
+
+
+async def test_appeal_is_the_mean_score_that_publishing_draws(tmp_path: Path) -> None:
+    """`appeal()` is the expected final score. On 150 audiences of other seeds, one account
+    publishes the same posts in turn (a near-duplicate of the first, so the repetition penalty
+    counts; a plain post; word salad), each scored by `appeal()` just before it goes out: the
+    expectation is the same for every seed, and the mean final score matches it within 4
+    standard errors."""
+    texts = [NEAR, PLAIN, SALAD]
+    expected: list[float] = []
+    draws: list[list[float]] = [[] for _ in texts]
+    for seed in range(150):
+        clock = SimulatedClock(start=T0.timestamp())
+        face = make_face(tmp_path / str(seed), clock, seed=seed)
+        await face.publish(Draft(text=GOOD), idempotency_key="first")
+        refs = []
+        for i, text in enumerate(texts):
+            clock.advance(hours(2))
+            (want,) = await face.appeal([text])
+            if seed == 0:
+                expected.append(want)
+            # The seed changes the draws, not the expectation.
+            assert want == pytest.approx(expected[i], rel=1e-12)
+            refs.append((await face.publish(Draft(text=text), idempotency_key=text)).ref)
+        clock.advance(hours(24 * 30))  # every reaction has arrived
+        for i, snap in enumerate(await face.reactions(refs)):
+            draws[i].append(face.score(snap))
+        await face.aclose()
+    for text, want, got in zip(texts, expected, draws, strict=True):
+        mean = sum(got) / len(got)
+        se = (sum((x - mean) ** 2 for x in got) / (len(got) - 1) / len(got)) ** 0.5
+        assert abs(mean - want) < 4 * se, (
+            f"{text!r}: appeal {want:.4f}, drawn {mean:.4f} ± {se:.4f}"
+        )
+    near, plain, salad = expected
+    assert near < plain and salad < 0.5 * plain, "a near-repeat and word salad lose"
+
+
+async def test_appeal_judges_against_recent_posts_and_stores_nothing(tmp_path: Path) -> None:
+    clock = SimulatedClock(start=T0.timestamp())
+    face = make_face(tmp_path, clock)
+    assert isinstance(face, SimulatedAudience)
+    (fresh,) = await face.appeal([GOOD])
+    assert (await face.check()).details["posts_published"] == 0, "appeal() publishes nothing"
+    await face.publish(Draft(text=GOOD), idempotency_key="k")
+    (again, empty) = await face.appeal([GOOD, ""])
+    assert again < 0.5 * fresh, "an exact repeat of a recent post is worth much less"
+    assert empty < fresh, "any text gets a score, an empty one a low one"
+    assert await face.appeal([]) == []
+    with pytest.raises(TypeError, match="sequence of texts"):
+        await face.appeal(GOOD)
+    await face.aclose()
+    with pytest.raises(FaceStateError):
+        await face.appeal([GOOD])
+
+
+def test_faces_without_a_simulated_audience_do_not_claim_one(tmp_path: Path) -> None:
+    memory = discover(only={"memory"}).create(
+        name="m", type="memory", config={}, state_dir=tmp_path
+    )
+    assert not isinstance(memory, SimulatedAudience)

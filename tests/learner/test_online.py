@@ -1,0 +1,275 @@
+"""The online update's method: the KL penalty's gradient, the decoupled clip, truncated
+importance weights, per-post temperatures, max_kl as a bound in nats per post, all-or-nothing,
+and the two methods' common loss normalisation."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from plaudit.learner import ModelConfig, Transformer
+from plaudit.learner._online import (
+    IS_TRUNCATION,
+    OnlineUpdateConfig,
+    Trajectory,
+    measure_kl,
+    policy_update,
+    sequence_logprobs,
+)
+
+PROMPTS = [[1, 5, 9], [1, 7], [1, 3, 3, 3], [1, 2]]
+COMPLETIONS = [[10, 11, 12, 13], [20, 21], [30, 31, 32], [40, 41, 42, 43, 44]]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(seed: int = 0, *, scale: float = 1.0) -> Transformer:
+    torch.manual_seed(seed)
+    model = Transformer(
+        ModelConfig(
+            vocab_size=64, max_seq_len=32, n_layer=2, n_head=2, n_kv_head=1, n_embd=32,
+            intermediate_size=64,
+        )
+    )  # fmt: skip
+    model.init_weights()
+    if scale != 1.0:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 2:
+                    p.mul_(scale)
+    return model.eval()
+
+
+def batch_for(
+    model: Transformer,
+    advantages: list[float],
+    *,
+    temperature: float = 1.0,
+    shift: float = 0.0,
+    carry_temperature: bool = False,
+) -> list[Trajectory]:
+    """Trajectories whose behaviour logprobs are the model's own at `temperature`, minus
+    `shift` (a stale sample the policy has since made more likely)."""
+    lps = sequence_logprobs(model, PROMPTS, COMPLETIONS, temperature=temperature)
+    own: dict[str, Any] = {"temperature": temperature} if carry_temperature else {}
+    return [
+        Trajectory(p, c, [x - shift for x in lp], a, **own)
+        for p, c, lp, a in zip(PROMPTS, COMPLETIONS, lps, advantages, strict=True)
+    ]
+
+
+def logprob_sums(model: Transformer, batch: list[Trajectory]) -> list[float]:
+    lps = sequence_logprobs(model, [t.prompt for t in batch], [t.completion for t in batch])
+    return [sum(x) for x in lps]
+
+
+class RecordGrads(torch.optim.SGD):
+    """SGD at lr 0 that keeps the gradients of each step."""
+
+    def __init__(self, model: Transformer) -> None:
+        super().__init__(model.parameters(), lr=0.0)
+        self.grads: list[list[torch.Tensor]] = []
+        self._params = list(model.parameters())
+
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        self.grads.append(
+            [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in self._params]
+        )
+
+
+def test_kl_penalty_gradient_is_that_of_kl_policy_to_reference() -> None:
+    """On samples from the current policy (one position, every token, weighted by its
+    probability) the expected gradient of the update's KL term equals kl_coef times the exact
+    gradient of KL(π || π_ref) over the vocabulary: not that of KL(π_ref || π)."""
+    model, reference = tiny(0, scale=4.0), tiny(1, scale=4.0).requires_grad_(False)
+    prompt, T, coef = [1, 5, 9], 0.8, 0.5
+    V = model.config.vocab_size
+    # The exact gradients, by autograd on the full distributions at the prompt's last position.
+    logp = F.log_softmax(model(torch.tensor([prompt]))[0, -1] / T, dim=-1)
+    with torch.no_grad():
+        ref_logp = F.log_softmax(reference(torch.tensor([prompt]))[0, -1] / T, dim=-1)
+    p = logp.exp()
+    forward_kl = coef * (p * (logp - ref_logp)).sum()  # KL(π || ref)
+    reverse_kl = coef * (ref_logp.exp() * (ref_logp - logp)).sum()  # KL(ref || π)
+    want = torch.autograd.grad(
+        forward_kl, list(model.parameters()), allow_unused=True, retain_graph=True
+    )
+    wrong = torch.autograd.grad(reverse_kl, list(model.parameters()), allow_unused=True)
+    probs = p.detach()
+    # The update's gradient for each one-token completion a, behaviour = current policy.
+    cfg = OnlineUpdateConfig(
+        epochs=1, kl_coef=coef, max_kl=None, grad_clip=1e9, temperature=T, minibatch_size=8
+    )
+    lps = sequence_logprobs(model, [prompt] * V, [[a] for a in range(V)], temperature=T)
+    expected = [torch.zeros_like(q) for q in model.parameters()]
+    for a in range(V):
+        opt = RecordGrads(model)
+        traj = Trajectory(prompt, [a], lps[a], 0.0)  # no advantage: the KL term alone
+        policy_update(model=model, reference=reference, optimizer=opt, batch=[traj], config=cfg)
+        for e, g in zip(expected, opt.grads[0], strict=True):
+            e += probs[a] * g
+    flat = torch.cat([e.flatten() for e in expected])
+    flat_want = torch.cat([torch.zeros_like(q).flatten() if w is None else w.flatten()
+                           for w, q in zip(want, model.parameters(), strict=True)])  # fmt: skip
+    flat_wrong = torch.cat([torch.zeros_like(q).flatten() if w is None else w.flatten()
+                            for w, q in zip(wrong, model.parameters(), strict=True)])  # fmt: skip
+    assert flat_want.norm() > 1e-3
+    assert (flat - flat_want).norm() <= 1e-4 * flat_want.norm() + 1e-7
+    assert (flat - flat_wrong).norm() > 0.1 * flat_wrong.norm()  # the test can tell them apart
+
+
+def test_stale_sample_beyond_the_clip_still_gets_gradient() -> None:
+    """Behaviour logprobs 1 nat below the current policy (ratio to behaviour e > 1 + clip),
+    positive advantage: the decoupled clip is centred on the update's start, so the step
+    still raises the sample's logprob; its importance weight is truncated."""
+    model = tiny()
+    batch = batch_for(model, [1.0, 1.0, 1.0, 1.0], shift=1.0)
+    before = logprob_sums(model, batch)
+    opt = model.configure_optimizer(lr=1e-3, weight_decay=0.0)
+    cfg = OnlineUpdateConfig(epochs=1, kl_coef=0.0, max_kl=None, clip=0.2)
+    stats = policy_update(model=model, reference=None, optimizer=opt, batch=batch, config=cfg)
+    after = logprob_sums(model, batch)
+    assert stats.steps == 1
+    assert all(a > b + 1e-3 for a, b in zip(after, before, strict=True))
+    assert stats.is_weight_mean == pytest.approx(IS_TRUNCATION)
+    assert stats.ratio_mean == pytest.approx(1.0, abs=1e-5)  # π / π_prox before the step
+
+
+def test_each_trajectory_uses_its_own_temperature() -> None:
+    """Fresh samples drawn at 0.7 while the config says 1.0: the importance weights are 1
+    (π_prox at 0.7 over behaviour at 0.7), so the config's temperature was not used."""
+    model = tiny(scale=4.0)
+    batch = batch_for(model, [1.0, -1.0, 1.0, -1.0], temperature=0.7, carry_temperature=True)
+    assert all(t.temperature == 0.7 for t in batch)
+    opt = model.configure_optimizer(lr=1e-4, weight_decay=0.0)
+    cfg = OnlineUpdateConfig(epochs=1, kl_coef=0.0, max_kl=None, temperature=1.0)
+    stats = policy_update(model=model, reference=None, optimizer=opt, batch=batch, config=cfg)
+    assert stats.is_weight_mean == pytest.approx(1.0, abs=1e-5)
+    # The same trajectories without a temperature fall back to the config's: weights move.
+    bare = [Trajectory(t.prompt, t.completion, t.behaviour_logprobs, t.advantage) for t in batch]
+    stats = policy_update(model=model, reference=None, optimizer=opt, batch=bare, config=cfg)
+    assert abs(stats.is_weight_mean - 1.0) > 1e-3
+
+
+def test_max_kl_undoes_the_step_that_crosses_it() -> None:
+    model = tiny()
+    reference = copy.deepcopy(model).requires_grad_(False)
+    batch = batch_for(model, [3.0, -3.0, 3.0, -3.0])
+    opt = model.configure_optimizer(lr=1.0, weight_decay=0.0)  # a huge step
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = OnlineUpdateConfig(epochs=3, minibatch_size=2, kl_coef=0.0, max_kl=0.05)
+    stats = policy_update(model=model, reference=reference, optimizer=opt, batch=batch, config=cfg)
+    assert stats.steps == 0 and stats.steps_undone == 1
+    assert stats.early_stopped and stats.stop_reason == "max_kl"
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    assert opt.state_dict()["state"] == {}  # the optimizer's moments went back too
+    assert stats.kl_per_post == 0.0 and measure_kl(model, reference, batch) == 0.0
+
+
+def test_max_kl_bounds_the_drift_in_nats_per_post() -> None:
+    model = tiny()
+    reference = copy.deepcopy(model).requires_grad_(False)
+    batch = batch_for(model, [3.0, -3.0, 3.0, -3.0])
+    opt = model.configure_optimizer(lr=3e-3, weight_decay=0.0)
+    cfg = OnlineUpdateConfig(epochs=50, minibatch_size=2, kl_coef=0.0, max_kl=0.5, clip=10.0)
+    stats = policy_update(model=model, reference=reference, optimizer=opt, batch=batch, config=cfg)
+    assert stats.steps > 0 and stats.steps_undone == 1 and stats.stop_reason == "max_kl"
+    kl = measure_kl(model, reference, batch)
+    assert 0 < kl <= 0.5 and stats.kl == pytest.approx(kl) == stats.kl_per_post
+    n_tokens = sum(len(c) for c in COMPLETIONS)
+    assert stats.kl_per_token == pytest.approx(kl * len(batch) / n_tokens, rel=1e-5)
+    assert 0 < stats.entropy <= math.log(model.config.vocab_size) + 1e-5
+    assert stats.ratio_max >= stats.ratio_mean > 0
+
+
+class FailAt(torch.optim.AdamW):
+    """AdamW that fails on its `at`-th step: a NaN in the weights after the step before it
+    (the next loss is NaN) or an exception."""
+
+    def __init__(self, model: Transformer, at: int, how: str) -> None:
+        super().__init__(model.parameters(), lr=1e-3)
+        self.calls, self.at, self.how = 0, at, how
+
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        self.calls += 1
+        if self.how == "raise" and self.calls == self.at:
+            raise RuntimeError("boom")
+        super().step()
+        if self.how == "nan" and self.calls == self.at - 1:
+            with torch.no_grad():
+                next(iter(self.param_groups[0]["params"])).fill_(float("nan"))
+
+
+@pytest.mark.parametrize("how", ["raise", "nan"])
+def test_a_failed_update_changes_nothing(how: str) -> None:
+    model = tiny()
+    reference = copy.deepcopy(model).requires_grad_(False)
+    batch = batch_for(model, [1.0, -1.0, 1.0, -1.0])
+    opt = FailAt(model, at=3, how=how)
+    cfg = OnlineUpdateConfig(epochs=1, minibatch_size=1, kl_coef=0.1, max_kl=None)
+    opt.at = 10**9  # a first update that works, so the optimizer has moments to keep
+    policy_update(model=model, reference=reference, optimizer=opt, batch=batch, config=cfg)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    state = copy.deepcopy(opt.state_dict())
+    opt.calls, opt.at = 0, 3
+    with pytest.raises((RuntimeError, FloatingPointError)):
+        policy_update(model=model, reference=reference, optimizer=opt, batch=batch, config=cfg)
+    assert opt.calls >= 2  # it failed half-way, after steps were taken
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    now = opt.state_dict()
+    assert now["param_groups"] == state["param_groups"]
+    assert now["state"].keys() == state["state"].keys()
+    for i, s in state["state"].items():
+        assert all(
+            torch.equal(torch.as_tensor(s[k]), torch.as_tensor(now["state"][i][k])) for k in s
+        )
+
+
+def test_both_methods_normalise_per_token() -> None:
+    """On fresh samples (ratio 1, weights 1, no KL) one step of each method has the same
+    gradient: REINFORCE's loss is normalised per token like the clipped one's."""
+    model = tiny()
+    batch = batch_for(model, [1.0, -0.5, 2.0, -1.0])
+    grads = {}
+    for method in ("clipped", "reinforce"):
+        opt = RecordGrads(model)
+        cfg = OnlineUpdateConfig(
+            method=method,  # type: ignore[arg-type]
+            epochs=1, minibatch_size=8, kl_coef=0.0, max_kl=None, grad_clip=1e9,
+        )  # fmt: skip
+        policy_update(model=model, reference=None, optimizer=opt, batch=batch, config=cfg)
+        grads[method] = torch.cat([g.flatten() for g in opt.grads[0]])
+    assert grads["clipped"].norm() > 0
+    torch.testing.assert_close(grads["clipped"], grads["reinforce"], atol=1e-6, rtol=1e-4)
+
+
+def test_clip_fraction_by_version_lag() -> None:
+    model = tiny()
+    lps = sequence_logprobs(model, PROMPTS, COMPLETIONS)
+    batch = [
+        Trajectory(p, c, lp, a, policy_version=v)
+        for p, c, lp, a, v in zip(
+            PROMPTS, COMPLETIONS, lps, [2.0, -2.0, 2.0, -2.0], [5, 5, 3, 3], strict=True
+        )
+    ]
+    opt = model.configure_optimizer(lr=3e-2, weight_decay=0.0)
+    cfg = OnlineUpdateConfig(epochs=4, minibatch_size=2, kl_coef=0.0, max_kl=None, clip=0.05)
+    stats = policy_update(
+        model=model, reference=None, optimizer=opt, batch=batch, config=cfg, current_version=6
+    )
+    assert set(stats.clip_fraction_by_lag) == {1, 3}
+    assert all(0 <= f <= 1 for f in stats.clip_fraction_by_lag.values())
+    assert stats.clip_fraction > 0
+    assert math.isnan(stats.kl_per_post)  # no reference, no KL
