@@ -70,8 +70,8 @@ def reject_reason(
     batch_seen: Sequence[str] = (),
 ) -> str | None:
     """The reason to drop ``text``, or None to keep it. ``finished``: the model ended the post
-    itself (its end token within the budget); a post cut off by the token budget is never
-    published, so that what is published is what the policy chose to write and end."""
+    itself (its end token within the budget), or it ran out of tokens and was cut after its
+    last complete sentence; a post that stops mid-sentence is never published."""
     if not text.strip():
         return "empty"
     if not finished:

@@ -198,7 +198,7 @@ class Posting:
         for post_id, cand in zip(ids, candidates, strict=True):
             reason = reject_reason(
                 cand.text,
-                finished=cand.finished,
+                finished=cand.finished or cand.cut,
                 config=filters,
                 max_length=limits.max_length,
                 measure=rt.face.measure,

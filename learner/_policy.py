@@ -5,6 +5,7 @@ controller makes from its one torch worker thread (never two at once)."""
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,10 @@ from ._tokenizer import Tokenizer
 OPTIMIZER_FILE = "online_optimizer.pt"
 
 
+# A post cut short by the token budget is cut after its last sentence end (or line break).
+_SENTENCE_END = re.compile(r"[.!?…)\"'»\n]\s*$")
+
+
 @dataclass(frozen=True)
 class Candidate:
     prompt: str
@@ -37,6 +42,9 @@ class Candidate:
     # the distribution each was sampled from (temperature, top-k, top-p, renormalised).
     logprobs: list[float]
     finished: bool  # the model ended the post itself (stop token); False: it ran out of tokens
+    # Ran out of tokens and was cut after its last complete sentence: `tokens` and `logprobs`
+    # are that prefix of what was sampled (a true sample prefix, so its logprobs stay right).
+    cut: bool = False
     # The sampling settings the post was drawn with; store them with the post, they belong in
     # its `Trajectory`.
     temperature: float = 1.0
@@ -153,8 +161,10 @@ class Policy:
         The behaviour logprobs are the engine's: each token's logprob under the distribution
         it was actually sampled from (temperature, top-k, top-p, renormalised), computed in
         float32 from the engine's float32 logits whatever the generation dtype. A candidate
-        the model ended keeps its stop token as its last token (the update credits ending);
-        one that ran out of tokens keeps all of them, with ``finished=False``."""
+        the model ended keeps its stop token as its last token (the update credits ending).
+        One that ran out of tokens is cut after its last complete sentence (``cut=True``; never
+        mid-word on a platform), tokens and logprobs alike; with no sentence end at all it keeps
+        every token, ``finished=False`` and ``cut=False``, and the controller drops it."""
         self.model.eval()
         samples = generate_text(
             model=self.model,
@@ -167,21 +177,35 @@ class Policy:
         )
         out = []
         for s in samples:
-            body = s.tokens[:-1] if s.finished else s.tokens  # a finished sample ends on a stop
+            tokens, logprobs = list(s.tokens), list(s.logprobs)
+            body = tokens[:-1] if s.finished else tokens  # a finished sample ends on a stop
+            end = None if s.finished else self._sentence_end(tokens)
+            if end is not None:
+                tokens, logprobs = tokens[:end], logprobs[:end]
+                body = tokens
             out.append(
                 Candidate(
                     prompt=prompts[s.prompt_index],
                     prompt_tokens=s.prompt_tokens,
                     text=self.tokenizer.decode(body, skip_special=True).strip(),
-                    tokens=list(s.tokens),
-                    logprobs=list(s.logprobs),
+                    tokens=tokens,
+                    logprobs=logprobs,
                     finished=s.finished,
+                    cut=end is not None,
                     temperature=sampling.temperature,
                     top_p=sampling.top_p,
                     top_k=sampling.top_k,
                 )
             )
         return out
+
+    def _sentence_end(self, tokens: list[int]) -> int | None:
+        """How many tokens make up the complete sentences at the start of ``tokens`` (the
+        longest prefix that ends a sentence), or None when no prefix does."""
+        for end in range(len(tokens), 0, -1):
+            if _SENTENCE_END.search(self.tokenizer.decode(tokens[:end], skip_special=True)):
+                return end
+        return None
 
     # -- learning -------------------------------------------------------------------------
 

@@ -159,3 +159,19 @@ def test_an_update_that_fails_half_way_changes_nothing(tiny_model_dir: Path) -> 
     for i, s in optimizer["state"].items():
         assert all(torch.equal(torch.as_tensor(v), torch.as_tensor(now["state"][i][k]))
                    for k, v in s.items())  # fmt: skip
+
+
+def test_a_post_out_of_tokens_is_cut_after_its_last_sentence(tiny_model_dir: Path) -> None:
+    import re
+
+    policy = Policy.load(tiny_model_dir, lr=1e-4)
+    sampling = SamplingConfig(temperature=1.0, top_p=None, max_new_tokens=24, seed=0)
+    cands = policy.generate([""] * 16, n=1, sampling=sampling)
+    cut = [c for c in cands if c.cut]
+    assert cut, "the untrained tiny model runs out of tokens; some samples have a sentence end"
+    for c in cut:
+        assert not c.finished and len(c.tokens) == len(c.logprobs) < 24
+        assert re.search(r"[.!?…)\"'»\n]\s*$", policy.tokenizer.decode(c.tokens))
+    for c in cands:
+        if not c.finished and not c.cut:
+            assert len(c.tokens) == 24  # nothing to cut at: kept whole, dropped by the filter
