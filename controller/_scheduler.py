@@ -25,6 +25,10 @@ class JobScheduler:
                 "APScheduler runs on the wall clock; drive a SimulatedClock with run_until()"
             )
         self.controller = controller
+        # Jobs with a timer set or fired and not yet finished. A fired timer leaves APScheduler's
+        # job store before its coroutine starts; without this, a sync() in that window would set
+        # a second timer for the same job, which APScheduler then skips with a warning.
+        self._armed: set[str] = set()
         self._scheduler = AsyncIOScheduler()
         self._scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED)
 
@@ -39,11 +43,14 @@ class JobScheduler:
         for job in self._scheduler.get_jobs():
             if job.id not in due:
                 job.remove()
+                self._armed.discard(job.id)
         for name, at in due.items():
+            job = self._scheduler.get_job(name)
+            if job is None and name in self._armed:
+                continue  # fired: it runs now or is about to, and re-plans when it ends
             if self.controller.is_running(name):
                 continue
             when = datetime.fromtimestamp(at).astimezone()
-            job = self._scheduler.get_job(name)
             if job is not None and job.next_run_time == when:
                 continue
             self._scheduler.add_job(
@@ -54,11 +61,13 @@ class JobScheduler:
                 replace_existing=True,
                 misfire_grace_time=None,  # a late wake-up still runs the job
             )
+            self._armed.add(name)
 
     async def _run(self, name: str) -> None:
         try:
             await self.controller.run_job(name)
         finally:
+            self._armed.discard(name)
             if self._scheduler.running:
                 self.sync()
 
