@@ -15,7 +15,7 @@ from ._controller import Controller
 from ._durations import Duration, format_duration, parse_duration
 from ._filters import REASONS as FILTER_REASONS
 from ._metrics import LoopMetrics, horizon_label
-from ._prompts import SYSTEM, TOPICLESS
+from ._prompts import SYSTEM, TOPICLESS, instructions
 from ._worker import TorchWorker
 
 __all__: list[str] = [
@@ -37,6 +37,7 @@ __all__: list[str] = [
     "TorchWorker",
     "format_duration",
     "horizon_label",
+    "instructions",
     "parse_duration",
     "reference_checkpoint",
 ]

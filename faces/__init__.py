@@ -5,7 +5,7 @@ group (`discover()` -> `FaceRegistry`).
 A face plugin subclasses `Face`; see faces/README.md for the guide and
 `plaudit.faces.testing` for the contract test kit."""
 
-from ._api import Face, FaceState, score_reactions
+from ._api import Face, FaceState, SimulatedAudience, score_reactions
 from ._clock import Clock, SimulatedClock, WallClock, utc_datetime
 from ._errors import (
     AuthFailed,
@@ -70,6 +70,7 @@ __all__: list[str] = [
     "Rejected",
     "RequestRate",
     "ScoreWeights",
+    "SimulatedAudience",
     "SimulatedClock",
     "Transient",
     "WallClock",

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar, Generic, Self, TypeVar
+from typing import ClassVar, Generic, Protocol, Self, TypeVar, runtime_checkable
 
 from ._clock import Clock, WallClock, utc_datetime
 from ._errors import FaceError, FaceStateError, Rejected
@@ -37,7 +37,7 @@ from ._models import (
     ScoreWeights,
 )
 
-__all__ = ["Face", "FaceState", "score_reactions"]
+__all__ = ["Face", "FaceState", "SimulatedAudience", "score_reactions"]
 
 ConfigT = TypeVar("ConfigT", bound=FaceConfig)
 
@@ -67,6 +67,20 @@ def score_reactions(post: ReactionSnapshot | HistoricalPost, weights: ScoreWeigh
         + sum(weights.extra.get(k, 0.0) * v for k, v in r.extra.items())
     )
     return float(total) / max(post.audience or 1, 1)
+
+
+@runtime_checkable
+class SimulatedAudience(Protocol):
+    """An optional capability: a face whose audience is simulated can say how much it would
+    like a text that was never published. A benchmark needs it to score fresh samples of a
+    policy, apart from what the filters and the choice among candidates select; a real platform
+    cannot offer it. Check with ``isinstance(face, SimulatedAudience)``."""
+
+    async def appeal(self, texts: Sequence[str]) -> list[float]:
+        """The expected `score()` of each text if it were published now (the mean over the
+        audience's random draws, once every reaction has arrived), judged against the face's
+        own recent posts as publishing it would be. Nothing is published or stored."""
+        ...
 
 
 class Face(abc.ABC, Generic[ConfigT]):

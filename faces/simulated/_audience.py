@@ -229,6 +229,12 @@ class AudienceModel:
             "quotes": likes * self.quote_ratio * math.exp(0.5 * appeal),
         }
 
+    def mean_totals(self, appeal: float) -> dict[str, float]:
+        """The mean final counts of `draw_totals` for a post of this appeal: `expected` times
+        the mean of the log-normal noise, exp(sigma^2 / 2) (Poisson keeps the mean)."""
+        noise_mean = math.exp(self.noise_sigma**2 / 2)
+        return {k: v * noise_mean for k, v in self.expected(appeal).items()}
+
 
 def draw_totals(model: AudienceModel, appeal: float, rng: np.random.Generator) -> dict[str, int]:
     """Final reaction counts: Poisson around the expectation times a shared log-normal noise."""

@@ -12,6 +12,9 @@ with a decaying rate, mean `arrival_mean_hours`. The count at time t is the numb
 arrival times before t, so it never decreases and is the same for the same seed, post and t,
 across restarts.
 
+`appeal(texts)` (the optional `SimulatedAudience` capability) gives the expected score of text
+that was never published: what a benchmark scores fresh samples of a policy with.
+
 Time is the face's clock (the host's): on a `SimulatedClock` the audience lives at whatever
 speed the host drives that clock, so keep `time_scale = 1`; on the wall clock, `time_scale`
 simulated seconds pass per real second (1440: a day of reactions in a minute, for a demo).
@@ -200,6 +203,43 @@ class SimulatedFace(Face[SimulatedConfig]):
         """VADER compound sentiment (-1..1) of `text`, repeated punctuation collapsed first."""
         return float(self._vader().polarity_scores(collapse_punctuation(text))["compound"])
 
+    def _recent(self) -> list[str]:
+        """The own posts the audience remembers (repetition and template penalties)."""
+        return [
+            row["text"]
+            for row in self._rows(
+                "SELECT text FROM posts ORDER BY seq DESC LIMIT ?",
+                (self.config.repetition_window,),
+            )
+        ]
+
+    async def appeal(self, texts: Sequence[str]) -> list[float]:
+        """The expected score of each text if it were published now (`SimulatedAudience`):
+        its appeal against the recent own posts, as `publish` computes it; the mean final
+        counts at that appeal (`AudienceModel.mean_totals`); weighted by `score_weights` and
+        divided by the audience, as `score()` does. Each text is judged on its own against the
+        same recent posts; nothing is stored."""
+        self._require_open("appeal")
+        if isinstance(texts, str):
+            raise TypeError("appeal() takes a sequence of texts, not a single string.")
+        recent = self._recent()
+        self._vader()  # loads the lexicon the word-salad penalty reads
+        w = self.config.score_weights
+        out = []
+        for text in texts:
+            appeal = self.model.appeal(
+                text, sentiment=self.sentiment(text), recent=recent, lexicon=self._lexicon
+            )
+            mean = self.model.mean_totals(appeal.total)
+            weighted = (
+                w.likes * mean["likes"]
+                + w.reposts * mean["reposts"]
+                + w.replies * mean["replies"]
+                + w.quotes * mean["quotes"]
+            )
+            out.append(weighted / max(self.config.audience_size, 1))
+        return out
+
     def _corpus_post(self, post: CorpusPost) -> HistoricalPost:
         jitter = float(seeded_rng(0, "corpus-time", str(post.id)).uniform(-40, 40))
         created = CORPUS_EPOCH + timedelta(hours=2 * (post.id - 1), minutes=jitter)
@@ -312,16 +352,9 @@ class SimulatedFace(Face[SimulatedConfig]):
             row = existing[0]
             published_at = datetime.fromisoformat(row["published_at"])
             return Published(ref=row["ref"], url=self._url(row["ref"]), published_at=published_at)
-        recent = [
-            row["text"]
-            for row in self._rows(
-                "SELECT text FROM posts ORDER BY seq DESC LIMIT ?",
-                (self.config.repetition_window,),
-            )
-        ]
         sentiment = self.sentiment(draft.text)
         appeal = self.model.appeal(
-            draft.text, sentiment=sentiment, recent=recent, lexicon=self._lexicon
+            draft.text, sentiment=sentiment, recent=self._recent(), lexicon=self._lexicon
         )
         now = utc_datetime(self.clock)
         db = self._conn()
