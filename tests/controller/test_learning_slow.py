@@ -1,0 +1,91 @@
+"""Online learning works (slow): on the simulated face and a simulated clock, plaudit's default
+online method raises the audience's expected score of fresh samples of the policy above that of
+the frozen starting policy, within its KL budget, for every one of five seeds.
+
+This is issue 14's goal, and it is NOT met yet, so the test has a marker of its own (`learning`)
+and CI does not run it: `pytest -m learning tests/controller/test_learning_slow.py`. Measured
+(2026-12-02, AMD EPYC, 1 thread): at lr 5e-5, z = +2.84, +6.71, +6.17, +7.54, +6.16 over seeds
+0-4 with fresh-sample KL 2.97, 4.02, 2.43, 5.08, 3.92 nats per post: seed 0 misses the z goal,
+seed 3 the budget (the update bounds KL on its own batch, the test measures it on fresh
+samples). At the default lr 1e-5 (sized for SmolLM2) z = 2.50, 1.24, 3.00, 3.21, -0.16.
+
+It runs the core of `bench/online.py` (imported by path): the `tiny` preset fitted on the
+face's history (cached in the user cache folder, so only the first run pays for the fit), then
+per seed the controller's real jobs (post, collect, learn) through a budget of posts at 12 a
+simulated day, rewards 24 h later. The fresh samples are scored with the face's `appeal()`, so
+what is measured is the learning itself, not the filters or the choice among candidates."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from plaudit.controller import OnlineConfig
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "online.py"
+SEEDS = (0, 1, 2, 3, 4)
+POSTS = 96  # 8 simulated days; the first rewards arrive after 12 posts
+SAMPLES = 200  # fresh samples at the start and at the end
+Z_GOAL = 3.0
+
+
+def load_bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("plaudit_bench_online", BENCH)
+    assert spec is not None and spec.loader is not None, f"cannot load {BENCH}"
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.learning
+@pytest.mark.timeout(1200)
+def test_online_updates_raise_the_expected_score_of_fresh_samples(tmp_path: Path) -> None:
+    import torch
+
+    bench = load_bench()
+    # plaudit's default method and settings, at a learning rate sized for the tiny preset (the
+    # default 1e-5 is sized for SmolLM2; 5e-5 was the best of 1e-5, 5e-5, 1e-4, 5e-4 here).
+    online = OnlineConfig(lr=5e-5)
+    assert online.max_kl is not None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: more threads spin against the neighbours
+    try:
+        model = bench.starting_model("simulated", {}, "tiny", bench.FitRecipe(preset="tiny"))
+        runs = [
+            asyncio.run(
+                bench.run_one(
+                    method=online.method,
+                    online=online,
+                    seed=seed,
+                    model=model,
+                    face_type="simulated",
+                    face_config={},
+                    posts=POSTS,
+                    eval_every=POSTS,
+                    eval_samples=SAMPLES,
+                    state_dir=tmp_path / f"seed-{seed}",
+                    threads=1,
+                )
+            )
+            for seed in SEEDS
+        ]
+    finally:
+        torch.set_num_threads(threads)
+    # Every seed is reported before any is judged.
+    zs = [bench.z_score(r.evals[0], r.evals[-1]) for r in runs]
+    report = "\n".join(
+        f"seed {r.seed}: {r.evals[0].reward:.4f} -> {r.evals[-1].reward:.4f} (z {z:+.2f}), "
+        f"KL {r.evals[-1].kl_post:.3f} nats/post (budget {online.max_kl}), "
+        f"{r.updates} updates, {r.wall_s:.0f} s"
+        for r, z in zip(runs, zs, strict=True)
+    )
+    print(report)
+    assert all(r.updates > 0 for r in runs), f"a run made no update:\n{report}"
+    assert all(r.evals[-1].kl_post <= online.max_kl for r in runs), f"past the KL budget:\n{report}"
+    assert all(z > Z_GOAL for z in zs), f"fresh samples not better by {Z_GOAL} SE:\n{report}"
