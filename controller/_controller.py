@@ -22,7 +22,6 @@ collecting go on, and collected rewards wait for the next update.
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -308,10 +307,9 @@ class Controller:
     def resume(self) -> None:
         """Training was (re)started: pick up what waits now instead of at the next tick."""
         now = self.ctx.clock.now()
-        for name in ("offline", "learn"):
-            at = self._next.get(name)
-            if name == "learn" or at is not None:
-                self._next[name] = min(at if at is not None else math.inf, now)
+        self._next["learn"] = now
+        if self._next.get("offline") is not None:  # None: offline fits are off
+            self._next["offline"] = now
         if self.scheduler is not None:
             self.scheduler.sync()
 

@@ -124,16 +124,21 @@ class Posting:
         tries = rt.retries.get(post.id, 0)
         log.info("publishing a kept intent", earlier_tries=tries)
         result = await self.publish(rt, post.id, post.text, post.idempotency_key, log)
-        now = self.ctx.clock.now()
         if result.status == "kept":
-            rt.retries[post.id] = tries + 1
-            backoff = min(KEPT_RETRY_MAX, KEPT_RETRY_FIRST * 2.0**tries)
-            rt.next_post_at = max(now + backoff, result.retry_at or 0.0)
+            self._keep(rt, post.id, result)
             return "error"
         rt.retries.pop(post.id, None)
         # Published (or failed for good): the next post is due a full interval from now.
-        rt.next_post_at = now + self.interval(rt)
+        rt.next_post_at = self.ctx.clock.now() + self.interval(rt)
         return "success" if result.status == "published" else "error"
+
+    def _keep(self, rt: FaceRuntime, post_id: int, result: PublishResult) -> None:
+        """A publish failed for now: count the try and plan the retry of the kept intent, after
+        a backoff that doubles with each try (and at least a rate limit's Retry-After)."""
+        tries = rt.retries.get(post_id, 0)
+        rt.retries[post_id] = tries + 1
+        backoff = min(KEPT_RETRY_MAX, KEPT_RETRY_FIRST * 2.0**tries)
+        rt.next_post_at = max(self.ctx.clock.now() + backoff, result.retry_at or 0.0)
 
     async def _cycle(self, rt: FaceRuntime) -> Outcome:
         # The learner (torch) is imported when first needed: reading the config stays light.
@@ -222,8 +227,7 @@ class Posting:
         ctx.store.record_intent(post_id, idempotency_key=key)
         result = await self.publish(rt, post_id, text, key, log)
         if result.status == "kept":
-            rt.retries[post_id] = 1
-            rt.next_post_at = max(ctx.clock.now() + KEPT_RETRY_FIRST, result.retry_at or 0.0)
+            self._keep(rt, post_id, result)
         log.info(
             "post cycle",
             generated=len(ids),
