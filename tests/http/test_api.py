@@ -16,7 +16,7 @@ from openapi_spec_validator import validate
 from pydantic import SecretStr
 
 from plaudit.daemon._auth import TOKEN_FILE, bearer_matches, ensure_token
-from plaudit.daemon._control import ControlConflict, StatusView
+from plaudit.daemon._control import ControlConflict, DaemonState, StatusView
 from plaudit.daemon._http import (
     ENDPOINTS,
     STATIC_DIR,
@@ -193,19 +193,31 @@ async def test_control_refusals_map_to_400_and_409(
     assert after.status_code == 200  # once the run is over, the next one is welcome
 
 
-async def test_refusals_while_the_daemon_stops_are_503(
-    control: ControlService, metrics: Metrics
-) -> None:
-    stopping = ControlService(
+def service_like(
+    control: ControlService,
+    metrics: Metrics,
+    *,
+    state: DaemonState,
+    cls: type[ControlService] = ControlService,
+) -> ControlService:
+    """A service over the same store, controller and policy as ``control``, in daemon state
+    ``state``."""
+    return cls(
         settings=control.settings,
         store=control.store,
         controller=control.controller,
         policy=control.policy,
         worker=control.worker,
         metrics=metrics,
-        state=lambda: "stopping",
+        state=lambda: state,
         started_at=control.started_at,
     )
+
+
+async def test_refusals_while_the_daemon_stops_are_503(
+    control: ControlService, metrics: Metrics
+) -> None:
+    stopping = service_like(control, metrics, state="stopping")
     app = build_app(control=stopping, metrics=metrics, token=TOKEN)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=AUTH) as client:
@@ -360,16 +372,7 @@ async def test_an_undeclared_refusal_is_a_500(control: ControlService, metrics: 
         def status(self) -> StatusView:
             raise ControlConflict("nothing to conflict with")
 
-    refusing = Refusing(
-        settings=control.settings,
-        store=control.store,
-        controller=control.controller,
-        policy=control.policy,
-        worker=control.worker,
-        metrics=metrics,
-        state=lambda: "running",
-        started_at=control.started_at,
-    )
+    refusing = service_like(control, metrics, state="running", cls=Refusing)
     app = build_app(control=refusing, metrics=metrics, token=TOKEN)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
