@@ -4,14 +4,21 @@ torch worker -> checkpoint -> the rewards marked used."""
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from plaudit.controller._checkpoints import Checkpoints
 from plaudit.controller._context import LoopContext, Outcome, Progress
 from plaudit.controller._rewards import Baseline
-from plaudit.state import TrainingMode, TrainingState
+from plaudit.state import Post, TrainingMode, TrainingState
+
+if TYPE_CHECKING:
+    from plaudit.learner import Trajectory
 
 # At most this many waiting rewards go into one update (oldest first).
 MAX_BATCH = 256
+# The update measures (and bounds) its drift on this many of the newest candidates: samples
+# of the policy as it is, a few post cycles' worth.
+PROBE_POSTS = 16
 
 
 def lag_label(lag: int) -> str:
@@ -19,13 +26,45 @@ def lag_label(lag: int) -> str:
     return str(lag) if lag < 3 else "3+"
 
 
+def _sampled(post: Post) -> bool:
+    """Whether the post carries what the update needs: its tokens and their logprobs."""
+    return bool(post.tokens) and len(post.logprobs) == len(post.tokens)
+
+
+def _trajectory(post: Post, *, advantage: float) -> Trajectory:
+    from plaudit.learner import Trajectory  # torch: imported when learning runs
+
+    sampled = post.sampling  # {} for posts stored before settings were recorded
+    return Trajectory(
+        prompt=post.prompt_tokens,
+        completion=post.tokens,
+        behaviour_logprobs=post.logprobs,
+        advantage=advantage,
+        temperature=sampled.get("temperature"),
+        top_p=sampled.get("top_p"),
+        top_k=sampled.get("top_k"),
+        policy_version=post.policy_version,
+    )
+
+
 class Learning:
     def __init__(self, ctx: LoopContext, checkpoints: Checkpoints) -> None:
         self.ctx = ctx
         self.checkpoints = checkpoints
 
+    def probe(self) -> list[Trajectory]:
+        """The newest candidates (of every face, whatever became of them: published, filtered
+        or not chosen) sampled by the policy's current version, or by the newest version that
+        sampled any: where the update measures its drift."""
+        recent = [p for p in self.ctx.store.posts(limit=4 * PROBE_POSTS) if _sampled(p)]
+        if not recent:
+            return []
+        version = max(p.policy_version or 0 for p in recent)
+        newest = [p for p in recent if (p.policy_version or 0) == version]
+        return [_trajectory(p, advantage=0.0) for p in newest[:PROBE_POSTS]]
+
     async def learn(self) -> Outcome:
-        from plaudit.learner import OnlineUpdateConfig, Trajectory
+        from plaudit.learner import OnlineUpdateConfig
 
         ctx = self.ctx
         store = ctx.store
@@ -43,21 +82,9 @@ class Learning:
         used: list[int] = []
         for reward in reversed(pending):  # oldest first, so the baseline moves in time order
             post = store.get_post(reward.post_id)
-            if not post.tokens or len(post.logprobs) != len(post.tokens):
+            if not _sampled(post):
                 continue
-            sampled = post.sampling  # {} for posts stored before settings were recorded
-            batch.append(
-                Trajectory(
-                    prompt=post.prompt_tokens,
-                    completion=post.tokens,
-                    behaviour_logprobs=post.logprobs,
-                    advantage=baseline.advantage(reward.reward),
-                    temperature=sampled.get("temperature"),
-                    top_p=sampled.get("top_p"),
-                    top_k=sampled.get("top_k"),
-                    policy_version=post.policy_version,
-                )
-            )
+            batch.append(_trajectory(post, advantage=baseline.advantage(reward.reward)))
             used.append(reward.post_id)
         if not batch:
             store.mark_rewards_used([r.post_id for r in pending], policy_version=ctx.policy.version)
@@ -85,6 +112,7 @@ class Learning:
                 batch,
                 config=config,
                 should_stop=ctx.worker.stop_training,
+                probe=self.probe(),
             )
         except Exception as exc:
             store.finish_run(run_id, status="failed", metrics={}, error=str(exc))
@@ -97,6 +125,7 @@ class Learning:
             "kl_per_post": stats.kl_per_post,
             "kl_per_token": stats.kl_per_token,
             "kl_per_post_before": stats.kl_per_post_before,
+            "kl_measured_on": stats.measured_on,
             "entropy": stats.entropy,
             "clip_fraction": stats.clip_fraction,
             "clip_fraction_by_lag": {str(k): v for k, v in stats.clip_fraction_by_lag.items()},

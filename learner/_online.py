@@ -28,9 +28,15 @@ with temperature and top-p/top-k truncation) that is no longer the current one. 
   tensor.
 - ``max_kl``, a drift budget in nats per post: after each optimizer step the exact KL(π ||
   π_ref) over the whole vocabulary at each post's temperature is summed over each post's
-  completion positions and averaged over the posts of the batch (no sampling noise). A step
+  completion positions and averaged over the posts of the *probe* (no sampling noise). A step
   that takes it above ``max_kl`` (and above where it was before the step) is undone: the
-  weights and the optimizer state go back to before that step and the update stops.
+  weights and the optimizer state go back to before that step and the update stops. The
+  probe is a set of recent samples of the policy itself (the caller's newest candidates):
+  the budget is about the posts the policy writes now, and along its own samples the sum of
+  per-position KLs is an unbiased, low-variance estimate of the KL of whole posts. The
+  rewarded batch is a poor stand-in: its prefixes were sampled by older policies, away from
+  where the policy has since moved (bounded at 5 nats per post on its batches, a run's fresh
+  samples ended at 5.08). Without a probe, the batch is measured.
 - ``reinforce``: the baseline to beat: plain REINFORCE, one optimizer step on the whole batch,
   ``-A * log π(a_t)``; no KL, no clipping, no IS weights, no ``max_kl`` (its advantage is the
   reward minus a moving-average baseline, computed by the controller).
@@ -64,8 +70,9 @@ Simplifications (kept on purpose):
   constant through the update and does not restrain it).
 - only sampled tokens carry loss, the post's end token included (so ending a post is
   credited); the prompt is context.
-- ``max_kl`` is measured on the batch's positions, not on fresh samples; measuring after
-  every step costs a forward pass of the policy and of the reference over the whole batch.
+- the probe is fresh at the update's start only: its samples are those of the policy before
+  the update's own steps (a few small steps; the next update measures on newer samples).
+  Measuring after every step costs a forward pass of the policy and of the reference over it.
 """
 
 from __future__ import annotations
@@ -128,10 +135,13 @@ class OnlineUpdateConfig:
 @dataclass(frozen=True)
 class UpdateStats:
     loss: float  # mean over the steps kept
-    kl_per_post: float  # KL(policy || reference) after the update, nats per post (exact)
+    # KL(policy || reference) after the update, nats per post (exact over the vocabulary at
+    # each position of the posts measured: the probe, or the batch without one)
+    kl_per_post: float
     kl_per_token: float  # the same, per completion token
     kl_per_post_before: float  # kl_per_post before the update
-    entropy: float  # mean per-token entropy of the policy on the batch after the update
+    entropy: float  # mean per-token entropy of the policy after the update, on the same posts
+    measured_on: Literal["probe", "batch"]  # the posts KL and entropy were measured on
     clip_fraction: float  # tokens with |π/π_prox - 1| > clip, over all steps (kept or not)
     clip_fraction_by_lag: dict[int, float]  # the same by version lag (current - post's)
     ratio_mean: float  # π / π_prox over the tokens of all steps
@@ -386,9 +396,13 @@ def policy_update(
     config: OnlineUpdateConfig,
     should_stop: object = None,
     current_version: int | None = None,
+    probe: Sequence[Trajectory] = (),
 ) -> UpdateStats:
     """Improve ``model`` on a batch of rewarded posts; returns what happened (see the module
     docstring for the method).
+
+    ``probe``: recent samples of the policy (their advantages are not used) on which KL and
+    entropy are measured and ``max_kl`` is enforced; empty: measured on the batch.
 
     ``should_stop``: an object with ``is_set()`` (a threading.Event) checked between steps, so
     a shutdown interrupts the update at a step boundary (the steps taken are kept).
@@ -401,10 +415,13 @@ def policy_update(
         assert len(t.behaviour_logprobs) == len(t.completion), (
             f"{len(t.behaviour_logprobs)} behaviour logprobs for {len(t.completion)} tokens"
         )
+    probe = [t for t in probe if t.completion]
     initial = _Snapshot(model, optimizer)
     was_training = model.training
     try:
-        return _update(model, reference, optimizer, batch, config, should_stop, current_version)
+        return _update(
+            model, reference, optimizer, batch, config, should_stop, current_version, probe
+        )
     except BaseException:
         initial.restore(model, optimizer)
         raise
@@ -421,13 +438,20 @@ def _update(
     config: OnlineUpdateConfig,
     should_stop: object,
     current_version: int | None,
+    probe: list[Trajectory],
 ) -> UpdateStats:
     clipped_method = config.method == "clipped"
     chunk = max(config.minibatch_size, 1)
     start = _batch_pass(model, reference, batch, config, chunk_size=chunk)
     items = _prepare(batch, start)
     bound = config.max_kl if clipped_method and reference is not None else None
-    current = start  # the pass that measured the weights as they are now
+    measured = probe or batch  # where drift is measured (and bounded)
+
+    def measure() -> _Pass:
+        return _batch_pass(model, reference, measured, config, chunk_size=chunk)
+
+    # the pass that measured the weights as they are now, on the measured posts
+    first = current = start if not probe else measure()
     epochs = config.epochs if clipped_method else 1
     steps, undone, losses = 0, 0, []
     stop_reason: Literal["max_kl", "interrupted"] | None = None
@@ -473,7 +497,7 @@ def _update(
                     lag_clipped[lag] += int(((ratio[i][mask[i]] - 1).abs() > config.clip).sum())
                     lag_tokens[lag] += int(mask[i].sum())
             if bound is not None:
-                after = _batch_pass(model, reference, batch, config, chunk_size=chunk)
+                after = measure()
                 if not math.isfinite(after.kl_per_post):
                     raise FloatingPointError(
                         "online update: the KL to the reference is not finite after a step; "
@@ -490,8 +514,8 @@ def _update(
             losses.append(float(loss.detach()))
         if stop_reason is not None:
             break
-    if current is start and steps > 0:  # not measured after the steps (no max_kl)
-        current = _batch_pass(model, reference, batch, config, chunk_size=chunk)
+    if current is first and steps > 0:  # not measured after the steps (no max_kl)
+        current = measure()
     if not math.isfinite(current.entropy):
         raise FloatingPointError(
             "online update: the policy's entropy is not finite after the update; the weights "
@@ -502,8 +526,9 @@ def _update(
         loss=sum(losses) / max(len(losses), 1),
         kl_per_post=current.kl_per_post,
         kl_per_token=current.kl_per_token,
-        kl_per_post_before=start.kl_per_post,
+        kl_per_post_before=first.kl_per_post,
         entropy=current.entropy,
+        measured_on="probe" if probe else "batch",
         clip_fraction=clipped_n / max(ratio_n, 1),
         clip_fraction_by_lag={
             lag: lag_clipped[lag] / max(n, 1) for lag, n in sorted(lag_tokens.items())

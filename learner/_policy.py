@@ -215,8 +215,10 @@ class Policy:
         *,
         config: OnlineUpdateConfig,
         should_stop: object = None,
+        probe: Sequence[Trajectory] = (),
     ) -> UpdateStats:
-        """One online update (`policy_update`); the version goes up when a step was kept.
+        """One online update (`policy_update`, ``probe``: recent samples of the policy to
+        measure and bound its drift on); the version goes up when a step was kept.
         All-or-nothing: if it fails, the weights, the optimizer (its state and learning rate)
         and the version are as they were before the call, and the exception is re-raised."""
         fresh = self._optimizer is None
@@ -233,6 +235,7 @@ class Policy:
                 config=config,
                 should_stop=should_stop,
                 current_version=self.version,
+                probe=probe,
             )
         except BaseException:
             for group, lr in zip(optimizer.param_groups, lrs, strict=True):

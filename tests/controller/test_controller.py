@@ -183,6 +183,9 @@ async def test_a_simulated_week(make_loop: Any) -> None:
     assert loop.store.latest_checkpoint() is not None
     used = loop.store.rewards(limit=10_000)
     assert len(used) - len(loop.store.rewards(unused_only=True, limit=10_000)) >= 20
+    # Each update measured its drift on the newest candidates, not on its stale batch.
+    updates = [r for r in loop.store.runs(kind="online") if r.status == "completed"]
+    assert updates and all(r.metrics["kl_measured_on"] == "probe" for r in updates)
     assert counts["post"].get("error", 0) == 0
     assert wall < 120
 

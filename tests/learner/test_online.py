@@ -194,6 +194,41 @@ def test_max_kl_bounds_the_drift_in_nats_per_post() -> None:
     assert stats.ratio_max >= stats.ratio_mean > 0
 
 
+def test_max_kl_is_enforced_on_the_probe_of_recent_samples() -> None:
+    """With a probe (the policy's own recent samples), drift is measured and bounded there,
+    not on the rewarded batch: the update stops where the probe crosses the budget."""
+    model = tiny()
+    reference = copy.deepcopy(model).requires_grad_(False)
+    batch = batch_for(model, [3.0, -3.0, 3.0, -3.0])
+    # the probe: other completions of the same prompts, as the policy's recent samples
+    probe = [
+        Trajectory(t.prompt, [c + 1 for c in t.completion], [0.0] * len(t.completion), 0.0)
+        for t in batch
+    ]
+    cfg = OnlineUpdateConfig(epochs=50, minibatch_size=2, kl_coef=0.0, max_kl=0.5, clip=10.0)
+
+    def run(with_probe: bool) -> tuple[Transformer, Any]:
+        m = copy.deepcopy(model)
+        torch.manual_seed(1)
+        opt = m.configure_optimizer(lr=3e-3, weight_decay=0.0)
+        stats = policy_update(
+            model=m, reference=reference, optimizer=opt, batch=batch, config=cfg,
+            probe=probe if with_probe else (),
+        )  # fmt: skip
+        return m, stats
+
+    probed, stats = run(True)
+    assert stats.measured_on == "probe" and stats.stop_reason == "max_kl"
+    assert stats.kl_per_post_before == 0.0
+    assert 0 < measure_kl(probed, reference, probe) <= 0.5
+    assert stats.kl_per_post == pytest.approx(measure_kl(probed, reference, probe))
+    unprobed, plain = run(False)
+    assert plain.measured_on == "batch"
+    assert plain.kl_per_post == pytest.approx(measure_kl(unprobed, reference, batch))
+    # the two sets disagree, and each run kept to the bound on its own set
+    assert measure_kl(probed, reference, batch) != pytest.approx(plain.kl_per_post)
+
+
 class FailAt(torch.optim.AdamW):
     """AdamW that fails on its `at`-th step: a NaN in the weights after the step before it
     (the next loss is NaN) or an exception."""
