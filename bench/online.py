@@ -62,8 +62,10 @@ from plaudit.controller import (
     ControllerConfig,
     LoopSettings,
     OnlineConfig,
+    RewardModelConfig,
     TorchWorker,
-    instructions,  # the posting prompts: fresh samples are prompted exactly as posts are
+    instructions,
+    talks_like_assistant,  # the posting prompts: fresh samples are prompted exactly as posts are
 )
 from plaudit.faces import Face, SimulatedAudience, SimulatedClock, discover
 from plaudit.learner import (
@@ -92,32 +94,17 @@ DISTINCT_BIGRAMS = 2000  # distinct-2 is counted on the first this-many word big
 REF_LOSS_POSTS = 50
 EVAL_CHUNK = 50  # fresh samples per generate call (bounds memory for large models)
 
-# A method is a named set of [online] settings; any other name is defined by --set NAME.key=v.
+# A method is a named set of settings: [online] keys, and `reward_model.KEY` for the
+# [reward_model] table; any other name is defined by --set NAME.key=v.
 METHODS: dict[str, dict[str, Any]] = {
-    "reinforce": {"method": "reinforce"},  # REINFORCE, moving-average baseline, no KL
-    "clipped": {"method": "clipped"},  # plaudit's default method
+    # REINFORCE, moving-average baseline, no KL, the post chosen at random
+    "reinforce": {"method": "reinforce", "reward_model.enabled": False},
+    # plaudit's update alone (the post chosen at random)
+    "clipped": {"method": "clipped", "reward_model.enabled": False},
+    # plaudit as it runs: the update, the reward model and its choice of the post
+    "plaudit": {"method": "clipped"},
 }
 
-# Phrases of a chat assistant or of the posting instruction, not of a post (case-insensitive).
-ASSISTANT = re.compile(
-    "|".join(
-        [
-            r"\bhere (?:is|are|'s)\b",
-            r"\bi'?d be happy\b",
-            r"\bas an ai\b",
-            r"^\W*sure\b",
-            r"\bnew post\b",
-            r"\bsocial media post\b",
-            r"\bin the same style\b",
-            r"\bthis community\b",
-            r"\bdo not copy\b",
-            r"\breply with the post\b",
-            r"\bunder \d+ characters\b",
-        ]
-    ),
-    re.IGNORECASE,
-)
-ECHO_WORDS = 6  # a sample that repeats this many consecutive words of its prompt echoes it
 _WORD = re.compile(r"\w+(?:'\w+)?")
 
 
@@ -143,7 +130,7 @@ class Options:
     model: str
     fit: FitRecipe | None
     posts: int
-    methods: dict[str, OnlineConfig]
+    methods: dict[str, Method]
     seeds: list[int]
     eval_every: int
     eval_samples: int
@@ -164,8 +151,20 @@ def parse_value(raw: str) -> Any:
         return raw
 
 
-def method_settings(names: Sequence[str], sets: Sequence[str]) -> dict[str, OnlineConfig]:
-    """The [online] settings of each method: its preset, then the --set overrides."""
+@dataclass(frozen=True)
+class Method:
+    online: OnlineConfig
+    reward_model: RewardModelConfig
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "online": self.online.model_dump(mode="json"),
+            "reward_model": self.reward_model.model_dump(mode="json"),
+        }
+
+
+def method_settings(names: Sequence[str], sets: Sequence[str]) -> dict[str, Method]:
+    """The settings of each method: its preset, then the --set overrides."""
     overrides: dict[str, dict[str, Any]] = {}
     for item in sets:
         key, eq, raw = item.partition("=")
@@ -182,10 +181,20 @@ def method_settings(names: Sequence[str], sets: Sequence[str]) -> dict[str, Onli
                 f"unknown method {name!r}: use {' or '.join(METHODS)}, or define it with "
                 f"--set {name}.method=clipped (and more --set {name}.KEY=VALUE)"
             )
+        merged = {**METHODS.get(name, {}), **overrides.get(name, {})}
+        prefix = "reward_model."
         try:
-            out[name] = OnlineConfig(**{**METHODS.get(name, {}), **overrides.get(name, {})})
+            out[name] = Method(
+                online=OnlineConfig(**{k: v for k, v in merged.items() if "." not in k}),
+                reward_model=RewardModelConfig(
+                    **{k[len(prefix) :]: v for k, v in merged.items() if k.startswith(prefix)}
+                ),
+            )
         except ValueError as exc:
-            raise SystemExit(f"method {name!r}: bad [online] setting: {exc}") from None
+            raise SystemExit(f"method {name!r}: bad setting: {exc}") from None
+        unknown = [k for k in merged if "." in k and not k.startswith(prefix)]
+        if unknown:
+            raise SystemExit(f"method {name!r}: {unknown}: only [online] keys and reward_model.KEY")
     return out
 
 
@@ -289,7 +298,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
 # -- the loop's settings, the face, the starting model --------------------------------------
 
 
-def loop_settings(online: OnlineConfig) -> LoopSettings:
+def loop_settings(method: Method) -> LoopSettings:
     """12 posts a simulated day; rewards at 24 h (12 posts later); learning every 30 min once
     4 rewards wait; no offline fit (the runs start from the fitted model)."""
     return LoopSettings(
@@ -302,7 +311,8 @@ def loop_settings(online: OnlineConfig) -> LoopSettings:
             learn_min_rewards=4,
             offline_interval=None,
         ),
-        online=online,
+        online=method.online,
+        reward_model=method.reward_model,
     )
 
 
@@ -432,6 +442,51 @@ class DiscardedMetrics:
         return _Discarded()
 
 
+def fresh_kl(
+    model: torch.nn.Module,
+    reference: torch.nn.Module,
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    temperature: float,
+    chunk: int = 16,
+) -> tuple[list[float], list[float]]:
+    """Per sample, KL(model || reference) summed over its completion positions: exact over
+    the vocabulary (the full softmax at `temperature`), and the sampled-token estimate."""
+    exact: list[float] = []
+    sampled: list[float] = []
+    with torch.inference_mode():
+        for start in range(0, len(pairs), chunk):
+            part = pairs[start : start + chunk]
+            idx, rows = _completion_rows(part)
+            device = next(model.parameters()).device
+            idx = idx.to(device)
+            logp = F.log_softmax(model(idx).float() / temperature, dim=-1)
+            ref = F.log_softmax(reference(idx).float() / temperature, dim=-1)
+            for i, (r, c) in enumerate(zip(rows, (c for _, c in part), strict=True)):
+                if not c:
+                    exact.append(0.0)
+                    sampled.append(0.0)
+                    continue
+                lp, rp = logp[i, r], ref[i, r]  # (n, V)
+                exact.append(float((lp.exp() * (lp - rp)).sum()))
+                t = torch.tensor(list(c), dtype=torch.long, device=device)[:, None]
+                sampled.append(float((lp.gather(1, t) - rp.gather(1, t)).sum()))
+    return exact, sampled
+
+
+def _completion_rows(
+    part: Sequence[tuple[Sequence[int], Sequence[int]]],
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The padded inputs (B, T) and, per pair, the rows whose logits predict its completion."""
+    seqs = [list(p) + list(c) for p, c in part]
+    width = max(len(s) for s in seqs) - 1
+    idx = torch.zeros(len(seqs), max(width, 1), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        idx[i, : len(s) - 1] = torch.tensor(s[:-1], dtype=torch.long)
+    rows = [torch.arange(len(p) - 1, len(p) - 1 + len(c)) for p, c in part]
+    return idx, rows
+
+
 def completion_logprobs(
     model: torch.nn.Module,
     pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
@@ -477,17 +532,6 @@ def distinct_2(texts: Sequence[str], limit: int = DISTINCT_BIGRAMS) -> tuple[flo
     return (len(set(seen)) / len(seen) if seen else 0.0), len(seen)
 
 
-def talks_like_assistant(text: str, prompt: str) -> bool:
-    """Whether a sample reads like an assistant's reply or repeats its prompt (`ASSISTANT`,
-    or `ECHO_WORDS` consecutive words of the prompt)."""
-    if ASSISTANT.search(text):
-        return True
-    said = words(prompt)
-    grams = {tuple(said[i : i + ECHO_WORDS]) for i in range(len(said) - ECHO_WORDS + 1)}
-    mine = words(text)
-    return any(tuple(mine[i : i + ECHO_WORDS]) in grams for i in range(len(mine) - ECHO_WORDS + 1))
-
-
 def mean_se(values: Sequence[float]) -> tuple[float, float]:
     """The mean and its standard error."""
     mean = statistics.fmean(values)
@@ -503,8 +547,14 @@ class FreshEval:
     version: int  # the policy version sampled
     reward: float  # the audience's expected score, mean over samples
     reward_se: float
-    kl_post: float  # nats per sample, summed over its tokens
-    kl_token: float  # nats per token
+    # KL(pi || pi_ref) in nats per sample: exact over the vocabulary at each position of the
+    # sample (both at the sampling temperature, no top-p mask), summed over its tokens: the
+    # quantity `online.max_kl` bounds
+    kl_post: float
+    kl_token: float  # the same per token
+    # the single-sample estimate, log pi - log pi_ref of the sampled tokens summed: along
+    # top-p-truncated samples it leans to high-probability tokens, so it reads higher
+    kl_post_sampled: float
     tokens: float  # mean completion length
     chars: float
     distinct_2: float
@@ -535,7 +585,7 @@ async def evaluate_fresh(
     prompts = [policy.render_prompt(t, system=SYSTEM) for t in texts]
     temperature = s.temperature or 1.0
 
-    def sample_and_measure() -> tuple[list[Candidate], list[float], list[int]]:
+    def sample_and_measure() -> tuple[list[Candidate], list[float], list[float], list[int]]:
         cands: list[Candidate] = []
         for i, start in enumerate(range(0, samples, EVAL_CHUNK)):
             sampling = SamplingConfig(
@@ -548,12 +598,10 @@ async def evaluate_fresh(
             cands += policy.generate(prompts[start : start + EVAL_CHUNK], n=1, sampling=sampling)
         pairs = [(c.prompt_tokens, c.tokens) for c in cands]
         assert policy.reference is not None, "the policy is loaded with its KL reference"
-        new = completion_logprobs(policy.model, pairs, temperature=temperature)
-        ref = completion_logprobs(policy.reference, pairs, temperature=temperature)
-        kl = [float((a - b).sum()) for a, b in zip(new, ref, strict=True)]
-        return cands, kl, [len(c.tokens) for c in cands]
+        kl, kl_sampled = fresh_kl(policy.model, policy.reference, pairs, temperature=temperature)
+        return cands, kl, kl_sampled, [len(c.tokens) for c in cands]
 
-    cands, kl, lengths = await worker.run("eval", sample_and_measure)
+    cands, kl, kl_sampled, lengths = await worker.run("eval", sample_and_measure)
     scores = await face.appeal([c.text for c in cands])
     reward, reward_se = mean_se(scores)
     d2, bigrams = distinct_2([c.text for c in cands])
@@ -564,6 +612,7 @@ async def evaluate_fresh(
         reward_se=reward_se,
         kl_post=statistics.fmean(kl),
         kl_token=sum(kl) / max(sum(lengths), 1),
+        kl_post_sampled=statistics.fmean(kl_sampled),
         tokens=statistics.fmean(lengths),
         chars=statistics.fmean(len(c.text) for c in cands),
         distinct_2=d2,
@@ -594,7 +643,7 @@ class RunResult:
 async def run_one(
     *,
     method: str,
-    online: OnlineConfig,
+    settings: LoopSettings,
     seed: int,
     model: Path | str,
     face_type: str,
@@ -610,14 +659,13 @@ async def run_one(
     until `posts` posts are published, fresh samples evaluated on the way. `start_eval` (the
     frozen starting policy's, the same for every method of a seed) is measured when None."""
     t_start = time.perf_counter()
-    settings = loop_settings(online)
     clock = SimulatedClock(start=START.timestamp())
     store = Store.open(state_dir / "state", now=clock.now)
     face = make_face(face_type, face_config, state_dir / "face", clock)
     worker = TimedWorker()
     # Set on the worker thread too: torch's thread count is not shared by every thread.
     await worker.run("threads", torch.set_num_threads, threads)
-    policy = await worker.run("load", Policy.load, model, lr=online.lr)
+    policy = await worker.run("load", Policy.load, model, lr=settings.online.lr)
     ctl = Controller(
         settings=settings,
         store=store,
@@ -787,6 +835,7 @@ def summarise(runs: dict[str, list[RunResult]], posts: int) -> dict[str, Any]:
                         "reward_se",
                         "kl_post",
                         "kl_token",
+                        "kl_post_sampled",
                         "tokens",
                         "chars",
                         "distinct_2",
@@ -884,12 +933,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     starts: dict[int, FreshEval] = {}
     with tempfile.TemporaryDirectory(prefix="plaudit-bench-online-") as tmp:
         for seed in opts.seeds:
-            for name, online in opts.methods.items():
+            for name, method in opts.methods.items():
                 say(f"{name} seed {seed}: {opts.posts} posts ...")
                 result = asyncio.run(
                     run_one(
                         method=name,
-                        online=online,
+                        settings=loop_settings(method),
                         seed=seed,
                         model=model,
                         face_type=opts.face_type,
@@ -911,6 +960,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{result.updates} updates, {result.wall_s:.0f} s"
                 )
     summary = summarise(runs, opts.posts)
+    for name, method in opts.methods.items():
+        # Choosing the published post among candidates is a drift of its own (published
+        # posts only; fresh samples are unselected): it counts in the budget.
+        m = summary["methods"][name]
+        m["selection_kl"] = round(loop_settings(method).selection_kl(), 4)
+        m["kl_post_with_selection"] = round(
+            m["fresh"]["final"]["kl_post"]["mean"] + m["selection_kl"], 4
+        )
     results = {
         "config": {
             "face": opts.face_type,
@@ -923,11 +980,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "eval_every": opts.eval_every,
             "eval_samples": opts.eval_samples,
             "threads": opts.threads,
-            "methods": {n: o.model_dump(mode="json") for n, o in opts.methods.items()},
-            "loop": loop_settings(OnlineConfig()).controller.model_dump(mode="json"),
+            "methods": {n: m.dump() for n, m in opts.methods.items()},
+            "loop": LoopSettings().controller.model_dump(mode="json"),
             "sampling": LoopSettings().sampling.model_dump(mode="json"),
-            "kl": "sum over a fresh sample's tokens of log pi - log pi_ref, full softmax at the "
-            "sampling temperature for both (no top-p mask); per token: over all tokens",
+            "kl": "kl_post: per fresh sample, the exact KL(pi || pi_ref) over the vocabulary at "
+            "each of its positions, summed (full softmax at the sampling temperature for both, "
+            "no top-p mask; the unit of online.max_kl); kl_post_sampled: log pi - log pi_ref of "
+            "the sampled tokens, summed; per token: over all tokens",
             "reward": "fresh: the face's appeal() (expected score) of unfiltered samples; "
             "published: the face's score() one last horizon after the last post",
             "torch": torch.__version__,

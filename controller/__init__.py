@@ -1,19 +1,21 @@
 """plaudit.controller: the loop. What runs when, and how posts, reactions and rewards flow
 between the faces, the learner and the store (see docs/architecture.md)."""
 
-from ._checkpoints import reference_checkpoint
+from ._checkpoints import Resumed, SetAside, reference_checkpoint, resume_from_checkpoints
 from ._config import (
     ControllerConfig,
     LoopSettings,
     OfflineConfig,
     OnlineConfig,
     QuietHours,
+    RewardModelConfig,
     SamplingConfig,
 )
 from ._context import FaceRuntime, Outcome, Progress
 from ._controller import Controller
 from ._durations import Duration, format_duration, parse_duration
 from ._filters import REASONS as FILTER_REASONS
+from ._filters import talks_like_assistant
 from ._metrics import LoopMetrics, horizon_label
 from ._prompts import SYSTEM, TOPICLESS, instructions
 from ._worker import TorchWorker
@@ -33,11 +35,16 @@ __all__: list[str] = [
     "Outcome",
     "Progress",
     "QuietHours",
+    "Resumed",
+    "RewardModelConfig",
     "SamplingConfig",
+    "SetAside",
     "TorchWorker",
     "format_duration",
     "horizon_label",
     "instructions",
     "parse_duration",
     "reference_checkpoint",
+    "resume_from_checkpoints",
+    "talks_like_assistant",
 ]

@@ -1,21 +1,26 @@
 """Checkpoints of the live policy: written atomically by the policy, recorded in the store,
-the newest few kept."""
+the newest few kept; at start-up, the newest intact one restored (`resume_from_checkpoints`)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from plaudit.controller._context import LoopContext
 
 if TYPE_CHECKING:
-    from plaudit.state import Store
+    from plaudit.learner import Policy, Restored
+    from plaudit.state import Checkpoint, Store
 
 KEEP_CHECKPOINTS = 3
 # The store value naming the checkpoint folder that holds the KL reference (the model of the
 # last offline fit), which the daemon loads as the reference after a restart.
 REFERENCE_KEY = "reference_checkpoint"
+# A damaged checkpoint folder is renamed so (beside the others, never pruned nor read again).
+DAMAGED_PREFIX = "damaged-"
 
 
 def reference_checkpoint(store: Store, state_dir: Path) -> Path | None:
@@ -23,6 +28,69 @@ def reference_checkpoint(store: Store, state_dir: Path) -> Path | None:
     or None while the configured base model is the reference."""
     name = store.get_value(REFERENCE_KEY)
     return state_dir / "checkpoints" / name if name else None
+
+
+@dataclass(frozen=True)
+class SetAside:
+    """A checkpoint found damaged at start-up."""
+
+    checkpoint: Checkpoint
+    error: str  # what is wrong with which file (the learner's message)
+    moved_to: Path | None  # where its folder lies now; None: it could not be moved
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """What `resume_from_checkpoints` restored, and what it had to pass over to get there."""
+
+    checkpoint: Checkpoint | None  # None: no intact checkpoint; the policy is the base model
+    restored: Restored | None
+    set_aside: list[SetAside] = field(default_factory=list)
+    missing: list[Checkpoint] = field(default_factory=list)  # newer ones whose folder is gone
+
+
+def resume_from_checkpoints(policy: Policy, store: Store) -> Resumed:
+    """Restore the newest intact checkpoint into ``policy`` (on the torch worker).
+
+    A damaged one (`DamagedModelError`: a file that fails its checksum, is truncated or
+    unreadable, NaN or infinite weights) is marked damaged in the store and its folder renamed
+    to ``damaged-<name>`` for inspection, and the one before it is tried. A recorded folder
+    that is gone is passed over. Any other error propagates: a checkpoint this plaudit cannot
+    read for another reason (a newer format) stops the start instead of being skipped, so no
+    training is dropped by mistake. The caller returns to pending the rewards of updates newer
+    than the restored version (`Store.release_rewards_after`)."""
+    from plaudit.learner import DamagedModelError
+
+    set_aside: list[SetAside] = []
+    missing: list[Checkpoint] = []
+    for ckpt in store.checkpoints(limit=1_000_000, intact_only=True):
+        folder = Path(ckpt.path)
+        if not folder.is_dir():
+            missing.append(ckpt)
+            continue
+        try:
+            restored = policy.restore(folder, version=ckpt.policy_version)
+        except DamagedModelError as exc:
+            moved = _move_aside(folder)
+            store.mark_checkpoint_damaged(ckpt.id, reason=str(exc), path=moved or folder)
+            set_aside.append(SetAside(checkpoint=ckpt, error=str(exc), moved_to=moved))
+            continue
+        return Resumed(checkpoint=ckpt, restored=restored, set_aside=set_aside, missing=missing)
+    return Resumed(checkpoint=None, restored=None, set_aside=set_aside, missing=missing)
+
+
+def _move_aside(folder: Path) -> Path | None:
+    """Rename ``folder`` to ``damaged-<name>`` (``-2``, ``-3``, ... when taken): its version's
+    name is free for the next save, and the damaged files stay for whoever looks into it."""
+    for n in range(1, 1000):
+        target = folder.with_name(f"{DAMAGED_PREFIX}{folder.name}{f'-{n}' if n > 1 else ''}")
+        if not target.exists():
+            try:
+                os.rename(folder, target)
+            except OSError:
+                return None
+            return target
+    return None
 
 
 class Checkpoints:
@@ -34,8 +102,8 @@ class Checkpoints:
         return self.ctx.state_dir / "checkpoints"
 
     async def save(self, *, kind: str, run_id: int | None, metrics: dict[str, Any]) -> Path:
-        """Write the current policy and record it; drop all but the newest few (and the one
-        holding the KL reference)."""
+        """Write the current policy and record it; drop all but the newest few intact ones
+        (and the one holding the KL reference)."""
         ctx = self.ctx
         version = ctx.policy.version
         folder = self.folder / f"v{version:06d}"
@@ -44,11 +112,12 @@ class Checkpoints:
             path=folder, policy_version=version, kind=kind, run_id=run_id, metrics=metrics
         )
         ctx.metrics.policy_version.set(version)
-        keep = {Path(c.path) for c in ctx.store.checkpoints(limit=KEEP_CHECKPOINTS)}
+        newest = ctx.store.checkpoints(limit=KEEP_CHECKPOINTS, intact_only=True)
+        keep = {Path(c.path).name for c in newest}
         if (reference := self.reference_folder()) is not None:
-            keep.add(reference)
+            keep.add(reference.name)
         for old in sorted(self.folder.glob("v*")):
-            if old not in keep and old.is_dir():
+            if old.name not in keep and old.is_dir():
                 shutil.rmtree(old, ignore_errors=True)
         return folder
 

@@ -7,14 +7,16 @@ from typing import Any
 
 from plaudit.controller._context import LoopContext, Outcome
 from plaudit.controller._metrics import horizon_label
+from plaudit.controller._reward_model import RewardModel
 from plaudit.controller._rewards import SCORE_WINDOW, normalise
 from plaudit.faces import FaceError
 from plaudit.state import Snapshot
 
 
 class Collection:
-    def __init__(self, ctx: LoopContext) -> None:
+    def __init__(self, ctx: LoopContext, reward_model: RewardModel) -> None:
         self.ctx = ctx
+        self.reward_model = reward_model
 
     async def sweep(self) -> Outcome:
         ctx = self.ctx
@@ -28,6 +30,7 @@ class Collection:
             if post.face in ctx.faces and post.face_ref:
                 by_face.setdefault(post.face, []).append((post, horizon))
         rewards = 0
+        rewarded: set[str] = set()
         for name, items in by_face.items():
             rt = ctx.faces[name]
             try:
@@ -61,6 +64,7 @@ class Collection:
                     ctx.metrics.record_reward(name, reward)
                     ctx.store.record_metrics({"reward": reward, "score": score})
                     rewards += 1
+                    rewarded.add(name)
                     ctx.log.info(
                         "reward",
                         face=name,
@@ -68,5 +72,17 @@ class Collection:
                         score=round(score, 4),
                         reward=round(reward, 3),
                     )
-        ctx.log.info("collect sweep", snapshots=len(due), rewards=rewards)
+        correlation = {}
+        for name in rewarded:
+            rho = self.reward_model.measure(name)
+            if rho is not None:
+                correlation[name] = round(rho, 3)
+        if rewarded:
+            self.reward_model.rewards_arrived()
+        ctx.log.info(
+            "collect sweep",
+            snapshots=len(due),
+            rewards=rewards,
+            **({"reward_model_spearman": correlation} if correlation else {}),
+        )
         return "success"

@@ -1,4 +1,5 @@
-"""The loop's configuration: the `[controller]`, `[sampling]`, `[online]` and `[offline]` tables.
+"""The loop's configuration: the `[controller]`, `[sampling]`, `[online]`, `[offline]` and
+`[reward_model]` tables.
 
 They live here, with the code that reads them; the daemon's `Settings` composes them with its
 own tables (log, http, model, faces) and passes `LoopSettings` down."""
@@ -6,22 +7,32 @@ own tables (log, http, model, faces) and passes `LoopSettings` down."""
 from __future__ import annotations
 
 from datetime import time, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from plaudit.controller._durations import Duration
+from plaudit.controller._durations import Duration, PositiveDuration
+from plaudit.controller._rewards import selection_kl
 
 if TYPE_CHECKING:
     from plaudit.learner import OfflineTrainConfig
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Numbers must be finite: TOML has inf and nan, and `lr = inf` would pass a `gt=0` bound.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _greedy_if_tiny(value: float) -> float:
+    # Logits divided by less than this overflow float32; so little above 0 is greedy anyway.
+    return 0.0 if value < 1e-3 else value
 
 
 class SamplingConfig(_Section):
-    temperature: float = Field(default=0.9, ge=0.0, le=5.0)
+    # 0 = greedy; values under 0.001 are taken as 0.
+    temperature: Annotated[float, AfterValidator(_greedy_if_tiny)] = Field(
+        default=0.9, ge=0.0, le=5.0
+    )
     top_p: float | None = Field(default=0.95, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=1)
     max_new_tokens: int = Field(default=60, ge=1, le=4096)
@@ -33,18 +44,22 @@ class QuietHours(_Section):
 
 
 class ControllerConfig(_Section):
-    post_interval: Duration = timedelta(hours=4)
+    post_interval: PositiveDuration = timedelta(hours=4)
     post_jitter: Duration = timedelta(minutes=20)
     daily_cap: int = Field(default=6, ge=0)  # posts per 24 h per face; 0: no cap
     quiet_hours: QuietHours | None = None
     candidates: int = Field(default=8, ge=1, le=256)
     # Snapshot reactions at each horizon after publishing; the last one gives the reward.
-    horizons: tuple[Duration, ...] = (timedelta(hours=1), timedelta(hours=6), timedelta(hours=24))
-    collect_interval: Duration = timedelta(minutes=10)
-    learn_interval: Duration = timedelta(minutes=30)
+    horizons: tuple[PositiveDuration, ...] = (
+        timedelta(hours=1),
+        timedelta(hours=6),
+        timedelta(hours=24),
+    )
+    collect_interval: PositiveDuration = timedelta(minutes=10)
+    learn_interval: PositiveDuration = timedelta(minutes=30)
     learn_min_rewards: int = Field(default=4, ge=1)
     # Offline fit on face history: at first start, then again at this interval (None: never).
-    offline_interval: Duration | None = timedelta(days=7)
+    offline_interval: PositiveDuration | None = timedelta(days=7)
     offline_max_posts: int | None = Field(default=None, ge=1)
     # Candidates containing any of these (case-insensitive) are never published.
     blocklist: tuple[str, ...] = ()
@@ -75,6 +90,23 @@ class OnlineConfig(_Section):
     baseline_decay: float = Field(default=0.9, ge=0, lt=1)
 
 
+class RewardModelConfig(_Section):
+    """The reward model (controller/_reward_model.py) and how it chooses the post to publish."""
+
+    enabled: bool = True
+    # Which survivor of the filters is published: "thompson" (the best under one draw from the
+    # head's posterior: exploits where it is sure, explores where not), "greedy" (the best
+    # predicted), "uniform" (at random; the head still predicts, for the correlation).
+    selection: Literal["thompson", "greedy", "uniform"] = "thompson"
+    # History posts per face the head is warm-started on (the newest), and the weight of one
+    # of them against one of the bot's own rewarded posts.
+    history_posts: int = Field(default=1000, ge=0)
+    history_weight: float = Field(default=0.3, gt=0, le=1)
+    # The Spearman correlation of predictions with the rewards that arrive, over this many of
+    # each face's newest rewarded posts.
+    correlation_window: int = Field(default=50, ge=3)
+
+
 class OfflineConfig(BaseModel):
     """The `[offline]` table: the knobs of offline training, shared by the daemon's fits on
     face history and `plaudit train offline`. The keys typed here get the daemon's defaults;
@@ -82,7 +114,7 @@ class OfflineConfig(BaseModel):
     patience, ...) is allowed too and validated by `offline_train_config` (config check and
     start-up do that)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
     epochs: int = Field(default=1, ge=1)
     max_steps: int | None = Field(default=200, ge=1)
     lr: float = Field(default=5e-5, gt=0)
@@ -105,8 +137,28 @@ class OfflineConfig(BaseModel):
 class LoopSettings(BaseModel):
     """What the controller reads of the configuration. The daemon's `Settings` extends it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     sampling: SamplingConfig = SamplingConfig()
     controller: ControllerConfig = ControllerConfig()
     online: OnlineConfig = OnlineConfig()
     offline: OfflineConfig = OfflineConfig()
+    reward_model: RewardModelConfig = RewardModelConfig()
+
+    def selection_kl(self) -> float:
+        """The drift choosing among the candidates adds, in nats per post (0 when uniform)."""
+        rm = self.reward_model
+        if not rm.enabled or rm.selection == "uniform":
+            return 0.0
+        return selection_kl(self.controller.candidates)
+
+    @model_validator(mode="after")
+    def _budget_holds_selection(self) -> LoopSettings:
+        budget, spent = self.online.max_kl, self.selection_kl()
+        if budget is not None and spent >= budget:
+            raise ValueError(
+                f"online.max_kl = {budget} nats per post is spent by choosing among "
+                f"{self.controller.candidates} candidates alone ({spent:.2f} nats per post, "
+                "log n - (n-1)/n): raise online.max_kl, lower controller.candidates, or set "
+                'reward_model.selection = "uniform"'
+            )
+        return self

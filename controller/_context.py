@@ -27,6 +27,9 @@ class FaceRuntime:
     name: str
     face: Face[Any]
     history: list[str] = field(default_factory=list)
+    # The face's score of each history post (as `history`), for the reward model; empty when
+    # the history could not be scored.
+    history_scores: list[float] = field(default_factory=list)
     next_post_at: float | None = None
     last_error: str | None = None
     # Kept intents (a publish that failed for now): post id -> failed tries so far.

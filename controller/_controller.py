@@ -22,6 +22,8 @@ collecting go on, and collected rewards wait for the next update.
 from __future__ import annotations
 
 import asyncio
+import errno
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -36,9 +38,10 @@ from plaudit.controller._context import FaceRuntime, LoopContext, Outcome, Progr
 from plaudit.controller._learning import Learning
 from plaudit.controller._offline import OfflineFits
 from plaudit.controller._posting import Posting
+from plaudit.controller._reward_model import RewardModel
 from plaudit.controller._scheduler import JobScheduler
 from plaudit.faces import Clock, FaceError, SimulatedClock, WallClock
-from plaudit.state import TrainingState
+from plaudit.state import DiskFull, TrainingState
 
 if TYPE_CHECKING:
     from plaudit.controller._config import LoopSettings
@@ -81,8 +84,9 @@ class Controller:
             faces={name: FaceRuntime(name=name, face=f) for name, f in faces.items()},
         )
         self.checkpoints = Checkpoints(self.ctx)
-        self.posting = Posting(self.ctx)
-        self.collection = Collection(self.ctx)
+        self.reward_model = RewardModel(self.ctx)
+        self.posting = Posting(self.ctx, self.reward_model)
+        self.collection = Collection(self.ctx, self.reward_model)
         self.learning = Learning(self.ctx, self.checkpoints)
         self.offline_fits = OfflineFits(self.ctx, self.checkpoints)
         self.log = structlog.stdlib.get_logger("plaudit.controller")
@@ -257,7 +261,17 @@ class Controller:
             outcome = "error"
         except Exception as exc:
             outcome = "error"
-            self.log.exception("job failed", job=name, error=str(exc))
+            if _disk_full(exc):
+                # Not a bug, and every job fails alike until space is freed: one line each.
+                self.log.error(
+                    "job failed: disk full",
+                    job=name,
+                    error=f"{type(exc).__name__}: {exc}",
+                    fix="free space on the disk that holds the state folder; the jobs resume "
+                    "by themselves",
+                )
+            else:
+                self.log.exception("job failed", job=name, error=str(exc))
         finally:
             self._running.discard(name)
             if task is not None:
@@ -324,10 +338,31 @@ class Controller:
 
     async def _load_history(self, rt: FaceRuntime) -> None:
         try:
-            texts = [p.text async for p in rt.face.history(limit=HISTORY_LIMIT)]
+            posts = [p async for p in rt.face.history(limit=HISTORY_LIMIT)]
         except FaceError as exc:
             self.log.warning("face history unavailable", face=rt.name, error=str(exc))
             return
+        texts = [p.text for p in posts]
         rt.history = texts
+        try:
+            scores = [rt.face.score(p) for p in posts]
+        except Exception as exc:  # a third-party face's score(): the history still serves
+            self.log.warning("face history not scored", face=rt.name, error=str(exc))
+            scores = []
+        rt.history_scores = scores if all(math.isfinite(s) for s in scores) else []
         self.posting.training_posts.extend(texts)
         self.log.info("face history read", face=rt.name, posts=len(texts))
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether `exc` or an error it was raised from is a full disk (or quota)."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a cause chain is short; never loop on a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, DiskFull) or (
+            isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT)
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

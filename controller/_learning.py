@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 MAX_BATCH = 256
 # The update measures (and bounds) its drift on this many of the newest candidates: samples
 # of the policy as it is, a few post cycles' worth.
-PROBE_POSTS = 16
+PROBE_POSTS = 32
 
 
 def lag_label(lag: int) -> str:
@@ -94,7 +94,9 @@ class Learning:
             epochs=o.epochs,
             clip=o.clip,
             kl_coef=o.kl_coef,
-            max_kl=o.max_kl,
+            # Choosing among candidates drifts too (at most log n - (n-1)/n nats per post):
+            # the policy gets the budget that leaves.
+            max_kl=o.max_kl - ctx.settings.selection_kl() if o.max_kl is not None else None,
             grad_clip=o.grad_clip,
             temperature=ctx.settings.sampling.temperature or 1.0,
         )
@@ -125,6 +127,7 @@ class Learning:
             "kl_per_post": stats.kl_per_post,
             "kl_per_token": stats.kl_per_token,
             "kl_per_post_before": stats.kl_per_post_before,
+            "kl_se": stats.kl_se,
             "kl_measured_on": stats.measured_on,
             "entropy": stats.entropy,
             "clip_fraction": stats.clip_fraction,

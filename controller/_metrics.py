@@ -45,6 +45,7 @@ class LoopMetrics(Protocol):
     online_clip_fraction: Gauge  # [lag]: "0", "1", "2", "3+"
     online_importance_weight: Gauge
     online_steps_undone: Counter
+    reward_model_spearman: Gauge  # [face]
     policy_version: Gauge
     scheduler_job_runs: Counter  # [job, outcome]
     scheduler_misfires: Counter  # [job]

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from plaudit.controller._context import FaceRuntime, LoopContext, Outcome
 from plaudit.controller._filters import FilterConfig, NoveltyIndex, reject_reason
 from plaudit.controller._prompts import SYSTEM, instructions
+from plaudit.controller._reward_model import RewardModel
 from plaudit.faces import (
     AuthFailed,
     Draft,
@@ -46,7 +47,8 @@ class PublishResult:
 
 
 class Posting:
-    def __init__(self, ctx: LoopContext) -> None:
+    def __init__(self, ctx: LoopContext, reward_model: RewardModel) -> None:
+        self.reward_model = reward_model
         self.ctx = ctx
         self.own_posts = NoveltyIndex(n=6)
         self.training_posts = NoveltyIndex(n=6)
@@ -177,6 +179,28 @@ class Posting:
         ctx.metrics.generation_duration.observe(gen_s)
         ctx.metrics.posts_generated.labels(rt.name).inc(len(candidates))
         version = ctx.policy.version
+        # Filters first, then the reward model's predictions of every candidate (stored with
+        # it, before any reward can exist) and its choice among the survivors.
+        filters = FilterConfig(blocklist=c.blocklist, min_chars=c.min_chars)
+        reasons: list[str | None] = []
+        kept_texts: list[str] = []
+        for cand in candidates:
+            reason = reject_reason(
+                cand.text,
+                finished=cand.finished or cand.cut,
+                config=filters,
+                max_length=limits.max_length,
+                measure=rt.face.measure,
+                own_posts=self.own_posts,
+                training_posts=self.training_posts,
+                batch_seen=kept_texts,
+                prompt=cand.prompt,
+            )
+            reasons.append(reason)
+            if reason is None:
+                kept_texts.append(cand.text)
+        survivors = [i for i, r in enumerate(reasons) if r is None]
+        choice = await self.reward_model.choose([cand.text for cand in candidates], survivors)
         ids = ctx.store.add_candidates(
             face=rt.name,
             cycle_id=cycle,
@@ -188,40 +212,28 @@ class Posting:
                     tokens=cand.tokens,
                     logprobs=cand.logprobs,
                     policy_version=version,
+                    predicted_reward=choice.predicted[i] if choice else None,
                     sampling={
                         "temperature": sampling.temperature,
                         "top_p": sampling.top_p,
                         "top_k": sampling.top_k,
                     },
                 )
-                for cand in candidates
+                for i, cand in enumerate(candidates)
             ],
         )
-        survivors: list[tuple[int, str]] = []
         filtered: dict[str, int] = {}
-        filters = FilterConfig(blocklist=c.blocklist, min_chars=c.min_chars)
-        for post_id, cand in zip(ids, candidates, strict=True):
-            reason = reject_reason(
-                cand.text,
-                finished=cand.finished or cand.cut,
-                config=filters,
-                max_length=limits.max_length,
-                measure=rt.face.measure,
-                own_posts=self.own_posts,
-                training_posts=self.training_posts,
-                batch_seen=[t for _, t in survivors],
-            )
-            if reason is None:
-                survivors.append((post_id, cand.text))
-            else:
+        for post_id, reason in zip(ids, reasons, strict=True):
+            if reason is not None:
                 ctx.store.mark_filtered(post_id, reason=reason)
                 ctx.metrics.posts_filtered.labels(rt.name, reason).inc()
                 filtered[reason] = filtered.get(reason, 0) + 1
         if not survivors:
             log.warning("no candidate survived the filters", generated=len(ids), filtered=filtered)
             return "skipped"
-        # Exploration: uniform among survivors (a reward model would rank them here).
-        post_id, text = ctx.rng.choice(survivors)
+        # The reward model's choice; uniform among survivors without one.
+        index = choice.index if choice else ctx.rng.choice(survivors)
+        post_id, text = ids[index], candidates[index].text
         ctx.store.choose(post_id)
         key = f"plaudit-{rt.name}-{post_id}-{uuid.uuid4().hex[:8]}"
         ctx.store.record_intent(post_id, idempotency_key=key)
@@ -234,6 +246,15 @@ class Posting:
             filtered=filtered,
             chosen=post_id,
             published=result.status == "published",
+            selection=ctx.settings.reward_model.selection if choice else "uniform",
+            **(
+                {
+                    "predicted": round(choice.predicted[index], 3),
+                    "predicted_best": round(max(choice.predicted[i] for i in survivors), 3),
+                }
+                if choice
+                else {}
+            ),
             generation_s=round(gen_s, 2),
             total_s=round(time.monotonic() - t0, 2),
             policy_version=version,

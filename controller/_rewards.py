@@ -49,3 +49,39 @@ class Baseline:
         adv = reward - self.value
         self.value = self.decay * self.value + (1 - self.decay) * reward
         return adv
+
+
+def selection_kl(n: int) -> float:
+    """The KL of choosing one of n samples (best-of-n) to the distribution they were drawn
+    from, at most log n - (n - 1) / n nats per post (Beirami et al. 2024, "Theoretical
+    guarantees on the best-of-n alignment policy"). It counts in the drift budget."""
+    return math.log(n) - (n - 1) / n if n > 1 else 0.0
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation (ties get their mean rank); NaN when either side is
+    constant or there are fewer than 3 pairs."""
+    if len(a) != len(b):
+        raise ValueError(f"spearman needs pairs: {len(a)} values against {len(b)}")
+    if len(a) < 3:
+        return math.nan
+    ra, rb = _ranks(a), _ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    va = sum((x - ma) ** 2 for x in ra)
+    vb = sum((y - mb) ** 2 for y in rb)
+    return cov / math.sqrt(va * vb) if va > 0 and vb > 0 else math.nan
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks

@@ -49,6 +49,10 @@ def read_token_file(path: Path) -> str | None:
             f"cannot read the API token in {path}: {exc.strerror}; fix its permissions or "
             f"delete it to have a new one generated"
         ) from None
+    except UnicodeDecodeError:
+        raise StateError(
+            f"the API token file {path} is not text; delete it to have a new one generated"
+        ) from None
     return token or None
 
 

@@ -3,6 +3,9 @@ registered here; a command that is not built yet is not listed."""
 
 from __future__ import annotations
 
+import gc
+import sys
+
 import typer
 
 app = typer.Typer(
@@ -33,8 +36,20 @@ def _register() -> None:
     from plaudit.daemon import _cli_learner
 
     _cli_learner.register(app)
+    from plaudit.daemon import _cli_state
+
+    _cli_state.register(app)
 
 
 def main() -> None:
     _register()
-    app()
+    try:
+        app()
+        return
+    except MemoryError:
+        pass  # reported below, once the handler's traceback (what filled memory) is freed
+    from plaudit.daemon._cli_core import fail, out_of_memory_message
+
+    gc.collect()
+    fail(out_of_memory_message(sys.argv[1:]))  # prints the one line
+    raise SystemExit(1)

@@ -27,6 +27,10 @@ def run(
     """Run the daemon: post, collect reactions, learn (stop with Ctrl-C or SIGTERM)."""
     from plaudit.daemon._daemon import run_daemon
 
+    # What systemd's unit sets (UMask=0077), also when started by hand: the state folder,
+    # the database, the journals and the checkpoints are the daemon user's alone.
+    os.umask(os.umask(0o077) | 0o077)
+
     code = run_daemon(config_file=config, state_dir=state_dir, credentials_dir=credentials_dir)
     raise typer.Exit(code)
 

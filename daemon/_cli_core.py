@@ -44,6 +44,48 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def out_of_memory_message(args: list[str]) -> str:
+    """The one line for a command that ran out of memory: the command, the model it loaded
+    and its size, the process's memory limit, and the fixes."""
+    import resource
+
+    command = " ".join(a for a in args[:2] if not a.startswith("-")) or "plaudit"
+    model = _option(args, "--model") or _option(args, "--from")
+    if model is None and command == "generate":
+        model = "smollm2"
+    what = ""
+    if model == "smollm2":
+        what = " for model 'smollm2' (SmolLM2-135M: 135M parameters, about 0.5 GB in float32)"
+    elif model is not None:
+        size = _size_on_disk(Path(model))
+        what = f" for model {model!r}" + (f" ({size / 1e6:,.1f} MB on disk)" if size else "")
+    limit, _ = resource.getrlimit(resource.RLIMIT_AS)
+    shown = "none" if limit == resource.RLIM_INFINITY else f"{limit / 2**20:,.0f} MiB"
+    return (
+        f"out of memory in `plaudit {command}`{what}: the process may use less memory than "
+        f"the model needs (address-space limit: {shown}). Raise the limit (ulimit -v, "
+        "prlimit --as, systemd MemoryMax=), free memory, or use a smaller --model"
+    )
+
+
+def _option(args: list[str], name: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _size_on_disk(path: Path) -> int:
+    try:
+        if path.is_file():
+            return path.stat().st_size
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    except OSError:
+        return 0
+
+
 def settings_or_exit(config: Path | None, secrets: Path | None = None) -> Settings:
     try:
         return load_settings(config_file=config, secrets_dir=secrets)

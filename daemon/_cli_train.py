@@ -7,7 +7,6 @@ import json
 import re
 import signal
 import threading
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,11 +25,19 @@ def _config_table(config: Path | None) -> dict[str, Any]:
         if config is not None:
             raise fail(f"config file {config} does not exist")
         return {}
-    try:
-        table = tomllib.loads(path.read_text(encoding="utf-8")).get("offline", {})
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise fail(f"cannot read config file {path}: {e}") from None
+    table = _toml_or_exit(path).get("offline", {})
+    if not isinstance(table, dict):
+        raise fail(f"config file {path}: `offline` must be a table ([offline])")
     return {k: v for k, v in table.items() if k in OfflineTrainConfig.model_fields}
+
+
+def _toml_or_exit(path: Path) -> dict[str, Any]:
+    from plaudit.daemon._config import ConfigError, read_toml
+
+    try:
+        return read_toml(path)
+    except ConfigError as e:
+        raise fail(str(e)) from None
 
 
 def _build_config(config: Path | None, flags: dict[str, Any]) -> Any:
@@ -70,7 +77,7 @@ def _face_examples(name: str, config: Path | None, state_dir: Path | None) -> li
     path = config if config is not None else Path("plaudit.toml")
     table: dict[str, Any] = {}
     if path.is_file():
-        table = tomllib.loads(path.read_text(encoding="utf-8")).get("faces", {})
+        table = _toml_or_exit(path).get("faces", {})
     spec = face_specs(table).get(name)
     face_type, options = (spec.type, dict(spec.options)) if spec else (name, {})
     folder = resolve_state_dir(settings_or_exit(config), state_dir) / "faces" / name
@@ -87,6 +94,12 @@ def _face_examples(name: str, config: Path | None, state_dir: Path | None) -> li
         texts = asyncio.run(history())
     except FaceError as e:
         raise fail(f"cannot read the history of face {name!r}: {e}", 1) from None
+    if not texts:
+        raise fail(
+            f"face {name!r} has no history to train on (0 posts); give it history (a file "
+            "face: its `history` files) or train on files with --data FILE",
+            1,
+        )
     return list(examples_from_texts(texts, source=f"face {name}"))
 
 
@@ -215,6 +228,9 @@ def offline(
         logger.warning("stopping after this step", signal=signal.Signals(signum).name)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # The run makes --out when it does not exist (or replaces it with --force); a failure
+    # before its first checkpoint removes it again rather than leave an empty run behind.
+    made_here = not run_dir.exists() or (force and not resume)
     try:
         result = train_offline(
             cfg,
@@ -225,8 +241,12 @@ def offline(
             stop=stop,
             log=lambda event, **kw: logger.info(event, **kw),
         )
-    except LearnerError as e:
-        raise fail(str(e), 1) from None
+    except BaseException as e:
+        if made_here:
+            _remove_unfinished_run(run_dir)
+        if isinstance(e, LearnerError):
+            raise fail(str(e), 1) from None
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -242,6 +262,22 @@ def offline(
     logger.info("training ended", **summary)
     if result.reason == "interrupted":
         typer.echo(f"interrupted at step {result.steps}; continue with --resume --out {run_dir}")
+
+
+def _remove_unfinished_run(run_dir: Path) -> None:
+    """Remove a run folder this run made if it holds no checkpoint (nothing to --resume)."""
+    import shutil
+
+    from plaudit.learner import resolve_model_dir
+
+    if not run_dir.is_dir():
+        return
+    try:
+        resumable = resolve_model_dir(str(run_dir)) is not None
+    except Exception:  # a folder the learner cannot read holds nothing to resume either
+        resumable = False
+    if not resumable:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def evaluate(

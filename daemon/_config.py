@@ -25,8 +25,14 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    field_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from plaudit.controller import (
     LoopSettings,
@@ -34,6 +40,9 @@ from plaudit.controller import (
 
 DEFAULT_CONFIG_FILE = Path("plaudit.toml")
 _SECRET_NAME = re.compile(r"token|password|secret|api_?key|credential", re.I)
+# The API token goes in an HTTP header: visible ASCII only, and long enough not to be guessed.
+MIN_TOKEN_LENGTH = 16
+_TOKEN_FIX = "generate one with: python -c 'import secrets; print(secrets.token_urlsafe())'"
 
 
 class ConfigError(Exception):
@@ -41,7 +50,7 @@ class ConfigError(Exception):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class LogConfig(_Section):
@@ -56,6 +65,20 @@ class HttpConfig(_Section):
     port: int = Field(default=8477, ge=0, le=65535)
     # Bearer token for mutating calls; generated into the state folder at first start if unset.
     token: SecretStr | None = None
+
+    @field_validator("token")
+    @classmethod
+    def _usable_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # Checked here, not only when the API starts, so that `config check` sees it too.
+        if value is None:
+            return None
+        token = value.get_secret_value().strip()
+        if len(token) < MIN_TOKEN_LENGTH or not all("!" <= c <= "~" for c in token):
+            raise ValueError(
+                f"must be at least {MIN_TOKEN_LENGTH} visible ASCII characters, without spaces "
+                f"or control characters; {_TOKEN_FIX}"
+            )
+        return SecretStr(token)
 
 
 class ModelConfig(_Section):
@@ -102,6 +125,7 @@ class Settings(BaseSettings, LoopSettings):
         env_nested_delimiter="__",
         extra="forbid",
         frozen=True,
+        allow_inf_nan=False,
     )
 
     state_dir: Path | None = None
@@ -139,7 +163,9 @@ class Settings(BaseSettings, LoopSettings):
         return data
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
+    """The TOML file at ``path``; ConfigError (one line: the file, the problem, the fix) when
+    it is missing, unreadable, not UTF-8 or not TOML."""
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
@@ -147,8 +173,35 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist: check --config") from None
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it "
+            "as UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _read_secret(entry: Path) -> str:
+    try:
+        raw = entry.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"credentials file {entry} cannot be read: {exc.strerror}; fix its permissions"
+        ) from None
+    try:
+        value = raw.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"credentials file {entry} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+            "write the secret into it as text, or delete the file"
+        ) from None
+    if not value:
+        raise ConfigError(
+            f"credentials file {entry} is empty; write the secret into it, or delete the file "
+            "to leave the key unset"
+        )
+    return value
 
 
 def _read_secrets(folder: Path) -> dict[str, Any]:
@@ -161,9 +214,20 @@ def _read_secrets(folder: Path) -> dict[str, Any]:
             continue
         keys = entry.name.split(".")
         node = data
-        for key in keys[:-1]:
+        for depth, key in enumerate(keys[:-1], start=1):
             node = node.setdefault(key, {})
-        node[keys[-1]] = entry.read_text(encoding="utf-8").strip()
+            if not isinstance(node, dict):
+                raise ConfigError(
+                    f"credentials file {entry} sets a key inside "
+                    f"{'.'.join(keys[:depth])}, which the file {folder / '.'.join(keys[:depth])} "
+                    "sets as a whole; remove one of the two"
+                )
+        if isinstance(node.get(keys[-1]), dict):
+            raise ConfigError(
+                f"credentials file {entry} sets {entry.name} as a whole, which other files set "
+                "key by key; remove one of them"
+            )
+        node[keys[-1]] = _read_secret(entry)
     return data
 
 
@@ -216,6 +280,8 @@ def format_validation_error(
             continue
         value = err.get("input")
         shown = "(missing)" if err["type"] == "missing" else repr(value)
+        if _SECRET_NAME.search(key) and err["type"] != "missing":
+            shown = "**********"  # a bad secret is still a secret
         if isinstance(value, dict | list) and len(shown) > 80:
             shown = shown[:77] + "..."
         lines.append(f"  {key} = {shown}: {err['msg']}")
@@ -234,7 +300,7 @@ def load_settings(
     if config_file is None and DEFAULT_CONFIG_FILE.is_file():
         config_file = DEFAULT_CONFIG_FILE
     if config_file is not None:
-        data = _read_toml(config_file)
+        data = read_toml(config_file)
         source = str(config_file)
     if secrets_dir is None and os.environ.get("CREDENTIALS_DIRECTORY"):
         secrets_dir = Path(os.environ["CREDENTIALS_DIRECTORY"])
@@ -245,10 +311,25 @@ def load_settings(
         data = _merge(data, secrets)
     if overrides:
         data = _merge(data, overrides)
+    # Settings(**data) would take `_env_file`, `_secrets_dir`... as pydantic-settings options.
+    options = sorted(key for key in data if key.startswith("_"))
+    if options:
+        known = ", ".join(sorted(Settings.model_fields))
+        raise ConfigError(
+            f"invalid configuration ({source}):\n"
+            + "\n".join(f"  {key}: unknown key. Known keys here: {known}." for key in options)
+        )
     try:
         settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source=source)) from None
+    except SettingsError as exc:  # an environment value that is not JSON
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"PLAUDIT_{field.group(1).upper()}" if field else "a PLAUDIT_ variable"
+        raise ConfigError(
+            f"invalid configuration (environment): {name} is not valid JSON ({exc}); give a "
+            f"table or a list as JSON, or set its keys one by one ({name}__KEY=value)"
+        ) from None
     settings._secret_keys = secret_keys
     return settings
 

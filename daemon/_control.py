@@ -6,9 +6,9 @@ plaudit goes through the same code."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Annotated, Literal, Protocol, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from plaudit.state import PostStory
@@ -21,6 +21,31 @@ TrainingModeName: TypeAlias = Literal["online", "offline"]
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class _Request(_Model):
+    """What a client sends: numbers must be finite (JSON bodies may carry Infinity and NaN,
+    which Python's parser accepts) and within the ranges each field declares."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# Seeds go to torch.manual_seed, which takes a signed 64-bit integer.
+MAX_SEED = 2**63 - 1
+# Logits divided by a temperature below this overflow float32 (1e-279 made the sampler index
+# past the vocabulary); so little above 0 samples as greedily as 0 does, so it is taken as 0.
+MIN_TEMPERATURE = 1e-3
+
+
+def _greedy_if_tiny(value: float | None) -> float | None:
+    return 0.0 if value is not None and value < MIN_TEMPERATURE else value
+
+
+Temperature = Annotated[
+    float | None,
+    Field(ge=0.0, le=5.0, description="0 = greedy; values under 0.001 are taken as 0"),
+    AfterValidator(_greedy_if_tiny),
+]
 
 
 class FaceStatus(_Model):
@@ -41,6 +66,19 @@ class TrainingProgress(_Model):
     started_at: float
 
 
+class RewardModelStatus(_Model):
+    enabled: bool
+    selection: Literal["thompson", "greedy", "uniform"]
+    fitted: bool = Field(description="False until there is history or a reward to fit on")
+    own_posts: int = Field(description="the bot's rewarded posts it was fitted on")
+    history_posts: int = Field(description="face history posts it was warm-started on")
+    loo_r2: float | None = Field(description="share of reward variance its fit explains (LOO)")
+    spearman: dict[str, float] = Field(
+        description="per face: rank correlation of predictions (stored at posting time) with "
+        "the rewards that arrived; absent until 3 rewarded posts carry a prediction"
+    )
+
+
 class StatusView(_Model):
     state: DaemonState
     training: TrainingStateName
@@ -50,17 +88,18 @@ class StatusView(_Model):
     faces: list[FaceStatus]
     last_rewards: list[float]
     progress: TrainingProgress | None = None
+    reward_model: RewardModelStatus
     uptime_seconds: float
 
 
-class TrainingStartRequest(_Model):
+class TrainingStartRequest(_Request):
     mode: TrainingModeName = "online"
     # Offline only: where the posts come from (a face instance name or a data file path).
     data: str | None = None
-    epochs: float | None = Field(default=None, gt=0)
-    max_steps: int | None = Field(default=None, ge=1)
-    lr: float | None = Field(default=None, gt=0)
-    batch_size: int | None = Field(default=None, ge=1)
+    epochs: float | None = Field(default=None, gt=0, le=1000)
+    max_steps: int | None = Field(default=None, ge=1, le=10_000_000)
+    lr: float | None = Field(default=None, gt=0, le=1.0)
+    batch_size: int | None = Field(default=None, ge=1, le=4096)
 
 
 class PostView(_Model):
@@ -106,13 +145,13 @@ class PostsPage(_Model):
     offset: int
 
 
-class GenerateRequest(_Model):
+class GenerateRequest(_Request):
     prompt: str | None = Field(default=None, max_length=4000)
     n: int = Field(default=1, ge=1, le=8)
     max_new_tokens: int | None = Field(default=None, ge=1, le=512)
-    temperature: float | None = Field(default=None, ge=0.0, le=5.0)
+    temperature: Temperature = None
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
 
 
 class GeneratedSample(_Model):

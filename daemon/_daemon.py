@@ -31,7 +31,7 @@ from plaudit.daemon._logging import configure_logging
 from plaudit.faces import WallClock
 
 if TYPE_CHECKING:
-    from plaudit.controller import Controller, TorchWorker
+    from plaudit.controller import Controller, Resumed, TorchWorker
     from plaudit.daemon._http import HttpServer
     from plaudit.daemon._metrics import Metrics
     from plaudit.daemon._service import ControlService
@@ -221,7 +221,7 @@ class Daemon:
     # -- start-up steps ----------------------------------------------------------------------
 
     async def _open_state(self) -> None:
-        from plaudit.state import StateError, StateLock, Store
+        from plaudit.state import StateError, StateLock, Store, clear_stale_temporaries
 
         self.lock = StateLock(folder=self.state_dir)
         try:
@@ -234,8 +234,29 @@ class Daemon:
             raise StartupError(f"cannot use state folder {self.state_dir}: {exc}") from None
         if stale:
             self.log.warning("stale pid file found; the previous daemon did not stop cleanly")
+        # What writers killed mid-way left (a checkpoint save's temporary folder, say): no one
+        # else writes here while we hold the lock, and nothing else would ever remove them.
+        for folder in (self.state_dir, self.state_dir / "checkpoints"):
+            try:
+                left = clear_stale_temporaries(folder)
+            except OSError as exc:
+                self.log.warning(
+                    "cannot clear stale temporary files", folder=str(folder), error=str(exc)
+                )
+                continue
+            if left.removed:
+                self.log.warning(
+                    "stale temporary files removed", removed=[str(p) for p in left.removed]
+                )
+            if left.restored:
+                self.log.warning(
+                    "interrupted replacement undone: the previous version is back",
+                    restored=[str(p) for p in left.restored],
+                )
         try:
-            self.store = Store.open(self.state_dir, now=self.clock.now)
+            # quick_check: a damaged database stops the start here, with the file and the
+            # fix, rather than failing every job once the daemon is up.
+            self.store = Store.open(self.state_dir, now=self.clock.now, check=True)
         except StateError as exc:
             raise StartupError(str(exc)) from None
         interrupted = self.store.interrupt_stale_runs()
@@ -287,67 +308,121 @@ class Daemon:
         )
 
     async def _load_policy(self) -> None:
-        from plaudit.controller import TorchWorker, reference_checkpoint
+        from plaudit.controller import TorchWorker, reference_checkpoint, resume_from_checkpoints
         from plaudit.daemon._systemd import TimeoutExtender
-        from plaudit.learner import LearnerError, Policy, configure_torch
+        from plaudit.learner import DamagedModelError, LearnerError, Policy, configure_torch
 
         assert self.store is not None
+        store = self.store
         self.worker = TorchWorker()
-        latest = self.store.latest_checkpoint()
-        checkpoint = Path(latest.path) if latest and Path(latest.path).is_dir() else None
+        name = self.settings.model.name
         device = "cpu" if self.settings.model.device == "auto" else self.settings.model.device
         cache = Path(os.environ.get("CACHE_DIRECTORY", self.state_dir / "cache"))
         # The KL reference is the model of the last offline fit (kept in its checkpoint), the
         # same one a running daemon anchored to; before any fit, the configured base model.
-        reference = reference_checkpoint(self.store, self.state_dir)
+        reference = reference_checkpoint(store, self.state_dir)
         if reference is not None and not reference.is_dir():
             self.log.warning(
                 "the reference checkpoint is missing; anchoring to the base model",
                 reference=str(reference),
             )
             reference = None
-        self.notifier.status(f"loading model {self.settings.model.name}")
+        self.notifier.status(f"loading model {name}")
 
-        def load() -> tuple[Policy, str | None]:
+        def load() -> tuple[Policy, str | None, Resumed, str | None]:
             import torch
 
             from plaudit.learner import decode_kernel
 
             configure_torch()
             dtype = getattr(torch, self.settings.model.dtype)
-            policy = Policy.load(
-                self.settings.model.name,
-                checkpoint=checkpoint,
-                version=latest.policy_version if latest and checkpoint else 0,
-                cache_dir=cache,
-                device=device,
-                lr=self.settings.online.lr,
-                generation_dtype=dtype,
-                reference=reference,
-            )
+            try:
+                policy = Policy.load(
+                    name,
+                    cache_dir=cache,
+                    device=device,
+                    lr=self.settings.online.lr,
+                    generation_dtype=dtype,
+                    with_reference=reference is None,
+                )
+            except (LearnerError, OSError) as exc:
+                raise StartupError(f"cannot load model {name!r}: {exc}") from None
+            bad_reference = None
+            if reference is not None:
+                try:
+                    policy.load_reference(reference)
+                except DamagedModelError as exc:
+                    bad_reference = str(exc)
+                    policy.reset_reference()  # the base model: the weights loaded so far
+                except (LearnerError, OSError) as exc:
+                    raise StartupError(f"cannot load the KL reference: {exc}") from None
+            try:
+                resumed = resume_from_checkpoints(policy, store)
+            except (LearnerError, OSError) as exc:
+                raise StartupError(f"cannot restore the latest checkpoint: {exc}") from None
             # Chosen (and the native kernel built) now, not in the first generation.
             try:
-                return policy, decode_kernel(torch.device(device), dtype)
+                return policy, decode_kernel(torch.device(device), dtype), resumed, bad_reference
             except ValueError as exc:  # PLAUDIT_DECODE_KERNEL names a kernel this host lacks
                 raise StartupError(str(exc)) from None
 
         t0 = time.monotonic()
-        try:
-            # A slow first load (GGUF dequantisation) keeps systemd's start timeout extended.
-            async with TimeoutExtender(self.notifier, every=5.0, limit=900.0):
-                self.policy, kernel = await self.worker.run("load", load)
-        except (LearnerError, OSError) as exc:
-            raise StartupError(f"cannot load model {self.settings.model.name!r}: {exc}") from None
+        # A slow first load (GGUF dequantisation) keeps systemd's start timeout extended.
+        async with TimeoutExtender(self.notifier, every=5.0, limit=900.0):
+            self.policy, kernel, resumed, bad_reference = await self.worker.run("load", load)
+        if bad_reference is not None:
+            self.log.error(
+                "the KL reference checkpoint is damaged; anchoring to the base model",
+                reference=str(reference),
+                error=bad_reference,
+            )
+        self._log_resumed(resumed)
         self.metrics.policy_version.set(self.policy.version)
         self.log.info(
             "model loaded",
-            model=self.settings.model.name,
+            model=name,
             source=self.policy.source,
             policy_version=self.policy.version,
+            # False: a checkpoint saved before checksums (the learner warned), or none.
+            checksums_checked=bool(resumed.restored and resumed.restored.checksums),
             params=self.policy.model.num_params(),
             decode_kernel=kernel or "matmul",
             load_s=round(time.monotonic() - t0, 2),
         )
+
+    def _log_resumed(self, resumed: Resumed) -> None:
+        """Say loudly what start-up had to pass over to find intact weights. The rewards of
+        the updates lost with them return to pending when the controller starts."""
+        for bad in resumed.set_aside:
+            self.log.error(
+                "checkpoint damaged; falling back to an older one",
+                checkpoint=bad.checkpoint.path,
+                policy_version=bad.checkpoint.policy_version,
+                error=bad.error,
+                moved_to=str(bad.moved_to) if bad.moved_to else None,
+            )
+        if resumed.missing:  # recorded, newer than what was restored, and gone from disk
+            self.log.error(
+                "checkpoint folders missing; falling back to an older one",
+                missing=len(resumed.missing),
+                checkpoints=[c.path for c in resumed.missing[:5]],
+            )
+        fell_back = bool(resumed.set_aside or resumed.missing)
+        if resumed.checkpoint is None:
+            if fell_back:
+                self.log.error(
+                    "no intact checkpoint left: starting from the base model; every reward "
+                    "trains again"
+                )
+            return
+        assert resumed.restored is not None
+        if not resumed.restored.optimizer:
+            (self.log.warning if fell_back else self.log.info)(
+                "optimizer reset",
+                checkpoint=resumed.checkpoint.path,
+                reason="the checkpoint carries no optimizer state; it starts afresh at the next "
+                "update",
+            )
 
     async def _start_controller(self) -> None:
         from plaudit.controller import Controller

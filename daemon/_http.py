@@ -132,9 +132,17 @@ def _error(
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
 
 
+def _field_name(loc: tuple[int | str, ...]) -> str:
+    # A client's unknown key is echoed back: shown quoted when it holds control characters,
+    # and cut short, so that a message stays one readable line.
+    name = ".".join(str(p) for p in loc) or "(body)"
+    name = name if name.isprintable() else repr(name)
+    return name if len(name) <= 80 else name[:77] + "..."
+
+
 def _validation_details(exc: ValidationError) -> list[dict[str, Any]]:
     return [
-        {"field": ".".join(str(p) for p in err["loc"]) or "(body)", "problem": err["msg"]}
+        {"field": _field_name(tuple(err["loc"])), "problem": err["msg"]}
         for err in exc.errors(include_url=False, include_input=False)
     ]
 
@@ -169,7 +177,13 @@ async def _body(request: Request, model: type[M]) -> M:
     else:
         try:
             data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except RecursionError:  # the parser recurses once per level: 30,000 "[" end here
+            raise ApiError(
+                400,
+                "invalid_json",
+                "request body is nested too deeply to parse; send a flat JSON object",
+            ) from None
+        except ValueError as exc:  # bad JSON or UTF-8, or an integer of over 4300 digits
             raise ApiError(
                 400, "invalid_json", f"request body is not valid JSON ({exc}); send an object"
             ) from None

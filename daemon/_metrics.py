@@ -150,9 +150,12 @@ class Metrics:
             ["face"],
             registry=registry,
         )
-        self.reward_model_correlation = Gauge(
+        # Labelled by face: no series until a face has 3 rewarded posts with predictions.
+        self.reward_model_spearman = Gauge(
             "plaudit_reward_model_spearman",
-            "Held-out Spearman rank correlation of the reward model's predictions.",
+            "Spearman rank correlation of the reward model's predictions, stored at posting "
+            "time, with the rewards that arrived (the face's newest rewarded posts).",
+            ["face"],
             registry=registry,
         )
 

@@ -23,6 +23,7 @@ from plaudit.daemon._control import (
     GenerateRequest,
     PostsPage,
     PostView,
+    RewardModelStatus,
     StatusView,
     TrainingProgress,
     TrainingStartRequest,
@@ -101,6 +102,7 @@ class ControlService:
             faces=faces,
             last_rewards=[r.reward for r in self.store.rewards(limit=LAST_REWARDS)],
             progress=progress,
+            reward_model=RewardModelStatus(**self.controller.reward_model.status()),
             uptime_seconds=time.time() - self.started_at,
         )
 
@@ -113,6 +115,15 @@ class ControlService:
                 raise ControlError(
                     f"offline data {request.data!r} is not a configured face; use one of "
                     f"{', '.join(faces)}"
+                )
+            fitted = [
+                rt for name, rt in self.controller.faces.items() if request.data in (None, name)
+            ]
+            if not any(rt.history for rt in fitted):
+                which = f"face {request.data!r} has no" if request.data else "no face has any"
+                raise ControlConflict(
+                    f"{which} history to fit on (none was read at start-up); give it history "
+                    "(a file face: its `history` files) and restart plaudit, or train online"
                 )
             if self._offline_running():
                 raise ControlConflict(

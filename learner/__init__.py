@@ -19,6 +19,7 @@ from ._errors import (
     CheckpointError,
     ChecksumError,
     ContextLengthError,
+    DamagedModelError,
     DataError,
     GenerationInterrupted,
     LearnerError,
@@ -36,10 +37,11 @@ from ._grow import logit_difference
 from ._grow import target_config as grow_target_config
 from ._hf import export_hf
 from ._kv_cache import KVCache
-from ._load import LoadedModel, default_cache_dir, load_model, save_model
+from ._load import LoadedModel, default_cache_dir, load_model, save_model, verify_model_folder
 from ._model import PRESETS, ModelConfig, Transformer
 from ._online import OnlineUpdateConfig, Trajectory, UpdateStats
-from ._policy import Candidate, Policy
+from ._policy import Candidate, Policy, Restored
+from ._reward_model import Prediction, RewardHead, text_features
 from ._runtime import configure_torch
 from ._step_record import StepRecord
 from ._tokenizer import Tokenizer
@@ -52,6 +54,7 @@ __all__: list[str] = [
     "CheckpointError",
     "ChecksumError",
     "ContextLengthError",
+    "DamagedModelError",
     "DataError",
     "Engine",
     "EvalReport",
@@ -68,6 +71,9 @@ __all__: list[str] = [
     "OfflineTrainConfig",
     "OnlineUpdateConfig",
     "Policy",
+    "Prediction",
+    "Restored",
+    "RewardHead",
     "Sample",
     "SamplingConfig",
     "Step",
@@ -100,7 +106,9 @@ __all__: list[str] = [
     "sample_tokens",
     "save_model",
     "split_validation",
+    "text_features",
     "train_offline",
     "transform_logits",
     "use_chat_template",
+    "verify_model_folder",
 ]

@@ -6,7 +6,8 @@
 
 A checkpoint is written with `plaudit.state.atomic_folder` (a hidden temporary folder, every
 file fsynced, then renamed into place), so a crash or `kill -9` leaves either the old set of
-checkpoints or the new one, never a half-written folder. The trainer state is a plain dict
+checkpoints or the new one, never a half-written folder; its `checksums.json` (written last)
+lets a load tell a checkpoint damaged later from an intact one. The trainer state is a plain dict
 (optimizer, step, data position, RNG states, best validation loss, config).
 """
 
@@ -20,10 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from plaudit.state import atomic_folder
-
-from ._errors import CheckpointError
-from ._load import FOLDER_MANIFEST, write_model_folder
+from ._errors import CheckpointError, DamagedModelError
+from ._load import FOLDER_MANIFEST, model_folder_writer, verify_model_folder, write_model_folder
 from ._model import Transformer
 from ._tokenizer import Tokenizer
 
@@ -40,7 +39,7 @@ def _save_model_and_state(
     weights: dict[str, Tensor] | None,
 ) -> Path:
     """A model folder plus the trainer state, written atomically as one (replacing `folder`)."""
-    with atomic_folder(folder, replace=True) as tmp:
+    with model_folder_writer(folder) as tmp:
         write_model_folder(tmp, model=model, tokenizer=tokenizer, weights=weights)
         torch.save(state, tmp / TRAINER_STATE)
     return folder
@@ -107,6 +106,12 @@ def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
             f"{checkpoint} has no {TRAINER_STATE}, so training cannot resume from it; it is a "
             f"model folder, not a training checkpoint (fine-tune from it with --model instead)."
         )
+    try:
+        verify_model_folder(checkpoint)
+    except DamagedModelError as e:
+        raise CheckpointError(
+            f"{e} To resume from the checkpoint before it, delete {checkpoint}."
+        ) from e
     try:
         state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds on a damaged pickle/zip

@@ -3,7 +3,9 @@
     LearnerError                 base: catch this to handle any learner failure
      ├── ModelLoadError          a model could not be read: missing file, unknown format or
      │    │                      architecture, missing tensor, wrong shape
-     │    └── ChecksumError      a pinned file's sha256 differs from the pinned value
+     │    ├── ChecksumError      a pinned file's sha256 differs from the pinned value
+     │    └── DamagedModelError  a saved folder's file was damaged: checksum, size, unreadable,
+     │                           NaN/inf weights
      ├── ModelExportError        a model could not be written: target not empty, unsupported config
      ├── TokenizerError          a tokenizer could not be built, loaded or used (no chat template)
      ├── ContextLengthError      a token sequence is longer than the model's context window
@@ -36,6 +38,17 @@ class ModelLoadError(LearnerError):
 class ChecksumError(ModelLoadError):
     """Raised when a file that plaudit pins by sha256 (the embedded SmolLM2 GGUF) has another
     digest, which means a different or damaged download."""
+
+
+class DamagedModelError(ModelLoadError):
+    """Raised when a model folder (a checkpoint) was damaged after it was written: a file differs
+    from the checksum written at save, is truncated, missing or unreadable, or its weights or
+    optimizer state hold NaN or infinite values. `path` is the file at fault. The folder as a
+    whole is unusable; an older checkpoint or a backup is the fix, not a retry."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class ModelExportError(LearnerError):

@@ -476,18 +476,11 @@ class Transformer(nn.Module):
             )
             allowed = kv_cache.attention_mask(T)  # (B, 1, T, Tk) bool or None
 
-        x = self.tok_emb(idx)  # (B, T, C)
+        x, rope = self._embed(idx, pos)
         if allowed is not None:
             # Additive, built once for all layers: 0 where allowed, -inf elsewhere.
             mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)
             mask.masked_fill_(~allowed, float("-inf"))  # (B, 1, T, Tk)
-        rope: tuple[Tensor, Tensor] | None = None
-        if cfg.family == "gpt2":
-            x = x + self.pos_emb(pos)  # (B, T, C)
-        else:
-            cos = self.rope_cos[pos].unsqueeze(2).to(x.dtype)  # (B or 1, T, 1, head_dim)
-            sin = self.rope_sin[pos].unsqueeze(2).to(x.dtype)  # (B or 1, T, 1, head_dim)
-            rope = (cos, sin)
         for i, block in enumerate(self.blocks):
             x = block(x, rope=rope, mask=mask, kv_cache=kv_cache, layer=i)  # (B, T, C)
         if kv_cache is not None:
@@ -501,6 +494,27 @@ class Transformer(nn.Module):
             return linear_cross_entropy(x, head, targets)  # type: ignore[arg-type]
         logits = F.linear(x, self.tok_emb.weight) if self.lm_head is None else self.lm_head(x)
         return logits.float()  # (B, T, V)
+
+    def _embed(self, idx: Tensor, pos: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """Token (and, for gpt2, position) embeddings (B, T, C) and the RoPE tables."""
+        x = self.tok_emb(idx)  # (B, T, C)
+        if self.config.family == "gpt2":
+            return x + self.pos_emb(pos), None
+        cos = self.rope_cos[pos].unsqueeze(2).to(x.dtype)  # (B or 1, T, 1, head_dim)
+        sin = self.rope_sin[pos].unsqueeze(2).to(x.dtype)  # (B or 1, T, 1, head_dim)
+        return x, (cos, sin)
+
+    def hidden_states(self, idx: Tensor, *, layers: int) -> Tensor:
+        """The residual stream (B, T, C) after the first ``layers`` blocks of idx (B, T)
+        (causal: a right-padded row's states do not see its padding): features for a head
+        on a frozen model."""
+        assert 0 <= layers <= len(self.blocks), f"layers {layers} not in 0..{len(self.blocks)}"
+        T = idx.size(1)
+        assert self.config.max_seq_len >= T, f"{T} tokens > max_seq_len {self.config.max_seq_len}"
+        x, rope = self._embed(idx, torch.arange(T, device=idx.device)[None, :])
+        for i, block in enumerate(self.blocks[:layers]):
+            x = block(x, rope=rope, mask=None, kv_cache=None, layer=i)
+        return x
 
     def num_params(self, *, exclude_embeddings: bool = False) -> int:
         """Parameter count (a tied head counted once); without embeddings: no token or

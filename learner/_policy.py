@@ -13,12 +13,10 @@ from typing import Literal
 
 import torch
 
-from plaudit.state import atomic_folder
-
 from ._engine import SamplingConfig
-from ._errors import ModelLoadError
+from ._errors import DamagedModelError, ModelLoadError
 from ._generate import generate_text
-from ._load import LoadedModel, load_model, write_model_folder
+from ._load import LoadedModel, load_model, model_folder_writer, write_model_folder
 from ._model import Transformer
 from ._online import OnlineUpdateConfig, Trajectory, UpdateStats, policy_update
 from ._tokenizer import Tokenizer
@@ -50,6 +48,14 @@ class Candidate:
     temperature: float = 1.0
     top_p: float | None = None
     top_k: int | None = None
+
+
+@dataclass(frozen=True)
+class Restored:
+    """What `Policy.restore` took from a checkpoint folder."""
+
+    optimizer: bool  # it carried optimizer state; False: the optimizer starts afresh
+    checksums: bool  # its files matched the checksums written at save; False: it had none
 
 
 class Policy:
@@ -91,35 +97,64 @@ class Policy:
     ) -> Policy:
         """The base model ``spec`` is the reference, or the model folder ``reference`` (one
         `save_reference` wrote: the anchor of a daemon that ran before) where given;
-        ``checkpoint`` (if any) holds the current weights. Without ``with_reference`` there is
-        no reference (``reference`` is then not read). A ``reference`` of another architecture
-        than ``spec`` raises `ModelLoadError`."""
+        ``checkpoint`` (if any) holds the current weights (`restore`). Without
+        ``with_reference`` there is no reference (``reference`` is then not read). A
+        ``reference`` of another architecture than ``spec`` raises `ModelLoadError`, a damaged
+        reference or checkpoint `DamagedModelError`."""
         base: LoadedModel = load_model(spec, cache_dir=cache_dir, device=device)
-        anchor: Transformer | None = None
-        if with_reference:
-            if reference is not None:
-                anchor = load_model(reference, device=device).model
-                _check_same_shapes(anchor, base.model, reference)
-            else:
-                anchor = copy.deepcopy(base.model)
-            anchor.requires_grad_(False).eval()
-        model, tokenizer, source = base.model, base.tokenizer, base.source
-        if checkpoint is not None:
-            current = load_model(checkpoint, device=device)
-            model, tokenizer, source = current.model, current.tokenizer, str(checkpoint)
         policy = cls(
-            model=model,
-            tokenizer=tokenizer,
-            reference=anchor,
+            model=base.model,
+            tokenizer=base.tokenizer,
+            reference=None,
             version=version,
-            source=source,
+            source=base.source,
             lr=lr,
             generation_dtype=generation_dtype,
         )
-        if checkpoint is not None and (checkpoint / OPTIMIZER_FILE).is_file():
-            state = torch.load(checkpoint / OPTIMIZER_FILE, map_location=device, weights_only=True)
-            policy.optimizer.load_state_dict(state)
+        if with_reference and reference is not None:
+            policy.load_reference(reference)
+        elif with_reference:
+            policy.reference = copy.deepcopy(base.model).requires_grad_(False).eval()
+        if checkpoint is not None:
+            policy.restore(checkpoint, version=version)
         return policy
+
+    def restore(self, folder: Path, *, version: int) -> Restored:
+        """Take the weights, tokenizer and online optimizer state of the checkpoint ``folder``
+        (one `save` wrote) as the current ones, at ``version``. All or nothing: every file is
+        checked first (checksums, finite weights and optimizer moments), and a damaged one
+        raises `DamagedModelError` naming it, with the policy left as it was. A checkpoint
+        without optimizer state leaves the optimizer to start afresh at the next update."""
+        device = next(self.model.parameters()).device
+        loaded = load_model(folder, device=device)
+        optimizer = None
+        state_file = folder / OPTIMIZER_FILE
+        if state_file.is_file():
+            optimizer = loaded.model.configure_optimizer(
+                lr=self.lr, weight_decay=self._weight_decay
+            )
+            try:
+                state = torch.load(state_file, map_location=device, weights_only=True)
+                optimizer.load_state_dict(state)
+            except Exception as e:  # torch raises many kinds on a damaged zip/pickle
+                raise DamagedModelError(
+                    f"{state_file} cannot be used ({type(e).__name__}: {e}); restore the folder "
+                    f"from a backup, or use an older checkpoint.",
+                    path=str(state_file),
+                ) from e
+            _check_finite_moments(optimizer, state_file)
+        self.model, self.tokenizer, self.source = loaded.model, loaded.tokenizer, str(folder)
+        self.version = version
+        self._optimizer = optimizer
+        return Restored(optimizer=optimizer is not None, checksums=loaded.checked)
+
+    def load_reference(self, folder: Path) -> None:
+        """Anchor to the model folder ``folder`` (one `save_reference` or `save` wrote). One of
+        another architecture than the policy's model raises `ModelLoadError`, a damaged one
+        `DamagedModelError`; either way the anchor stays as it was."""
+        anchor = load_model(folder, device=next(self.model.parameters()).device).model
+        _check_same_shapes(anchor, self.model, folder)
+        self.reference = anchor.requires_grad_(False).eval()
 
     @property
     def device(self) -> Literal["cpu", "cuda"]:
@@ -250,7 +285,7 @@ class Policy:
     def save(self, folder: Path) -> None:
         """A plaudit model folder plus the online optimizer state, written atomically as one
         (replacing `folder`)."""
-        with atomic_folder(folder, replace=True) as tmp:
+        with model_folder_writer(folder) as tmp:
             write_model_folder(tmp, model=self.model, tokenizer=self.tokenizer)
             if self._optimizer is not None:
                 torch.save(self._optimizer.state_dict(), tmp / OPTIMIZER_FILE)
@@ -260,7 +295,7 @@ class Policy:
         `folder`), for `Policy.load(..., reference=folder)` after a restart."""
         if self.reference is None:
             raise ValueError("this policy has no reference to save (loaded without one)")
-        with atomic_folder(folder, replace=True) as tmp:
+        with model_folder_writer(folder) as tmp:
             write_model_folder(tmp, model=self.reference, tokenizer=self.tokenizer)
 
     def reset_reference(self) -> None:
@@ -284,6 +319,18 @@ class Policy:
         self.reset_reference()
         self.version += 1
         return self.version
+
+
+def _check_finite_moments(optimizer: torch.optim.Optimizer, file: Path) -> None:
+    """NaN or infinite moments would turn the first update's step into NaN weights."""
+    for per_param in optimizer.state.values():
+        for value in per_param.values():
+            if isinstance(value, torch.Tensor) and not bool(torch.isfinite(value).all()):
+                raise DamagedModelError(
+                    f"{file} holds NaN or infinite optimizer moments; restore the folder from a "
+                    f"backup, or use an older checkpoint.",
+                    path=str(file),
+                )
 
 
 def _check_same_shapes(loaded: Transformer, own: Transformer, folder: Path) -> None:

@@ -1,6 +1,8 @@
 """plaudit.state: the persistent store (SQLite) and atomic files on disk."""
 
+from plaudit.state._backup import BackupReport, RestoreReport, backup_state, restore_state
 from plaudit.state._errors import (
+    DatabaseDamaged,
     DiskFull,
     InvalidTransition,
     SchemaTooNew,
@@ -8,9 +10,11 @@ from plaudit.state._errors import (
     StoreLocked,
 )
 from plaudit.state._files import (
+    Leftovers,
     atomic_folder,
     atomic_write_bytes,
     atomic_write_text,
+    clear_stale_temporaries,
     fsync_dir,
 )
 from plaudit.state._lock import StateLock
@@ -32,14 +36,18 @@ from plaudit.state._store import (
 
 __all__ = [
     "SCHEMA_VERSION",
+    "BackupReport",
     "Checkpoint",
     "ControlState",
+    "DatabaseDamaged",
     "DiskFull",
     "InvalidTransition",
+    "Leftovers",
     "NewCandidate",
     "Post",
     "PostStatus",
     "PostStory",
+    "RestoreReport",
     "Reward",
     "SchemaTooNew",
     "Snapshot",
@@ -53,5 +61,8 @@ __all__ = [
     "atomic_folder",
     "atomic_write_bytes",
     "atomic_write_text",
+    "backup_state",
+    "clear_stale_temporaries",
     "fsync_dir",
+    "restore_state",
 ]

@@ -3,6 +3,7 @@
 StateError                 the store cannot do what was asked
 ├── DiskFull               no space left: nothing committed was lost; free space and retry
 ├── SchemaTooNew           the database was written by a newer plaudit
+├── DatabaseDamaged        SQLite's quick_check found the database file damaged
 ├── StoreLocked            another process holds the state folder
 └── InvalidTransition      a post was moved to a status its lifecycle does not allow
 """
@@ -20,6 +21,10 @@ class DiskFull(StateError):
 
 class SchemaTooNew(StateError):
     """The database was written by a newer version of plaudit than this one."""
+
+
+class DatabaseDamaged(StateError):
+    """The database file is damaged (a zeroed or torn page): restore a backup."""
 
 
 class StoreLocked(StateError):

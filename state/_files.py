@@ -1,8 +1,9 @@
 """Atomic files and folders: a reader sees the old version or the new one, never half of either.
 
 Write to a temporary sibling, fsync it, rename over the target, fsync the parent folder. A
-crash at any point leaves the previous version intact and at worst a stray ``.tmp-*`` sibling
-(a folder's is cleared by the next write of that folder)."""
+crash at any point leaves the previous version intact and at worst a stray ``.tmp-*`` sibling,
+named with the writer's pid: a folder's is cleared by the next write of that folder, and
+`clear_stale_temporaries` (the daemon's start-up) clears every one whose writer is gone."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from plaudit.state._errors import DiskFull, StateError
@@ -41,7 +43,7 @@ def _translate(exc: OSError, path: Path) -> StateError:
 
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-{os.getpid()}-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -108,6 +110,55 @@ def atomic_folder(path: Path, *, replace: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@dataclass
+class Leftovers:
+    """What `clear_stale_temporaries` did."""
+
+    removed: list[Path] = field(default_factory=list)  # temporaries of writers that are gone
+    restored: list[Path] = field(default_factory=list)  # previous versions put back in place
+
+
+def clear_stale_temporaries(folder: Path) -> Leftovers:
+    """Clear what killed writers left in ``folder`` (not below it): their ``.tmp-`` files and
+    folders are removed, and an ``.old-`` previous version is renamed back where its target is
+    missing (a kill between the two renames), else removed. A running writer's are left."""
+    done = Leftovers()
+    if not folder.is_dir():
+        return done
+    for kind in (".old-", ".tmp-"):
+        for entry in sorted(folder.iterdir()):
+            parsed = _leftover(entry.name, kind)
+            if parsed is None or _running(parsed[1]):
+                continue
+            target = folder / parsed[0]
+            if kind == ".old-" and not target.exists():
+                os.replace(entry, target)
+                done.restored.append(target)
+            else:
+                _remove(entry)
+                done.removed.append(entry)
+    return done
+
+
+def _leftover(name: str, kind: str) -> tuple[str, int] | None:
+    """(target name, writer pid) of a ``KIND-NAME-PID-TAG`` entry, else None."""
+    if not name.startswith(kind):
+        return None
+    target, _, tail = name.removeprefix(kind).rpartition("-")
+    target, _, pid = target.rpartition("-")
+    if not target or not pid.isdigit() or _LEFTOVER_TAIL.fullmatch(f"{pid}-{tail}") is None:
+        return None
+    return target, int(pid)
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            entry.unlink()
 
 
 def _clear_leftovers(path: Path) -> None:

@@ -19,12 +19,41 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from plaudit.state._errors import DiskFull, InvalidTransition, SchemaTooNew, StateError
+from plaudit.state._errors import (
+    DatabaseDamaged,
+    DiskFull,
+    InvalidTransition,
+    SchemaTooNew,
+    StateError,
+)
 
 DB_NAME = "plaudit.sqlite3"
 
+
+def _v3_checkpoints(conn: sqlite3.Connection, folder: Path) -> None:
+    """3: a checkpoint can be marked damaged (a start-up found it so and fell back past it), and
+    paths inside the state folder are stored relative to it, so the folder can be moved or
+    restored elsewhere. Absolute paths outside it stay as they are."""
+    conn.execute("ALTER TABLE checkpoints ADD COLUMN damaged TEXT")
+    for row in conn.execute("SELECT id, path FROM checkpoints").fetchall():
+        relative = _relative(Path(row[1]), folder)
+        if relative != row[1]:
+            conn.execute("UPDATE checkpoints SET path = ? WHERE id = ?", (relative, row[0]))
+
+
+def _relative(path: Path, folder: Path) -> str:
+    """``path`` relative to ``folder`` when it lies inside it (as given or with symlinks
+    resolved), else as given."""
+    for inner, outer in ((path, folder), (path.resolve(), folder.resolve())):
+        if inner.is_absolute() and inner.is_relative_to(outer):
+            return inner.relative_to(outer).as_posix()
+    return str(path)
+
+
 # Each entry moves the schema one version up; never edit a released entry, append a new one.
-MIGRATIONS: tuple[str, ...] = (
+# An entry is SQL, or a function of the connection and the state folder for what SQL alone
+# cannot do.
+MIGRATIONS: tuple[str | Callable[[sqlite3.Connection, Path], None], ...] = (
     """
     CREATE TABLE posts (
         id INTEGER PRIMARY KEY,
@@ -107,6 +136,7 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE posts ADD COLUMN sampling TEXT NOT NULL DEFAULT '{}';
     """,
+    _v3_checkpoints,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -217,12 +247,13 @@ class TrainingRun:
 @dataclass(frozen=True)
 class Checkpoint:
     id: int
-    path: str
+    path: str  # absolute: stored relative to the state folder, resolved against where it is now
     policy_version: int
     kind: str
     run_id: int | None
     metrics: dict[str, Any]
     created_at: float
+    damaged: str | None = None  # why a start-up refused it; None while it is intact
 
 
 @dataclass(frozen=True)
@@ -312,15 +343,16 @@ def _run(row: sqlite3.Row) -> TrainingRun:
     )
 
 
-def _checkpoint(row: sqlite3.Row) -> Checkpoint:
+def _checkpoint(row: sqlite3.Row, folder: Path) -> Checkpoint:
     return Checkpoint(
         id=row["id"],
-        path=row["path"],
+        path=str(folder / row["path"]),  # an absolute stored path stays itself
         policy_version=row["policy_version"],
         kind=row["kind"],
         run_id=row["run_id"],
         metrics=json.loads(row["metrics"]),
         created_at=row["created_at"],
+        damaged=row["damaged"],
     )
 
 
@@ -339,9 +371,18 @@ class Store:
 
     # -- life ------------------------------------------------------------------------------
 
+    @property
+    def folder(self) -> Path:
+        """The state folder the database lies in."""
+        return self.path.parent
+
     @classmethod
-    def open(cls, folder: Path, *, now: Callable[[], float] = time.time) -> Store:
-        """Open (creating if needed) the database in ``folder`` and bring its schema up to date."""
+    def open(
+        cls, folder: Path, *, now: Callable[[], float] = time.time, check: bool = False
+    ) -> Store:
+        """Open (creating if needed) the database in ``folder`` and bring its schema up to date.
+        With ``check``, run SQLite's ``quick_check`` first (`quick_check`): the daemon's
+        start-up refuses a damaged database instead of failing every job later."""
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -360,7 +401,13 @@ class Store:
                 f"aside and restore a backup; plaudit never deletes it"
             ) from None
         store = cls(conn=conn, path=path, now=now)
-        store._migrate()
+        try:
+            if check:
+                store.quick_check()
+            store._migrate()
+        except BaseException:
+            conn.close()
+            raise
         return store
 
     def close(self) -> None:
@@ -374,7 +421,10 @@ class Store:
         self.close()
 
     def _migrate(self) -> None:
-        version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+        try:
+            version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(str(exc)) from None
         if version > SCHEMA_VERSION:
             raise SchemaTooNew(
                 f"state database {self.path} has schema version {version}, but this plaudit "
@@ -382,11 +432,49 @@ class Store:
                 f"--state-dir"
             )
         for target in range(version + 1, SCHEMA_VERSION + 1):
+            step = MIGRATIONS[target - 1]
             with self._tx() as conn:
-                for statement in MIGRATIONS[target - 1].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                if isinstance(step, str):
+                    for statement in step.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                else:
+                    step(conn, self.folder)
                 conn.execute(f"PRAGMA user_version={target}")
+
+    def quick_check(self) -> None:
+        """SQLite's ``PRAGMA quick_check`` (every page of every b-tree, one pass over the file;
+        unlike integrity_check it skips matching indexes to rows); raise `DatabaseDamaged`
+        naming the file, what SQLite found, and the fix."""
+        try:
+            found = [str(r[0]) for r in self._conn.execute("PRAGMA quick_check(5)").fetchall()]
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(str(exc)) from None
+        if found != ["ok"]:
+            raise self._damaged("; ".join(found))
+
+    def _damaged(self, found: str) -> DatabaseDamaged:
+        return DatabaseDamaged(
+            f"state database {self.path} is damaged ({found}). Restore a backup with "
+            f"`plaudit state restore BACKUP --force` (it keeps the damaged files aside), or "
+            f"move the file away to start afresh; plaudit never deletes it"
+        )
+
+    def backup(self, dest: Path) -> None:
+        """A consistent copy of the database at ``dest`` (SQLite's online backup API: safe
+        while the daemon writes), as one self-contained file (rollback journal, no WAL)."""
+        try:
+            target = sqlite3.connect(dest, isolation_level=None)
+            try:
+                with self._lock:
+                    self._conn.backup(target)
+                target.execute("PRAGMA journal_mode=DELETE")
+            finally:
+                target.close()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(
+                f"cannot back up state database {self.path} to {dest}: {exc}"
+            ) from None
 
     @property
     def schema_version(self) -> int:
@@ -708,24 +796,43 @@ class Store:
         run_id: int | None = None,
         metrics: dict[str, Any] | None = None,
     ) -> int:
+        """Record a checkpoint folder (stored relative to the state folder when inside it)."""
+        stored = _relative(Path(path), self.folder)
         with self._tx() as conn:
             cur = conn.execute(
                 "INSERT INTO checkpoints (path, policy_version, kind, run_id, metrics, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (str(path), policy_version, kind, run_id, json.dumps(metrics or {}), self.now()),
+                (stored, policy_version, kind, run_id, json.dumps(metrics or {}), self.now()),
             )
             assert cur.lastrowid is not None
             return cur.lastrowid
 
     def latest_checkpoint(self) -> Checkpoint | None:
+        """The newest checkpoint not marked damaged."""
         rows = self._query(
-            "SELECT * FROM checkpoints ORDER BY policy_version DESC, id DESC LIMIT 1"
+            "SELECT * FROM checkpoints WHERE damaged IS NULL "
+            "ORDER BY policy_version DESC, id DESC LIMIT 1"
         )
-        return _checkpoint(rows[0]) if rows else None
+        return _checkpoint(rows[0], self.folder) if rows else None
 
-    def checkpoints(self, *, limit: int = 100) -> list[Checkpoint]:
-        rows = self._query("SELECT * FROM checkpoints ORDER BY id DESC LIMIT ?", (limit,))
-        return [_checkpoint(r) for r in rows]
+    def checkpoints(self, *, limit: int = 100, intact_only: bool = False) -> list[Checkpoint]:
+        """Newest first: by policy version with ``intact_only`` (the order a start-up tries
+        them in), else as recorded."""
+        if intact_only:
+            sql = "WHERE damaged IS NULL ORDER BY policy_version DESC, id DESC"
+        else:
+            sql = "ORDER BY id DESC"
+        rows = self._query(f"SELECT * FROM checkpoints {sql} LIMIT ?", (limit,))
+        return [_checkpoint(r, self.folder) for r in rows]
+
+    def mark_checkpoint_damaged(self, checkpoint_id: int, *, reason: str, path: Path) -> None:
+        """Never restore this checkpoint again; ``path`` is where its folder lies now (moved
+        aside for inspection)."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE checkpoints SET damaged = ?, path = ? WHERE id = ?",
+                (reason, _relative(Path(path), self.folder), checkpoint_id),
+            )
 
     def policy_version(self) -> int:
         latest = self.latest_checkpoint()

@@ -186,6 +186,15 @@ function renderStatus(s) {
   }
   $("offline-button").disabled = Boolean(progress && progress.mode === "offline");
 
+  const rm = s.reward_model;
+  $("reward-model").textContent = !rm.enabled ? "off (posts chosen at random)"
+    : !rm.fitted ? "waiting for history or rewards"
+    : `${rm.selection} · ${rm.own_posts} rewarded + ${rm.history_posts} history posts`;
+  const rhos = Object.entries(rm.spearman);
+  $("reward-model-rho").textContent = rhos.length
+    ? rhos.map(([face, rho]) => `${face} ρ ${fmtNumber(rho, 2)}`).join(" · ")
+    : "not yet (3 rewarded posts)";
+
   const chips = $("last-rewards");
   chips.replaceChildren(...s.last_rewards.map(rewardChip));
   if (!s.last_rewards.length) chips.append(el("span", { class: "muted", text: "none yet" }));

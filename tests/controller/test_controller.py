@@ -183,6 +183,14 @@ async def test_a_simulated_week(make_loop: Any) -> None:
     assert loop.store.latest_checkpoint() is not None
     used = loop.store.rewards(limit=10_000)
     assert len(used) - len(loop.store.rewards(unused_only=True, limit=10_000)) >= 20
+    # The reward model: warm-started on the face's history, refit on rewards, a prediction
+    # stored for every candidate (before its reward), its correlation with them exported.
+    head = ctl.reward_model.head
+    assert head is not None and head.n_history == len(history()) and head.n_own >= 20
+    candidates = loop.store.posts(limit=10_000)
+    assert all(p.predicted_reward is not None for p in candidates)
+    rho = loop.metrics.reward_model_spearman.labels("mem")._value.get()
+    assert -1.0 <= rho <= 1.0 and ctl.reward_model.correlation["mem"] == rho
     # Each update measured its drift on the newest candidates, not on its stale batch.
     updates = [r for r in loop.store.runs(kind="online") if r.status == "completed"]
     assert updates and all(r.metrics["kl_measured_on"] == "probe" for r in updates)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from plaudit.controller._filters import FilterConfig, NoveltyIndex, reject_reason
-from plaudit.controller._rewards import normalise
+from plaudit.controller._rewards import normalise, selection_kl, spearman
 
 
 def reason(
@@ -15,6 +17,7 @@ def reason(
     training: list[str] = (),
     batch: list[str] = (),
     max_length: int = 280,
+    prompt: str = "",
 ) -> str | None:
     own_idx, train_idx = NoveltyIndex(n=6), NoveltyIndex(n=6)
     own_idx.extend(own)
@@ -27,6 +30,7 @@ def reason(
         own_posts=own_idx,
         training_posts=train_idx,
         batch_seen=batch,
+        prompt=prompt,
     )
 
 
@@ -39,6 +43,11 @@ def test_each_reason() -> None:
     assert reason("Hello there, lovely people!", batch=["Hello there lovely people"]) == "duplicate"
     copied = "the quick brown fox jumps over the lazy dog"
     assert reason(f"Wow: {copied} today", training=[copied]) == "novelty"
+    assert reason("Here is a new post for your community: sunny!") == "assistant"
+    assert reason("I'd be happy to help you with your social media posts!") == "assistant"
+    instruction = "Write one post about the weather that people will love to read"
+    assert reason("Sure, people will love to read this", prompt=instruction) == "assistant"
+    assert reason("about the weather that people will love it", prompt=instruction) == "assistant"
     assert reason("A brand new sentence about sunny mornings") is None
 
 
@@ -63,3 +72,29 @@ def test_normalise_is_a_clipped_z_score_with_early_shrinkage() -> None:
     assert normalise(3.0, [1.0, 2.0]) == pytest.approx((3.0 - 1.5) / 0.7071067811865476)
     with pytest.raises(ValueError, match="finite"):
         normalise(float("nan"), history)
+
+
+def test_selection_kl_is_log_n_minus_n_minus_1_over_n() -> None:
+    assert selection_kl(1) == 0.0
+    assert selection_kl(2) == pytest.approx(math.log(2) - 0.5)
+    assert selection_kl(8) == pytest.approx(math.log(8) - 7 / 8)
+
+
+def test_spearman_ranks_with_ties() -> None:
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties take their mean rank: ranks (1.5, 1.5, 3) against (1, 2, 3)
+    assert spearman([5, 5, 7], [1, 2, 3]) == pytest.approx(0.8660254)
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3])) and math.isnan(spearman([1, 2], [2, 1]))
+    with pytest.raises(ValueError, match="pairs"):
+        spearman([1, 2, 3], [1, 2])
+
+
+def test_real_posts_are_rarely_taken_for_assistant_talk() -> None:
+    """Under 2% of real posts (the simulated face's 4,200 human tweets) are caught."""
+    from plaudit.controller import talks_like_assistant
+    from plaudit.faces.simulated import load_corpus
+
+    texts = [p.text for p in load_corpus()]
+    caught = sum(talks_like_assistant(t) for t in texts)
+    assert len(texts) == 4200 and caught / len(texts) < 0.02, caught

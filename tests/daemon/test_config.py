@@ -53,13 +53,13 @@ def test_toml_env_and_secrets_priority(tmp_path: Path, monkeypatch: pytest.Monke
     )
     secrets = tmp_path / "creds"
     secrets.mkdir()
-    (secrets / "http.token").write_text("s3cret\n")
+    (secrets / "http.token").write_text("s3cret-0123456789abcdef\n")
     (secrets / "faces.main.access_token").write_text("tok")
     monkeypatch.setenv("PLAUDIT_HTTP__PORT", "9100")
     s = load_settings(config_file=cfg, secrets_dir=secrets)
     assert s.http.port == 9100  # env beats file
     assert s.controller.post_interval == timedelta(minutes=30)
-    assert s.http.token is not None and s.http.token.get_secret_value() == "s3cret"
+    assert s.http.token is not None and s.http.token.get_secret_value() == "s3cret-0123456789abcdef"
     assert s.faces["main"].face_options() == {
         "base_url": "http://127.0.0.1:1",
         "access_token": "tok",
@@ -69,10 +69,10 @@ def test_toml_env_and_secrets_priority(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_credentials_directory_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "http.token").write_text("abc")
+    (tmp_path / "http.token").write_text("abc-0123456789abcdef")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     s = load_settings()
-    assert s.http.token is not None and s.http.token.get_secret_value() == "abc"
+    assert s.http.token is not None and s.http.token.get_secret_value() == "abc-0123456789abcdef"
 
 
 def test_error_names_key_value_and_allowed(tmp_path: Path) -> None:

@@ -86,7 +86,8 @@ def test_end_to_end_loop_tells_the_whole_story(
     # The policy was updated from those rewards and checkpointed; the checkpoint loads.
     ckpt = query(state, "SELECT path, policy_version FROM checkpoints ORDER BY id DESC LIMIT 1")[0]
     assert ckpt[1] >= 2
-    assert load_model(ckpt[0]).model.config.n_layer == 2
+    assert ckpt[0] == f"checkpoints/v{ckpt[1]:06d}"  # relative: the state folder can move
+    assert load_model(state / ckpt[0]).model.config.n_layer == 2
     used = count(state, "SELECT COUNT(*) FROM rewards WHERE used_in_version IS NOT NULL")
     assert used >= 2
     online = query(
@@ -206,7 +207,7 @@ def test_signals_pause_resume_reload_and_stop_during_training(
     assert {status for _, status in offline_runs} == {"interrupted"}, daemon.tail(60)
     ckpt = query(state, "SELECT path, run_id FROM checkpoints ORDER BY id DESC LIMIT 1")[0]
     assert ckpt[1] == offline_runs[-1][0]  # the interrupted run left a usable checkpoint
-    assert load_model(ckpt[0]).model.config.vocab_size > 0
+    assert load_model(state / ckpt[0]).model.config.vocab_size > 0
 
 
 def test_second_sigint_exits_at_once_and_state_stays_consistent(

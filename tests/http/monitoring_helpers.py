@@ -52,8 +52,8 @@ def exercise(metrics: Metrics, step: int) -> None:
             metrics.posts_failed.labels(face, reason).inc()
         for horizon in metrics.horizons:
             metrics.reactions_collected.labels(face, horizon).inc()
+        metrics.reward_model_spearman.labels(face).set(0.3)
     metrics.generation_duration.observe(1.0 + 0.1 * (step % 5))
-    metrics.reward_model_correlation.set(0.3)
     for mode in TRAINING_MODES:
         metrics.train_steps.labels(mode).inc()
         metrics.train_loss.labels(mode).set(3.0 / (1 + step))

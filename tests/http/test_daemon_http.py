@@ -163,13 +163,16 @@ def test_every_panel_query_returns_data_from_the_daemon(daemon: Running, tmp_pat
             body: dict[str, Any] = client.get("/api/v1/query", params={"query": expr}).json()
             return body
 
-        # Three scrapes, and at least one published post (the "time since last post" panel).
+        # Three scrapes, at least one published post (the "time since last post" panel), and
+        # three rewarded posts that carried a prediction (the reward model's correlation is
+        # absent until then, not 0).
         deadline = time.monotonic() + 60
         while True:
             scrapes = query(f'count_over_time(up{{instance="{target}"}}[1m])')["data"]["result"]
             posts = query("sum(plaudit_posts_published_total)")["data"]["result"]
+            rho = query("plaudit_reward_model_spearman")["data"]["result"]
             scraped = bool(scrapes) and float(scrapes[0]["value"][1]) >= 3
-            if scraped and posts and float(posts[0]["value"][1]) >= 1:
+            if scraped and posts and float(posts[0]["value"][1]) >= 1 and rho:
                 break
             assert time.monotonic() < deadline, f"no scrapes or no post: {daemon.process.tail()}"
             time.sleep(0.5)

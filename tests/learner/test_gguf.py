@@ -217,6 +217,19 @@ def test_converted_gguf_is_cached(tokenizer: Tokenizer, tmp_path: Path) -> None:
         assert torch.equal(first.model(x), second.model(x))
     assert second.tokenizer.chat_template == tokenizer.chat_template
     assert list(tmp_path.glob(".*")) == [] and list(cache.glob(".*")) == []
+    # A damaged cache is converted again (with a warning), never a reason to fail.
+    weights = folder / "model.safetensors"
+    with weights.open("r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    third = load_model(path, cache_dir=cache)
+    assert "(cached in" not in third.source
+    with torch.no_grad():
+        assert torch.equal(first.model(x), third.model(x))
+    assert "(cached in" in load_model(path, cache_dir=cache).source
+    # A cache converted before checksums is used, and sealed with them for the next loads.
+    (folder / "checksums.json").unlink()
+    assert "(cached in" in load_model(path, cache_dir=cache).source
+    assert (folder / "checksums.json").is_file()
 
 
 def test_dtype_casts_parameters_only(tokenizer: Tokenizer, tmp_path: Path) -> None:

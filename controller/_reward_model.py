@@ -1,0 +1,196 @@
+"""The reward model's room: what it is fitted on, when, and what it does at posting time.
+
+- fitted on the faces' history (each post's score as the face computes it, normalised against
+  the history's scores as rewards are against the face's own) and on the bot's rewarded posts
+  (their rewards), the latter weighted more (`reward_model.history_weight` per history post);
+- refit lazily: at the next post cycle after new rewards arrived, after the reference model
+  changed (an offline fit), or at the first cycle after start-up. Everything it is fitted on
+  is in the store or the faces' history, so nothing but the fitted head is state, and a
+  restart refits it from the same data;
+- at posting time it predicts every candidate's reward (stored as `predicted_reward`, before
+  the reward can be known) and chooses the survivor to publish (`reward_model.selection`);
+- when rewards arrive, the Spearman correlation of those stored predictions with them, over
+  the face's newest rewarded posts, is the metric that says whether to trust it.
+
+The features come from the frozen reference model, so a post's features are computed once
+and cached until the reference changes. The torch work runs on the worker.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from plaudit.controller._context import LoopContext
+from plaudit.controller._rewards import SCORE_WINDOW, normalise, spearman
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from plaudit.learner import RewardHead
+
+# Own rewarded posts the head is fitted on, at most (the newest).
+MAX_OWN = 2000
+
+
+@dataclass(frozen=True)
+class Choice:
+    index: int  # into the candidates
+    predicted: list[float]  # every candidate's predicted reward (posterior mean)
+
+
+class RewardModel:
+    def __init__(self, ctx: LoopContext) -> None:
+        self.ctx = ctx
+        self.head: RewardHead | None = None
+        self.stale = True  # refit before the next prediction
+        self.correlation: dict[str, float] = {}  # face -> Spearman, where measured
+        self._features: dict[tuple[str, str], Tensor] = {}  # (kind, key) -> (C,)
+        self._reference: object = None  # the model the cached features came from
+
+    @property
+    def enabled(self) -> bool:
+        return self.ctx.settings.reward_model.enabled
+
+    def rewards_arrived(self) -> None:
+        self.stale = True
+
+    # -- fitting ---------------------------------------------------------------------------
+
+    def _examples(self) -> tuple[list[tuple[str, str, str]], list[float], list[float], int]:
+        """(cache key kind, key, text), targets, weights, and how many are own posts."""
+        ctx, rm = self.ctx, self.ctx.settings.reward_model
+        items: list[tuple[str, str, str]] = []
+        targets: list[float] = []
+        weights: list[float] = []
+        for reward in ctx.store.rewards(limit=MAX_OWN):
+            post = ctx.store.get_post(reward.post_id)
+            items.append(("post", str(post.id), post.text))
+            targets.append(reward.reward)
+            weights.append(1.0)
+        n_own = len(items)
+        for rt in ctx.faces.values():
+            texts = rt.history[: rm.history_posts]
+            scores = rt.history_scores[: rm.history_posts]
+            if len(scores) != len(texts):  # a face whose history has no reactions
+                continue
+            # Judged as rewards are: against the other scores (the newest SCORE_WINDOW).
+            for i, (text, score) in enumerate(zip(texts, scores, strict=True)):
+                others = scores[max(0, i - SCORE_WINDOW) : i] + scores[i + 1 : i + SCORE_WINDOW]
+                items.append(("history", f"{rt.name}:{i}", text))
+                targets.append(normalise(score, others))
+                weights.append(rm.history_weight)
+        return items, targets, weights, n_own
+
+    def _fit(self, items: list[tuple[str, str, str]], targets: list[float], weights: list[float],
+             n_own: int) -> RewardHead:  # fmt: skip
+        """On the worker: features of the posts not yet cached, then the head."""
+        import torch
+
+        from plaudit.learner import RewardHead, text_features
+
+        policy = self.ctx.policy
+        reference = policy.reference if policy.reference is not None else policy.model
+        if reference is not self._reference:  # a new reference: every feature changes
+            self._features.clear()
+            self._reference = reference
+        missing = [(k, key, text) for k, key, text in items if (k, key) not in self._features]
+        if missing:
+            feats = text_features(reference, policy.tokenizer, [t for _, _, t in missing])
+            for (k, key, _), f in zip(missing, feats, strict=True):
+                self._features[(k, key)] = f
+        x = torch.stack([self._features[(k, key)] for k, key, _ in items])
+        return RewardHead.fit(x, targets, weights, n_own=n_own)
+
+    async def refit(self) -> None:
+        """Fit the head on what the store and the faces' history hold now (on the worker)."""
+        items, targets, weights, n_own = self._examples()
+        self.stale = False
+        if len(items) < 2:
+            self.head = None
+            return
+        policy = self.ctx.policy
+        reference = policy.reference if policy.reference is not None else policy.model
+        head = await self.ctx.worker.run("reward_model", self._fit, items, targets, weights, n_own)
+        self.head = head
+        self.ctx.log.info(
+            "reward model fitted",
+            own=head.n_own,
+            history=head.n_history,
+            loo_r2=round(head.loo_r2, 3),
+            noise_sd=round(math.sqrt(head.noise_var), 3),
+            lam=float(f"{head.lam:.3g}"),
+            features=reference.config.n_embd,
+        )
+
+    # -- posting ---------------------------------------------------------------------------
+
+    async def choose(self, texts: list[str], survivors: list[int]) -> Choice | None:
+        """Every candidate's predicted reward and the survivor to publish; None when there
+        is no head (disabled, or nothing to fit on yet): the caller chooses uniformly."""
+        if not self.enabled:
+            return None
+        policy = self.ctx.policy
+        reference = policy.reference if policy.reference is not None else policy.model
+        if self.stale or reference is not self._reference:
+            await self.refit()
+        head = self.head
+        if head is None:
+            return None
+        selection = self.ctx.settings.reward_model.selection
+        seed = self.ctx.rng.randrange(2**63)
+
+        def predict() -> tuple[list[float], list[float]]:
+            import torch
+
+            from plaudit.learner import text_features
+
+            x = text_features(reference, policy.tokenizer, texts)
+            mean = head.predict(x).mean
+            draw = head.thompson(x, torch.Generator().manual_seed(seed))
+            return mean, draw
+
+        mean, draw = await self.ctx.worker.run("reward_model", predict)
+        if not survivors:
+            return Choice(index=-1, predicted=mean)
+        if selection == "uniform":
+            index = self.ctx.rng.choice(survivors)
+        else:
+            ranked = draw if selection == "thompson" else mean
+            index = max(survivors, key=lambda i: ranked[i])
+        return Choice(index=index, predicted=mean)
+
+    # -- when rewards arrive ---------------------------------------------------------------
+
+    def measure(self, face: str) -> float | None:
+        """The Spearman correlation of stored predictions with the rewards that came, over
+        the face's newest rewarded posts that carry a prediction; None below 3 of them."""
+        window = self.ctx.settings.reward_model.correlation_window
+        pairs: list[tuple[float, float]] = []
+        for reward in self.ctx.store.rewards(limit=4 * window):
+            if reward.face != face:
+                continue
+            post = self.ctx.store.get_post(reward.post_id)
+            if post.predicted_reward is not None:
+                pairs.append((post.predicted_reward, reward.reward))
+            if len(pairs) == window:
+                break
+        rho = spearman([p for p, _ in pairs], [r for _, r in pairs]) if len(pairs) >= 3 else None
+        if rho is None or not math.isfinite(rho):
+            return None
+        self.correlation[face] = rho
+        self.ctx.metrics.reward_model_spearman.labels(face).set(rho)
+        return rho
+
+    def status(self) -> dict[str, Any]:
+        head = self.head
+        return {
+            "enabled": self.enabled,
+            "selection": self.ctx.settings.reward_model.selection,
+            "fitted": head is not None,
+            "own_posts": head.n_own if head else 0,
+            "history_posts": head.n_history if head else 0,
+            "loo_r2": head.loo_r2 if head else None,
+            "spearman": dict(self.correlation),
+        }

@@ -1,0 +1,118 @@
+"""The reward model: features of a frozen model (a middle layer, mean-pooled, padding-free),
+the ridge head with leave-one-out shrinkage and its posterior."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from plaudit.learner import (
+    ModelConfig,
+    RewardHead,
+    Tokenizer,
+    Transformer,
+    text_features,
+)
+
+TEXTS = ["the cat sat on the mat", "a dog ran in the park", "coffee in the morning"] * 20
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(vocab: int, family: str = "llama") -> Transformer:
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        vocab_size=vocab, max_seq_len=64, n_layer=4, n_head=2, n_kv_head=1 if family == "llama" else 2, n_embd=32,
+        intermediate_size=64, family=family,
+    )  # fmt: skip
+    model = Transformer(cfg)
+    model.init_weights()
+    return model.eval()
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_hidden_states_are_the_forward_pass_up_to_a_layer(family: str) -> None:
+    model = tiny(100, family)
+    idx = torch.randint(0, 100, (2, 9))
+    with torch.no_grad():
+        full = model.hidden_states(idx, layers=len(model.blocks))
+        head = model.tok_emb.weight if model.lm_head is None else model.lm_head.weight
+        logits = torch.nn.functional.linear(model.norm_f(full), head)
+        assert torch.allclose(logits, model(idx), atol=1e-5)
+        assert torch.equal(
+            model.hidden_states(idx, layers=0), model._embed(idx, torch.arange(9))[0]
+        )
+
+
+def test_text_features_do_not_depend_on_the_batch() -> None:
+    tok = Tokenizer.train_bpe(TEXTS, vocab_size=300)
+    model = tiny(tok.vocab_size)
+    alone = text_features(model, tok, ["a dog"])
+    batched = text_features(model, tok, ["a dog", "coffee in the morning with the cat"])
+    assert alone.shape == (1, 32) and batched.shape == (2, 32)
+    assert torch.allclose(alone[0], batched[0], atol=1e-5)  # right padding is not read
+    assert not torch.allclose(batched[0], batched[1])
+    assert text_features(model, tok, []).shape == (0, 32)
+
+
+def synthetic(n: int, dim: int = 16, noise: float = 0.3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dim, generator=g) * torch.linspace(0.5, 3, dim) + 2.0
+    true = torch.zeros(dim)
+    true[:3] = torch.tensor([1.0, -0.5, 0.25])
+    y = ((x - 2.0) / torch.linspace(0.5, 3, dim)) @ true + noise * torch.randn(n, generator=g)
+    return x, y
+
+
+def test_ridge_head_predicts_held_out_posts_and_knows_its_noise() -> None:
+    x, y = synthetic(600)
+    head = RewardHead.fit(x[:400], y[:400].tolist(), [1.0] * 400, n_own=400)
+    pred = torch.tensor(head.predict(x[400:]).mean)
+    resid = y[400:] - pred
+    assert float(resid.pow(2).mean()) < 0.3**2 * 1.3  # close to the noise floor
+    assert 0.5 < head.noise_var / 0.3**2 < 1.5
+    assert head.loo_r2 > 0.8 and head.n_own == 400 and head.n_history == 0
+
+
+def test_uncertainty_shrinks_with_data_and_thompson_draws_centre_on_the_mean() -> None:
+    x, y = synthetic(800, seed=1)
+    probe = x[:5]
+    few = RewardHead.fit(x[100:120], y[100:120].tolist(), [1.0] * 20, n_own=20)
+    many = RewardHead.fit(x[100:], y[100:].tolist(), [1.0] * 700, n_own=700)
+    assert sum(many.predict(probe).std) < 0.5 * sum(few.predict(probe).std)
+    g = torch.Generator().manual_seed(0)
+    draws = torch.tensor([few.thompson(probe, g) for _ in range(400)])  # (400, 5)
+    mean, std = few.predict(probe).mean, few.predict(probe).std
+    assert torch.allclose(draws.mean(0), torch.tensor(mean), atol=4 * max(std) / 20 + 1e-3)
+    assert torch.allclose(draws.std(0), torch.tensor(std), rtol=0.2)
+
+
+def test_weights_let_own_posts_dominate_history() -> None:
+    x, y = synthetic(400, seed=2)
+    # the "history" half says the opposite of the own posts
+    targets = torch.cat([y[:200], -y[200:]]).tolist()
+    weights = [10.0] * 200 + [0.1] * 200
+    head = RewardHead.fit(x, targets, weights, n_own=200)
+    pred = torch.tensor(head.predict(x[:200]).mean)
+    assert float(torch.corrcoef(torch.stack([pred, y[:200]]))[0, 1]) > 0.8
+
+
+def test_state_dict_round_trip_and_bad_input() -> None:
+    x, y = synthetic(50, seed=3)
+    head = RewardHead.fit(x, y.tolist(), [1.0] * 50, n_own=10)
+    again = RewardHead.from_state_dict(head.state_dict())
+    assert again.predict(x[:3]) == head.predict(x[:3])
+    with pytest.raises(ValueError, match="2 or more finite"):
+        RewardHead.fit(x[:1], y[:1].tolist(), [1.0], n_own=1)
+    y[3] = math.nan
+    with pytest.raises(ValueError, match="finite"):
+        RewardHead.fit(x, y.tolist(), [1.0] * 50, n_own=10)
