@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
 
 from plaudit.daemon._config import ConfigError, Settings, load_settings, resolve_state_dir
+
+if TYPE_CHECKING:
+    from plaudit.daemon._control import StatusView
 
 ConfigOption = Annotated[
     Path | None,
@@ -157,47 +160,99 @@ def _drop_none(value: object) -> object:
     return value
 
 
-def status(config: ConfigOption = None, state_dir: StateDirOption = None) -> None:
-    """Show what plaudit is doing: training state, policy version, posts and rewards."""
+# Exit codes as `systemctl status` gives them: running, not running, no such daemon.
+RUNNING, NOT_RUNNING, NO_STATE = 0, 3, 4
+
+
+def status(
+    config: ConfigOption = None,
+    state_dir: StateDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """Show what plaudit is doing: training state, policy version, posts and rewards. Without
+    --config or --state-dir (and no ./plaudit.toml), the daemon this user started last.
+    Exits 0 when the daemon runs, 3 when it does not, 4 when there is no plaudit state."""
+    import os
+
+    from plaudit.daemon._runfile import last
     from plaudit.state import PostStatus, StateLock, Store
 
+    implicit = (
+        config is None
+        and state_dir is None
+        and not Path("plaudit.toml").is_file()
+        and not os.environ.get("STATE_DIRECTORY")
+    )
+    pointer = last() if implicit else None
+    if pointer is not None:
+        state_dir = pointer.state_dir
+        if pointer.config is not None and pointer.config.is_file():
+            config = pointer.config
     settings = settings_or_exit(config)
     folder = resolve_state_dir(settings, state_dir)
-    if _status_from_api(folder, settings):
-        return
+    view = _status_from_api(folder, settings)
+    if view is not None:
+        if as_json:
+            typer.echo(json.dumps({"state_dir": str(folder), **view.model_dump(mode="json")}))
+        else:
+            _print_view(view, folder)
+        raise typer.Exit(RUNNING)
     if not (folder / "plaudit.sqlite3").exists():
-        raise fail(f"no plaudit state in {folder}: start the daemon with `plaudit run` first", 1)
+        message = f"no plaudit state in {folder}: start the daemon with `plaudit run` first"
+        if as_json:
+            typer.echo(json.dumps({"state_dir": str(folder), "daemon": "none", "error": message}))
+            raise typer.Exit(NO_STATE)
+        raise fail(message, NO_STATE)
     pid = StateLock.running_pid(folder)
     with Store.open(folder) as store:
         control = store.control()
         rewards = store.rewards(limit=10)
-        lines = {
-            "daemon": f"running (pid {pid})" if pid else "not running",
-            "state folder": str(folder),
+        record = {
+            "daemon": "running" if pid else "not running",
+            "pid": pid,
+            "state_dir": str(folder),
             "training": control.training.value,
             "mode": control.mode.value,
-            "policy version": store.policy_version(),
-            "posts published": store.count_posts(status=PostStatus.PUBLISHED),
+            "policy_version": store.policy_version(),
+            "posts_published": store.count_posts(status=PostStatus.PUBLISHED),
             "rewards": len(store.rewards(limit=1_000_000)),
-            "last rewards": ", ".join(f"{r.reward:+.2f}" for r in rewards) or "none yet",
+            "last_rewards": [r.reward for r in rewards],
         }
+    code = RUNNING if pid else NOT_RUNNING
+    if as_json:
+        typer.echo(json.dumps(record))
+        raise typer.Exit(code)
+    lines = {
+        "daemon": f"running (pid {pid}; its HTTP API does not answer)" if pid else "not running",
+        "state folder": str(folder),
+        "training": record["training"],
+        "mode": record["mode"],
+        "policy version": record["policy_version"],
+        "posts published": record["posts_published"],
+        "rewards": record["rewards"],
+        "last rewards": ", ".join(f"{r.reward:+.2f}" for r in rewards) or "none yet",
+    }
     width = max(len(k) for k in lines)
     for key, value in lines.items():
         typer.echo(f"{key:<{width}}  {value}")
+    raise typer.Exit(code)
 
 
-def _status_from_api(folder: Path, settings: Settings) -> bool:
-    """Print the running daemon's own status; False when no daemon answers on HTTP."""
+def _status_from_api(folder: Path, settings: Settings) -> StatusView | None:
+    """The running daemon's own status; None when no daemon answers on HTTP."""
     from plaudit.daemon import _client
 
     try:
         client = _client.for_state_dir(folder, token=settings.http.token)
         if client is None:
-            return False
+            return None
         with client:
-            view = client.status()
+            return client.status()
     except _client.ClientError as exc:
         raise fail(str(exc), 1) from None
+
+
+def _print_view(view: StatusView, folder: Path) -> None:
     rewards = ", ".join(f"{r:+.2f}" for r in view.last_rewards) or "none yet"
     lines: dict[str, object] = {
         "daemon": f"{view.state} (up {view.uptime_seconds / 60:.0f} min)",
@@ -212,6 +267,13 @@ def _status_from_api(folder: Path, settings: Settings) -> bool:
         p = view.progress
         total = f"/{p.total_steps}" if p.total_steps else ""
         lines["progress"] = f"{p.mode} step {p.step}{total}, loss {p.loss}"
+    rm = view.reward_model
+    if rm.enabled:
+        rho = ", ".join(f"{face} {r:+.2f}" for face, r in rm.spearman.items()) or "not yet"
+        lines["reward model"] = (
+            f"{rm.selection}, fitted on {rm.own_posts} rewarded + {rm.history_posts} history "
+            f"posts; rank correlation with rewards: {rho}"
+        )
     for face in view.faces:
         lines[f"face {face.name}"] = f"{face.type}, {face.posts_published} posts" + (
             f", last error: {face.last_error}" if face.last_error else ""
@@ -219,7 +281,6 @@ def _status_from_api(folder: Path, settings: Settings) -> bool:
     width = max(len(k) for k in lines)
     for key, value in lines.items():
         typer.echo(f"{key:<{width}}  {value}")
-    return True
 
 
 def register(app: typer.Typer) -> None:

@@ -234,6 +234,13 @@ class Daemon:
             raise StartupError(f"cannot use state folder {self.state_dir}: {exc}") from None
         if stale:
             self.log.warning("stale pid file found; the previous daemon did not stop cleanly")
+        from plaudit.daemon._runfile import announce
+
+        local = Path("plaudit.toml")  # what load_settings reads when no --config is given
+        announce(
+            state_dir=self.state_dir,
+            config=self.config_file or (local if local.is_file() else None),
+        )
         # What writers killed mid-way left (a checkpoint save's temporary folder, say): no one
         # else writes here while we hold the lock, and nothing else would ever remove them.
         for folder in (self.state_dir, self.state_dir / "checkpoints"):
