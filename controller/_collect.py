@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from plaudit.controller._context import LoopContext, Outcome
-from plaudit.controller._metrics import horizon_label
+from plaudit.controller._metrics import failure_reason, horizon_label
 from plaudit.controller._reward_model import RewardModel
 from plaudit.controller._rewards import SCORE_WINDOW, normalise
 from plaudit.faces import FaceError
@@ -36,6 +36,7 @@ class Collection:
             try:
                 snaps = await rt.face.reactions([p.face_ref for p, _ in items])
             except FaceError as exc:
+                ctx.metrics.face_errors.labels(name, "reactions", failure_reason(exc)).inc()
                 ctx.log.warning(
                     "reactions unavailable; retried next sweep", face=name, error=str(exc)
                 )

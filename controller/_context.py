@@ -34,6 +34,9 @@ class FaceRuntime:
     last_error: str | None = None
     # Kept intents (a publish that failed for now): post id -> failed tries so far.
     retries: dict[int, int] = field(default_factory=dict)
+    # Intents whose post may exist: a try failed without an answer saying it was not made (a
+    # timeout, a 5xx, a crash mid-publish).
+    maybe_made: set[int] = field(default_factory=set)
 
 
 @dataclass

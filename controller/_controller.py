@@ -36,6 +36,7 @@ from plaudit.controller._checkpoints import Checkpoints
 from plaudit.controller._collect import Collection
 from plaudit.controller._context import FaceRuntime, LoopContext, Outcome, Progress
 from plaudit.controller._learning import Learning
+from plaudit.controller._metrics import failure_reason
 from plaudit.controller._offline import OfflineFits
 from plaudit.controller._posting import Posting
 from plaudit.controller._reward_model import RewardModel
@@ -132,6 +133,8 @@ class Controller:
         ctx = self.ctx
         for rt in ctx.faces.values():
             await self._load_history(rt)
+            # An intent left by the previous process may have been published before it died.
+            rt.maybe_made.update(p.id for p in ctx.store.in_flight(face=rt.name))
         self.posting.own_posts.extend(ctx.store.published_texts(limit=5000))
         # Updates newer than the weights we run (lost with a crash or a damaged checkpoint):
         # their rewards train again.
@@ -340,6 +343,8 @@ class Controller:
         try:
             posts = [p async for p in rt.face.history(limit=HISTORY_LIMIT)]
         except FaceError as exc:
+            reason = failure_reason(exc)
+            self.ctx.metrics.face_errors.labels(rt.name, "history", reason).inc()
             self.log.warning("face history unavailable", face=rt.name, error=str(exc))
             return
         texts = [p.text for p in posts]

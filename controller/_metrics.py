@@ -11,6 +11,8 @@ from typing import Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from plaudit.faces import AuthFailed, FaceError, Permanent, RateLimited, Rejected, Transient
+
 
 def horizon_label(horizon: timedelta | float) -> str:
     """A horizon as the short duration the config uses: 3600 s -> "1h", 90 s -> "90s"."""
@@ -23,6 +25,21 @@ def horizon_label(horizon: timedelta | float) -> str:
     return f"{seconds:g}s"
 
 
+def failure_reason(exc: FaceError) -> str:
+    """The `reason` label of a face error: its class, as the loop acts on it."""
+    if isinstance(exc, RateLimited):
+        return "rate_limited"
+    if isinstance(exc, Transient):
+        return "transient"
+    if isinstance(exc, AuthFailed):
+        return "auth"
+    if isinstance(exc, Rejected):
+        return "rejected"
+    if isinstance(exc, Permanent):
+        return "permanent"
+    return "other"
+
+
 class LoopMetrics(Protocol):
     """The series the controller writes (labels in brackets)."""
 
@@ -31,6 +48,7 @@ class LoopMetrics(Protocol):
     posts_published: Counter  # [face]
     posts_failed: Counter  # [face, reason]
     rate_limit_waits: Counter  # [face]
+    face_errors: Counter  # [face, call, reason]: every failed face call, retried or not
     rate_limit_wait_seconds: Counter  # [face]
     publish_duration: Histogram  # [face]
     generation_duration: Histogram

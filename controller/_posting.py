@@ -15,17 +15,10 @@ from typing import Any, Literal
 
 from plaudit.controller._context import FaceRuntime, LoopContext, Outcome
 from plaudit.controller._filters import FilterConfig, NoveltyIndex, reject_reason
+from plaudit.controller._metrics import failure_reason
 from plaudit.controller._prompts import SYSTEM, instructions
 from plaudit.controller._reward_model import RewardModel
-from plaudit.faces import (
-    AuthFailed,
-    Draft,
-    FaceError,
-    Permanent,
-    RateLimited,
-    Rejected,
-    Transient,
-)
+from plaudit.faces import AuthFailed, Draft, FaceError, RateLimited, Rejected, Transient
 from plaudit.state import NewCandidate, Post
 
 # A rate limit longer than this is not waited out inside a cycle: the intent stays recorded and
@@ -35,6 +28,9 @@ PUBLISH_ATTEMPTS = 4
 # Backoff between cycles that retry a kept intent: 1 min, 2, 4, ... at most an hour.
 KEPT_RETRY_FIRST = 60.0
 KEPT_RETRY_MAX = 3600.0
+# A kept intent whose post may exist (an earlier answer was lost) but whose retries only get
+# answers that cannot be read is asked again this many times (about a day), then failed.
+KEPT_UNCERTAIN_TRIES = 30
 
 PublishStatus = Literal["published", "kept", "failed"]
 
@@ -269,12 +265,16 @@ class Posting:
         """Publish with retries; the same idempotency key makes every retry the same post."""
         ctx = self.ctx
         m = ctx.metrics
+        # Whether the post may already exist: an earlier try (this cycle's or a kept intent's)
+        # failed without an answer that says it was not made.
+        uncertain = post_id in rt.maybe_made
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
             t0 = time.monotonic()
             try:
                 published = await rt.face.publish(Draft(text=text), idempotency_key=key)
             except RateLimited as exc:
                 wait = exc.retry_after if exc.retry_after is not None else 60.0
+                m.face_errors.labels(rt.name, "publish", "rate_limited").inc()
                 m.rate_limit_waits.labels(rt.name).inc()
                 if wait > MAX_INLINE_WAIT or attempt == PUBLISH_ATTEMPTS:
                     rt.last_error = f"rate limited for {wait:.0f}s"
@@ -285,6 +285,9 @@ class Posting:
                 await ctx.clock.sleep(wait)
                 continue
             except Transient as exc:
+                uncertain = True
+                rt.maybe_made.add(post_id)
+                m.face_errors.labels(rt.name, "publish", "transient").inc()
                 if attempt == PUBLISH_ATTEMPTS:
                     rt.last_error = str(exc)
                     log.warning(
@@ -295,16 +298,21 @@ class Posting:
                 await ctx.clock.sleep(min(60.0, 2.0**attempt) * (0.5 + ctx.rng.random()))
                 continue
             except FaceError as exc:
-                reason = (
-                    "auth"
-                    if isinstance(exc, AuthFailed)
-                    else "rejected"
-                    if isinstance(exc, Rejected)
-                    else "permanent"
-                    if isinstance(exc, Permanent)
-                    else "other"
-                )
+                reason = failure_reason(exc)
+                m.face_errors.labels(rt.name, "publish", reason).inc()
                 rt.last_error = str(exc)
+                refused = isinstance(exc, (AuthFailed, Rejected))  # the post was not made
+                if uncertain and not refused and rt.retries.get(post_id, 0) < KEPT_UNCERTAIN_TRIES:
+                    # An unreadable answer after a try that may have made the post: failing it
+                    # here would orphan a post the platform has. Ask again under the same key.
+                    log.warning(
+                        "publish answer unreadable after an unknown outcome; intent kept",
+                        post_id=post_id,
+                        error=str(exc),
+                    )
+                    m.posts_failed.labels(rt.name, reason).inc()
+                    return PublishResult("kept")
+                rt.maybe_made.discard(post_id)
                 ctx.store.mark_failed(post_id, error=f"{type(exc).__name__}: {exc}")
                 m.posts_failed.labels(rt.name, reason).inc()
                 log.error("publish failed", post_id=post_id, reason=reason, error=str(exc))
@@ -318,6 +326,7 @@ class Posting:
             )
             self.own_posts.add(text)
             rt.last_error = None
+            rt.maybe_made.discard(post_id)
             m.posts_published.labels(rt.name).inc()
             m.last_post_timestamp.labels(rt.name).set(published.published_at.timestamp())
             return PublishResult("published")

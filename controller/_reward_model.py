@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from plaudit.controller._context import LoopContext
-from plaudit.controller._rewards import SCORE_WINDOW, normalise, spearman
+from plaudit.controller._rewards import CLIP, SCORE_WINDOW, normalise, spearman
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -147,7 +147,9 @@ class RewardModel:
             from plaudit.learner import text_features
 
             x = text_features(reference, policy.tokenizer, texts)
-            mean = head.predict(x).mean
+            # Rewards are clipped z-scores: a prediction beyond the clip is extrapolation (a
+            # candidate unlike anything fitted on) and says no more than the clip.
+            mean = [max(-CLIP, min(CLIP, v)) for v in head.predict(x).mean]
             draw = head.thompson(x, torch.Generator().manual_seed(seed))
             return mean, draw
 

@@ -33,6 +33,8 @@ from prometheus_client.process_collector import ProcessCollector
 from plaudit.controller import FILTER_REASONS, horizon_label
 
 FAILURE_REASONS: Final = ("rate_limited", "auth", "transient", "permanent", "rejected", "other")
+# The face calls whose failures face_errors counts.
+FACE_CALLS: Final = ("history", "publish", "reactions")
 TRAINING_MODES: Final = ("offline", "online")
 SCHEDULER_JOBS: Final = ("offline", "post", "collect", "learn")
 JOB_OUTCOMES: Final = ("success", "error", "skipped")
@@ -96,6 +98,12 @@ class Metrics:
             "plaudit_posts_failed_total",
             "Publish attempts that failed for good, by reason.",
             ["face", "reason"],
+            registry=registry,
+        )
+        self.face_errors = Counter(
+            "plaudit_face_errors_total",
+            "Face calls that failed, by call and error class (each retry counts).",
+            ["face", "call", "reason"],
             registry=registry,
         )
         self.rate_limit_waits = Counter(
@@ -287,6 +295,8 @@ class Metrics:
                 self.posts_filtered.labels(face, reason)
             for reason in FAILURE_REASONS:
                 self.posts_failed.labels(face, reason)
+                for call in FACE_CALLS:
+                    self.face_errors.labels(face, call, reason)
             for horizon in self.horizons:
                 self.reactions_collected.labels(face, horizon)
         for mode in TRAINING_MODES:

@@ -18,6 +18,7 @@ import httpx
 from http_helpers import require_tool
 
 from plaudit.daemon._metrics import (
+    FACE_CALLS,
     FAILURE_REASONS,
     FILTER_REASONS,
     JOB_OUTCOMES,
@@ -50,6 +51,8 @@ def exercise(metrics: Metrics, step: int) -> None:
             metrics.posts_filtered.labels(face, reason).inc()
         for reason in FAILURE_REASONS:
             metrics.posts_failed.labels(face, reason).inc()
+            for call in FACE_CALLS:
+                metrics.face_errors.labels(face, call, reason).inc()
         for horizon in metrics.horizons:
             metrics.reactions_collected.labels(face, horizon).inc()
         metrics.reward_model_spearman.labels(face).set(0.3)

@@ -46,6 +46,9 @@ def test_every_label_combination_starts_at_zero(metrics: Metrics) -> None:
             assert value("plaudit_posts_filtered_total", {"face": face, "reason": reason}) == 0
         for reason in FAILURE_REASONS:
             assert value("plaudit_posts_failed_total", {"face": face, "reason": reason}) == 0
+            for call in ("history", "publish", "reactions"):
+                labels = {"face": face, "call": call, "reason": reason}
+                assert value("plaudit_face_errors_total", labels) == 0
         for horizon in ("1h", "6h", "1d"):
             labels = {"face": face, "horizon": horizon}
             assert value("plaudit_reactions_collected_total", labels) == 0
@@ -65,7 +68,7 @@ def test_no_post_text_or_id_in_labels(metrics: Metrics) -> None:
     label_names = {
         name for family in metrics.registry.collect() for s in family.samples for name in s.labels
     }
-    allowed = {"face", "reason", "horizon", "mode", "task", "outcome", "endpoint", "le"}
+    allowed = {"face", "call", "reason", "horizon", "mode", "task", "outcome", "endpoint", "le"}
     allowed |= {"version", "model", "implementation", "major", "minor", "patchlevel"}
     allowed |= {"generation"}  # python_gc_* from the runtime collector
     assert label_names <= allowed
