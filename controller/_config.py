@@ -82,11 +82,8 @@ class OnlineConfig(_Section):
     # The drift budget: KL(policy || reference) in nats per post (summed over a post's
     # tokens). A step that would cross it is undone (clipped only).
     max_kl: float | None = Field(default=5.0, gt=0)
-    # Weight of the exact per-token KL(policy || reference) in the clipped update's loss; with
-    # adaptive_kl, the least it gets: it doubles while the drift ends above 3/4 of max_kl and
-    # halves back below 1/3 of it (PPO's adaptive penalty).
+    # Weight of the exact per-token KL(policy || reference) in the clipped update's loss.
     kl_coef: float = Field(default=0.05, ge=0)
-    adaptive_kl: bool = True
     epochs: int = Field(default=2, ge=1)
     clip: float = Field(default=0.2, gt=0)
     grad_clip: float = Field(default=1.0, gt=0)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from plaudit.controller._checkpoints import Checkpoints
 from plaudit.controller._context import LoopContext, Outcome, Progress
-from plaudit.controller._rewards import Baseline, KLController
+from plaudit.controller._rewards import Baseline
 from plaudit.state import Post, TrainingMode, TrainingState
 
 if TYPE_CHECKING:
@@ -90,14 +90,11 @@ class Learning:
             store.mark_rewards_used([r.post_id for r in pending], policy_version=ctx.policy.version)
             return "skipped"
         budget = o.max_kl - ctx.settings.selection_kl() if o.max_kl is not None else None
-        kl = KLController(coef=o.kl_coef, floor=o.kl_coef)
-        if o.adaptive_kl and budget is not None:
-            kl.coef = max(o.kl_coef, float(store.get_value("kl_coef") or o.kl_coef))
         config = OnlineUpdateConfig(
             method=o.method,
             epochs=o.epochs,
             clip=o.clip,
-            kl_coef=kl.coef,
+            kl_coef=o.kl_coef,
             # Choosing among candidates drifts too (at most log n - (n-1)/n nats per post):
             # the policy gets the budget that leaves.
             max_kl=budget,
@@ -145,9 +142,6 @@ class Learning:
             "stop_reason": stats.stop_reason,
         }
         ctx.metrics.online_steps_undone.inc(stats.steps_undone)
-        if o.adaptive_kl and budget is not None and stats.stop_reason != "interrupted":
-            metrics["kl_coef"] = kl.coef
-            store.set_value("kl_coef", repr(kl.update(stats.kl_per_post, budget)))
         if stats.steps == 0:
             if stats.stop_reason == "max_kl":
                 # At the drift budget: every step these rewards ask for would cross it. They
@@ -160,7 +154,6 @@ class Learning:
                     rewards=len(batch),
                     kl_per_post=round(stats.kl_per_post, 3),
                     max_kl=o.max_kl,
-                    next_kl_coef=kl.coef,
                 )
                 return "skipped"
             store.finish_run(run_id, status="interrupted", metrics=metrics)
@@ -200,8 +193,6 @@ class Learning:
         ctx.log.info(
             "policy update",
             rewards=len(batch),
-            kl_coef=config.kl_coef,
-            next_kl_coef=kl.coef,
             steps=stats.steps,
             steps_undone=stats.steps_undone,
             loss=round(stats.loss, 4),

@@ -85,28 +85,3 @@ def _ranks(values: Sequence[float]) -> list[float]:
             ranks[order[k]] = (i + j) / 2 + 1
         i = j + 1
     return ranks
-
-
-# The adaptive KL weight stays within [configured weight, this].
-MAX_KL_COEF = 1000.0
-
-
-@dataclass
-class KLController:
-    """PPO's adaptive KL penalty (Schulman et al. 2017, section 4), aimed at the drift budget:
-    after each update the weight doubles when the policy's KL ended above 3/4 of the budget
-    and halves (down to the configured weight) below 1/3 of it. Near the budget the update
-    then keeps learning along it, trading KL for reward, instead of having every step undone
-    at the bound and its rewards spent for nothing."""
-
-    coef: float
-    floor: float
-
-    def update(self, kl: float, budget: float) -> float:
-        """The weight for the next update, given the KL per post this one ended at."""
-        if math.isfinite(kl):
-            if kl > 0.75 * budget:
-                self.coef = min(MAX_KL_COEF, self.coef * 2.0)
-            elif kl < budget / 3.0:
-                self.coef = max(self.floor, self.coef / 2.0)
-        return self.coef

@@ -10,6 +10,8 @@ marker of its own (`learning`) and CI does not run it:
 - the drift bound measured on the 32 newest candidates, importance-weighted for the update's
   own move and bounded at its upper 95% end (as now), lr 1e-4: z = +4.41, +5.95, +3.65, +4.99,
   +5.37 with KL 4.90, 4.38, 4.43, 4.88, 5.01: seed 4 is 0.01 over the budget;
+- with PPO's adaptive KL weight on top (doubling above 3/4 of the budget, tried and removed):
+  z -0.21, +2.56, +2.05, +3.36, +0.26, KL 0.98-2.68: it throttles learning far below the budget;
 - the same bound on the point estimate: z +6.43, +4.15, +5.45, +6.30, +5.89, KL 5.63, 5.14,
   5.92, 5.19, 5.88; on 16 candidates, unweighted: KL 6.09, 4.95, 5.84, 5.45, 6.13;
 - measured on the rewarded batch instead (stale prefixes), lr 5e-5: z +2.84, +6.71, +6.17,
