@@ -66,7 +66,8 @@ def register(app: typer.Typer) -> None:
         ] = None,
         top_k: Annotated[int | None, typer.Option("--top-k", min=1)] = None,
         seed: Annotated[
-            int | None, typer.Option("--seed", help="Seed for reproducible samples.")
+            int | None,
+            typer.Option("--seed", min=0, max=2**63 - 1, help="Seed for reproducible samples."),
         ] = None,
         chat: Annotated[
             bool,

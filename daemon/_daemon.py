@@ -96,6 +96,16 @@ class Daemon:
             await self.shutdown()
             print(f"plaudit: {exc}", file=sys.stderr)  # the one line an operator sees
             return 1
+        except MemoryError:
+            model = self.settings.model.name if hasattr(self, "settings") else "the model"
+            message = (
+                f"out of memory while starting (loading model {model!r}): give the process "
+                "more memory (systemd: MemoryMax=) or configure a smaller model"
+            )
+            self.log.error("start-up failed", error=message)
+            await self.shutdown()
+            print(f"plaudit: {message}", file=sys.stderr)
+            return 1
         except Exception:
             self.log.exception("start-up failed with an unexpected error")
             await self.shutdown()

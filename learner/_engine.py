@@ -31,6 +31,10 @@ from ._native import MAX_ROWS as NATIVE_MAX_ROWS
 # --- sampling --------------------------------------------------------------------------------
 
 
+# Temperatures under this are taken as 0 (greedy).
+MIN_TEMPERATURE = 1e-3
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     temperature: float = 1.0  # 0 = greedy
@@ -43,6 +47,12 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         if not self.temperature >= 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.temperature < MIN_TEMPERATURE:
+            # logits / 1e-300 overflow to inf and the sampler would index past the vocabulary;
+            # a temperature this low is greedy in all but name.
+            object.__setattr__(self, "temperature", 0.0)
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be in 0 .. 2**63 - 1 (torch's range), got {self.seed}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be >= 1 or None (no limit), got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:

@@ -41,7 +41,9 @@ def _translate(exc: OSError, path: Path) -> StateError:
     return StateError(f"cannot write {path}: {exc.strerror or exc}")
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o666) -> None:
+    """Write ``path`` whole or not at all. ``mode`` is narrowed by the process umask, as
+    open() would (mkstemp's own 0600 is replaced), so a private daemon keeps files private."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-{os.getpid()}-", dir=path.parent)
     try:
@@ -49,7 +51,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
+        os.chmod(tmp, mode & ~_umask())
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except OSError as exc:
@@ -58,7 +60,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         raise _translate(exc, path) from exc
 
 
-def atomic_write_text(path: Path, text: str, *, mode: int = 0o644) -> None:
+def atomic_write_text(path: Path, text: str, *, mode: int = 0o666) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
 
 

@@ -104,3 +104,30 @@ def test_train_offline_on_a_face_without_history_names_the_face(tmp_path: Path) 
     assert done.returncode == 1
     assert "face 'memory' has no history" in done.stderr and "--data" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+async def test_run_out_of_memory_while_loading_is_one_line(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`plaudit run` whose model does not fit: one line naming the model, exit 1, no
+    traceback (a loader that raises MemoryError stands in for the limit)."""
+    from daemon_helpers import tiny_config
+
+    import plaudit.learner
+    from plaudit.daemon._daemon import Daemon
+
+    def no_memory(*args: object, **kwargs: object) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(plaudit.learner.Policy, "load", no_memory)
+    cfg = tmp_path / "plaudit.toml"
+    cfg.write_text(tiny_config(state_dir=tmp_path / "state", model_dir=tiny_model_dir))
+    daemon = Daemon(config_file=cfg, state_dir=None, credentials_dir=None)
+    assert await daemon.run() == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = next(x for x in err.splitlines() if x.startswith("plaudit: "))
+    assert "out of memory" in line and str(tiny_model_dir) in line and "MemoryMax" in line
