@@ -16,6 +16,6 @@ def test_a_vanishing_temperature_is_greedy() -> None:
 
 @pytest.mark.parametrize("seed", [-1, 2**63, 2**80])
 def test_seeds_beyond_torchs_range_are_refused(seed: int) -> None:
-    with pytest.raises(ValueError, match="seed must be in 0 .. 2\\*\\*63 - 1"):
+    with pytest.raises(ValueError, match=r"seed must be in 0 \.\. 2\*\*63 - 1"):
         SamplingConfig(seed=seed)
     assert SamplingConfig(seed=2**63 - 1).seed == 2**63 - 1
