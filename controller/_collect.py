@@ -34,7 +34,10 @@ class Collection:
         for name, items in by_face.items():
             rt = ctx.faces[name]
             try:
-                snaps = await rt.face.reactions([p.face_ref for p, _ in items])
+                try:
+                    snaps = await rt.face.reactions([p.face_ref for p, _ in items])
+                finally:
+                    ctx.metrics.rate_limit_wait_seconds.labels(name).inc(rt.waited_since_last())
             except FaceError as exc:
                 ctx.metrics.face_errors.labels(name, "reactions", failure_reason(exc)).inc()
                 ctx.log.warning(

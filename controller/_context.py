@@ -37,6 +37,20 @@ class FaceRuntime:
     # Intents whose post may exist: a try failed without an answer saying it was not made (a
     # timeout, a 5xx, a crash mid-publish).
     maybe_made: set[int] = field(default_factory=set)
+    # The face's `rate_limit_waited_seconds()` when the metric last took it.
+    waited_s: float = 0.0
+
+    def waited_since_last(self) -> float:
+        """Seconds the face waited on rate limits inside its calls since the last call of
+        this (for plaudit_rate_limit_wait_seconds_total)."""
+        try:
+            total = float(self.face.rate_limit_waited_seconds())
+        except Exception:  # a third-party face's report: the metric is not worth a failure
+            return 0.0
+        if total < self.waited_s:  # a new face instance (a reload): it counts from 0
+            self.waited_s = 0.0
+        grown, self.waited_s = total - self.waited_s, total
+        return grown
 
 
 @dataclass

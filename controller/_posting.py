@@ -271,7 +271,10 @@ class Posting:
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
             t0 = time.monotonic()
             try:
-                published = await rt.face.publish(Draft(text=text), idempotency_key=key)
+                try:
+                    published = await rt.face.publish(Draft(text=text), idempotency_key=key)
+                finally:
+                    m.rate_limit_wait_seconds.labels(rt.name).inc(rt.waited_since_last())
             except RateLimited as exc:
                 wait = exc.retry_after if exc.retry_after is not None else 60.0
                 m.face_errors.labels(rt.name, "publish", "rate_limited").inc()

@@ -152,6 +152,13 @@ class Face(abc.ABC, Generic[ConfigT]):
     async def _aclose(self) -> None:
         """Release clients, files and sessions. Called once."""
 
+    def rate_limit_waited_seconds(self) -> float:
+        """Seconds this face has waited inside its calls because of rate limits (its own
+        limiter, a server's reset it waited out), cumulative since it was built. The loop adds
+        what it grew by to `plaudit_rate_limit_wait_seconds_total`. A face whose calls never
+        wait keeps this default; one built on `FaceHttp` returns `http.waits.rate_limit_s`."""
+        return 0.0
+
     def measure(self, text: str) -> int:
         """The length of `text` as the platform counts it against `limits.max_length`. The
         default counts Unicode code points; override for graphemes, UTF-16 units or URL rules."""

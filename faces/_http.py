@@ -39,6 +39,7 @@ __all__ = [
     "FaceHttp",
     "RateLimiter",
     "RetryPolicy",
+    "WaitLedger",
     "error_for_exception",
     "error_for_response",
     "parse_reset",
@@ -251,6 +252,15 @@ def error_for_exception(
     )
 
 
+class WaitLedger:
+    """Seconds a face waited inside its calls because of rate limits (its own limiter, and
+    servers' 429 resets it waited out), cumulative: what `Face.rate_limit_waited_seconds`
+    reports, for the `plaudit_rate_limit_wait_seconds_total` metric."""
+
+    def __init__(self) -> None:
+        self.rate_limit_s = 0.0
+
+
 @dataclass
 class RateLimiter:
     """Client-side limiter: a token bucket of `rate.requests` per `rate.per`, at least
@@ -265,6 +275,7 @@ class RateLimiter:
     _last_call: float | None = field(init=False, default=None)
     _blocked_until: float = field(init=False, default=0.0)
     _lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
+    ledger: WaitLedger | None = None  # where its waits are counted (FaceHttp sets its own)
 
     def __post_init__(self) -> None:
         if self.min_interval < 0:
@@ -295,6 +306,8 @@ class RateLimiter:
         """Wait until a call is allowed, then take it."""
         async with self._lock:
             while (delay := self._delay()) > 0:
+                if self.ledger is not None:
+                    self.ledger.rate_limit_s += delay
                 await self.clock.sleep(delay)
             if self.rate is not None:
                 self._tokens -= 1.0
@@ -331,6 +344,7 @@ async def retry_call(
     on: Callable[[Exception], bool | float],
     policy: RetryPolicy,
     clock: Clock,
+    ledger: WaitLedger | None = None,
 ) -> T:
     """Await `call()` until it succeeds, retrying per `policy` and waiting on `clock`.
 
@@ -350,6 +364,8 @@ async def retry_call(
             if decision is False or attempt >= policy.attempts or out_of_time:
                 raise
             wait = policy.backoff(attempt) if isinstance(decision, bool) else float(decision)
+            if ledger is not None and isinstance(exc, RateLimited):
+                ledger.rate_limit_s += wait
             # stamina logged every scheduled retry at warning level; keep that visible.
             log.warning(
                 "retry_scheduled",
@@ -385,6 +401,8 @@ class FaceHttp:
             clock = limiter.clock if limiter is not None else WallClock()
         self.clock: Clock = clock
         self.limiter = limiter or RateLimiter(clock=self.clock)
+        self.waits = WaitLedger()
+        self.limiter.ledger = self.waits
         self.retry_policy = retry or RetryPolicy()
         self._buckets: dict[str, RateLimiter] = {}
         # Secrets that may appear in URLs (Telegram puts the bot token in the path): they are
@@ -412,7 +430,7 @@ class FaceHttp:
         per-route budgets (Discord) pause only the route that ran out, not every call."""
         limiter = self._buckets.get(bucket)
         if limiter is None:
-            limiter = self._buckets[bucket] = RateLimiter(clock=self.clock)
+            limiter = self._buckets[bucket] = RateLimiter(clock=self.clock, ledger=self.waits)
         return limiter
 
     def _observe(self, response: httpx.Response, bucket: str | None) -> None:
@@ -508,7 +526,9 @@ class FaceHttp:
 
         if not retry:
             return await send()
-        return await retry_call(send, on=self._backoff, policy=self.retry_policy, clock=self.clock)
+        return await retry_call(
+            send, on=self._backoff, policy=self.retry_policy, clock=self.clock, ledger=self.waits
+        )
 
     async def paginate(
         self,

@@ -354,6 +354,7 @@ class BlueskyFace(Face[BlueskyConfig]):
             on=self._retryable,
             policy=policy,
             clock=self.clock,
+            ledger=self.xrpc.http.waits,
         )
 
     def _retryable(self, exc: Exception) -> bool | float:
@@ -482,6 +483,9 @@ class BlueskyFace(Face[BlueskyConfig]):
                 "max_bytes": MAX_TEXT_BYTES,
             },
         )
+
+    def rate_limit_waited_seconds(self) -> float:
+        return self._xrpc.http.waits.rate_limit_s if self._xrpc is not None else 0.0
 
     async def _aclose(self) -> None:
         if self._xrpc is not None:

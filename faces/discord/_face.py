@@ -433,6 +433,9 @@ class DiscordFace(Face[DiscordConfig]):
             details={"bot_id": me.id, "guild_id": channel.guild_id, "channel": channel.name},
         )
 
+    def rate_limit_waited_seconds(self) -> float:
+        return self._http.waits.rate_limit_s if self._http is not None else 0.0
+
     async def _aclose(self) -> None:
         self._journal.close()
         if self._http is not None:

@@ -386,6 +386,9 @@ class MastodonFace(Face[MastodonConfig]):
             },
         )
 
+    def rate_limit_waited_seconds(self) -> float:
+        return self._http.waits.rate_limit_s if self._http is not None else 0.0
+
     async def _aclose(self) -> None:
         self._journal.close()
         if self._http is not None:

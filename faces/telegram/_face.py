@@ -511,7 +511,8 @@ class TelegramFace(Face[TelegramConfig]):
                 retry=False,
             )
 
-        return await retry_call(send, on=retry_on, policy=policy, clock=self.clock)
+        ledger = self.http.waits
+        return await retry_call(send, on=retry_on, policy=policy, clock=self.clock, ledger=ledger)
 
     async def _reactions(self, refs: Sequence[str]) -> Sequence[ReactionSnapshot]:
         await self._sync()
@@ -548,6 +549,9 @@ class TelegramFace(Face[TelegramConfig]):
                 "unconfirmed_publishes": self._journal.count(JournalState.UNKNOWN),
             },
         )
+
+    def rate_limit_waited_seconds(self) -> float:
+        return self._http.waits.rate_limit_s if self._http is not None else 0.0
 
     async def _aclose(self) -> None:
         self._journal.close()

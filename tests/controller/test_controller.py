@@ -259,6 +259,11 @@ async def test_rate_limits_are_waited_on_the_clock_or_kept(make_loop: Any) -> No
     await ctl.run_until(loop.clock.now() + 2 * HOUR + 1)
     assert loop.store.get_post(kept.id).status is PostStatus.PUBLISHED
     assert len(loop.published()) == 2
+    # Waits the face makes inside its own calls (its limiter, a reset its HTTP client waited
+    # out) count too: it reports them, the loop adds what they grew by.
+    loop.face.rate_limit_waited_seconds = lambda: 12.5  # type: ignore[method-assign]
+    await ctl.run_until(ctl.due()["post:mem"])
+    assert loop.metrics.rate_limit_wait_seconds.labels("mem")._value.get() == 30.0 + 12.5
 
 
 async def test_quiet_hours_and_the_daily_cap_hold_for_a_week(make_loop: Any) -> None:

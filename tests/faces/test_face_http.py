@@ -23,6 +23,7 @@ from plaudit.faces.http import (
     FaceHttp,
     RateLimiter,
     RetryPolicy,
+    WaitLedger,
     error_for_exception,
     error_for_response,
     parse_reset,
@@ -201,6 +202,12 @@ async def test_limiter_spaces_calls_on_a_simulated_clock() -> None:
     before = clock.slept
     await spaced.acquire()
     assert clock.slept - before == pytest.approx(30.0)
+    # A limiter with a ledger counts its own waits there (as FaceHttp's limiters do).
+    ledger = WaitLedger()
+    counted = RateLimiter(min_interval=3.0, clock=clock, ledger=ledger)
+    await counted.acquire()
+    await counted.acquire()
+    assert ledger.rate_limit_s == pytest.approx(3.0)
     assert time.monotonic() - started < 1.0, "simulated waits take no real time"
 
 
@@ -297,6 +304,8 @@ async def test_retry_backoff_and_429_reset_wait_on_the_clock() -> None:
     # Backoff 2 s then 4 s (exponential, no jitter); then the announced 45 s reset.
     assert gaps == pytest.approx([2.0, 4.0, 45.0])
     assert clock.slept == pytest.approx(51.0)
+    # Of those waits, the 45 s reset was a rate limit (the backoff after 503s was not).
+    assert http.waits.rate_limit_s == pytest.approx(45.0)
     await http.aclose()
 
 

@@ -173,6 +173,8 @@ async def test_429_is_waited_out_until_the_reset(
     assert posts[1].started >= reset_mono - 0.05, f"retried after {waited:.2f}s, reset {due:.2f}s"
     assert posts[1].started <= reset_mono + 1.0, f"waited {waited:.2f}s for a reset {due:.2f}s away"
     assert [s["id"] for s in mastodon.statuses(user)] == [published.ref]
+    # The wait is reported, for plaudit_rate_limit_wait_seconds_total.
+    assert face.rate_limit_waited_seconds() >= due - 0.05
     print(
         f"\nSHOW mastodon 429 ({reset_format}): POST attempts={len(posts)} "
         f"reset in {due:.2f}s, retried after {waited:.2f}s"
