@@ -2,8 +2,9 @@
 faces read time from, and discovery of face plugins through the `plaudit.faces` entry-point
 group (`discover()` -> `FaceRegistry`).
 
-A face plugin subclasses `Face`; see faces/README.md for the guide and
-`plaudit.faces.testing` for the contract test kit."""
+A face plugin subclasses `Face` and needs nothing beyond this package's `__all__`,
+`plaudit.faces.http` (for network faces) and `plaudit.faces.testing` (the contract test kit,
+installed with `pip install 'plaudit[facekit]'`); see faces/README.md for the guide."""
 
 from ._api import Face, FaceState, SimulatedAudience, score_reactions
 from ._clock import Clock, SimulatedClock, WallClock, utc_datetime
@@ -19,6 +20,7 @@ from ._errors import (
     Rejected,
     Transient,
 )
+from ._journal import JournalEntry, JournalState, PublishJournal
 from ._models import (
     Draft,
     FaceConfig,
@@ -61,8 +63,11 @@ __all__: list[str] = [
     "FailedFace",
     "HistoricalPost",
     "InstalledFace",
+    "JournalEntry",
+    "JournalState",
     "Limits",
     "Permanent",
+    "PublishJournal",
     "Published",
     "RateLimited",
     "ReactionSnapshot",

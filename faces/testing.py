@@ -1,4 +1,5 @@
 """The contract test kit for face authors (also a pytest plugin, loaded through `pytest11`).
+It needs pytest, which plaudit does not install: `pip install 'plaudit[facekit]'`.
 
 Subclass `FaceContract` in your face's tests and give it a `face_factory` fixture; pytest then
 runs every check below against your face, the same checks every built-in face passes:
@@ -15,10 +16,11 @@ runs every check below against your face, the same checks every built-in face pa
 
 The factory is called inside the test's event loop, with keyword arguments `state_dir` (a fresh
 folder; called again with the same folder to simulate a restart) and `history` (the posts of
-`SAMPLE_HISTORY`, for faces whose history can be seeded). It returns the face (or an awaitable
-of it), on whatever clock the test likes: the checks compare times with `face.clock`, so a face
-on a `SimulatedClock` passes them too. Capabilities are class attributes; hooks are methods you
-override:
+`SAMPLE_HISTORY`, for faces whose history can be seeded), and `page_size` if its signature takes
+it (or **kwargs): the history page size to give the face, so that the checks read across page
+boundaries. It returns the face (or an awaitable of it), on whatever clock the test likes: the
+checks compare times with `face.clock`, so a face on a `SimulatedClock` passes them too.
+Capabilities are class attributes; hooks are methods you override:
 
     seeds_history         True if the factory puts exactly `history` into the face's history
                           (then ids, texts, dates and reactions are compared one to one)
@@ -27,7 +29,13 @@ override:
     persistent            a second instance on the same state_dir keeps idempotency
     published_in_history  posts published through the face show up in its history
     unknown_ref           a well-formed ref that exists nowhere (reactions must say found=False)
-    sample_text           text of the posts the checks publish (a counter is appended)
+    page_size             the page size a factory that takes `page_size` gets (default 2)
+    sample_text           the start of the posts the checks publish (see post_text)
+
+    def post_text(self, tag) -> str
+        the text of one post the checks publish; `tag` differs for every post and so must
+        the text. Default: sample_text + " #" + tag; override it where the audience or the
+        platform minds hashtags.
 
     async def react(self, face, ref) -> Reactions | None
         make reactions appear on `ref` (a second account likes it, a reactions file gets a
@@ -118,6 +126,7 @@ class FaceContract:
     persistent: ClassVar[bool] = True
     published_in_history: ClassVar[bool] = True
     unknown_ref: ClassVar[str] = "plaudit-contract-unknown-ref"
+    page_size: ClassVar[int] = 2  # seven seeded posts span four pages
     sample_text: ClassVar[str] = "A small, friendly test post about gardens"
 
     # ---- what a subclass provides ------------------------------------------------------------
@@ -137,13 +146,21 @@ class FaceContract:
         """Make the next publish() fail with `error`; False if this face cannot."""
         return False
 
+    def post_text(self, tag: str) -> str:
+        """The text of the post the checks publish as `tag` ("p", "idem", "err-Transient"...).
+        Different tags must give different texts (the checks count posts by their text)."""
+        return f"{self.sample_text} #{tag}"
+
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coroutine)
 
     # ---- helpers -----------------------------------------------------------------------------
 
     async def _make(self, factory: FaceFactory, state_dir: Path) -> Face[Any]:
-        made = factory(state_dir=state_dir, history=list(SAMPLE_HISTORY))
+        kwargs: dict[str, Any] = {"state_dir": state_dir, "history": list(SAMPLE_HISTORY)}
+        if _takes_page_size(factory):
+            kwargs["page_size"] = self.page_size
+        made = factory(**kwargs)
         face = await made if inspect.isawaitable(made) else made
         assert isinstance(face, Face), f"face_factory returned {face!r}, not a Face"
         return face
@@ -151,9 +168,6 @@ class FaceContract:
     async def _all(self, face: Face[Any], **kwargs: Any) -> list[HistoricalPost]:
         kwargs.setdefault("limit", self.history_read_limit)
         return [post async for post in face.history(**kwargs)]
-
-    def _text(self, n: int | str) -> str:
-        return f"{self.sample_text} #{n}"
 
     def _check_sorted(self, posts: list[HistoricalPost]) -> None:
         for older, newer in zip(posts[1:], posts, strict=False):
@@ -247,6 +261,44 @@ class FaceContract:
 
         self.run(check())
 
+    def test_history_pages(self, face_factory: FaceFactory, tmp_path: Path) -> None:
+        if not _takes_page_size(face_factory):
+            pytest.skip(
+                "face_factory takes no `page_size`, so the history may fit in one page; accept "
+                "`page_size` and give it to the face's page-size setting"
+            )
+
+        async def check() -> None:
+            face = await self._make(face_factory, tmp_path)
+            try:
+                posts = await self._all(face)
+                ids = [p.id for p in posts]
+                size = self.page_size
+                assert len(posts) > size, (
+                    f"{len(posts)} past posts fit in one page of {size}: seed more posts or "
+                    "lower page_size, so that the checks read across pages"
+                )
+                assert len(set(ids)) == len(ids), (
+                    f"history() in pages of {size} yielded a post twice: a page boundary "
+                    "repeats a post (an inclusive cursor?)"
+                )
+                # Limits at and around the page boundaries.
+                for limit in sorted({1, size - 1, size, size + 1, 2 * size, 2 * size + 1}):
+                    if 0 < limit <= len(posts):
+                        got = [p.id for p in await self._all(face, limit=limit)]
+                        assert got == ids[:limit], (
+                            f"history(limit={limit}) with pages of {size} gave {got}, "
+                            f"expected the newest {limit}: {ids[:limit]}"
+                        )
+                # `since` at the first post of the second page.
+                start = posts[size].created_at
+                since = [p.id for p in await self._all(face, since=start)]
+                assert since == [p.id for p in posts if p.created_at >= start]
+            finally:
+                await face.aclose()
+
+        self.run(check())
+
     # ---- publish -----------------------------------------------------------------------------
 
     def test_publish_returns_published(self, face_factory: FaceFactory, tmp_path: Path) -> None:
@@ -254,7 +306,9 @@ class FaceContract:
             face = await self._make(face_factory, tmp_path)
             try:
                 before = utc_datetime(face.clock)  # the face's now: simulated clocks pass
-                published = await face.publish(Draft(text=self._text("p")), idempotency_key="k-p")
+                published = await face.publish(
+                    Draft(text=self.post_text("p")), idempotency_key="k-p"
+                )
                 assert published.ref
                 assert published.published_at.utcoffset() == timedelta(0)
                 skew = abs(published.published_at - before)
@@ -263,7 +317,7 @@ class FaceContract:
                     posts = await self._all(face, limit=20)
                     assert published.ref in [p.id for p in posts]
                     mine = next(p for p in posts if p.id == published.ref)
-                    assert mine.text == self._text("p"), "the text must be published unchanged"
+                    assert mine.text == self.post_text("p"), "the text must be published unchanged"
             finally:
                 await face.aclose()
 
@@ -273,11 +327,13 @@ class FaceContract:
         async def check() -> None:
             face = await self._make(face_factory, tmp_path)
             try:
-                draft = Draft(text=self._text("idem"))
+                draft = Draft(text=self.post_text("idem"))
                 first = await face.publish(draft, idempotency_key="k-idem")
                 second = await face.publish(draft, idempotency_key="k-idem")
                 assert second.ref == first.ref, "same idempotency key must give the same ref"
-                other = await face.publish(Draft(text=self._text("other")), idempotency_key="k-2")
+                other = await face.publish(
+                    Draft(text=self.post_text("other")), idempotency_key="k-2"
+                )
                 assert other.ref != first.ref, "a new key must make a new post"
                 if self.published_in_history:
                     texts = [p.text for p in await self._all(face, limit=20)]
@@ -295,7 +351,7 @@ class FaceContract:
 
         async def check() -> None:
             face = await self._make(face_factory, tmp_path)
-            draft = Draft(text=self._text("restart"))
+            draft = Draft(text=self.post_text("restart"))
             try:
                 first = await face.publish(draft, idempotency_key="k-restart")
             finally:
@@ -344,7 +400,7 @@ class FaceContract:
             face = await self._make(face_factory, tmp_path)
             try:
                 n = face.limits.max_length
-                text = (self._text("max") + " " + "z" * n)[:n]
+                text = (self.post_text("max") + " " + "z" * n)[:n]
                 while face.measure(text) > n:
                     text = text[:-1]
                 published = await face.publish(Draft(text=text), idempotency_key="k-max")
@@ -360,8 +416,8 @@ class FaceContract:
         async def check() -> None:
             face = await self._make(face_factory, tmp_path)
             try:
-                a = await face.publish(Draft(text=self._text("ra")), idempotency_key="k-ra")
-                b = await face.publish(Draft(text=self._text("rb")), idempotency_key="k-rb")
+                a = await face.publish(Draft(text=self.post_text("ra")), idempotency_key="k-ra")
+                b = await face.publish(Draft(text=self.post_text("rb")), idempotency_key="k-rb")
                 refs = [a.ref, self.unknown_ref, b.ref]
                 snaps = await face.reactions(refs)
                 assert [s.ref for s in snaps] == refs, "one snapshot per ref, in order"
@@ -382,7 +438,7 @@ class FaceContract:
             face = await self._make(face_factory, tmp_path)
             try:
                 published = await face.publish(
-                    Draft(text=self._text("loved")), idempotency_key="k-loved"
+                    Draft(text=self.post_text("loved")), idempotency_key="k-loved"
                 )
                 expected = await self.react(face, published.ref)
                 if expected is None:
@@ -441,7 +497,7 @@ class FaceContract:
             try:
                 if not await self.provoke(face, error):
                     pytest.skip(f"provoke() cannot make this face raise {error.__name__}")
-                draft = Draft(text=self._text(f"err-{error.__name__}"))
+                draft = Draft(text=self.post_text(f"err-{error.__name__}"))
                 key = f"k-err-{error.__name__}"
                 with pytest.raises(error) as info:
                     await face.publish(draft, idempotency_key=key)
@@ -482,7 +538,7 @@ class FaceContract:
             await face.aclose()
             await face.aclose()  # a second close is harmless
             with pytest.raises(FaceStateError, match="aclose"):
-                await face.publish(Draft(text=self._text("late")), idempotency_key="k-late")
+                await face.publish(Draft(text=self.post_text("late")), idempotency_key="k-late")
             with pytest.raises(FaceStateError):
                 await face.reactions(["x"])
             with pytest.raises(FaceStateError):
@@ -491,6 +547,19 @@ class FaceContract:
                 await self._all(face)
 
         self.run(check())
+
+
+def _takes_page_size(factory: FaceFactory) -> bool:
+    """Whether the factory accepts `page_size=` (by name or through **kwargs)."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # a signature inspect cannot read: do not guess
+        return False
+    return any(
+        p.kind is inspect.Parameter.VAR_KEYWORD
+        or (p.name == "page_size" and p.kind is not inspect.Parameter.POSITIONAL_ONLY)
+        for p in params
+    )
 
 
 # ---- the pytest plugin part (registered through the `pytest11` entry point) -----------------

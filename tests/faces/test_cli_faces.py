@@ -1,5 +1,6 @@
 """`plaudit faces list` and `plaudit faces check` through the real command line."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,55 @@ def test_faces_check_with_type_and_sets(app: typer.Typer, tmp_path: Path) -> Non
     assert "audience = -3: Input should be greater than or equal to 0" in bad.output
     unknown = CliRunner().invoke(app, ["faces", "check", "m", "--type", "memroy"])
     assert unknown.exit_code == 2 and "Did you mean 'memory'?" in unknown.output
+
+
+def test_faces_check_help_names_the_argument(app: typer.Typer) -> None:
+    # "[faces.<name>]" in the help was read as rich markup and printed "Face instance name ()".
+    result = CliRunner().invoke(app, ["faces", "check", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "Face instance name: NAME of its faces.NAME table in the config." in result.output
+    assert "()" not in result.output
+    assert "KEY=VALUE" in result.output and "TYPE" in result.output
+
+
+def test_faces_check_type_takes_secrets_from_the_credentials_folder(
+    app: typer.Typer, tmp_path: Path
+) -> None:
+    # A secret file for an instance that is only on the command line (--type) used to fail
+    # with "faces.m.type = (missing)"; now the file, --type and --set make one table.
+    secrets = tmp_path / "credentials"
+    secrets.mkdir()
+    (secrets / "faces.m.account").write_text("from-the-secret-file\n", encoding="utf-8")
+    base = ["faces", "check", "m", "--state-dir", str(tmp_path), "--credentials-dir", str(secrets)]
+    ok = CliRunner().invoke(app, [*base, "--type", "memory", "--set", "audience=42", "--json"])
+    assert ok.exit_code == 0, ok.output
+    info = json.loads(ok.output)
+    assert (info["account"], info["audience"]) == ("from-the-secret-file", 42)
+    # The command line comes last, as for the daemon: --set wins over the file.
+    over = CliRunner().invoke(app, [*base, "--type", "memory", "--set", "account=cli", "--json"])
+    assert over.exit_code == 0, over.output
+    assert json.loads(over.output)["account"] == "cli"
+    # A network face's token from the folder reaches its config: no "missing" error for it.
+    (secrets / "faces.m.account").unlink()
+    (secrets / "faces.m.access_token").write_text("s3cret-token\n", encoding="utf-8")
+    net = CliRunner().invoke(app, [*base, "--type", "mastodon", "--set", "base_url=notaurl"])
+    assert net.exit_code == 2
+    assert "base_url = 'notaurl'" in net.output
+    assert "access_token" not in net.output and "s3cret" not in net.output
+
+
+def test_faces_check_without_a_state_folder_leaves_nothing_behind(
+    app: typer.Typer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "plaudit.toml"
+    config.write_text('[faces.crowd]\ntype = "simulated"\n', encoding="utf-8")
+    result = CliRunner().invoke(app, ["faces", "check", "crowd", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "state:" in result.output and "a temporary folder, now removed" in result.output
+    assert not home.exists(), "a check without a state folder wrote into the home folder"

@@ -23,9 +23,10 @@ class TestMemoryFace(FaceContract):
 
     @pytest.fixture
     def face_factory(self) -> FaceFactory:
-        def make(*, state_dir: Path, history: list[Any]) -> MemoryFace:
-            # A page size of 2 makes the seven seeded posts span four pages.
-            face = MemoryFace(name="mem", config=MemoryConfig(page_size=2), state_dir=state_dir)
+        def make(*, state_dir: Path, history: list[Any], page_size: int) -> MemoryFace:
+            # The kit's page size (2) makes the seven seeded posts span four pages.
+            config = MemoryConfig(page_size=page_size)
+            face = MemoryFace(name="mem", config=config, state_dir=state_dir)
             face.seed(history)
             return face
 

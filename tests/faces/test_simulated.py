@@ -37,10 +37,10 @@ class TestSimulatedFace(FaceContract):
     def face_factory(self) -> FaceFactory:
         clock = SimulatedClock(start=T0.timestamp())  # one clock across a "restart"
 
-        def make(*, state_dir: Path, history: list[Any]) -> SimulatedFace:
+        def make(*, state_dir: Path, history: list[Any], page_size: int) -> SimulatedFace:
             return SimulatedFace(
                 name="sim",
-                config=SimulatedConfig(seed=3, history_page_size=7),
+                config=SimulatedConfig(seed=3, history_page_size=page_size),
                 state_dir=state_dir,
                 clock=clock,
             )
