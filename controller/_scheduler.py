@@ -8,7 +8,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from apscheduler.events import EVENT_JOB_MISSED, JobEvent
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    JobEvent,
+)
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 
@@ -31,6 +37,14 @@ class JobScheduler:
         self._armed: set[str] = set()
         self._scheduler = AsyncIOScheduler()
         self._scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED)
+        # A job's next timer is set when APScheduler has counted its run as finished, not when
+        # our coroutine returns: APScheduler releases the job's one running instance in the
+        # task's done callback, after the coroutine. A timer set inside the coroutine for a job
+        # due at once (an offline fit asked for while one ran) fired before that release, was
+        # skipped with "maximum number of running instances reached", and the job stayed armed
+        # with no timer: it never ran again.
+        self._scheduler.add_listener(self._on_finished, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+        self._scheduler.add_listener(self._on_skipped, EVENT_JOB_MAX_INSTANCES)
 
     def start(self) -> None:
         self.sync()
@@ -64,12 +78,18 @@ class JobScheduler:
             self._armed.add(name)
 
     async def _run(self, name: str) -> None:
-        try:
-            await self.controller.run_job(name)
-        finally:
-            self._armed.discard(name)
-            if self._scheduler.running:
-                self.sync()
+        await self.controller.run_job(name)  # its next timer: _on_finished
+
+    def _on_finished(self, event: JobEvent) -> None:
+        """APScheduler has released the job's running instance: plan its next run."""
+        self._armed.discard(str(event.job_id))
+        if self._scheduler.running:
+            self.sync()
+
+    def _on_skipped(self, event: JobEvent) -> None:
+        # Should not happen (see __init__); if it does, the job must not stay armed without a
+        # timer: its running instance's _on_finished sets the next one.
+        self._armed.discard(str(event.job_id))
 
     def pause(self) -> None:
         if self._scheduler.running:

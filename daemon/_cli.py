@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import sys
+from typing import Annotated
 
 import typer
 
@@ -14,7 +15,39 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain Click help, as most command-line tools print it: flags without a `<bool>` type,
+    # docstrings re-wrapped into paragraphs (Rich mode kept their line breaks mid-sentence) and
+    # long words wrapped rather than cut off with an ellipsis. Sub-commands inherit both.
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        typer.echo(f"plaudit {version('plaudit')}")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        typer.echo("plaudit (version unknown: the package is not installed; pip install -e .)")
+    raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=_print_version,
+            help="Print plaudit's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    pass
 
 
 def _register() -> None:

@@ -97,11 +97,11 @@ def train_start(
     _steer("start", mode, config, state_dir)
 
 
-@train_app.command("stop")
+@train_app.command("stop", short_help="Stop (pause) training in a running daemon.")
 def train_stop(config: ConfigOption = None, state_dir: StateDirOption = None) -> None:
     """Stop (pause) training in a running daemon; posting and collecting go on."""
     _steer("stop", "online", config, state_dir)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("run")(run)
+    app.command("run", short_help="Run the daemon: post, collect reactions, learn.")(run)

@@ -19,9 +19,11 @@ state_app = typer.Typer(
 )
 
 
-@state_app.command("backup")
+@state_app.command("backup", short_help="Copy the state folder into DEST, also while it runs.")
 def backup(
-    dest: Annotated[Path, typer.Argument(help="A new folder to write the backup into.")],
+    dest: Annotated[
+        Path, typer.Argument(metavar="DEST", help="A new folder to write the backup into.")
+    ],
     config: ConfigOption = None,
     state_dir: StateDirOption = None,
 ) -> None:
@@ -61,7 +63,9 @@ def backup(
 
 @state_app.command("restore")
 def restore(
-    src: Annotated[Path, typer.Argument(help="A folder `plaudit state backup` wrote.")],
+    src: Annotated[
+        Path, typer.Argument(metavar="SRC", help="A folder `plaudit state backup` wrote.")
+    ],
     config: ConfigOption = None,
     state_dir: StateDirOption = None,
     force: Annotated[
@@ -108,4 +112,4 @@ def _give_to_folder_owner(folder: Path) -> int | None:
 
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(state_app, name="state")
+    app.add_typer(state_app, name="state", short_help="Back up and restore the state folder.")

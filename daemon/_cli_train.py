@@ -117,7 +117,14 @@ def offline(
     ] = None,
     fmt: Annotated[
         str | None,
-        typer.Option("--format", help="auto|text|qa|dialogue|jsonl (default: auto, per file)."),
+        typer.Option(
+            "--format",
+            metavar="FORMAT",
+            help="How the --data files are laid out: text (examples are blocks separated by "
+            "blank lines; a file without blank lines has one per line), qa (Q: / A: turns), "
+            'dialogue (User: / Assistant: turns), jsonl (one {"text": ...} or {"prompt": ..., '
+            '"response": ...} object per line), or auto: detected per file (the default).',
+        ),
     ] = None,
     chat_template: Annotated[
         str | None,
@@ -417,6 +424,9 @@ def grow(
 def register(app: typer.Typer) -> None:
     from plaudit.daemon._cli_control import train_app
 
-    train_app.command("offline")(offline)
-    app.command("eval")(evaluate)
-    app.command("grow")(grow)
+    short = "Train a model from scratch or fine-tune one."
+    train_app.command("offline", short_help=short)(offline)
+    short = "Evaluate a model: loss, diversity, BLEU/ROUGE-L, memorisation."
+    app.command("eval", short_help=short)(evaluate)
+    short = "Grow a model into a larger preset that computes the same."
+    app.command("grow", short_help=short)(grow)

@@ -6,15 +6,18 @@ Sources, highest priority first:
    systemd's LoadCredential), named by the dotted key (``http.token``,
    ``faces.main.access_token``);
 3. the TOML file (``--config``, default ``plaudit.toml`` in the working folder when it exists);
+   a secret written into it still works, with a warning that names the key;
 4. built-in defaults (the simulated audience and SmolLM2).
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +43,13 @@ from plaudit.controller import (
 
 DEFAULT_CONFIG_FILE = Path("plaudit.toml")
 _SECRET_NAME = re.compile(r"token|password|secret|api_?key|credential", re.I)
+# A key that holds a secret by its name (http.token, access_token, app_password, bot_token,
+# api_key, client_secret), anchored at the end so that max_new_tokens is not one.
+_SECRET_KEY = re.compile(r"(^|_)(token|password|secret|api_?key|credentials?)$", re.I)
+# stdlib, not structlog: in the daemon (logging configured before the config is read) the
+# warning goes through the one pipeline; where nothing configured logging, Python's last-resort
+# handler writes it to stderr, never into a command's stdout.
+_log = logging.getLogger("plaudit.config")
 # The API token goes in an HTTP header: visible ASCII only, and long enough not to be guessed.
 MIN_TOKEN_LENGTH = 16
 _TOKEN_FIX = "generate one with: python -c 'import secrets; print(secrets.token_urlsafe())'"
@@ -293,8 +303,11 @@ def load_settings(
     config_file: Path | None = None,
     secrets_dir: Path | None = None,
     overrides: dict[str, Any] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Settings:
-    """Load and validate the configuration; raise ConfigError with a readable message."""
+    """Load and validate the configuration; raise ConfigError with a readable message. What
+    is usable but wrong (a secret written into the config file) goes to ``warn``, by default
+    a warning on the `plaudit.config` logger."""
     data: dict[str, Any] = {}
     source = "built-in defaults"
     if config_file is None and DEFAULT_CONFIG_FILE.is_file():
@@ -302,6 +315,8 @@ def load_settings(
     if config_file is not None:
         data = read_toml(config_file)
         source = str(config_file)
+        for message in secrets_in_file(data, config_file):
+            (warn or _log.warning)(message)
     if secrets_dir is None and os.environ.get("CREDENTIALS_DIRECTORY"):
         secrets_dir = Path(os.environ["CREDENTIALS_DIRECTORY"])
     secret_keys: frozenset[str] = frozenset()
@@ -334,14 +349,35 @@ def load_settings(
     return settings
 
 
-def _dotted(tree: dict[str, Any], prefix: str = "") -> list[str]:
-    out = []
+def secrets_in_file(data: dict[str, Any], path: Path) -> list[str]:
+    """One warning per secret written into the config file (the docs say never: the file is
+    read by whoever reads the config, backed up and versioned; the credentials folder is
+    systemd's LoadCredential=, readable by the daemon alone)."""
+    found = [
+        key
+        for key, value in _dotted_items(data)
+        if _SECRET_KEY.search(key.rsplit(".", 1)[-1]) and value not in (None, "")
+    ]
+    return [
+        f"config file {path} holds the secret {key} in plain text: move it into the "
+        f"credentials folder as a file named {key} (--credentials-dir, $CREDENTIALS_DIRECTORY "
+        "or systemd's LoadCredential=) and delete it from the config file"
+        for key in found
+    ]
+
+
+def _dotted_items(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
     for key, value in tree.items():
         if isinstance(value, dict):
-            out += _dotted(value, f"{prefix}{key}.")
+            out += _dotted_items(value, f"{prefix}{key}.")
         else:
-            out.append(f"{prefix}{key}")
+            out.append((f"{prefix}{key}", value))
     return out
+
+
+def _dotted(tree: dict[str, Any]) -> list[str]:
+    return [key for key, _ in _dotted_items(tree)]
 
 
 def resolve_state_dir(settings: Settings, override: Path | None = None) -> Path:
