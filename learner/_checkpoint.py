@@ -9,10 +9,14 @@ file fsynced, then renamed into place), so a crash or `kill -9` leaves either th
 checkpoints or the new one, never a half-written folder; its `checksums.json` (written last)
 lets a load tell a checkpoint damaged later from an intact one. The trainer state is a plain dict
 (optimizer, step, data position, RNG states, best validation loss, config).
+
+`drop_file` takes one file out of a model folder crash-safely, its checksums kept consistent
+(the daemon strips its older checkpoints to weights only with it).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -21,8 +25,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from plaudit.state import atomic_write_text, fsync_dir
+
 from ._errors import CheckpointError, DamagedModelError
-from ._load import FOLDER_MANIFEST, model_folder_writer, verify_model_folder, write_model_folder
+from ._load import (
+    CHECKSUMS_FILE,
+    FOLDER_MANIFEST,
+    model_folder_writer,
+    verify_model_folder,
+    write_model_folder,
+)
 from ._model import Transformer
 from ._tokenizer import Tokenizer
 
@@ -132,3 +144,48 @@ def resolve_model_dir(path: str | Path) -> Path | None:
         return p / "best"
     newest = latest_checkpoint(p)
     return newest if newest is not None else None
+
+
+def listed_files(folder: Path) -> set[str] | None:
+    """The files the model folder's checksums.json lists (None: it has none, a folder saved
+    before checksums). A damaged listing raises `DamagedModelError`."""
+    listing = folder / CHECKSUMS_FILE
+    if not listing.is_file():
+        return None
+    return set(_read_listing(listing)["files"])
+
+
+def drop_file(folder: Path, name: str) -> int:
+    """Delete the file ``name`` of the model folder ``folder`` and its entry in checksums.json;
+    return the bytes freed (0: there was no such file).
+
+    Crash-safe by its order: checksums.json without the entry is written first (atomically),
+    then the file is unlinked. A crash between the two leaves the folder intact with the file
+    unlisted, which loads ignore (`listed_files`) and the next drop removes. The other entries
+    are kept as they were, so nothing is hashed again."""
+    file = folder / name
+    if not file.is_file():
+        return 0
+    size = file.stat().st_size
+    listing = folder / CHECKSUMS_FILE
+    if listing.is_file():
+        data = _read_listing(listing)
+        if data["files"].pop(name, None) is not None:
+            atomic_write_text(listing, json.dumps(data, indent=2) + "\n")
+    file.unlink()
+    fsync_dir(folder)
+    return size
+
+
+def _read_listing(listing: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(listing.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+            raise ValueError("no 'files' table")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DamagedModelError(
+            f"{listing} is damaged ({type(e).__name__}: {e}), so the folder cannot be checked; "
+            f"restore the folder from a backup, or use an older checkpoint.",
+            path=str(listing),
+        ) from e
+    return data

@@ -21,7 +21,6 @@ plaudit model folder keyed by the file's sha256, and later loads read that inste
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -312,10 +311,10 @@ def _load_folder(path: Path) -> LoadedModel:
 def build_model(config: ModelConfig, sd: dict[str, torch.Tensor], *, source: Path) -> Transformer:
     """A Transformer of `config` holding the weights `sd`, every name and shape checked.
 
-    The model is built on the meta device and takes `sd`'s tensors as its parameters: random
-    init of a 135M model would cost a second for weights that are overwritten at once."""
-    with torch.device("meta"):
-        model = Transformer(config)
+    The model is built uninitialised (`Transformer.uninitialised`) and takes `sd`'s tensors as
+    its parameters: random init of a 135M model would cost a second for weights that are
+    overwritten at once."""
+    model = Transformer.uninitialised(config)
     expected = model.state_dict()
     for name, tensor in expected.items():
         if name not in sd:
@@ -338,16 +337,9 @@ def build_model(config: ModelConfig, sd: dict[str, torch.Tensor], *, source: Pat
             f"were saved for another config."
         )
     sd = {k: v.to(device="cpu", dtype=expected[k].dtype) for k, v in sd.items()}
+    # Every parameter is replaced (strict), so none keeps its uninitialised memory; the RoPE
+    # tables (non-persistent buffers, never saved) were computed by the constructor.
     model.load_state_dict(sd, strict=True, assign=True)
-    # Non-persistent buffers (the RoPE tables) derive from the config and are never saved: take
-    # them from a one-layer, one-token twin, which is cheap to build for real.
-    twin = Transformer(dataclasses.replace(config, n_layer=1, vocab_size=1))
-    twin_buffers = dict(twin.named_buffers())
-    for name, buffer in list(model.named_buffers()):
-        if buffer.is_meta:
-            owner, _, leaf = name.rpartition(".")
-            model.get_submodule(owner).register_buffer(leaf, twin_buffers[name], persistent=False)
-    assert not any(t.is_meta for t in model.state_dict(keep_vars=True).values())
     return model
 
 

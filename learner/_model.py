@@ -17,20 +17,22 @@ The state-dict names are fixed (import and export map Hugging Face and GGUF weig
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import inspect
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+# Re-exported: the modules that build models import their config from here.
+from ._config import PRESETS as PRESETS
+from ._config import Family as Family
+from ._config import ModelConfig as ModelConfig
 
 if TYPE_CHECKING:
     from ._kv_cache import KVCache
-
-Family = Literal["gpt2", "llama"]
 
 # Attention over several positions runs in fp32 under CPU autocast (see Attention.forward);
 # a switch so the choice can be re-measured on another CPU.
@@ -311,88 +313,42 @@ def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
         return loss
 
 
-# --- configuration ---------------------------------------------------------------------------
-
-
-@dataclass
-class ModelConfig:
-    family: Family = "llama"
-    vocab_size: int = 8192
-    max_seq_len: int = 1024
-    n_layer: int = 4
-    n_head: int = 4
-    n_kv_head: int = 4  # < n_head means grouped-query attention (llama only)
-    n_embd: int = 256
-    intermediate_size: int = 1024  # MLP hidden width (gpt2: usually 4 * n_embd)
-    norm_eps: float = 1e-5
-    rope_theta: float = 10000.0  # llama only
-    tie_embeddings: bool = True
-    bias: bool = False  # gpt2: True (linear and LayerNorm biases); llama: linear biases only
-
-    def __post_init__(self) -> None:
-        if self.family not in ("gpt2", "llama"):
-            raise ValueError(f"unknown model family {self.family!r}: use 'gpt2' or 'llama'")
-        for name in ("vocab_size", "max_seq_len", "n_layer", "n_head", "n_kv_head", "n_embd"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"model config {name} must be a positive integer, got {value!r}")
-        if self.intermediate_size <= 0:
-            raise ValueError(
-                f"model config intermediate_size must be positive, got {self.intermediate_size}"
-            )
-        if self.n_embd % self.n_head:
-            raise ValueError(
-                f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}: "
-                "pick sizes where n_embd = n_head * head_dim"
-            )
-        if self.n_head % self.n_kv_head:
-            raise ValueError(
-                f"n_head {self.n_head} is not a multiple of n_kv_head {self.n_kv_head}: "
-                "each key/value head must serve the same number of query heads"
-            )
-        if self.family == "gpt2" and self.n_kv_head != self.n_head:
-            raise ValueError(
-                f"gpt2 has no grouped-query attention: set n_kv_head = n_head ({self.n_head})"
-            )
-        if self.family == "llama" and self.head_dim % 2:
-            raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys {unknown}; known keys are {sorted(known)}")
-        return cls(**d)
-
-
-def _preset(**kw: Any) -> ModelConfig:
-    return ModelConfig(family="llama", vocab_size=8192, tie_embeddings=True, **kw)
-
-
-# Llama-family sizes for training from scratch; parameter counts at vocab 8192 (tied head):
-# nano 1.6M, micro 3.3M, tiny 7.2M, small 26.7M, medium 85.9M, large 214M, xl 486M, xxl 805M.
-# Training replaces vocab_size with the trained tokenizer's.
-PRESETS: dict[str, ModelConfig] = {
-    "nano": _preset(n_layer=2, n_head=4, n_kv_head=4, n_embd=128, intermediate_size=512),
-    "micro": _preset(n_layer=4, n_head=6, n_kv_head=6, n_embd=192, intermediate_size=512),
-    "tiny": _preset(n_layer=6, n_head=4, n_kv_head=4, n_embd=256, intermediate_size=768),
-    "small": _preset(n_layer=8, n_head=8, n_kv_head=8, n_embd=512, intermediate_size=1152),
-    "medium": _preset(n_layer=12, n_head=12, n_kv_head=12, n_embd=768, intermediate_size=1856),
-    "large": _preset(n_layer=16, n_head=16, n_kv_head=16, n_embd=1024, intermediate_size=2816),
-    "xl": _preset(n_layer=24, n_head=20, n_kv_head=20, n_embd=1280, intermediate_size=3456),
-    "xxl": _preset(n_layer=28, n_head=24, n_kv_head=24, n_embd=1536, intermediate_size=4096),
-}
-
-
 # --- the model -------------------------------------------------------------------------------
+
+# Every initialiser a module's constructor or `Transformer.init_weights` calls.
+_INITIALISERS = frozenset(
+    {
+        nn.init.normal_,
+        nn.init.uniform_,
+        nn.init.kaiming_uniform_,
+        nn.init.kaiming_normal_,
+        nn.init.xavier_uniform_,
+        nn.init.xavier_normal_,
+        nn.init.trunc_normal_,
+        nn.init.ones_,
+        nn.init.zeros_,
+        nn.init.constant_,
+    }
+)
+
+
+class _SkipInit(TorchFunctionMode):
+    """Inside it, `torch.nn.init` fills return their tensor untouched, so parameters keep the
+    uninitialised memory `torch.empty` gave them, and everything else (the RoPE tables) is
+    computed as usual. Not the meta device: its first use imports torch's reference
+    implementations and sympy, about 2 s of a process's start."""
+
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func in _INITIALISERS:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
 
 
 class Transformer(nn.Module):
@@ -424,6 +380,14 @@ class Transformer(nn.Module):
             self.register_buffer("rope_cos", cos, persistent=False)  # (max_seq_len, head_dim)
             self.register_buffer("rope_sin", signed_sin(sin), persistent=False)  # same shape
         self.init_weights()
+
+    @classmethod
+    def uninitialised(cls, config: ModelConfig) -> Transformer:
+        """A model of `config` whose parameters are uninitialised memory (buffers computed),
+        for weights that are loaded at once (`load_state_dict(..., assign=True)`): random init
+        of SmolLM2's 135M weights would cost over a second for values overwritten right away."""
+        with _SkipInit():
+            return cls(config)
 
     def init_weights(self) -> None:
         """GPT-2 init: N(0, 0.02) weights, zero biases, unit norms, and the projections into

@@ -10,12 +10,14 @@ from plaudit.state._errors import (
     StoreLocked,
 )
 from plaudit.state._files import (
+    STATE_PARTS,
     Leftovers,
     atomic_folder,
     atomic_write_bytes,
     atomic_write_text,
     clear_stale_temporaries,
     fsync_dir,
+    state_size,
 )
 from plaudit.state._lock import StateLock
 from plaudit.state._store import (
@@ -26,6 +28,7 @@ from plaudit.state._store import (
     Post,
     PostStatus,
     PostStory,
+    PruneReport,
     Reward,
     Snapshot,
     Store,
@@ -36,6 +39,7 @@ from plaudit.state._store import (
 
 __all__ = [
     "SCHEMA_VERSION",
+    "STATE_PARTS",
     "BackupReport",
     "Checkpoint",
     "ControlState",
@@ -47,6 +51,7 @@ __all__ = [
     "Post",
     "PostStatus",
     "PostStory",
+    "PruneReport",
     "RestoreReport",
     "Reward",
     "SchemaTooNew",
@@ -65,4 +70,5 @@ __all__ = [
     "clear_stale_temporaries",
     "fsync_dir",
     "restore_state",
+    "state_size",
 ]

@@ -4,6 +4,21 @@ The database is the source of truth for everything the daemon has done: every po
 candidate to reward, reaction snapshots per horizon, training runs, checkpoints, the persisted
 control state and the metric history behind the status page's charts. Every write is one
 transaction; one lock serialises the event loop and the torch worker on the connection.
+
+Retention (`Store.prune`, run after each recorded checkpoint): rows are kept, but what only some
+readers need goes once none can ask for it.
+- Unpublished candidates (filtered, not chosen, failed) keep text, prompt, prediction and
+  sampling; their token lists (prompt tokens, tokens, behaviour logprobs) go after
+  `CANDIDATE_TOKENS_S` (7 days), never from the newest `PROBE_KEEP` posts (the online update's
+  probe reads the newest 32 candidates of the newest policy version).
+- Published posts keep their token lists until an update has used their reward, then for
+  `PUBLISHED_TOKENS_S` (30 days from the reward); the reward model reads text and rewards only.
+- Metric points: all of the last `METRIC_FULL_S` (7 days); older ones thinned to the last point
+  of each hour per series; deleted after `METRIC_KEEP_S` (400 days).
+- Snapshots, rewards, runs and checkpoints are kept.
+Token lists live apart (`post_tokens`), so the pages pruning frees serve the next posts. A month
+at the controller's defaults (a post every 4 h, 8 candidates of 60 tokens) takes 2.2 MB of file,
+4.5 MB unpruned; two months 3.4 MB against 8.8 (bench/store_scale.py month).
 """
 
 from __future__ import annotations
@@ -48,6 +63,68 @@ def _relative(path: Path, folder: Path) -> str:
         if inner.is_absolute() and inner.is_relative_to(outer):
             return inner.relative_to(outer).as_posix()
     return str(path)
+
+
+def _v4_scale(conn: sqlite3.Connection, folder: Path) -> None:
+    """4: the store at scale (1M posts and 5M snapshots: each store call behind the collect
+    sweep, /api/posts and /api/status under 50 ms; bench/store_scale.py).
+
+    - ``posts.collected``: 1 once a post needs no more snapshots (it has one at every horizon
+      the sweep asks for, or a reward), so the sweep reads the few posts still collecting from
+      a partial index instead of testing every published post for a missing snapshot;
+    - ``post_counts``: posts per (face, status), kept by triggers, so counting the published
+      posts reads a row instead of a million index entries;
+    - posts newest first per status and per (face, status): the listing's order;
+    - rewards newest first, per face, and the unused ones: ``scores``, ``rewards``."""
+    for statement in (
+        "ALTER TABLE posts ADD COLUMN collected INTEGER NOT NULL DEFAULT 0",
+        "UPDATE posts SET collected = 1 WHERE id IN (SELECT post_id FROM rewards)",
+        "CREATE INDEX posts_collecting ON posts (published_at) "
+        "WHERE status = 'published' AND collected = 0",
+        "CREATE INDEX posts_status_id ON posts (status, id)",
+        "CREATE INDEX posts_face_status_id ON posts (face, status, id)",
+        "CREATE INDEX rewards_created ON rewards (created_at)",
+        "CREATE INDEX rewards_face_created ON rewards (face, created_at)",
+        "CREATE INDEX rewards_unused ON rewards (created_at) WHERE used_in_version IS NULL",
+        "CREATE TABLE post_counts (face TEXT NOT NULL, status TEXT NOT NULL, "
+        "n INTEGER NOT NULL, PRIMARY KEY (face, status)) WITHOUT ROWID",
+        "INSERT INTO post_counts (face, status, n) "
+        "SELECT face, status, COUNT(*) FROM posts GROUP BY face, status",
+        f"CREATE TRIGGER post_counts_insert AFTER INSERT ON posts BEGIN {_COUNT_NEW} END",
+        f"CREATE TRIGGER post_counts_delete AFTER DELETE ON posts BEGIN {_COUNT_OLD} END",
+        "CREATE TRIGGER post_counts_update AFTER UPDATE OF face, status ON posts "
+        "WHEN new.face IS NOT old.face OR new.status IS NOT old.status "
+        f"BEGIN {_COUNT_OLD} {_COUNT_NEW} END",
+        # The planner's statistics: without them it may walk the (status, id) index for a
+        # filter on face and status.
+        "ANALYZE",
+    ):
+        conn.execute(statement)
+
+
+def _v5_tokens_apart(conn: sqlite3.Connection, folder: Path) -> None:
+    """5: token lists (prompt tokens, tokens, behaviour logprobs: most of a post's bytes) move
+    to ``post_tokens``, one row per post, so retention deletes rows there and SQLite reuses
+    the pages they free; emptied in place inside ``posts``, they left every page partly used
+    and the file kept growing. The old columns stay, always '[]' (dropping a column rewrites
+    the table)."""
+    has_tokens = "prompt_tokens != '[]' OR tokens != '[]' OR logprobs != '[]'"
+    for statement in (
+        "CREATE TABLE post_tokens (post_id INTEGER PRIMARY KEY REFERENCES posts (id) "
+        "ON DELETE CASCADE, prompt_tokens TEXT NOT NULL, tokens TEXT NOT NULL, "
+        "logprobs TEXT NOT NULL)",
+        "INSERT INTO post_tokens (post_id, prompt_tokens, tokens, logprobs) "
+        f"SELECT id, prompt_tokens, tokens, logprobs FROM posts WHERE {has_tokens}",
+        f"UPDATE posts SET prompt_tokens = '[]', tokens = '[]', logprobs = '[]' WHERE {has_tokens}",
+    ):
+        conn.execute(statement)
+
+
+_COUNT_NEW = (
+    "INSERT INTO post_counts (face, status, n) VALUES (new.face, new.status, 1) "
+    "ON CONFLICT (face, status) DO UPDATE SET n = n + 1;"
+)
+_COUNT_OLD = "UPDATE post_counts SET n = n - 1 WHERE face = old.face AND status = old.status;"
 
 
 # Each entry moves the schema one version up; never edit a released entry, append a new one.
@@ -137,8 +214,36 @@ MIGRATIONS: tuple[str | Callable[[sqlite3.Connection, Path], None], ...] = (
     ALTER TABLE posts ADD COLUMN sampling TEXT NOT NULL DEFAULT '{}';
     """,
     _v3_checkpoints,
+    _v4_scale,
+    _v5_tokens_apart,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+# Retention (Store.prune): how long what only some readers need is kept.
+# Token lists (prompt_tokens, tokens, logprobs) of candidates that were not published: the
+# online update's probe reads the newest few; kept a week, and the newest PROBE_KEEP always.
+CANDIDATE_TOKENS_S = 7 * 86400.0
+PROBE_KEEP = 128  # 4 x the 32 candidates the probe uses (controller/_learning.py)
+# Token lists of published posts, from their reward's arrival, once an update has used it.
+PUBLISHED_TOKENS_S = 30 * 86400.0
+# Metric points: all of the last week; older ones thinned to the last of each hour per series,
+# and deleted after 400 days.
+METRIC_FULL_S = 7 * 86400.0
+METRIC_KEEP_S = 400 * 86400.0
+_PRUNE_KEYS = ("candidates", "published", "metrics")
+# A post as `_post` reads it: its row and its token lists (none left: empty lists).
+_POSTS = "posts p LEFT JOIN post_tokens t ON t.post_id = p.id"
+_POST_COLUMNS = (
+    "p.*, COALESCE(t.prompt_tokens, '[]') AS t_prompt_tokens, "
+    "COALESCE(t.tokens, '[]') AS t_tokens, COALESCE(t.logprobs, '[]') AS t_logprobs"
+)
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    tokens_dropped: int  # posts whose token lists went
+    metric_points_deleted: int
 
 
 class PostStatus(StrEnum):
@@ -279,6 +384,17 @@ def _where(**equal: object) -> tuple[str, list[object]]:
     return "WHERE " + " AND ".join(f"{k} = ?" for k in used), list(used.values())
 
 
+# Published posts still collecting snapshots, in the words of the partial index
+# posts_collecting (SQLite uses it only for a query that repeats its condition literally).
+_COLLECTING = "status = 'published' AND collected = 0"
+
+
+def _at_most(bound: float) -> float:
+    """An upper bound on published_at for `published_at + horizon <= now`, a little above
+    ``now - horizon`` so float rounding never drops a post the exact test admits."""
+    return bound + 1e-9 * max(1.0, abs(bound))
+
+
 def _post(row: sqlite3.Row) -> Post:
     return Post(
         id=row["id"],
@@ -287,9 +403,9 @@ def _post(row: sqlite3.Row) -> Post:
         status=PostStatus(row["status"]),
         text=row["text"],
         prompt=row["prompt"],
-        prompt_tokens=json.loads(row["prompt_tokens"]),
-        tokens=json.loads(row["tokens"]),
-        logprobs=json.loads(row["logprobs"]),
+        prompt_tokens=json.loads(row["t_prompt_tokens"]),
+        tokens=json.loads(row["t_tokens"]),
+        logprobs=json.loads(row["t_logprobs"]),
         policy_version=row["policy_version"],
         predicted_reward=row["predicted_reward"],
         filter_reason=row["filter_reason"],
@@ -524,18 +640,15 @@ class Store:
         with self._tx() as conn:
             for c in candidates:
                 cur = conn.execute(
-                    "INSERT INTO posts (face, cycle_id, status, text, prompt, prompt_tokens, "
-                    "tokens, logprobs, policy_version, predicted_reward, sampling, created_at, "
-                    "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO posts (face, cycle_id, status, text, prompt, policy_version, "
+                    "predicted_reward, sampling, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         face,
                         cycle_id,
                         PostStatus.CANDIDATE.value,
                         c.text,
                         c.prompt,
-                        json.dumps(list(c.prompt_tokens)),
-                        json.dumps(list(c.tokens)),
-                        json.dumps([round(float(x), 6) for x in c.logprobs]),
                         c.policy_version,
                         c.predicted_reward,
                         json.dumps(dict(c.sampling)),
@@ -545,6 +658,17 @@ class Store:
                 )
                 assert cur.lastrowid is not None
                 ids.append(cur.lastrowid)
+                if c.prompt_tokens or c.tokens or c.logprobs:
+                    conn.execute(
+                        "INSERT INTO post_tokens (post_id, prompt_tokens, tokens, logprobs) "
+                        "VALUES (?, ?, ?, ?)",
+                        (
+                            cur.lastrowid,
+                            json.dumps(list(c.prompt_tokens)),
+                            json.dumps(list(c.tokens)),
+                            json.dumps([round(float(x), 6) for x in c.logprobs]),
+                        ),
+                    )
         return ids
 
     def _move(self, conn: sqlite3.Connection, post_id: int, to: PostStatus, **cols: Any) -> None:
@@ -595,7 +719,7 @@ class Store:
             self._move(conn, post_id, PostStatus.FAILED, error=error)
 
     def get_post(self, post_id: int) -> Post:
-        rows = self._query("SELECT * FROM posts WHERE id = ?", (post_id,))
+        rows = self._query(f"SELECT {_POST_COLUMNS} FROM {_POSTS} WHERE p.id = ?", (post_id,))
         if not rows:
             raise StateError(f"post {post_id} does not exist")
         return _post(rows[0])
@@ -613,23 +737,24 @@ class Store:
         clause, args = _where(face=face, status=status.value if status else None, cycle_id=cycle_id)
         order = "DESC" if newest_first else "ASC"
         rows = self._query(
-            f"SELECT * FROM posts {clause} ORDER BY id {order} LIMIT ? OFFSET ?",
+            f"SELECT {_POST_COLUMNS} FROM {_POSTS} {clause} ORDER BY p.id {order} LIMIT ? OFFSET ?",
             (*args, limit, offset),
         )
         return [_post(r) for r in rows]
 
     def count_posts(self, *, face: str | None = None, status: PostStatus | None = None) -> int:
+        # post_counts, kept by triggers: one row read, not an index walk over every post.
         clause, args = _where(face=face, status=status.value if status else None)
-        return int(self._query(f"SELECT COUNT(*) FROM posts {clause}", args)[0][0])
+        return int(self._query(f"SELECT COALESCE(SUM(n), 0) FROM post_counts {clause}", args)[0][0])
 
     def in_flight(self, *, face: str | None = None) -> list[Post]:
         """Posts with an intent but no outcome: a crash happened around their publish."""
         args: tuple[Any, ...] = (PostStatus.INTENT.value,)
-        sql = "SELECT * FROM posts WHERE status = ?"
+        sql = f"SELECT {_POST_COLUMNS} FROM {_POSTS} WHERE status = ?"
         if face is not None:
             sql += " AND face = ?"
             args += (face,)
-        return [_post(r) for r in self._query(sql + " ORDER BY id", args)]
+        return [_post(r) for r in self._query(sql + " ORDER BY p.id", args)]
 
     def last_published_at(self, face: str) -> float | None:
         rows = self._query(
@@ -658,14 +783,31 @@ class Store:
     # -- reactions and rewards -------------------------------------------------------------
 
     def due_snapshots(self, *, now: float, horizons_s: Sequence[float]) -> list[tuple[Post, float]]:
-        """(post, horizon) pairs whose horizon has passed and that have no snapshot yet."""
+        """(post, horizon) pairs whose horizon has passed and that have no snapshot yet.
+
+        Posts that have a snapshot at every one of ``horizons_s`` are first marked collected
+        and never looked at again (not even when a later configuration adds a horizon), so the
+        sweep reads only the posts still collecting, whatever the size of the history."""
+        horizons = sorted(set(horizons_s))
+        if not horizons:
+            return []
+        marks = ", ".join("?" * len(horizons))
+        with self._tx() as conn:
+            conn.execute(
+                f"UPDATE posts SET collected = 1 WHERE {_COLLECTING} AND published_at <= ? "
+                f"AND (SELECT COUNT(*) FROM reaction_snapshots s WHERE s.post_id = posts.id "
+                f"AND s.horizon_s IN ({marks})) = ?",
+                (_at_most(now - horizons[-1]), *horizons, len(horizons)),
+            )
         due: list[tuple[Post, float]] = []
         for horizon in horizons_s:
+            # The literal status and the range on published_at let SQLite read the partial
+            # index posts_collecting; the exact test stays as it always was.
             rows = self._query(
-                "SELECT p.* FROM posts p WHERE p.status = ? AND p.published_at + ? <= ? "
-                "AND NOT EXISTS (SELECT 1 FROM reaction_snapshots s "
+                f"SELECT {_POST_COLUMNS} FROM {_POSTS} WHERE {_COLLECTING} AND p.published_at <= ? "
+                "AND p.published_at + ? <= ? AND NOT EXISTS (SELECT 1 FROM reaction_snapshots s "
                 "WHERE s.post_id = p.id AND s.horizon_s = ?) ORDER BY p.published_at",
-                (PostStatus.PUBLISHED.value, horizon, now, horizon),
+                (_at_most(now - horizon), horizon, now, horizon),
             )
             due.extend((_post(r), horizon) for r in rows)
         return due
@@ -796,7 +938,9 @@ class Store:
         run_id: int | None = None,
         metrics: dict[str, Any] | None = None,
     ) -> int:
-        """Record a checkpoint folder (stored relative to the state folder when inside it)."""
+        """Record a checkpoint folder (stored relative to the state folder when inside it),
+        then `prune`: every update and offline fit ends here, so retention runs as often as
+        the rewards that decide it are used."""
         stored = _relative(Path(path), self.folder)
         with self._tx() as conn:
             cur = conn.execute(
@@ -805,7 +949,9 @@ class Store:
                 (stored, policy_version, kind, run_id, json.dumps(metrics or {}), self.now()),
             )
             assert cur.lastrowid is not None
-            return cur.lastrowid
+            checkpoint_id = cur.lastrowid
+        self.prune()
+        return checkpoint_id
 
     def latest_checkpoint(self) -> Checkpoint | None:
         """The newest checkpoint not marked damaged."""
@@ -876,6 +1022,66 @@ class Store:
                 "updated_at = excluded.updated_at",
                 (f"x:{key}", value, self.now()),
             )
+
+    # -- retention -------------------------------------------------------------------------
+
+    def prune(self, now: float | None = None) -> PruneReport:
+        """Drop what no reader needs any more (the retention in the module docstring): token
+        lists of old unpublished candidates and of published posts whose reward an update used
+        long ago, and old metric points thinned to one an hour, then deleted. Each run looks
+        only at what became old since the last one (watermarks in the control table), so it is
+        cheap at any size; `add_checkpoint` runs it. Freed pages are reused, not returned to
+        the file system (the file stops growing; VACUUM shrinks it)."""
+        now = self.now() if now is None else now
+        candidates_until = now - CANDIDATE_TOKENS_S
+        published_until = now - PUBLISHED_TOKENS_S
+        # Hour-aligned, so a thinned hour is never thinned again with half its points gone.
+        thin_until = (now - METRIC_FULL_S) // 3600 * 3600
+        with self._tx() as conn:
+            marks = dict(conn.execute("SELECT key, value FROM control WHERE key LIKE 'prune:%'"))
+            since = {k: float(marks.get(f"prune:{k}", "-inf")) for k in _PRUNE_KEYS}
+            newest = conn.execute("SELECT COALESCE(MAX(id), 0) FROM posts").fetchone()[0]
+            # Unpublished: the online update's probe reads the newest PROBE_KEEP posts
+            # whatever their status; nothing else reads an unpublished post's tokens.
+            cur = conn.execute(
+                "DELETE FROM post_tokens WHERE post_id IN (SELECT id FROM posts WHERE id > ? "
+                "AND id <= ? AND created_at < ? AND status IN ('candidate', 'filtered', 'failed'))",
+                (since["candidates"], newest - PROBE_KEEP, candidates_until),
+            )
+            tokens = cur.rowcount
+            last = conn.execute(
+                "SELECT MAX(id) FROM posts WHERE id > ? AND id <= ? AND created_at < ?",
+                (since["candidates"], newest - PROBE_KEEP, candidates_until),
+            ).fetchone()[0]
+            # Published: once an update used the reward (a restore that falls back past that
+            # update returns it to pending: the learner then skips a post without tokens).
+            cur = conn.execute(
+                "DELETE FROM post_tokens WHERE post_id IN (SELECT post_id FROM rewards "
+                "WHERE created_at >= ? AND created_at < ? AND used_in_version IS NOT NULL)",
+                (since["published"], published_until),
+            )
+            tokens += cur.rowcount
+            cur = conn.execute(
+                "DELETE FROM metric_points WHERE ts >= ? AND ts < ? AND rowid NOT IN "
+                "(SELECT MAX(rowid) FROM metric_points WHERE ts >= ? AND ts < ? "
+                "GROUP BY name, CAST(ts / 3600 AS INTEGER))",
+                (since["metrics"], thin_until, since["metrics"], thin_until),
+            )
+            points = cur.rowcount
+            cur = conn.execute("DELETE FROM metric_points WHERE ts < ?", (now - METRIC_KEEP_S,))
+            points += cur.rowcount
+            for key, value in (
+                ("candidates", last if last is not None else since["candidates"]),
+                ("published", max(published_until, since["published"])),
+                ("metrics", max(thin_until, since["metrics"])),
+            ):
+                conn.execute(
+                    "INSERT INTO control (key, value, updated_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+                    "updated_at = excluded.updated_at",
+                    (f"prune:{key}", repr(float(value)), now),
+                )
+        return PruneReport(tokens_dropped=tokens, metric_points_deleted=points)
 
     # -- metric history (the status page's charts) -----------------------------------------
 

@@ -64,8 +64,9 @@ def test_end_to_end_loop_tells_the_whole_story(
     # a reward, and the tokens/logprobs/policy version the online update needs.
     rewarded = query(
         state,
-        "SELECT p.id, p.status, p.idempotency_key, p.face_ref, p.tokens, p.logprobs, "
-        "p.policy_version, r.reward FROM posts p JOIN rewards r ON r.post_id = p.id",
+        "SELECT p.id, p.status, p.idempotency_key, p.face_ref, t.tokens, t.logprobs, "
+        "p.policy_version, r.reward FROM posts p JOIN rewards r ON r.post_id = p.id "
+        "JOIN post_tokens t ON t.post_id = p.id",
     )
     assert len(rewarded) >= 3
     for post_id, status, key, ref, tokens, logprobs, version, reward in rewarded:

@@ -4,6 +4,7 @@ stops the start with the file and the fix, a killed save's temporary folder is c
 
 from __future__ import annotations
 
+import sqlite3
 import struct
 from pathlib import Path
 
@@ -128,8 +129,13 @@ def test_a_zeroed_database_page_stops_the_start_with_the_file_and_the_fix(
     db = state / "plaudit.sqlite3"
     page = 4096
     assert db.stat().st_size >= 20 * page
-    with db.open("r+b") as f:  # page 16: a leaf of the posts table
-        f.seek(15 * page)
+    conn = sqlite3.connect(db)  # a leaf of the posts table (where it lies moves with the schema)
+    leaf = conn.execute(
+        "SELECT MIN(pageno) FROM dbstat WHERE name = 'posts' AND pagetype = 'leaf'"
+    ).fetchone()[0]
+    conn.close()
+    with db.open("r+b") as f:
+        f.seek((leaf - 1) * page)
         f.write(bytes(page))
     cfg = tmp_path / "plaudit.toml"
     cfg.write_text(tiny_config(state_dir=state, model_dir=tiny_model_dir))

@@ -102,12 +102,22 @@ def zero_page(db: Path, page: int, size: int = 4096) -> None:
         f.write(bytes(size))
 
 
+def posts_leaf(db: Path) -> int:
+    """A leaf page of the posts table (where it lies moves with the schema's other objects)."""
+    conn = sqlite3.connect(db)
+    try:
+        query = "SELECT MIN(pageno) FROM dbstat WHERE name = 'posts' AND pagetype = 'leaf'"
+        return int(conn.execute(query).fetchone()[0])
+    finally:
+        conn.close()
+
+
 def test_a_zeroed_page_is_caught_at_open_naming_the_file_and_the_fix(tmp_path: Path) -> None:
     with Store.open(tmp_path) as store:
         for i in range(40):
             store.add_candidates(face="f", cycle_id=str(i), candidates=[NewCandidate("x" * 2000)])
     db = tmp_path / "plaudit.sqlite3"
-    zero_page(db, 16)  # a leaf of the posts table
+    zero_page(db, posts_leaf(db))
     # Without the check the database opens, and the damage shows only when a job reads it.
     with Store.open(tmp_path) as store, pytest.raises(StateError, match="malformed"):
         store.posts(limit=1000)
