@@ -64,6 +64,10 @@ class TrainingProgress(_Model):
     loss: float | None
     tokens_per_second: float | None
     started_at: float
+    stopping: bool = Field(
+        default=False,
+        description="training was stopped and the run ends at its next step boundary",
+    )
 
 
 class RewardModelStatus(_Model):
@@ -82,7 +86,10 @@ class RewardModelStatus(_Model):
 class StatusView(_Model):
     state: DaemonState
     training: TrainingStateName
-    mode: TrainingModeName
+    mode: TrainingModeName = Field(
+        description="what trains now: offline while an offline fit runs (the first fit, a "
+        "periodic one or one asked for), else the mode training was started in"
+    )
     policy_version: int
     model: str
     faces: list[FaceStatus]
@@ -90,6 +97,14 @@ class StatusView(_Model):
     progress: TrainingProgress | None = None
     reward_model: RewardModelStatus
     uptime_seconds: float
+    posting_waits_for_first_fit: bool = Field(
+        default=False,
+        description="no post goes out before the first offline fit on the faces' history ends",
+    )
+    state_bytes: dict[str, int] = Field(
+        default_factory=dict,
+        description="bytes in the state folder by part: checkpoints, database, cache, other",
+    )
 
 
 class TrainingStartRequest(_Request):
@@ -110,6 +125,10 @@ class PostView(_Model):
     url: str | None
     published_at: float | None
     reactions: dict[str, int] | None
+    deleted: bool = Field(
+        default=False,
+        description="the face no longer finds the post (its last reaction snapshot: not found)",
+    )
     reward: float | None
     policy_version: int
 
@@ -133,6 +152,7 @@ class PostView(_Model):
             url=post.url,
             published_at=post.published_at,
             reactions=reactions,
+            deleted=last is not None and not last.found,
             reward=story.reward.reward if story.reward else None,
             policy_version=post.policy_version,
         )

@@ -2,9 +2,12 @@
 
 Conventions (checked by ``promtool check metrics`` in the tests): ``plaudit_`` prefix, base
 units (seconds, bytes), ``_total`` counters, labels only from small fixed sets (face instance,
-task, outcome, reason, mode, horizon, endpoint) and never a post id or text. Every label
-combination is created at start-up so that it is exported as 0 before the first event: rates,
-alerts and dashboard panels then see a series from the first scrape instead of "no data".
+task, outcome, reason, mode, horizon, endpoint, part) and never a post id or text. Every label
+combination of a counter or histogram is created at start-up so that it is exported as 0 before
+the first event: rates, alerts and dashboard panels then see a series from the first scrape
+instead of "no data". A gauge whose value does not exist before an event (the recent mean
+reward, the last update's loss and KL) has no series until it is first set: 0 would read as a
+measurement.
 
 The controller updates metrics through the attributes, for example
 ``metrics.posts_published.labels(face).inc()``; nothing here knows about the controller.
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from typing import Final
 
@@ -29,6 +32,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.metrics_core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.samples import Sample
 
 from plaudit.controller import FILTER_REASONS, horizon_label
 
@@ -44,8 +48,14 @@ DEFAULT_HORIZONS: Final = (timedelta(hours=1), timedelta(hours=6), timedelta(hou
 
 # Publishing goes over the network: tens of milliseconds to a minute with retries.
 _PUBLISH_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-# Generating n candidates on a CPU: a fraction of a second (tiny model) to minutes (SmolLM2).
-_GENERATION_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# Generating n candidates: a fraction of a second (tiny model) to many minutes (SmolLM2 on a
+# CPU). histogram_quantile interpolates inside a bucket, so from 1 to 15 min no bucket is more
+# than 25% wider than its lower bound (with buckets 120, 300 a 142 s cycle read as p50 210 s).
+_GENERATION_BUCKETS: Final = (
+    *(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 75.0, 90.0),
+    *(105.0, 120.0, 135.0, 150.0, 165.0, 180.0, 210.0, 240.0, 270.0, 300.0, 360.0, 420.0),
+    *(480.0, 540.0, 600.0, 720.0, 900.0, 1200.0),
+)
 # Rewards are normalised per face (roughly zero mean, unit spread), so -3..3 covers them.
 _REWARD_BUCKETS: Final = (-3.0, -2.0, -1.5, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
 _LAG_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -177,10 +187,11 @@ class Metrics:
         self.train_loss = Gauge(
             "plaudit_train_loss", "Loss of the last training step.", ["mode"], registry=registry
         )
+        # Online only: an offline fit is supervised and has no reference to drift from.
         self.train_kl = Gauge(
             "plaudit_train_kl",
-            "KL divergence of the policy from its reference after the last update, in nats per "
-            "post (summed over a post's tokens, exact over the vocabulary).",
+            "KL divergence of the policy from its reference after the last online update, in "
+            "nats per post (summed over a post's tokens, exact over the vocabulary).",
             ["mode"],
             registry=registry,
         )
@@ -197,7 +208,7 @@ class Metrics:
             ["lag"],
             registry=registry,
         )
-        self.online_importance_weight = Gauge(
+        self.online_importance_weight: Gauge = _AbsentUntilSet(
             "plaudit_online_importance_weight",
             "Mean truncated importance weight (proximal / behaviour) in the last update: "
             "how far the policy moved since the posts were sampled (1 = not at all).",
@@ -223,6 +234,13 @@ class Metrics:
         self.policy_version = Gauge(
             "plaudit_policy_version",
             "Version of the policy that generates posts (bumped by each checkpoint).",
+            registry=registry,
+        )
+        self.state_bytes = Gauge(
+            "plaudit_state_bytes",
+            "Bytes in the state folder, by part (checkpoints, database, cache, other); "
+            "measured at start-up, after each checkpoint and at each status call.",
+            ["part"],
             registry=registry,
         )
         self.training_running = Gauge(
@@ -288,7 +306,6 @@ class Metrics:
                 self.publish_duration,
                 self.last_post_timestamp,
                 self.reward,
-                self.reward_recent_mean,
             ):
                 metric.labels(face)
             for reason in FILTER_REASONS:
@@ -299,16 +316,11 @@ class Metrics:
                     self.face_errors.labels(face, call, reason)
             for horizon in self.horizons:
                 self.reactions_collected.labels(face, horizon)
+        # The last step's loss, KL, learning rate and throughput appear with the first step of
+        # their mode (train_kl: online only).
         for mode in TRAINING_MODES:
-            for gauge in (
-                self.train_steps,
-                self.train_loss,
-                self.train_kl,
-                self.train_learning_rate,
-                self.train_tokens_per_second,
-                self.training_mode,
-            ):
-                gauge.labels(mode)
+            self.train_steps.labels(mode)
+            self.training_mode.labels(mode)
         for job in SCHEDULER_JOBS:
             self.scheduler_misfires.labels(job)
             for outcome in JOB_OUTCOMES:
@@ -335,9 +347,33 @@ class Metrics:
         for m in TRAINING_MODES:
             self.training_mode.labels(m).set(1 if m == mode else 0)
 
+    def follow_training_mode(self, mode: Callable[[], str]) -> None:
+        """Read plaudit_training_mode from ``mode()`` at each scrape (the daemon's status: an
+        offline fit that runs in online mode, the first one, shows as offline)."""
+
+        def is_mode(m: str) -> Callable[[], float]:
+            return lambda: 1.0 if mode() == m else 0.0
+
+        for m in TRAINING_MODES:
+            self.training_mode.labels(m).set_function(is_mode(m))
+
     def render(self) -> bytes:
         """The registry in the Prometheus text format (what GET /metrics returns)."""
         return generate_latest(_WithoutCreated(self.registry))  # type: ignore[arg-type]
+
+
+class _AbsentUntilSet(Gauge):
+    """An unlabelled gauge with no sample until its first ``set()``: prometheus_client exports
+    an unlabelled gauge as 0 from the start, which a dashboard shows as a measured 0."""
+
+    _has_value = False
+
+    def set(self, value: float) -> None:
+        super().set(value)
+        self._has_value = True
+
+    def _child_samples(self) -> Iterable[Sample]:
+        return super()._child_samples() if self._has_value else ()
 
 
 class _WithoutCreated:

@@ -25,6 +25,7 @@ from plaudit.daemon._control import (
     PostView,
     RewardModelStatus,
     StatusView,
+    TrainingModeName,
     TrainingProgress,
     TrainingStartRequest,
 )
@@ -66,6 +67,8 @@ class ControlService:
         self._state = state
         self.started_at = started_at
         self.log = structlog.stdlib.get_logger("plaudit.daemon")
+        # plaudit_training_mode reads the mode that trains now at each scrape, as the status does.
+        metrics.follow_training_mode(self.mode)
 
     def status(self) -> StatusView:
         faces = [
@@ -79,6 +82,7 @@ class ControlService:
             )
             for name, rt in self.controller.faces.items()
         ]
+        control = self.store.control()
         p = self.controller.progress
         progress = (
             TrainingProgress(
@@ -88,15 +92,17 @@ class ControlService:
                 loss=p.loss,
                 tokens_per_second=p.tokens_per_second,
                 started_at=p.started_at,
+                # Stop takes effect at the run's next step boundary (seconds for SmolLM2):
+                # until then the run is still there, ending.
+                stopping=control.training is TrainingState.PAUSED,
             )
             if p is not None
             else None
         )
-        control = self.store.control()
         return StatusView(
             state=self._state(),
             training=control.training.value,
-            mode=control.mode.value,
+            mode=self.mode(),
             policy_version=self.policy.version,
             model=self.settings.model.name,
             faces=faces,
@@ -104,6 +110,9 @@ class ControlService:
             progress=progress,
             reward_model=RewardModelStatus(**self.controller.reward_model.status()),
             uptime_seconds=time.time() - self.started_at,
+            posting_waits_for_first_fit=self.controller.first_fit_pending,
+            # Measured afresh (os.scandir sums, about a millisecond), the gauge with it.
+            state_bytes=self.controller.checkpoints.measure(),
         )
 
     async def start_training(self, request: TrainingStartRequest) -> StatusView:
@@ -170,7 +179,7 @@ class ControlService:
             seed=request.seed,
         )
         try:
-            cands = await self.worker.run(
+            cands = await self.worker.run_soon(
                 "playground",
                 self.policy.generate,
                 [prompt],
@@ -195,6 +204,13 @@ class ControlService:
         self, names: list[str], *, since: float
     ) -> dict[str, list[tuple[float, float]]]:
         return self.store.metric_history(names, since=since)
+
+    def mode(self) -> TrainingModeName:
+        """The mode that trains now: offline while any offline fit runs (the first fit and
+        the periodic ones run in online mode as the store has it), else the stored mode."""
+        if self.controller.is_running("offline"):
+            return "offline"
+        return "offline" if self.store.control().mode is TrainingMode.OFFLINE else "online"
 
     def _offline_running(self) -> bool:
         """An offline fit runs now, or one asked for waits for its turn."""

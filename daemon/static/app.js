@@ -11,6 +11,9 @@ const FEED_PAGE = 10;
 const CHARTS = { offline: ["offline_loss"], loss: ["loss"], reward: ["reward"], kl: ["kl"] };
 const CHART_SERIES = Object.values(CHARTS).flat();
 
+// What "Next post" says while posting waits for the first offline fit.
+const FIRST_FIT = "after the first offline fit";
+
 const $ = (id) => document.getElementById(id);
 let feedOffset = 0;
 let lastStatus = null;
@@ -165,23 +168,33 @@ function renderStatus(s) {
   $("posts-published").textContent = String(s.faces.reduce((n, f) => n + f.posts_published, 0));
   const last = Math.max(0, ...s.faces.map((f) => f.last_post_at || 0));
   $("last-post").textContent = last ? fmtAgo(last) : "never";
+  // Posting waits for the first offline fit: a time that has passed would read "due".
+  const nextPost = (t) => s.posting_waits_for_first_fit ? FIRST_FIT : t ? fmtDue(t) : "–";
   const upcoming = s.faces.map((f) => f.next_post_at).filter((t) => t);
-  $("next-post").textContent = upcoming.length ? fmtDue(Math.min(...upcoming)) : "–";
-  $("start-button").disabled = s.training === "running" && s.mode === "online";
+  $("next-post").textContent = nextPost(upcoming.length ? Math.min(...upcoming) : null);
+  $("next-post").title = s.posting_waits_for_first_fit
+    ? "No post goes out before the first offline fit on the faces' history ends." : "";
+  $("start-button").disabled = s.training === "running";
   $("stop-button").disabled = s.training === "paused";
 
   const progress = s.progress;
   $("progress").hidden = !progress;
   if (progress) {
     const total = progress.total_steps;
+    const of = `step ${progress.step}${total ? ` of ${total}` : ""}`;
+    // Stopped: the run ends at its next step boundary; the bar ends now.
+    $("progress-bar").hidden = progress.stopping;
     const fill = $("progress-fill");
     fill.classList.toggle("indeterminate", !total);
     fill.style.width = total ? `${Math.min(100, (100 * progress.step) / total)}%` : "";
-    $("progress-text").textContent =
-      `${progress.mode} run: step ${progress.step}${total ? ` of ${total}` : ""}`;
+    $("progress-text").textContent = progress.stopping
+      ? `${progress.mode} run stopped at ${of}; ending…`
+      : `${progress.mode} run: ${of}`;
     const extra = [];
     if (progress.loss !== null) extra.push(`loss ${fmtNumber(progress.loss)}`);
-    if (progress.tokens_per_second !== null) extra.push(`${fmtNumber(progress.tokens_per_second)} tok/s`);
+    if (progress.tokens_per_second !== null && !progress.stopping) {
+      extra.push(`${fmtNumber(progress.tokens_per_second)} tok/s`);
+    }
     $("progress-extra").textContent = extra.join(" · ");
   }
   $("offline-button").disabled = Boolean(progress && progress.mode === "offline");
@@ -200,13 +213,14 @@ function renderStatus(s) {
   if (!s.last_rewards.length) chips.append(el("span", { class: "muted", text: "none yet" }));
 
   const body = $("faces-body");
+  // data-label: a narrow screen shows each row as a card of labelled cells (app.css).
   body.replaceChildren(...s.faces.map((f) => el("tr", {},
-    el("td", { text: f.name }),
-    el("td", { text: f.type }),
-    el("td", { class: "num", text: String(f.posts_published) }),
-    el("td", { text: fmtAgo(f.last_post_at) }),
-    el("td", { text: f.next_post_at ? fmtDue(f.next_post_at) : "–" }),
-    el("td", { class: f.last_error ? "error" : "muted", text: f.last_error || "–" }),
+    el("td", { "data-label": "Face", text: f.name }),
+    el("td", { "data-label": "Type", text: f.type }),
+    el("td", { "data-label": "Posts", class: "num", text: String(f.posts_published) }),
+    el("td", { "data-label": "Last post", text: fmtAgo(f.last_post_at) }),
+    el("td", { "data-label": "Next post", text: nextPost(f.next_post_at) }),
+    el("td", { "data-label": "Last error", class: f.last_error ? "error" : "muted", text: f.last_error || "–" }),
   )));
   if (!s.faces.length) body.append(el("tr", {}, el("td", { colspan: "6", class: "muted", text: "no faces" })));
 
@@ -295,17 +309,32 @@ async function refreshCharts() {
 
 // -- feed ----------------------------------------------------------------------------------
 
+// A link only to a web page: the simulated face's simulated:// refs (and anything but http[s])
+// lead nowhere in a browser.
+function webUrl(url) {
+  try {
+    const u = new URL(url);
+    return u.protocol === "https:" || u.protocol === "http:" ? u.href : null;
+  } catch (_) {
+    return null;
+  }
+}
+
 function renderPost(p) {
   const meta = el("div", { class: "post-meta" },
     el("span", { text: p.face }),
     el("span", { text: p.published_at ? fmtAgo(p.published_at) : p.status }),
     el("span", { text: `policy v${p.policy_version}` }));
-  if (p.reactions) {
+  if (p.deleted) {
+    // The face no longer finds it: its reactions read 0 and no reward will come.
+    meta.append(el("span", { class: "chip neg deleted", text: "deleted on the platform" }));
+  } else if (p.reactions) {
     for (const [k, v] of Object.entries(p.reactions)) meta.append(el("span", { class: "chip", text: `${k} ${v}` }));
   }
   if (p.reward !== null) meta.append(rewardChip(p.reward));
-  if (p.url) meta.append(el("a", { href: p.url, target: "_blank", rel: "noopener noreferrer", text: "open" }));
-  return el("li", {}, el("p", { class: "post-text", text: p.text }), meta);
+  const url = p.url && !p.deleted ? webUrl(p.url) : null;
+  if (url) meta.append(el("a", { href: url, target: "_blank", rel: "noopener noreferrer", text: "open" }));
+  return el("li", { class: p.deleted ? "deleted" : "" }, el("p", { class: "post-text", text: p.text }), meta);
 }
 
 async function refreshFeed() {
@@ -411,5 +440,5 @@ document.addEventListener("DOMContentLoaded", () => {
   schedule(refreshStatus, STATUS_EVERY_MS);
   schedule(refreshCharts, SLOW_EVERY_MS);
   schedule(refreshFeed, SLOW_EVERY_MS);
-  if (!sessionStorage.getItem(TOKEN_KEY)) askToken();
+  // No token asked for here: reading needs none; act() asks when an action needs it.
 });

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from http_helpers import FACES, TOKEN, loop_settings, require_tool, seed_store
+from http_helpers import (
+    FACES,
+    TOKEN,
+    first_fit_settings,
+    loop_settings,
+    require_tool,
+    running_control,
+    seed_store,
+)
 from starlette.applications import Starlette
 
-from plaudit.controller import Controller, TorchWorker
 from plaudit.daemon._http import HttpServer, build_app, serve
 from plaudit.daemon._metrics import Metrics
 from plaudit.daemon._service import ControlService
-from plaudit.faces import discover
-from plaudit.learner import Policy
 from plaudit.state import Store
 
 
@@ -52,46 +56,8 @@ async def control(
     the client in its thread) calls the service from another loop: what it asks for only
     runs, and is stopped at once, when this fixture tears down."""
     settings = loop_settings(tiny_model_dir)
-    registry = discover(only=set(FACES.values()))
-    faces = {
-        name: registry.create(
-            name=name,
-            type=spec.type,
-            config=spec.face_options(),
-            state_dir=tmp_path / "faces" / name,
-        )
-        for name, spec in settings.faces.items()
-    }
-    worker = TorchWorker()
-    policy = Policy.load(tiny_model_dir, lr=settings.online.lr)
-    controller = Controller(
-        settings=settings,
-        store=store,
-        faces=faces,
-        policy=policy,
-        worker=worker,
-        metrics=metrics,
-        state_dir=tmp_path / "state",
-        seed=0,
-    )
-    control = store.control()
-    metrics.set_training(running=control.training.value == "running", mode=control.mode.value)
-    await controller.start()
-    yield ControlService(
-        settings=settings,
-        store=store,
-        controller=controller,
-        policy=policy,
-        worker=worker,
-        metrics=metrics,
-        state=lambda: "running",
-        started_at=time.time(),
-    )
-    # The daemon's shutdown order: jobs (training stops at its next step), torch, faces.
-    await controller.stop(deadline=time.monotonic() + 30)
-    worker.shutdown(wait=True)
-    for face in faces.values():
-        await face.aclose()
+    async with running_control(settings, store, metrics, tiny_model_dir, tmp_path) as service:
+        yield service
 
 
 @pytest.fixture
@@ -136,3 +102,19 @@ async def browser(tmp_path: Path) -> AsyncIterator[Any]:
             for page in context.pages:  # stop the page's polling before closing
                 await page.goto("about:blank")
             await context.close()
+
+
+@pytest.fixture
+async def first_fit(
+    store: Store, metrics: Metrics, tiny_model_dir: Path, tmp_path: Path
+) -> AsyncIterator[tuple[ControlService, HttpServer]]:
+    """A daemon whose first offline fit runs now, and its HTTP server."""
+    settings = first_fit_settings(tiny_model_dir)
+    async with running_control(settings, store, metrics, tiny_model_dir, tmp_path) as service:
+        srv = await serve(
+            build_app(control=service, metrics=metrics, token=TOKEN), host="127.0.0.1", port=0
+        )
+        try:
+            yield service, srv
+        finally:
+            await srv.stop()

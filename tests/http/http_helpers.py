@@ -10,11 +10,19 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from plaudit.controller import Controller, TorchWorker
 from plaudit.daemon._config import Settings
+from plaudit.daemon._metrics import Metrics
+from plaudit.daemon._service import ControlService
+from plaudit.faces import discover
+from plaudit.learner import Policy
 from plaudit.state import NewCandidate, Snapshot, Store
 
 TOKEN = "test-token-0123456789abcdef"
@@ -98,5 +106,67 @@ def loop_settings(model_dir: Path) -> Settings:
             },
             "offline": {"max_steps": 4, "epochs": 1, "batch_size": 4, "max_seq_len": 32},
             "faces": {name: {"type": kind} for name, kind in FACES.items()},
+        }
+    )
+
+
+@asynccontextmanager
+async def running_control(
+    settings: Settings, store: Store, metrics: Metrics, model_dir: Path, tmp_path: Path
+) -> AsyncIterator[ControlService]:
+    """The daemon's ControlService over a started Controller on these settings, as
+    `plaudit run` builds them, stopped in the daemon's shutdown order on exit."""
+    registry = discover(only=set(FACES.values()))
+    faces = {
+        name: registry.create(
+            name=name,
+            type=spec.type,
+            config=spec.face_options(),
+            state_dir=tmp_path / "faces" / name,
+        )
+        for name, spec in settings.faces.items()
+    }
+    worker = TorchWorker()
+    policy = Policy.load(model_dir, lr=settings.online.lr)
+    controller = Controller(
+        settings=settings,
+        store=store,
+        faces=faces,
+        policy=policy,
+        worker=worker,
+        metrics=metrics,
+        state_dir=tmp_path / "state",
+        seed=0,
+    )
+    control = store.control()
+    metrics.set_training(running=control.training.value == "running", mode=control.mode.value)
+    await controller.start()
+    yield ControlService(
+        settings=settings,
+        store=store,
+        controller=controller,
+        policy=policy,
+        worker=worker,
+        metrics=metrics,
+        state=lambda: "running",
+        started_at=time.time(),
+    )
+    # The daemon's shutdown order: jobs (training stops at its next step), torch, faces.
+    await controller.stop(deadline=time.monotonic() + 30)
+    worker.shutdown(wait=True)
+    for face in faces.values():
+        await face.aclose()
+
+
+def first_fit_settings(model_dir: Path) -> Settings:
+    """The tests' settings with periodic offline fits on (so the first one runs at start and
+    posting waits for it) and a fit long enough to still run while the test looks at it."""
+    settings = loop_settings(model_dir)
+    return settings.model_copy(
+        update={
+            "controller": settings.controller.model_copy(
+                update={"offline_interval": timedelta(hours=1)}
+            ),
+            "offline": settings.offline.model_copy(update={"max_steps": 100_000, "epochs": 1000}),
         }
     )

@@ -69,6 +69,7 @@ def test_no_post_text_or_id_in_labels(metrics: Metrics) -> None:
         name for family in metrics.registry.collect() for s in family.samples for name in s.labels
     }
     allowed = {"face", "call", "reason", "horizon", "mode", "task", "outcome", "endpoint", "le"}
+    allowed |= {"part"}  # plaudit_state_bytes: checkpoints, database, cache, other
     allowed |= {"version", "model", "implementation", "major", "minor", "patchlevel"}
     allowed |= {"generation"}  # python_gc_* from the runtime collector
     assert label_names <= allowed

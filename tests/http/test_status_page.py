@@ -22,19 +22,19 @@ async def test_status_page_end_to_end(
     page.on("pageerror", lambda e: problems.append(str(e)))
 
     await page.goto(server.url)
-    # First visit: the page asks for the token once.
+    pill = page.locator("#state-pill")
+    await pill.filter(has_text="training running").wait_for()
+    # Reading needs no token: the page asks for it when an action needs it, not on load.
     dialog = page.locator("#token-dialog")
+    assert not await dialog.is_visible()
+
+    # Stop, then start: the status changes on the page and in the daemon's store.
+    await page.click("#stop-button")
     await dialog.wait_for(state="visible")
     await page.fill("#token-input", TOKEN)
     await page.click("#token-save")
     await dialog.wait_for(state="hidden")
     assert await page.evaluate("sessionStorage.getItem('plaudit.token')") == TOKEN
-
-    pill = page.locator("#state-pill")
-    await pill.filter(has_text="training running").wait_for()
-
-    # Stop, then start: the status changes on the page and in the daemon's store.
-    await page.click("#stop-button")
     await pill.filter(has_text="training paused").wait_for()
     assert control.store.control().training.value == "paused"
     await page.click("#start-button")
