@@ -94,8 +94,9 @@ DISTINCT_BIGRAMS = 2000  # distinct-2 is counted on the first this-many word big
 REF_LOSS_POSTS = 50
 EVAL_CHUNK = 50  # fresh samples per generate call (bounds memory for large models)
 
-# A method is a named set of settings: [online] keys, and `reward_model.KEY` for the
-# [reward_model] table; any other name is defined by --set NAME.key=v.
+# A method is a named set of settings: [online] keys, `reward_model.KEY` for the
+# [reward_model] table and `controller.KEY` for [controller]; any other name is defined by
+# --set NAME.key=v.
 METHODS: dict[str, dict[str, Any]] = {
     # REINFORCE, moving-average baseline, no KL, the post chosen at random
     "reinforce": {"method": "reinforce", "reward_model.enabled": False},
@@ -155,11 +156,17 @@ def parse_value(raw: str) -> Any:
 class Method:
     online: OnlineConfig
     reward_model: RewardModelConfig
+    controller: dict[str, Any] = field(default_factory=dict)  # [controller] keys it changes
+
+    @property
+    def liked_examples(self) -> float:
+        return float(self.controller.get("liked_examples", 0.0))
 
     def dump(self) -> dict[str, Any]:
         return {
             "online": self.online.model_dump(mode="json"),
             "reward_model": self.reward_model.model_dump(mode="json"),
+            "controller": self.controller,
         }
 
 
@@ -182,19 +189,25 @@ def method_settings(names: Sequence[str], sets: Sequence[str]) -> dict[str, Meth
                 f"--set {name}.method=clipped (and more --set {name}.KEY=VALUE)"
             )
         merged = {**METHODS.get(name, {}), **overrides.get(name, {})}
-        prefix = "reward_model."
+        prefix, ctl = "reward_model.", "controller."
+        controller = {k[len(ctl) :]: v for k, v in merged.items() if k.startswith(ctl)}
         try:
             out[name] = Method(
                 online=OnlineConfig(**{k: v for k, v in merged.items() if "." not in k}),
                 reward_model=RewardModelConfig(
                     **{k[len(prefix) :]: v for k, v in merged.items() if k.startswith(prefix)}
                 ),
+                controller=controller,
             )
+            loop_settings(out[name])  # the [controller] keys are checked here
         except ValueError as exc:
             raise SystemExit(f"method {name!r}: bad setting: {exc}") from None
-        unknown = [k for k in merged if "." in k and not k.startswith(prefix)]
+        unknown = [k for k in merged if "." in k and not k.startswith((prefix, ctl))]
         if unknown:
-            raise SystemExit(f"method {name!r}: {unknown}: only [online] keys and reward_model.KEY")
+            raise SystemExit(
+                f"method {name!r}: {unknown}: only [online] keys, reward_model.KEY and "
+                "controller.KEY"
+            )
     return out
 
 
@@ -310,6 +323,7 @@ def loop_settings(method: Method) -> LoopSettings:
             learn_interval=timedelta(minutes=30),
             learn_min_rewards=4,
             offline_interval=None,
+            **method.controller,
         ),
         online=method.online,
         reward_model=method.reward_model,
@@ -419,6 +433,15 @@ class TimedWorker(TorchWorker):
         t0 = time.perf_counter()
         try:
             return await super().run(name, fn, *args, **kwargs)
+        finally:
+            self.seconds[name] += time.perf_counter() - t0
+
+    async def run_soon(
+        self, name: str, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        t0 = time.perf_counter()
+        try:
+            return await super().run_soon(name, fn, *args, **kwargs)
         finally:
             self.seconds[name] += time.perf_counter() - t0
 
@@ -573,6 +596,7 @@ async def evaluate_fresh(
     samples: int,
     seed: int,
     posts: int,
+    scores: Sequence[float] = (),
 ) -> FreshEval:
     """Sample as posting does (its prompts, sampling settings, the cut at a sentence end), but
     keep every sample, and score them with the face's `appeal`. The same prompts and sampling
@@ -580,7 +604,12 @@ async def evaluate_fresh(
     assert isinstance(face, SimulatedAudience)
     s = settings.sampling
     texts = instructions(
-        history=history, n=samples, max_chars=face.limits.max_length, rng=random.Random(seed)
+        history=history,
+        n=samples,
+        max_chars=face.limits.max_length,
+        rng=random.Random(seed),
+        scores=scores,
+        liked_share=settings.controller.liked_examples,
     )
     prompts = [policy.render_prompt(t, system=SYSTEM) for t in texts]
     temperature = s.temperature or 1.0
@@ -692,6 +721,7 @@ async def run_one(
                 samples=eval_samples,
                 seed=seed,
                 posts=n,
+                scores=ctl.ctx.faces[FACE_NAME].history_scores,
             )
 
         evals = [start_eval if start_eval is not None else await evaluate(0)]
@@ -948,10 +978,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         eval_samples=opts.eval_samples,
                         state_dir=Path(tmp) / f"{name}-{seed}",
                         threads=opts.threads,
-                        start_eval=starts.get(seed),
+                        # the same prompts, the same frozen start (prompts with liked
+                        # examples are a start of their own)
+                        start_eval=starts.get((seed, method.liked_examples)),
                     )
                 )
-                starts.setdefault(seed, result.evals[0])
+                starts.setdefault((seed, method.liked_examples), result.evals[0])
                 runs[name].append(result)
                 e0, e1 = result.evals[0], result.evals[-1]
                 say(

@@ -1,8 +1,11 @@
 """Checkpoints of the live policy: written atomically by the policy, recorded in the store,
-the newest few kept; at start-up, the newest intact one restored (`resume_from_checkpoints`)."""
+the newest few kept, only the newest with the online optimizer's state (the others weights
+only: a third of the size); at start-up, the newest intact one restored
+(`resume_from_checkpoints`)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -15,6 +18,8 @@ if TYPE_CHECKING:
     from plaudit.learner import Policy, Restored
     from plaudit.state import Checkpoint, Store
 
+# Checkpoint folders kept (the KL reference's among them): the newest with the online
+# optimizer's state, the others weights only.
 KEEP_CHECKPOINTS = 3
 # The store value naming the checkpoint folder that holds the KL reference (the model of the
 # last offline fit), which the daemon loads as the reference after a restart.
@@ -102,8 +107,9 @@ class Checkpoints:
         return self.ctx.state_dir / "checkpoints"
 
     async def save(self, *, kind: str, run_id: int | None, metrics: dict[str, Any]) -> Path:
-        """Write the current policy and record it; drop all but the newest few intact ones
-        (and the one holding the KL reference)."""
+        """Write the current policy and record it; keep the newest few intact ones, the one
+        holding the KL reference among them, and drop the optimizer state of all but this one:
+        `KEEP_CHECKPOINTS` folders in all, one of them with optimizer state."""
         ctx = self.ctx
         version = ctx.policy.version
         folder = self.folder / f"v{version:06d}"
@@ -113,13 +119,50 @@ class Checkpoints:
         )
         ctx.metrics.policy_version.set(version)
         newest = ctx.store.checkpoints(limit=KEEP_CHECKPOINTS, intact_only=True)
-        keep = {Path(c.path).name for c in newest}
-        if (reference := self.reference_folder()) is not None:
-            keep.add(reference.name)
-        for old in sorted(self.folder.glob("v*")):
-            if old.name not in keep and old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
+        keep = [Path(c.path).name for c in newest]  # newest first
+        reference = self.reference_folder()
+        if reference is not None and reference.name not in keep:
+            # It must stay (a restart anchors to it), and it is a fallback like the others
+            # (older: the rewards since return to pending), so it takes the oldest one's place.
+            keep = [*keep[: max(1, KEEP_CHECKPOINTS - 1)], reference.name]
+        # Deleting a GB is not instant: off the event loop, which keeps the watchdog ticking.
+        await asyncio.to_thread(self._prune, keep=set(keep), newest=folder)
+        self.measure()
         return folder
+
+    def _prune(self, *, keep: set[str], newest: Path) -> None:
+        """Remove the folders not in ``keep``; strip the kept ones but ``newest`` to weights
+        only (the optimizer state is about twice the weights). An older one is restored only
+        when every newer one is damaged; its optimizer then starts afresh, as after an offline
+        fit, which loses the moment estimates, not any learning."""
+        from plaudit.learner import DamagedModelError, drop_optimizer_state
+        from plaudit.state import StateError
+
+        for old in sorted(self.folder.glob("v*")):
+            if not old.is_dir() or old == newest:
+                continue
+            if old.name not in keep:
+                shutil.rmtree(old, ignore_errors=True)
+                continue
+            try:
+                drop_optimizer_state(old)
+            except (DamagedModelError, StateError, OSError) as exc:
+                # Left whole: start-up checks it, and sets it aside should it be needed.
+                self.ctx.log.warning(
+                    "cannot strip an older checkpoint to weights only",
+                    checkpoint=str(old),
+                    error=str(exc),
+                )
+
+    def measure(self) -> dict[str, int]:
+        """The state folder's size by part, into the ``state_bytes`` gauge (os.scandir sums:
+        about a millisecond)."""
+        from plaudit.state import state_size
+
+        sizes = state_size(self.ctx.state_dir)
+        for part, size in sizes.items():
+            self.ctx.metrics.state_bytes.labels(part).set(size)
+        return sizes
 
     def reference_folder(self) -> Path | None:
         return reference_checkpoint(self.ctx.store, self.ctx.state_dir)

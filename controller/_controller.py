@@ -131,6 +131,8 @@ class Controller:
         """Read history and plan every job from the store. With ``schedule`` the jobs run on
         the wall clock through APScheduler; without, the caller drives them (`run_until`)."""
         ctx = self.ctx
+        await asyncio.to_thread(self.offline_fits.clear_scratch)
+        self.checkpoints.measure()
         for rt in ctx.faces.values():
             await self._load_history(rt)
             # An intent left by the previous process may have been published before it died.
@@ -327,6 +329,9 @@ class Controller:
         self._next["learn"] = now
         if self._next.get("offline") is not None:  # None: offline fits are off
             self._next["offline"] = now
+        # A Stop before the first fit took a step: posting waits for it again.
+        c = self.ctx.settings.controller
+        self._first_fit_pending = bool(self.offline_fits.never_fitted() and c.offline_interval)
         if self.scheduler is not None:
             self.scheduler.sync()
 

@@ -12,7 +12,7 @@ from plaudit.controller._rewards import Baseline
 from plaudit.state import Post, TrainingMode, TrainingState
 
 if TYPE_CHECKING:
-    from plaudit.learner import Trajectory
+    from plaudit.learner import Trajectory, UpdateStats
 
 # At most this many waiting rewards go into one update (oldest first).
 MAX_BATCH = 256
@@ -106,22 +106,30 @@ class Learning:
         run_id = store.start_run(
             kind="online", config={"rewards": len(batch), **o.model_dump(mode="json")}
         )
-        ctx.progress = Progress(mode="online", started_at=ctx.clock.now())
-        t0 = time.monotonic()
-        try:
-            stats = await ctx.worker.run(
-                "learn",
-                ctx.policy.update,
+        progress = Progress(mode="online", started_at=ctx.clock.now())
+        probe = self.probe()
+
+        def update() -> UpdateStats:
+            # Shown once it runs: queued behind an offline fit, it must not hide the fit's.
+            ctx.progress = progress
+            return ctx.policy.update(
                 batch,
                 config=config,
                 should_stop=ctx.worker.stop_training,
-                probe=self.probe(),
+                probe=probe,
+                # posting and the playground run between the update's steps
+                between_steps=ctx.worker.step_boundary,
             )
+
+        t0 = time.monotonic()
+        try:
+            stats = await ctx.worker.run("learn", update)
         except Exception as exc:
             store.finish_run(run_id, status="failed", metrics={}, error=str(exc))
             raise
         finally:
-            ctx.progress = None
+            if ctx.progress is progress:
+                ctx.progress = None
         duration = time.monotonic() - t0
         metrics = {
             "loss": stats.loss,

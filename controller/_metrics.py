@@ -65,6 +65,7 @@ class LoopMetrics(Protocol):
     online_steps_undone: Counter
     reward_model_spearman: Gauge  # [face]
     policy_version: Gauge
+    state_bytes: Gauge  # [part]: plaudit.state.STATE_PARTS
     scheduler_job_runs: Counter  # [job, outcome]
     scheduler_misfires: Counter  # [job]
 

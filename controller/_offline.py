@@ -1,9 +1,11 @@
 """Offline fits: the live policy fine-tuned on the faces' history (supervised), at first start
 and then at an interval, or now on request; the fitted weights are adopted as the new policy and
-the new KL reference."""
+the new KL reference. The fit runs in memory on the live weights (`Policy.fine_tune`): the only
+write is the checkpoint of the result."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +18,9 @@ if TYPE_CHECKING:
 
 # Knobs an offline request (API, CLI) may override.
 REQUEST_KNOBS = ("max_steps", "lr", "batch_size")
+# Where fits of earlier plaudit versions trained (a copy of the policy and a run folder,
+# gigabytes for SmolLM2); nothing writes there now, and start-up removes what is left.
+SCRATCH = "offline"
 
 
 class OfflineFits:
@@ -23,6 +28,19 @@ class OfflineFits:
         self.ctx = ctx
         self.checkpoints = checkpoints
         self.request: dict[str, Any] | None = None
+
+    def clear_scratch(self) -> int:
+        """Remove the run folder an earlier plaudit's offline fits left in the state folder;
+        the bytes freed (0: there was none)."""
+        from plaudit.state import state_size
+
+        scratch = self.ctx.state_dir / SCRATCH
+        if not scratch.is_dir():
+            return 0
+        freed = sum(state_size(scratch).values())
+        shutil.rmtree(scratch, ignore_errors=True)
+        self.ctx.log.info("old offline fit files removed", folder=str(scratch), bytes=freed)
+        return freed
 
     def never_fitted(self) -> bool:
         return any(self.ctx.store.get_value(f"offline_fit:{n}") is None for n in self.ctx.faces)
@@ -69,36 +87,35 @@ class OfflineFits:
                 )
 
     async def _fit(self, texts: list[str], overrides: dict[str, Any]) -> bool:
-        from plaudit.learner import examples_from_texts, train_offline
+        from plaudit.learner import examples_from_texts
 
         ctx = self.ctx
-        base = ctx.state_dir / "offline" / "base"
-        await ctx.worker.run("checkpoint", ctx.policy.save, base)
         requested = {k: v for k, v in overrides.items() if k in REQUEST_KNOBS and v}
         if overrides.get("epochs") is not None:
             requested["epochs"] = max(1, round(float(overrides["epochs"])))
         knobs = {**ctx.settings.offline.knobs(), **requested}
+        if knobs.get("device") not in (None, "auto", ctx.policy.device):
+            ctx.log.warning(
+                "offline.device is not used: the fit trains the live policy where it lives",
+                device=knobs["device"],
+                policy_device=ctx.policy.device,
+            )
         cfg = ctx.settings.offline.train_config(
             **requested,
-            model=str(base),  # the current policy, saved just above
+            model=ctx.policy.source,  # for the run's record: the fit starts from the live policy
             eval_every=knobs.get("eval_every") or max(1, (knobs.get("max_steps") or 100) // 2),
-            save_every=knobs.get("save_every") or 10**9,
             samples=knobs.get("samples") or 0,
-            device=knobs.get("device") or ctx.policy.device,
+            device=ctx.policy.device,
         )
-        run_dir = ctx.state_dir / "offline" / "run"
         run_id = ctx.store.start_run(kind="offline", config=cfg.model_dump(mode="json"))
         ctx.worker.stop_training.clear()
-        ctx.progress = Progress(
-            mode="offline", started_at=ctx.clock.now(), total_steps=cfg.max_steps
-        )
+        progress = Progress(mode="offline", started_at=ctx.clock.now(), total_steps=cfg.max_steps)
 
         def on_step(rec: StepRecord) -> None:
             # Runs in the worker thread: metrics are thread-safe; the store has its own lock.
-            if ctx.progress is not None:
-                ctx.progress.step = rec.step
-                ctx.progress.loss = rec.loss
-                ctx.progress.tokens_per_second = rec.tokens_per_s
+            progress.step = rec.step
+            progress.loss = rec.loss
+            progress.tokens_per_second = rec.tokens_per_s
             m = ctx.metrics
             m.train_steps.labels("offline").inc()
             m.train_loss.labels("offline").set(rec.loss)
@@ -107,18 +124,17 @@ class OfflineFits:
             ctx.store.record_metrics({"offline_loss": rec.loss})
 
         def fit() -> FitResult:
-            result = train_offline(
+            # Shown once it runs: queued behind an update, it must not hide the update's.
+            ctx.progress = progress
+            # In memory on the live weights; they are put back should the fit fail.
+            return ctx.policy.fine_tune(
                 cfg,
-                out=run_dir,
-                force=True,
-                extra_examples=examples_from_texts(texts, source="face-history"),
+                examples=examples_from_texts(texts, source="face-history"),
                 on_step=on_step,
                 stop=ctx.worker.stop_training,
+                # posting and the playground run between its micro-batches
+                between_steps=ctx.worker.step_boundary,
             )
-            best = result.best_dir or result.last_checkpoint
-            if result.steps > 0 and best is not None:
-                ctx.policy.adopt(best)
-            return result
 
         t0 = time.monotonic()
         try:
@@ -128,7 +144,8 @@ class OfflineFits:
             ctx.log.error("offline fit failed", error=str(exc))
             return False
         finally:
-            ctx.progress = None
+            if ctx.progress is progress:
+                ctx.progress = None
         metrics = {
             "steps": result.steps,
             "last_loss": result.last_loss,
@@ -138,9 +155,13 @@ class OfflineFits:
         if result.steps == 0:
             ctx.store.finish_run(run_id, status="interrupted", metrics=metrics)
             return False
-        folder = await self.checkpoints.save(kind="offline", run_id=run_id, metrics=metrics)
-        # The fitted weights are the new KL reference; a restart loads it from this checkpoint.
-        self.checkpoints.mark_reference(folder)
+        try:
+            folder = await self.checkpoints.save(kind="offline", run_id=run_id, metrics=metrics)
+            # The fitted weights are the new KL reference; a restart loads it from here.
+            self.checkpoints.mark_reference(folder)
+        except Exception as exc:
+            ctx.store.finish_run(run_id, status="failed", metrics=metrics, error=str(exc))
+            raise
         status = "interrupted" if result.reason == "interrupted" else "completed"
         ctx.store.finish_run(run_id, status=status, metrics=metrics)
         ctx.log.info(
@@ -150,4 +171,14 @@ class OfflineFits:
             duration_s=round(time.monotonic() - t0, 2),
             **metrics,
         )
-        return status == "completed"
+        if status == "interrupted":
+            ctx.log.info(
+                "offline fit stopped part-way: its weights are the policy and the reference now, "
+                "and the next fit is due at the usual interval; "
+                "`plaudit train start --mode offline` runs a full one now",
+                steps=result.steps,
+                max_steps=cfg.max_steps,
+            )
+        # Stopped part-way, its weights were adopted all the same: it counts as the fit, so
+        # a Start after a Stop does not run a second full fit from scratch.
+        return True

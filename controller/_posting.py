@@ -149,7 +149,12 @@ class Posting:
         limits = rt.face.limits
         t0 = time.monotonic()  # durations of real work are measured in real time
         texts = instructions(
-            history=rt.history, n=c.candidates, max_chars=limits.max_length, rng=ctx.rng
+            history=rt.history,
+            n=c.candidates,
+            max_chars=limits.max_length,
+            rng=ctx.rng,
+            scores=rt.history_scores,
+            liked_share=c.liked_examples,
         )
         prompts = [ctx.policy.render_prompt(t, system=SYSTEM) for t in texts]
         sampling = SamplingConfig(
@@ -160,7 +165,7 @@ class Posting:
             seed=ctx.rng.randrange(2**31),
         )
         try:
-            candidates = await ctx.worker.run(
+            candidates = await ctx.worker.run_soon(
                 "generate",
                 ctx.policy.generate,
                 prompts,

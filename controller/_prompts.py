@@ -1,5 +1,8 @@
 """Prompts for candidates. Diversity is the point: each prompt shows a different pair of real
-posts from the face's history, so that rarely-liked but real behaviours get tried at all."""
+posts from the face's history, so that rarely-liked but real behaviours get tried at all. With
+the history's scores, a share of the examples comes from its most-liked posts: the content
+this audience rewards is then shown, not left as rare as it is in the history (style alone is
+what the random examples teach)."""
 
 from __future__ import annotations
 
@@ -17,15 +20,38 @@ TOPICLESS = (
 )
 
 
+# "Most-liked": the top this share of the scored history.
+LIKED_FRACTION = 0.1
+
+
 def instructions(
-    *, history: Sequence[str], n: int, max_chars: int, rng: random.Random
+    *,
+    history: Sequence[str],
+    n: int,
+    max_chars: int,
+    rng: random.Random,
+    scores: Sequence[float] = (),
+    liked_share: float = 0.0,
 ) -> list[str]:
-    """``n`` instructions, each showing two history posts drawn without replacement."""
+    """``n`` instructions, each showing two history posts drawn without replacement. With
+    ``scores`` (one per history post) each example is, with probability ``liked_share``, one of
+    the most-liked posts (the top ``LIKED_FRACTION``), else any post."""
     if len(history) < 2:
         return [TOPICLESS.format(max_chars=max_chars)] * n
+    posts = list(history)
+    liked: list[str] = []
+    if liked_share > 0 and len(scores) == len(posts):
+        ranked = sorted(range(len(posts)), key=lambda i: scores[i], reverse=True)
+        liked = [posts[i] for i in ranked[: max(2, round(len(posts) * LIKED_FRACTION))]]
     out = []
     for _ in range(n):
-        a, b = rng.sample(list(history), 2)
+        a, b = rng.sample(posts, 2)
+        if liked and rng.random() < liked_share:
+            a = rng.choice(liked)
+        if liked and rng.random() < liked_share:
+            b = rng.choice([p for p in liked if p != a] or posts)
+        if a == b:
+            b = rng.choice([p for p in posts if p != a])
         examples = f"- {a.strip()}\n- {b.strip()}"
         out.append(INSTRUCTION.format(examples=examples, max_chars=max_chars))
     return out

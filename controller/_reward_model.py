@@ -112,7 +112,9 @@ class RewardModel:
             return
         policy = self.ctx.policy
         reference = policy.reference if policy.reference is not None else policy.model
-        head = await self.ctx.worker.run("reward_model", self._fit, items, targets, weights, n_own)
+        head = await self.ctx.worker.run_soon(
+            "reward_model", self._fit, items, targets, weights, n_own
+        )
         self.head = head
         self.ctx.log.info(
             "reward model fitted",
@@ -153,7 +155,7 @@ class RewardModel:
             draw = head.thompson(x, torch.Generator().manual_seed(seed))
             return mean, draw
 
-        mean, draw = await self.ctx.worker.run("reward_model", predict)
+        mean, draw = await self.ctx.worker.run_soon("reward_model", predict)
         if not survivors:
             return Choice(index=-1, predicted=mean)
         if selection == "uniform":

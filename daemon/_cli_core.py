@@ -47,6 +47,11 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def warn(message: str) -> None:
+    """One warning line on stderr: something works but should be fixed (the message says how)."""
+    typer.secho(f"warning: {message}", err=True, fg=typer.colors.YELLOW)
+
+
 def out_of_memory_message(args: list[str]) -> str:
     """The one line for a command that ran out of memory: the command, the model it loaded
     and its size, the process's memory limit, and the fixes."""
@@ -91,7 +96,7 @@ def _size_on_disk(path: Path) -> int:
 
 def settings_or_exit(config: Path | None, secrets: Path | None = None) -> Settings:
     try:
-        return load_settings(config_file=config, secrets_dir=secrets)
+        return load_settings(config_file=config, secrets_dir=secrets, warn=warn)
     except ConfigError as exc:
         raise fail(str(exc)) from None
 
@@ -99,7 +104,7 @@ def settings_or_exit(config: Path | None, secrets: Path | None = None) -> Settin
 config_app = typer.Typer(help="Inspect and validate the configuration.", no_args_is_help=True)
 
 
-@config_app.command("check")
+@config_app.command("check", short_help="Validate the configuration; print it, secrets redacted.")
 def config_check(
     config: ConfigOption = None,
     credentials_dir: SecretsDirOption = None,
@@ -175,7 +180,7 @@ def status(
     import os
 
     from plaudit.daemon._runfile import last
-    from plaudit.state import PostStatus, StateLock, Store
+    from plaudit.state import PostStatus, StateLock, Store, state_size
 
     implicit = (
         config is None
@@ -217,6 +222,7 @@ def status(
             "posts_published": store.count_posts(status=PostStatus.PUBLISHED),
             "rewards": len(store.rewards(limit=1_000_000)),
             "last_rewards": [r.reward for r in rewards],
+            "state_bytes": (sizes := state_size(folder)),
         }
     code = RUNNING if pid else NOT_RUNNING
     if as_json:
@@ -224,7 +230,7 @@ def status(
         raise typer.Exit(code)
     lines = {
         "daemon": f"running (pid {pid}; its HTTP API does not answer)" if pid else "not running",
-        "state folder": str(folder),
+        "state folder": f"{folder} ({_size_text(sizes)})",
         "training": record["training"],
         "mode": record["mode"],
         "policy version": record["policy_version"],
@@ -252,11 +258,25 @@ def _status_from_api(folder: Path, settings: Settings) -> StatusView | None:
         raise fail(str(exc), 1) from None
 
 
+def _size_text(parts: dict[str, int]) -> str:
+    """``1.63 GB: checkpoints 1.62 GB, database 3.1 MB, ...`` (decimal units, as du --si)."""
+
+    def size(n: int) -> str:
+        for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+            if n >= scale:
+                return f"{n / scale:.3g} {unit}"
+        return f"{n} B"
+
+    each = ", ".join(f"{part} {size(n)}" for part, n in parts.items())
+    return f"{size(sum(parts.values()))}: {each}"
+
+
 def _print_view(view: StatusView, folder: Path) -> None:
     rewards = ", ".join(f"{r:+.2f}" for r in view.last_rewards) or "none yet"
+    folder_text = f"{folder} ({_size_text(view.state_bytes)})" if view.state_bytes else str(folder)
     lines: dict[str, object] = {
         "daemon": f"{view.state} (up {view.uptime_seconds / 60:.0f} min)",
-        "state folder": str(folder),
+        "state folder": folder_text,
         "model": view.model,
         "training": view.training,
         "mode": view.mode,
@@ -285,4 +305,5 @@ def _print_view(view: StatusView, folder: Path) -> None:
 
 def register(app: typer.Typer) -> None:
     app.add_typer(config_app, name="config")
-    app.command("status")(status)
+    short = "What the daemon is doing: training, policy, posts, rewards."
+    app.command("status", short_help=short)(status)

@@ -40,12 +40,19 @@ from ._kv_cache import KVCache
 from ._load import LoadedModel, default_cache_dir, load_model, save_model, verify_model_folder
 from ._model import PRESETS, ModelConfig, Transformer
 from ._online import OnlineUpdateConfig, Trajectory, UpdateStats
-from ._policy import Candidate, Policy, Restored
+from ._policy import Candidate, Policy, Restored, drop_optimizer_state
 from ._reward_model import Prediction, RewardHead, text_features
 from ._runtime import configure_torch
 from ._step_record import StepRecord
 from ._tokenizer import Tokenizer
-from ._train import FitResult, OfflineTrainConfig, fit, train_offline, use_chat_template
+from ._train import (
+    FitResult,
+    OfflineTrainConfig,
+    fit,
+    train_in_memory,
+    train_offline,
+    use_chat_template,
+)
 
 __all__: list[str] = [
     "PRESETS",
@@ -90,6 +97,7 @@ __all__: list[str] = [
     "decode_kernel",
     "dedupe_examples",
     "default_cache_dir",
+    "drop_optimizer_state",
     "encode_prompts",
     "evaluate",
     "examples_from_texts",
@@ -107,6 +115,7 @@ __all__: list[str] = [
     "save_model",
     "split_validation",
     "text_features",
+    "train_in_memory",
     "train_offline",
     "transform_logits",
     "use_chat_template",

@@ -54,6 +54,16 @@ with temperature and top-p/top-k truncation) that is no longer the current one. 
   clip fraction (tokens with |ratio - 1| > clip) overall and by version lag, the mean
   truncated IS weight, steps kept and undone.
 
+What it costs (the floor is ``epochs`` forward-backward-steps and one forward over the
+batch): every forward takes the final norm, the head and the softmax at the completion
+positions only (the prompts, most of each sequence, never reach the (N, V) logits); the
+reference's log-softmax at the batch's and the probe's completion positions is computed once
+per update and kept (it is frozen; up to ``REFERENCE_CACHE_BYTES``); when the batch is one
+minibatch the proximal logprobs are read off the first step's own forward; the snapshots that
+undo a step are copied into the same buffers each step. Above the floor remain the reference's
+one forward over batch and probe, and the probe's policy forward after every step (the drift
+check): measured by bench/online_update.py.
+
 Simplifications (kept on purpose):
 - the update's π (new and proximal) is the full softmax at each post's own temperature
   (``Trajectory.temperature``), not the top-p/top-k truncated distribution the post was
@@ -83,9 +93,9 @@ from __future__ import annotations
 import copy
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -173,44 +183,67 @@ def _temperature(t: Trajectory, config: OnlineUpdateConfig | None) -> float:
     return float(temp) if temp and temp > 0 else 1.0  # greedy: the model's own softmax
 
 
-def _pad_batch(
-    trajectories: Sequence[Trajectory], device: torch.device
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Right-padded inputs (B, T), targets (B, T) and a mask (B, T) of completion positions.
-    The mask's True entries, read row by row, are the completion tokens in order."""
+@dataclass
+class _Rows:
+    """Trajectories padded into one forward: right-padded inputs (B, T) and the completion
+    positions, a (B, T) mask whose True entries, read row by row, are the completion tokens in
+    order; per completion position its target token, its row and its row's temperature (N,)."""
+
+    idx: Tensor
+    mask: Tensor
+    targets: Tensor
+    rows: Tensor
+    temps: Tensor
+    lengths: list[int]  # completion tokens per row
+
+    def per_row(self, values: Tensor) -> list[Tensor]:
+        """(N,) values split into one tensor per row."""
+        return list(torch.split(values, self.lengths))
+
+    def row_sums(self, values: Tensor) -> Tensor:
+        """(N,) values summed per row: (B,)."""
+        out = torch.zeros(len(self.lengths), device=values.device, dtype=values.dtype)
+        return out.index_add_(0, self.rows, values)
+
+
+def _rows(
+    trajectories: Sequence[Trajectory], config: OnlineUpdateConfig | None, device: torch.device
+) -> _Rows:
     seqs = [t.prompt + t.completion for t in trajectories]
     T = max(len(s) for s in seqs) - 1
     B = len(seqs)
     idx = torch.zeros(B, T, dtype=torch.long)
-    tgt = torch.zeros(B, T, dtype=torch.long)
     mask = torch.zeros(B, T, dtype=torch.bool)
     for i, (t, s) in enumerate(zip(trajectories, seqs, strict=True)):
         n = len(s) - 1
         idx[i, :n] = torch.tensor(s[:-1])
-        tgt[i, :n] = torch.tensor(s[1:])
         mask[i, len(t.prompt) - 1 : n] = True
-    return idx.to(device), tgt.to(device), mask.to(device)
+    lengths = [len(t.completion) for t in trajectories]
+    rows = torch.repeat_interleave(torch.arange(B), torch.tensor(lengths))
+    temps = torch.tensor([_temperature(t, config) for t in trajectories])[rows]
+    targets = torch.tensor([tok for t in trajectories for tok in t.completion], dtype=torch.long)
+    return _Rows(
+        idx=idx.to(device),
+        mask=mask.to(device),
+        targets=targets.to(device),
+        rows=rows.to(device),
+        temps=temps.to(device),
+        lengths=lengths,
+    )
 
 
-def _log_softmax(model: Transformer, idx: Tensor, temperatures: Tensor) -> Tensor:
-    """(B, T, V) fp32 log-softmax of the logits divided by each row's temperature (B,)."""
-    logits = model(idx).float()  # (B, T, V)
-    if bool((temperatures != 1).any()):
-        logits = logits / temperatures[:, None, None]
+def _completion_logp(model: Transformer, rows: _Rows) -> Tensor:
+    """(N, V) fp32 log-softmax at the completion positions only, each at its row's
+    temperature. The final norm, the head and the softmax never see the prompts' positions
+    (most of each sequence: a posting prompt shows two example posts), nor the padding; the
+    same numbers as the full forward's at those positions."""
+    h = model.hidden_states(rows.idx, layers=model.config.n_layer)  # (B, T, C)
+    h = model.norm_f(h[rows.mask])  # (N, C)
+    head = model.tok_emb.weight if model.lm_head is None else model.lm_head.weight
+    logits = F.linear(h, cast("Tensor", head)).float()  # (N, V)
+    if bool((rows.temps != 1).any()):
+        logits = logits / rows.temps[:, None]
     return F.log_softmax(logits, dim=-1)
-
-
-def _temperatures(
-    trajectories: Sequence[Trajectory], config: OnlineUpdateConfig | None, device: torch.device
-) -> Tensor:
-    return torch.tensor([_temperature(t, config) for t in trajectories], device=device)
-
-
-def _place(values: Sequence[Tensor], mask: Tensor) -> Tensor:
-    """Per-trajectory token values (each (n_i,)) laid out on the (B, T) mask, 0 elsewhere."""
-    out = torch.zeros(mask.shape, device=mask.device)
-    out[mask] = torch.cat(list(values)).to(mask.device)
-    return out
 
 
 def sequence_logprobs(
@@ -233,21 +266,21 @@ def sequence_logprobs(
         for start in range(0, len(trajs), 8):
             chunk = [t for t in trajs[start : start + 8] if t.completion]
             if chunk:
-                idx, tgt, mask = _pad_batch(chunk, device)
-                logp = _log_softmax(model, idx, _temperatures(chunk, None, device))
-                lp = logp.gather(-1, tgt[..., None]).squeeze(-1)
-                rows = iter(lp[i][mask[i]].tolist() for i in range(len(chunk)))
+                rows = _rows(chunk, None, device)
+                logp = _completion_logp(model, rows)
+                picked = logp.gather(-1, rows.targets[:, None]).squeeze(-1)
+                lists = iter(x.tolist() for x in rows.per_row(picked))
             for t in trajs[start : start + 8]:
-                out.append(next(rows) if t.completion else [])
+                out.append(next(lists) if t.completion else [])
     return out
 
 
-# --- one pass over the batch: logprobs, exact KL, entropy ------------------------------------
+# --- passes over a fixed set of posts: logprobs, exact KL, entropy ---------------------------
 
 
 @dataclass
 class _Pass:
-    """What one no-grad pass of the policy (and the reference) over the batch found."""
+    """What one no-grad pass of the policy (and the reference) over a set of posts found."""
 
     logprobs: list[Tensor]  # per trajectory (n_i,): log π(a_t), full softmax at its temperature
     kl_per_post: float  # exact KL(π || π_ref), summed per post, mean over posts; NaN: no ref
@@ -293,56 +326,109 @@ class _Pass:
         )
 
 
-def _batch_pass(
-    model: Transformer,
-    reference: Transformer | None,
-    batch: Sequence[Trajectory],
-    config: OnlineUpdateConfig | None,
-    *,
-    chunk_size: int = 8,
-) -> _Pass:
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    logprobs: list[Tensor] = []
-    kl_posts: list[Tensor] = []
-    entropy_sum, tokens = 0.0, 0
-    try:
+# The reference's log-softmax at a set's completion positions is kept for the update when it
+# takes at most this much memory (fp32, N x V); a larger backlog recomputes it where needed.
+REFERENCE_CACHE_BYTES = 1 << 30
+
+
+class _Posts:
+    """A fixed set of trajectories in forward-sized chunks, with the reference's log-softmax
+    at their completion positions computed once for the whole update: the reference is
+    frozen, so however many steps measure these posts or train on them, each post costs one
+    reference forward (before, every step ran the reference again over its minibatch and over
+    the probe)."""
+
+    def __init__(
+        self,
+        trajectories: Sequence[Trajectory],
+        reference: Transformer | None,
+        config: OnlineUpdateConfig | None,
+        device: torch.device,
+        chunk_size: int,
+    ) -> None:
+        self.trajectories = list(trajectories)
+        self.reference = reference
+        self.config = config
+        self.chunks = [
+            _rows(self.trajectories[s : s + chunk_size], config, device)
+            for s in range(0, len(self.trajectories), chunk_size)
+        ]
+        vocab = reference.config.vocab_size if reference is not None else 0
+        tokens = sum(len(t.completion) for t in self.trajectories)
+        self._keep = tokens * vocab * 4 <= REFERENCE_CACHE_BYTES
+        self._ref: list[Tensor | None] = [None] * len(self.chunks)
+        # chunk and first row of each trajectory, for `reference_rows`
+        self._where = [
+            (c, r) for c, rows in enumerate(self.chunks) for r in range(len(rows.lengths))
+        ]
+
+    def reference_logp(self, c: int) -> Tensor | None:
+        """(N_c, V) the reference's log-softmax at chunk c's completion positions."""
+        if self.reference is None:
+            return None
+        cached = self._ref[c]
+        if cached is not None:
+            return cached
         with torch.inference_mode():
-            for start in range(0, len(batch), chunk_size):
-                chunk = batch[start : start + chunk_size]
-                idx, tgt, mask = _pad_batch(chunk, device)
-                temps = _temperatures(chunk, config, device)
-                logp = _log_softmax(model, idx, temps)  # (B, T, V)
-                picked = logp.gather(-1, tgt[..., None]).squeeze(-1)  # (B, T)
-                p = logp.exp()
-                ent = -(p * logp).sum(-1)  # (B, T)
-                entropy_sum += float(ent[mask].sum())
-                tokens += int(mask.sum())
-                logprobs.extend(picked[i][mask[i]].cpu() for i in range(len(chunk)))
-                if reference is not None:
-                    ref_logp = _log_softmax(reference, idx, temps)
-                    kl = (p * (logp - ref_logp)).sum(-1)  # (B, T), exact per position
-                    kl_posts.append((kl * mask).sum(-1).cpu())  # (B,)
-    finally:
-        model.train(was_training)
-    total: Tensor | None = None
-    kl_se = 0.0
-    if reference is None:
-        kl_post = kl_token = math.nan
-    else:
-        total = torch.cat(kl_posts)
-        kl_post = float(total.mean())
-        kl_se = float(total.std() / math.sqrt(len(total))) if len(total) > 1 else 0.0
-        kl_token = float(total.sum()) / max(tokens, 1)
-    return _Pass(
-        logprobs=logprobs,
-        kl_posts=total,
-        kl_se=kl_se,
-        kl_per_post=kl_post,
-        kl_per_token=kl_token,
-        entropy=entropy_sum / max(tokens, 1),
-    )
+            ref = _completion_logp(self.reference, self.chunks[c])
+        if self._keep:
+            self._ref[c] = ref
+        return ref
+
+    def reference_rows(self, indices: Sequence[int]) -> Tensor | None:
+        """(N, V) the reference's log-softmax at the completion positions of the trajectories
+        ``indices`` (in that order), as one training minibatch lays them out."""
+        if self.reference is None:
+            return None
+        parts = []
+        for i in indices:
+            c, r = self._where[i]
+            ref = self.reference_logp(c)
+            assert ref is not None
+            lengths = self.chunks[c].lengths
+            start = sum(lengths[:r])
+            parts.append(ref[start : start + lengths[r]])
+        return torch.cat(parts)
+
+    def measure(self, model: Transformer) -> _Pass:
+        """The policy's logprobs, exact KL to the reference and entropy on these posts."""
+        was_training = model.training
+        model.eval()
+        logprobs: list[Tensor] = []
+        kl_posts: list[Tensor] = []
+        entropy_sum, tokens = 0.0, 0
+        try:
+            with torch.inference_mode():
+                for c, rows in enumerate(self.chunks):
+                    logp = _completion_logp(model, rows)  # (N, V)
+                    picked = logp.gather(-1, rows.targets[:, None]).squeeze(-1)  # (N,)
+                    p = logp.exp()
+                    entropy_sum += float(-(p * logp).sum())
+                    tokens += int(picked.numel())
+                    logprobs.extend(x.cpu() for x in rows.per_row(picked))
+                    ref = self.reference_logp(c)
+                    if ref is not None:
+                        kl = (p * (logp - ref)).sum(-1)  # (N,), exact per position
+                        kl_posts.append(rows.row_sums(kl).cpu())  # (B,)
+        finally:
+            model.train(was_training)
+        total: Tensor | None = None
+        kl_se = 0.0
+        if self.reference is None:
+            kl_post = kl_token = math.nan
+        else:
+            total = torch.cat(kl_posts)
+            kl_post = float(total.mean())
+            kl_se = float(total.std() / math.sqrt(len(total))) if len(total) > 1 else 0.0
+            kl_token = float(total.sum()) / max(tokens, 1)
+        return _Pass(
+            logprobs=logprobs,
+            kl_posts=total,
+            kl_se=kl_se,
+            kl_per_post=kl_post,
+            kl_per_token=kl_token,
+            entropy=entropy_sum / max(tokens, 1),
+        )
 
 
 def measure_kl(
@@ -364,9 +450,10 @@ def measure_kl(
     if not batch:
         return 0.0
     config = OnlineUpdateConfig(temperature=temperature)
-    now = _batch_pass(model, reference, batch, config)
+    posts = _Posts(batch, reference, config, next(model.parameters()).device, 8)
+    now = posts.measure(model)
     if start is not None:
-        now = now.moved_from(_batch_pass(start, reference, batch, config))
+        now = now.moved_from(posts.measure(start))
     return now.kl_per_post
 
 
@@ -377,69 +464,97 @@ def measure_kl(
 class _Prepared:
     """A trajectory with what the update computed for it at its start (without grad)."""
 
+    index: int  # its place in the batch (`_Posts`)
     traj: Trajectory
     prox: Tensor  # (n,) log π_prox(a_t): the weights at the start of the update
     weight: Tensor  # (n,) min(π_prox / π_behaviour, IS_TRUNCATION) (clipped only)
 
 
-def _prepare(batch: Sequence[Trajectory], start: _Pass) -> list[_Prepared]:
+def _prepare(batch: Sequence[Trajectory], proximal: Sequence[Tensor]) -> list[_Prepared]:
     out = []
-    for t, prox in zip(batch, start.logprobs, strict=True):
+    for i, (t, prox) in enumerate(zip(batch, proximal, strict=True)):
         behaviour = torch.tensor(t.behaviour_logprobs, dtype=torch.float32)
-        log_w = (prox - behaviour).clamp(max=math.log(IS_TRUNCATION))
+        log_w = (prox.cpu() - behaviour).clamp(max=math.log(IS_TRUNCATION))
         # reinforce reports the weights (how stale the batch is) but does not use them
-        out.append(_Prepared(traj=t, prox=prox, weight=log_w.exp()))
+        out.append(_Prepared(index=i, traj=t, prox=prox.cpu(), weight=log_w.exp()))
     return out
 
 
 def _loss(
-    model: Transformer,
-    reference: Transformer | None,
+    logp: Tensor,
+    new_lp: Tensor,
+    rows: _Rows,
     items: Sequence[_Prepared],
+    reference: Tensor | None,
     config: OnlineUpdateConfig,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The minibatch's loss (normalised per token) with its gradient; the ratios π / π_prox
-    (B, T) and the completion mask (B, T)."""
-    device = next(model.parameters()).device
-    trajs = [it.traj for it in items]
-    idx, tgt, mask = _pad_batch(trajs, device)
-    temps = _temperatures(trajs, config, device)
-    logp = _log_softmax(model, idx, temps)  # (B, T, V)
-    new_lp = logp.gather(-1, tgt[..., None]).squeeze(-1)  # (B, T)
-    maskf = mask.float()
-    denom = maskf.sum().clamp(min=1.0)
-    adv = torch.tensor([t.advantage for t in trajs], device=device)[:, None]  # (B, 1)
-    prox = _place([it.prox for it in items], mask)
-    ratio = torch.exp((new_lp - prox).clamp(-20, 20)) * maskf  # (B, T), 0 off the mask
+) -> tuple[Tensor, Tensor]:
+    """The minibatch's loss (normalised per token) with its gradient, from the policy's
+    log-softmax ``logp`` (N, V) at the completion positions and its picked logprobs
+    ``new_lp`` (N,); and the ratios π / π_prox (N,)."""
+    device = logp.device
+    n = max(new_lp.numel(), 1)
+    adv = torch.tensor([it.traj.advantage for it in items], device=device)[rows.rows]  # (N,)
+    prox = torch.cat([it.prox for it in items]).to(device)
+    ratio = torch.exp((new_lp - prox).clamp(-20, 20))  # (N,)
     if config.method == "reinforce":
-        return -(adv * new_lp * maskf).sum() / denom, ratio.detach(), mask
-    weight = _place([it.weight for it in items], mask)
+        return -(adv * new_lp).sum() / n, ratio.detach()
+    weight = torch.cat([it.weight for it in items]).to(device)
     surr = torch.minimum(ratio * adv, ratio.clamp(1 - config.clip, 1 + config.clip) * adv)
-    loss = -(weight * surr * maskf).sum() / denom
+    loss = -(weight * surr).sum() / n
     if reference is not None and config.kl_coef > 0:
-        with torch.no_grad():
-            ref_logp = _log_softmax(reference, idx, temps)
-        kl = (logp.exp() * (logp - ref_logp)).sum(-1)  # (B, T) exact KL(π || π_ref)
-        loss = loss + config.kl_coef * (kl * maskf).sum() / denom
-    return loss, ratio.detach(), mask
+        kl = (logp.exp() * (logp - reference)).sum(-1)  # (N,) exact KL(π || π_ref)
+        loss = loss + config.kl_coef * kl.sum() / n
+    return loss, ratio.detach()
 
 
 # --- all-or-nothing ----------------------------------------------------------------------
 
 
 class _Snapshot:
-    """The weights and the optimizer state at one moment, to go back to."""
+    """The weights and the optimizer state at one moment, to go back to. `capture` copies
+    into the buffers of an earlier capture (no new memory per step: for SmolLM2 the weights and
+    AdamW's moments are 1.6 GB, and fresh pages cost more than the copy)."""
 
     def __init__(self, model: Transformer, optimizer: torch.optim.Optimizer) -> None:
-        self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        self.optimizer: dict[str, Any] = copy.deepcopy(optimizer.state_dict())
+        self.weights: dict[str, Tensor] = {}
+        self.state: dict[Tensor, dict[str, Any]] = {}
+        self.capture(model, optimizer)
+
+    def capture(self, model: Transformer, optimizer: torch.optim.Optimizer) -> None:
+        with torch.no_grad():
+            for name, value in model.state_dict().items():
+                _copy_into(self.weights, name, value)
+            state: dict[Tensor, dict[str, Any]] = {}
+            for param, per_param in optimizer.state.items():
+                kept = self.state.get(param, {})
+                for key, value in per_param.items():
+                    _copy_into(kept, key, value)
+                state[param] = kept
+            self.state = state
 
     def restore(self, model: Transformer, optimizer: torch.optim.Optimizer) -> None:
         with torch.no_grad():
-            model.load_state_dict(self.weights)
-        # A copy: load_state_dict keeps tensors of the right device and dtype as they are, so
-        # the snapshot's own tensors would be stepped on afterwards.
-        optimizer.load_state_dict(copy.deepcopy(self.optimizer))
+            for name, value in model.state_dict().items():
+                value.copy_(self.weights[name])
+            for param in list(optimizer.state):
+                if param not in self.state:
+                    del optimizer.state[param]  # no state yet at the capture (a fresh optimizer)
+            for param, kept in self.state.items():
+                live = optimizer.state[param]
+                for key, value in kept.items():
+                    _copy_into(live, key, value)
+
+
+def _copy_into(into: dict[str, Any], key: str, value: Any) -> None:
+    """into[key] = a copy of value, in place where the tensor there fits."""
+    old = into.get(key)
+    if isinstance(value, Tensor):
+        if isinstance(old, Tensor) and old.shape == value.shape and old.dtype == value.dtype:
+            old.copy_(value)
+        else:
+            into[key] = value.detach().clone()
+    else:
+        into[key] = copy.deepcopy(value)
 
 
 def policy_update(
@@ -452,6 +567,7 @@ def policy_update(
     should_stop: object = None,
     current_version: int | None = None,
     probe: Sequence[Trajectory] = (),
+    between_steps: Callable[[], object] | None = None,
 ) -> UpdateStats:
     """Improve ``model`` on a batch of rewarded posts; returns what happened (see the module
     docstring for the method).
@@ -461,6 +577,10 @@ def policy_update(
 
     ``should_stop``: an object with ``is_set()`` (a threading.Event) checked between steps, so
     a shutdown interrupts the update at a step boundary (the steps taken are kept).
+    ``between_steps``: called before the first step and after every step kept, where nothing
+    of the update is in flight (no graph, the weights those of a kept step): the torch worker
+    runs waiting generation there, so posting waits at most one step behind an update. It may
+    use the model (eval mode, inference); the update sets training mode again after it.
     ``current_version``: the policy's version, for the clip fraction by version lag.
     All-or-nothing: on any exception the weights and the optimizer state are restored to
     those of before the call and the exception is re-raised."""
@@ -474,9 +594,9 @@ def policy_update(
     initial = _Snapshot(model, optimizer)
     was_training = model.training
     try:
-        return _update(
-            model, reference, optimizer, batch, config, should_stop, current_version, probe
-        )
+        return _Update(
+            model, reference, optimizer, batch, config, current_version, probe, initial
+        ).run(should_stop, between_steps)
     except BaseException:
         initial.restore(model, optimizer)
         raise
@@ -485,119 +605,167 @@ def policy_update(
         model.train(was_training)
 
 
-def _update(
-    model: Transformer,
-    reference: Transformer | None,
-    optimizer: torch.optim.Optimizer,
-    batch: list[Trajectory],
-    config: OnlineUpdateConfig,
-    should_stop: object,
-    current_version: int | None,
-    probe: list[Trajectory],
-) -> UpdateStats:
-    clipped_method = config.method == "clipped"
-    chunk = max(config.minibatch_size, 1)
-    start = _batch_pass(model, reference, batch, config, chunk_size=chunk)
-    items = _prepare(batch, start)
-    bound = config.max_kl if clipped_method and reference is not None else None
-    measured = probe or batch  # where drift is measured (and bounded)
+class _Update:
+    """One update's state: the batch and the probe with their cached reference, the proximal
+    logprobs, the running statistics."""
 
-    # the pass that measured the weights as they were at the start, on the measured posts
-    first = start if not probe else _batch_pass(model, reference, probe, config, chunk_size=chunk)
+    def __init__(
+        self,
+        model: Transformer,
+        reference: Transformer | None,
+        optimizer: torch.optim.Optimizer,
+        batch: list[Trajectory],
+        config: OnlineUpdateConfig,
+        current_version: int | None,
+        probe: list[Trajectory],
+        initial: _Snapshot,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.config = config
+        self.current_version = current_version
+        self.initial = initial
+        self.clipped_method = config.method == "clipped"
+        self.chunk = max(config.minibatch_size, 1)
+        device = next(model.parameters()).device
+        self.batch = _Posts(batch, reference, config, device, self.chunk)
+        self.measured = _Posts(probe, reference, config, device, self.chunk) if probe else None
+        self.bound = config.max_kl if self.clipped_method and reference is not None else None
+        self.ratio_sum, self.ratio_max, self.ratio_n, self.clipped_n = 0.0, 0.0, 0, 0
+        self.lag_clipped: dict[int, int] = defaultdict(int)
+        self.lag_tokens: dict[int, int] = defaultdict(int)
 
-    def measure() -> _Pass:
-        after = _batch_pass(model, reference, measured, config, chunk_size=chunk)
-        return after.moved_from(first)
+    def _minibatches(self, n: int) -> list[list[int]]:
+        if not self.clipped_method:
+            return [list(range(n))]  # REINFORCE: one step on the whole batch
+        order = torch.randperm(n).tolist()
+        return [order[s : s + self.chunk] for s in range(0, n, self.chunk)]
 
-    current = first  # the pass that measured the weights as they are now
-    epochs = config.epochs if clipped_method else 1
-    steps, undone, losses = 0, 0, []
-    stop_reason: Literal["max_kl", "interrupted"] | None = None
-    ratio_sum, ratio_max, ratio_n, clipped_n = 0.0, 0.0, 0, 0
-    lag_clipped: dict[int, int] = defaultdict(int)
-    lag_tokens: dict[int, int] = defaultdict(int)
-    model.train()
-    for _epoch in range(epochs):
-        if clipped_method:
-            order = torch.randperm(len(items)).tolist()
-            minibatches = [
-                [items[i] for i in order[s : s + chunk]] for s in range(0, len(items), chunk)
-            ]
+    def run(self, should_stop: object, between_steps: Callable[[], object] | None) -> UpdateStats:
+        model, config = self.model, self.config
+        n = len(self.batch.trajectories)
+        items: list[_Prepared] | None = None
+        if (self.measured is not None and n <= self.chunk) or not self.clipped_method:
+            # One minibatch holds the whole batch: its first forward is at the update's
+            # starting weights, so the proximal logprobs come from it (no pass of their own).
+            start = None
         else:
-            minibatches = [list(items)]  # REINFORCE: one step on the whole batch
-        for mb in minibatches:
-            if should_stop is not None and should_stop.is_set():  # type: ignore[attr-defined]
-                stop_reason = "interrupted"
-                break
-            loss, ratio, mask = _loss(model, reference, mb, config)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    "online update: the loss is not finite (NaN/inf); the weights were not "
-                    "changed. Lower online.lr or check the rewards for NaN"
-                )
-            before = _Snapshot(model, optimizer) if bound is not None else None
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            # Ratio statistics of the tokens this step saw (before it moved the weights).
-            r = ratio[mask]
-            out = (r - 1).abs() > config.clip
-            ratio_sum += float(r.sum())
-            ratio_max = max(ratio_max, float(r.max()))
-            ratio_n += r.numel()
-            clipped_n += int(out.sum())
-            if current_version is not None:
-                for i, it in enumerate(mb):
-                    if it.traj.policy_version is None:
-                        continue
-                    lag = current_version - it.traj.policy_version
-                    lag_clipped[lag] += int(((ratio[i][mask[i]] - 1).abs() > config.clip).sum())
-                    lag_tokens[lag] += int(mask[i].sum())
-            if bound is not None:
-                after = measure()
-                if not math.isfinite(after.kl_per_post):
-                    raise FloatingPointError(
-                        "online update: the KL to the reference is not finite after a step; "
-                        "the weights were not changed. Lower online.lr"
-                    )
-                if after.kl_upper > bound and after.kl_upper > current.kl_upper:
-                    assert before is not None
-                    before.restore(model, optimizer)
-                    undone += 1
-                    stop_reason = "max_kl"
+            start = self.batch.measure(model)
+            items = _prepare(self.batch.trajectories, start.logprobs)
+        measured = self.measured or self.batch
+        first = measured.measure(model) if start is None or self.measured else start
+        current = first  # the pass that measured the weights as they are now
+        epochs = config.epochs if self.clipped_method else 1
+        steps, undone, losses = 0, 0, []
+        stop_reason: Literal["max_kl", "interrupted"] | None = None
+        before: _Snapshot | None = None
+        if between_steps is not None:  # the passes above took about as long as a step
+            between_steps()
+        model.train()
+        for _epoch in range(epochs):
+            for mb in self._minibatches(n):
+                if should_stop is not None and should_stop.is_set():  # type: ignore[attr-defined]
+                    stop_reason = "interrupted"
                     break
-                current = after
-            steps += 1
-            losses.append(float(loss.detach()))
-        if stop_reason is not None:
-            break
-    if current is first and steps > 0:  # not measured after the steps (no max_kl)
-        current = measure()
-    if not math.isfinite(current.entropy):
-        raise FloatingPointError(
-            "online update: the policy's entropy is not finite after the update; the weights "
-            "were not changed. Lower online.lr"
+                rows = _rows(
+                    [self.batch.trajectories[i] for i in mb],
+                    config,
+                    self.batch.chunks[0].idx.device,
+                )
+                logp = _completion_logp(model, rows)  # (N, V)
+                new_lp = logp.gather(-1, rows.targets[:, None]).squeeze(-1)  # (N,)
+                if items is None:
+                    proximal = dict(zip(mb, rows.per_row(new_lp.detach()), strict=True))
+                    items = _prepare(self.batch.trajectories, [proximal[i] for i in range(n)])
+                mb_items = [items[i] for i in mb]
+                ref = self.batch.reference_rows(mb) if self.clipped_method else None
+                loss, ratio = _loss(logp, new_lp, rows, mb_items, ref, config)
+                del logp
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        "online update: the loss is not finite (NaN/inf); the weights were not "
+                        "changed. Lower online.lr or check the rewards for NaN"
+                    )
+                if self.bound is not None:
+                    # The state to go back to should this step cross the budget: before the
+                    # first step that is the update's own start.
+                    if steps == 0:
+                        before = self.initial
+                    elif before is None or before is self.initial:
+                        before = _Snapshot(model, self.optimizer)
+                    else:
+                        before.capture(model, self.optimizer)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()  # type: ignore[no-untyped-call]
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                self.optimizer.step()
+                self._count(ratio, rows, mb_items)
+                if self.bound is not None:
+                    after = measured.measure(model).moved_from(first)
+                    if not math.isfinite(after.kl_per_post):
+                        raise FloatingPointError(
+                            "online update: the KL to the reference is not finite after a "
+                            "step; the weights were not changed. Lower online.lr"
+                        )
+                    if after.kl_upper > self.bound and after.kl_upper > current.kl_upper:
+                        assert before is not None
+                        before.restore(model, self.optimizer)
+                        undone += 1
+                        stop_reason = "max_kl"
+                        break
+                    current = after
+                steps += 1
+                losses.append(float(loss.detach()))
+                if between_steps is not None:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    between_steps()
+                    model.train()
+            if stop_reason is not None:
+                break
+        if current is first and steps > 0:  # not measured after the steps (no max_kl)
+            current = measured.measure(model).moved_from(first)
+        if not math.isfinite(current.entropy):
+            raise FloatingPointError(
+                "online update: the policy's entropy is not finite after the update; the "
+                "weights were not changed. Lower online.lr"
+            )
+        assert items is not None
+        n_weights = sum(it.weight.numel() for it in items)
+        return UpdateStats(
+            loss=sum(losses) / max(len(losses), 1),
+            kl_per_post=current.kl_per_post,
+            kl_per_token=current.kl_per_token,
+            kl_per_post_before=first.kl_per_post,
+            kl_se=current.kl_se,
+            entropy=current.entropy,
+            measured_on="probe" if self.measured is not None else "batch",
+            clip_fraction=self.clipped_n / max(self.ratio_n, 1),
+            clip_fraction_by_lag={
+                lag: self.lag_clipped[lag] / max(k, 1) for lag, k in sorted(self.lag_tokens.items())
+            },
+            ratio_mean=self.ratio_sum / self.ratio_n if self.ratio_n else math.nan,
+            ratio_max=self.ratio_max if self.ratio_n else math.nan,
+            is_weight_mean=float(sum(float(it.weight.sum()) for it in items)) / max(n_weights, 1),
+            steps=steps,
+            steps_undone=undone,
+            tokens=sum(len(t.completion) for t in self.batch.trajectories),
+            early_stopped=stop_reason is not None,
+            stop_reason=stop_reason,
         )
-    n_weights = sum(it.weight.numel() for it in items)
-    return UpdateStats(
-        loss=sum(losses) / max(len(losses), 1),
-        kl_per_post=current.kl_per_post,
-        kl_per_token=current.kl_per_token,
-        kl_per_post_before=first.kl_per_post,
-        kl_se=current.kl_se,
-        entropy=current.entropy,
-        measured_on="probe" if probe else "batch",
-        clip_fraction=clipped_n / max(ratio_n, 1),
-        clip_fraction_by_lag={
-            lag: lag_clipped[lag] / max(n, 1) for lag, n in sorted(lag_tokens.items())
-        },
-        ratio_mean=ratio_sum / ratio_n if ratio_n else math.nan,
-        ratio_max=ratio_max if ratio_n else math.nan,
-        is_weight_mean=float(sum(float(it.weight.sum()) for it in items)) / max(n_weights, 1),
-        steps=steps,
-        steps_undone=undone,
-        tokens=sum(len(t.completion) for t in batch),
-        early_stopped=stop_reason is not None,
-        stop_reason=stop_reason,
-    )
+
+    def _count(self, ratio: Tensor, rows: _Rows, items: Sequence[_Prepared]) -> None:
+        """Ratio statistics of the tokens a step saw (before it moved the weights)."""
+        clip = self.config.clip
+        out = (ratio - 1).abs() > clip
+        self.ratio_sum += float(ratio.sum())
+        self.ratio_max = max(self.ratio_max, float(ratio.max()))
+        self.ratio_n += ratio.numel()
+        self.clipped_n += int(out.sum())
+        if self.current_version is None:
+            return
+        for it, row_out in zip(items, rows.per_row(out), strict=True):
+            if it.traj.policy_version is None:
+                continue
+            lag = self.current_version - it.traj.policy_version
+            self.lag_clipped[lag] += int(row_out.sum())
+            self.lag_tokens[lag] += int(row_out.numel())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +14,17 @@ from typing import Literal
 
 import torch
 
+from ._checkpoint import drop_file, listed_files
+from ._data import Example
 from ._engine import SamplingConfig
 from ._errors import DamagedModelError, ModelLoadError
 from ._generate import generate_text
 from ._load import LoadedModel, load_model, model_folder_writer, write_model_folder
 from ._model import Transformer
 from ._online import OnlineUpdateConfig, Trajectory, UpdateStats, policy_update
+from ._step_record import StepRecord
 from ._tokenizer import Tokenizer
+from ._train import FitResult, OfflineTrainConfig, train_in_memory
 
 OPTIMIZER_FILE = "online_optimizer.pt"
 
@@ -124,12 +129,15 @@ class Policy:
         (one `save` wrote) as the current ones, at ``version``. All or nothing: every file is
         checked first (checksums, finite weights and optimizer moments), and a damaged one
         raises `DamagedModelError` naming it, with the policy left as it was. A checkpoint
-        without optimizer state leaves the optimizer to start afresh at the next update."""
+        without optimizer state (an older one, `drop_optimizer_state`) leaves the optimizer to
+        start afresh at the next update."""
         device = next(self.model.parameters()).device
         loaded = load_model(folder, device=device)
         optimizer = None
         state_file = folder / OPTIMIZER_FILE
-        if state_file.is_file():
+        listed = listed_files(folder)
+        # Unlisted beside a listing: a drop cut short between its two steps, so already gone.
+        if state_file.is_file() and (listed is None or OPTIMIZER_FILE in listed):
             optimizer = loaded.model.configure_optimizer(
                 lr=self.lr, weight_decay=self._weight_decay
             )
@@ -251,9 +259,11 @@ class Policy:
         config: OnlineUpdateConfig,
         should_stop: object = None,
         probe: Sequence[Trajectory] = (),
+        between_steps: Callable[[], object] | None = None,
     ) -> UpdateStats:
         """One online update (`policy_update`, ``probe``: recent samples of the policy to
-        measure and bound its drift on); the version goes up when a step was kept.
+        measure and bound its drift on, ``between_steps``: called after each kept step); the
+        version goes up when a step was kept.
         All-or-nothing: if it fails, the weights, the optimizer (its state and learning rate)
         and the version are as they were before the call, and the exception is re-raised."""
         fresh = self._optimizer is None
@@ -271,6 +281,7 @@ class Policy:
                 should_stop=should_stop,
                 current_version=self.version,
                 probe=probe,
+                between_steps=between_steps,
             )
         except BaseException:
             for group, lr in zip(optimizer.param_groups, lrs, strict=True):
@@ -304,6 +315,46 @@ class Policy:
         self.reference = copy.deepcopy(self.model).requires_grad_(False).eval()
         self._optimizer = None
 
+    def fine_tune(
+        self,
+        config: OfflineTrainConfig,
+        *,
+        examples: list[Example],
+        on_step: Callable[[StepRecord], None] | None = None,
+        stop: threading.Event | None = None,
+        between_steps: Callable[[], object] | None = None,
+    ) -> FitResult:
+        """Fine-tune the current weights in memory on ``examples`` (and ``config.data``) with
+        the offline trainer (`train_in_memory`, on the weights' device; ``config.model`` and
+        ``config.device`` do not apply), then keep the best weights by validation loss (else
+        the last step's), anchor the KL reference to them and bump the version, as `adopt`
+        does. Nothing is written to disk. A fit stopped before its first step changes nothing.
+        ``between_steps`` is called after every micro-batch (`fit`'s `between_micro_batches`).
+        All-or-nothing: if it raises (a NaN loss, out of memory), the weights are put back as
+        they were and the exception is re-raised."""
+        before = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        try:
+            result = train_in_memory(
+                config,
+                model=self.model,
+                tokenizer=self.tokenizer,
+                extra_examples=examples,
+                on_step=on_step,
+                stop=stop,
+                between_micro_batches=between_steps,
+            )
+            if result.steps > 0 and result.best_weights is not None:
+                self.model.load_state_dict(result.best_weights)
+        except BaseException:
+            self.model.load_state_dict(before)
+            raise
+        finally:
+            self.model.eval()
+        if result.steps > 0:
+            self.reset_reference()
+            self.version += 1
+        return result
+
     def adopt(self, model_dir: Path) -> int:
         """Take the weights of the plaudit model folder `model_dir` (an offline fit's best
         model, same architecture and tokenizer) as the current weights, anchor the KL
@@ -319,6 +370,14 @@ class Policy:
         self.reset_reference()
         self.version += 1
         return self.version
+
+
+def drop_optimizer_state(folder: Path) -> int:
+    """Make the checkpoint ``folder`` (one `Policy.save` wrote) weights only: its online
+    optimizer state (about twice the weights) is deleted and unlisted from its checksums,
+    crash-safely (`drop_file`); `Policy.restore` of it starts the optimizer afresh. Returns the
+    bytes freed (0: it had none). A damaged checksums.json raises `DamagedModelError`."""
+    return drop_file(folder, OPTIMIZER_FILE)
 
 
 def _check_finite_moments(optimizer: torch.optim.Optimizer, file: Path) -> None:

@@ -5,6 +5,10 @@
 micro-batches, clips, steps AdamW at the learning rate of `lr_at(step)`, and now and then
 evaluates, saves the best model, writes a checkpoint and reports a `StepRecord`.
 
+`train_in_memory(config, model=...)` runs the same loop on a model the caller holds (the
+daemon's live policy) without a run folder: no checkpoint is written, and the best model is a
+CPU copy of its weights in the result (`FitResult.best_weights`).
+
 Exact resume: the data order of an epoch is a function of (seed, epoch), the learning rate a
 function of the step, and the checkpoint holds the optimizer, the RNG states and the data
 position, so an interrupted and resumed run computes the same losses as an uninterrupted one.
@@ -121,7 +125,7 @@ class OfflineTrainConfig(BaseModel):
 
 @dataclass
 class FitResult:
-    run_dir: Path
+    run_dir: Path | None  # None: trained in memory (`train_in_memory`)
     steps: int
     reason: Literal["finished", "early_stop", "interrupted"]
     last_loss: float
@@ -129,6 +133,9 @@ class FitResult:
     best_dir: Path | None
     last_checkpoint: Path | None
     history: list[StepRecord] = field(default_factory=list)
+    # In memory only: a CPU copy of the weights at the lowest validation loss (None: no
+    # evaluation ran, or none improved on the start).
+    best_weights: dict[str, Tensor] | None = None
 
 
 # --- learning rate --------------------------------------------------------------------------
@@ -319,7 +326,7 @@ def fit(
     tokenizer: Tokenizer,
     train: _data.PackedEpochs,
     val: tuple[Tensor, Tensor] | None,
-    run_dir: Path,
+    run_dir: Path | None,
     dist: distributed.DistInfo | None = None,
     resume: ResumeState | None = None,
     on_step: Callable[[StepRecord], None] | None = None,
@@ -327,9 +334,15 @@ def fit(
     log: Log = _null_log,
     sample_prompts: list[str] | None = None,
     fine_tune: bool = False,
+    between_micro_batches: Callable[[], object] | None = None,
 ) -> FitResult:
     """Train `model` on `train` until the epochs or max_steps run out, patience is exhausted,
-    or `stop` is set (checked between steps; a checkpoint is written before returning)."""
+    or `stop` is set (checked between steps; a checkpoint is written before returning). With
+    `run_dir` None nothing is written: the best weights are kept as a CPU copy instead.
+    `between_micro_batches` is called after each micro-batch's backward, where no graph is in
+    flight (only accumulated gradients): a daemon generates there, so a post or a playground
+    sample waits one micro-batch, not the whole fit. It may use the model for inference (eval
+    mode); training mode is set again after it."""
     dist = dist or distributed.DistInfo(device=distributed.pick_device(cfg.device))
     device = dist.device
     check_precision(cfg.precision, device)
@@ -374,8 +387,11 @@ def fit(
         trained_model = torch.compile(trained_model)  # type: ignore[assignment]
 
     B, A, W, T = cfg.batch_size, cfg.grad_accum, dist.world_size, cfg.max_seq_len
-    last_ckpt: Path | None = ckpt.latest_checkpoint(run_dir)
-    best_dir: Path | None = run_dir / "best" if (run_dir / "best").is_dir() else None
+    last_ckpt: Path | None = None if run_dir is None else ckpt.latest_checkpoint(run_dir)
+    best_dir: Path | None = None
+    if run_dir is not None and (run_dir / "best").is_dir():
+        best_dir = run_dir / "best"
+    best_weights: dict[str, Tensor] | None = None
     history: list[StepRecord] = []
     writer = _tensorboard(cfg, dist)
     progress = _Progress(
@@ -408,8 +424,15 @@ def fit(
         state = state_dict_at(step) if dist.is_main or is_sharded else {}
         return weights, state
 
+    def last_good() -> str:
+        if run_dir is None:  # in memory: nothing on disk to point to
+            return ""
+        return f" The last good checkpoint is {last_ckpt or 'not written yet'}."
+
     def save(step: int) -> None:
         nonlocal last_ckpt
+        if run_dir is None:
+            return
         weights, state = snapshot(step)
         if dist.is_main:
             last_ckpt = ckpt.save_checkpoint(
@@ -429,6 +452,9 @@ def fit(
     t_start = time.perf_counter()
     t_last = t_start
     undo_heap = _heap_keeps_large_blocks() if device.type == "cpu" else (lambda: None)
+    if between_micro_batches is not None:  # the set-up above can take as long as a step
+        between_micro_batches()
+        trained_model.train()
     try:
         # 3) the loop: one optimizer step per iteration
         while step < total:
@@ -465,14 +491,17 @@ def fit(
                         scaled: Tensor = scaler.scale(loss)
                         scaled.backward()  # type: ignore[no-untyped-call]
                     loss_sum += micro_sum.detach().double()
+                    if between_micro_batches is not None:
+                        del micro_sum, loss, scaled  # nothing of the graph outlives the call
+                        between_micro_batches()
+                        trained_model.train()
                 distributed.all_reduce_sum(loss_sum, dist)
                 loss_value = float(loss_sum) / max(1, n_targets)
                 if not math.isfinite(loss_value):
                     optimizer.zero_grad(set_to_none=True)
                     raise NonFiniteLossError(
                         f"The loss became {loss_value} at step {step + 1}; the weights were not "
-                        f"updated by it. The last good checkpoint is "
-                        f"{last_ckpt or 'not written yet'}. Lower --lr, raise --warmup-steps, "
+                        f"updated by it.{last_good()} Lower --lr, raise --warmup-steps, "
                         f"use --grad-clip, or use fp32/bf16 instead of fp16.",
                         step=step + 1,
                         checkpoint=None if last_ckpt is None else str(last_ckpt),
@@ -487,8 +516,7 @@ def fit(
                     optimizer.zero_grad(set_to_none=True)
                     raise NonFiniteLossError(
                         f"The gradient norm became {grad_norm} at step {step + 1}; the weights "
-                        f"were not updated. The last good checkpoint is "
-                        f"{last_ckpt or 'not written yet'}. Lower --lr or set --grad-clip.",
+                        f"were not updated.{last_good()} Lower --lr or set --grad-clip.",
                         step=step + 1,
                         checkpoint=None if last_ckpt is None else str(last_ckpt),
                     )
@@ -527,12 +555,19 @@ def fit(
                 rec = replace(rec, val_loss=val_loss, samples=samples)
                 if val_loss < best_val:
                     best_val, bad_evals = val_loss, 0
-                    weights, state = snapshot(step)
-                    if dist.is_main:
-                        best_dir = ckpt.save_best(
-                            run_dir, model=model, tokenizer=tokenizer, state=state, weights=weights
-                        )
-                    distributed.barrier(dist)
+                    if run_dir is None:
+                        best_weights = _copy_weights(model, into=best_weights)
+                    else:
+                        weights, state = snapshot(step)
+                        if dist.is_main:
+                            best_dir = ckpt.save_best(
+                                run_dir,
+                                model=model,
+                                tokenizer=tokenizer,
+                                state=state,
+                                weights=weights,
+                            )
+                        distributed.barrier(dist)
                 else:
                     bad_evals += 1
                 for s in samples:
@@ -574,7 +609,19 @@ def fit(
         best_dir=best_dir,
         last_checkpoint=last_ckpt,
         history=history,
+        best_weights=best_weights,
     )
+
+
+def _copy_weights(model: nn.Module, *, into: dict[str, Tensor] | None) -> dict[str, Tensor]:
+    """A CPU copy of the model's weights, written over ``into`` when given (the previous best:
+    same names and shapes), so a fit keeps one such copy however often it improves."""
+    with torch.no_grad():
+        if into is None:
+            return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        for k, v in model.state_dict().items():
+            into[k].copy_(v)
+        return into
 
 
 def _grad_scaler(precision: Precision, is_sharded: bool) -> torch.amp.GradScaler:
@@ -791,11 +838,7 @@ def train_offline(
             loaded = load_model(str(spec), cache_dir=default_cache_dir(), device="cpu")
             model, tokenizer = loaded.model, loaded.tokenizer
             data = prepare_data(cfg, tokenizer=tokenizer, extra=extra_examples)
-        if cfg.max_seq_len > model.config.max_seq_len:
-            raise TrainingError(
-                f"--max-seq-len {cfg.max_seq_len} is longer than the model's context "
-                f"({model.config.max_seq_len}); use at most {model.config.max_seq_len}."
-            )
+        rows = _loop_rows(cfg, model=model, data=data, dist=dist)
         for line in data.stats.lines():
             log("data", detail=line)
         if dist.is_main:
@@ -806,29 +849,6 @@ def train_offline(
                 config=model.config.to_dict(),
                 fine_tune=fine_tune,
             )
-
-        pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
-        assert pad_id is not None  # tokenize() already required an EOS
-        train = _data.PackedEpochs(
-            data=data.train,
-            seq_len=cfg.max_seq_len,
-            pad_id=pad_id,
-            seed=cfg.seed,
-            rows_per_step=cfg.batch_size * cfg.grad_accum * dist.world_size,
-        )
-        if train.steps_per_epoch == 0:
-            files = ", ".join(f"{f.path} ({f.examples} examples)" for f in data.stats.files)
-            raise DataError(
-                f"The training data is smaller than one batch: {data.train.num_tokens} tokens make "
-                f"{train.rows_per_epoch} rows of {cfg.max_seq_len}, and one step needs "
-                f"{train.rows_per_step} (batch {cfg.batch_size} x grad-accum {cfg.grad_accum} x "
-                f"{dist.world_size} processes). Files: {files}. Add data, or lower --batch-size, "
-                f"--grad-accum or --max-seq-len.",
-                path=data.stats.files[0].path if len(data.stats.files) == 1 else None,
-            )
-        val = None
-        if len(data.val):
-            val = _data.pack(data.val, range(len(data.val)), seq_len=cfg.max_seq_len, pad_id=pad_id)
         if dist.is_main and state is None:
             import json
 
@@ -842,8 +862,8 @@ def train_offline(
             cfg=cfg,
             model=model,
             tokenizer=tokenizer,
-            train=train,
-            val=val,
+            train=rows.train,
+            val=rows.val,
             run_dir=out,
             dist=dist,
             resume=None
@@ -852,10 +872,104 @@ def train_offline(
             on_step=on_step,
             stop=stop,
             log=log if dist.is_main else _null_log,
-            sample_prompts=_data.sample_prompts(
-                data.val_examples, cfg.samples, tokenizer=tokenizer if data.chat else None
-            ),
+            sample_prompts=rows.sample_prompts,
             fine_tune=fine_tune,
         )
     finally:
         distributed.teardown(dist)
+
+
+def train_in_memory(
+    cfg: OfflineTrainConfig,
+    *,
+    model: Transformer,
+    tokenizer: Tokenizer,
+    extra_examples: list[_data.Example] | None = None,
+    on_step: Callable[[StepRecord], None] | None = None,
+    stop: threading.Event | None = None,
+    log: Log = _null_log,
+    between_micro_batches: Callable[[], object] | None = None,
+) -> FitResult:
+    """Fine-tune `model` in place on cfg.data (and `extra_examples`) with `tokenizer`, on the
+    device it lives on, writing nothing to disk: the loop of `train_offline` without a run
+    folder (cfg.model, save_every, keep and resume do not apply; one process;
+    `between_micro_batches` as `fit` says). The model ends
+    with the last step's weights; `FitResult.best_weights` holds a CPU copy of the best ones by
+    validation loss, when an evaluation improved. An exception leaves the weights as the last
+    completed step made them: a caller that must not keep them holds a copy of its own."""
+    device = next(model.parameters()).device
+    cfg = cfg.model_copy(update={"device": device.type, "fsdp": False})
+    torch.set_flush_denormal(True)
+    dist = distributed.DistInfo(device=device)
+    check_precision(cfg.precision, device)
+    data = prepare_data(cfg, tokenizer=tokenizer, extra=extra_examples)
+    if between_micro_batches is not None:  # tokenizing a long history takes a while
+        between_micro_batches()
+    rows = _loop_rows(cfg, model=model, data=data, dist=dist)
+    for line in data.stats.lines():
+        log("data", detail=line)
+    return fit(
+        cfg=cfg,
+        model=model,
+        tokenizer=tokenizer,
+        train=rows.train,
+        val=rows.val,
+        run_dir=None,
+        dist=dist,
+        on_step=on_step,
+        stop=stop,
+        log=log,
+        sample_prompts=rows.sample_prompts,
+        fine_tune=True,
+        between_micro_batches=between_micro_batches,
+    )
+
+
+@dataclass
+class _LoopRows:
+    train: _data.PackedEpochs
+    val: tuple[Tensor, Tensor] | None
+    sample_prompts: list[str]
+
+
+def _loop_rows(
+    cfg: OfflineTrainConfig,
+    *,
+    model: Transformer,
+    data: PreparedData,
+    dist: distributed.DistInfo,
+) -> _LoopRows:
+    """The rows `fit` trains and evaluates on, packed to cfg.max_seq_len; a data set smaller
+    than one step, or a sequence length past the model's context, is an error."""
+    if cfg.max_seq_len > model.config.max_seq_len:
+        raise TrainingError(
+            f"--max-seq-len {cfg.max_seq_len} is longer than the model's context "
+            f"({model.config.max_seq_len}); use at most {model.config.max_seq_len}."
+        )
+    tokenizer = data.tokenizer
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+    assert pad_id is not None  # tokenize() already required an EOS
+    train = _data.PackedEpochs(
+        data=data.train,
+        seq_len=cfg.max_seq_len,
+        pad_id=pad_id,
+        seed=cfg.seed,
+        rows_per_step=cfg.batch_size * cfg.grad_accum * dist.world_size,
+    )
+    if train.steps_per_epoch == 0:
+        files = ", ".join(f"{f.path} ({f.examples} examples)" for f in data.stats.files)
+        raise DataError(
+            f"The training data is smaller than one batch: {data.train.num_tokens} tokens make "
+            f"{train.rows_per_epoch} rows of {cfg.max_seq_len}, and one step needs "
+            f"{train.rows_per_step} (batch {cfg.batch_size} x grad-accum {cfg.grad_accum} x "
+            f"{dist.world_size} processes). Files: {files}. Add data, or lower --batch-size, "
+            f"--grad-accum or --max-seq-len.",
+            path=data.stats.files[0].path if len(data.stats.files) == 1 else None,
+        )
+    val = None
+    if len(data.val):
+        val = _data.pack(data.val, range(len(data.val)), seq_len=cfg.max_seq_len, pad_id=pad_id)
+    prompts = _data.sample_prompts(
+        data.val_examples, cfg.samples, tokenizer=tokenizer if data.chat else None
+    )
+    return _LoopRows(train=train, val=val, sample_prompts=prompts)

@@ -434,3 +434,35 @@ async def test_a_failed_checkpoint_spends_the_rewards_and_a_restart_returns_them
     )
     await restarted.start(schedule=False)
     assert {r.post_id for r in loop.store.rewards(unused_only=True)} == {r.post_id for r in spent}
+
+
+async def test_stop_then_start_during_the_first_fit_runs_no_second_fit(make_loop: Any) -> None:
+    """A fit stopped part-way has its weights adopted: it counts as the fit, so Start does not
+    run a second full fit, and posting no longer waits."""
+    import asyncio
+
+    from plaudit.controller import OfflineConfig
+
+    loop = make_loop(
+        LoopSettings(
+            controller=settings(offline_interval=timedelta(hours=1)).controller,
+            sampling=settings().sampling,
+            offline=OfflineConfig(max_steps=200, batch_size=4, max_seq_len=32, lr=1e-3),
+        )
+    )
+    ctl = loop.controller()
+    await ctl.start(schedule=False)
+    assert ctl.first_fit_pending
+    fit = asyncio.create_task(ctl.run_job("offline"))
+    while (p := ctl.progress) is None or p.step < 2:
+        await asyncio.sleep(0.02)
+    ctl.ctx.worker.stop_training.set()  # what Stop does
+    assert await fit == "success"
+    version = loop.policy.version
+    ctl.resume()  # Start
+    assert not ctl.first_fit_pending
+    assert "post:mem" in ctl.due()
+    assert await ctl.run_job("offline") == "skipped"  # not due again for an hour
+    assert loop.policy.version == version
+    runs = loop.store.runs(kind="offline")
+    assert [r.status for r in runs] == ["interrupted"]

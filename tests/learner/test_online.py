@@ -313,3 +313,45 @@ def test_clip_fraction_by_version_lag() -> None:
     assert all(0 <= f <= 1 for f in stats.clip_fraction_by_lag.values())
     assert stats.clip_fraction > 0
     assert math.isnan(stats.kl_per_post)  # no reference, no KL
+
+
+def test_between_steps_runs_after_each_kept_step_and_changes_nothing() -> None:
+    """Generation between the steps (the worker's step boundary) sees the weights of a kept
+    step, may put the model in eval mode, and leaves the update's result as it was."""
+    reference = tiny(1).requires_grad_(False)
+    results = []
+    for hook in (False, True):
+        model = tiny(0)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        seen: list[float] = []
+
+        def between(model: Transformer = model) -> None:
+            model.eval()  # as generation does
+            seen.append(float(next(model.parameters()).detach().sum()))
+
+        torch.manual_seed(3)
+        stats = policy_update(
+            model=model,
+            reference=reference,
+            optimizer=opt,
+            batch=batch_for(model, [1.0, -1.0, 0.5, -0.5]),
+            config=OnlineUpdateConfig(epochs=3, minibatch_size=2, max_kl=None),
+            between_steps=between if hook else None,
+        )
+        if hook:
+            assert len(seen) == stats.steps + 1 == 7
+            assert len(set(seen)) == 7, "each boundary sees the weights of a new step"
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(results[0], results[1])
+
+
+def test_completion_logprobs_match_the_full_forward() -> None:
+    """The update's logprobs (head and softmax at the completion positions only) are the full
+    forward's at those positions."""
+    model = tiny(0)
+    lps = sequence_logprobs(model, PROMPTS, COMPLETIONS, temperature=0.7)
+    for p, c, lp in zip(PROMPTS, COMPLETIONS, lps, strict=True):
+        with torch.no_grad():
+            logits = model(torch.tensor([p + c]))[0, len(p) - 1 : -1] / 0.7
+        want = F.log_softmax(logits, -1).gather(-1, torch.tensor(c)[:, None]).squeeze(-1)
+        assert torch.allclose(torch.tensor(lp), want, atol=1e-5)

@@ -1,0 +1,221 @@
+"""One online update, timed against its floor.
+
+The floor is what any policy-gradient update on the same posts must do: ``epochs`` x (one
+forward-backward over the rewarded posts' tokens + an AdamW step) and one forward over them (the
+proximal logprobs), measured beside plaudit's update in the same process, alternating. plaudit's
+time is the whole `policy_update` call: the reference's pass, the KL penalty, the drift check
+after every step (on the probe of recent samples the daemon passes, or on the batch) and the
+snapshots that let a step be undone.
+
+The posts are real: prompts as the controller writes them (two history posts of the simulated
+face's corpus each), completions sampled by the model itself at the posting settings.
+
+    .venv/bin/python bench/online_update.py --model smollm2 --json
+    .venv/bin/python bench/online_update.py --model tiny --posts 8 --probe 32 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from plaudit.controller import SYSTEM, instructions
+from plaudit.faces.simulated import load_corpus
+from plaudit.learner import (
+    OnlineUpdateConfig,
+    Policy,
+    SamplingConfig,
+    Trajectory,
+    configure_torch,
+    default_cache_dir,
+)
+
+
+def policy_for(model: str) -> Policy:
+    """SmolLM2 (its cached conversion), a model folder, or ``tiny``: the `tiny` preset that
+    bench/online.py fitted on the simulated face's history (run it once first)."""
+    if model == "tiny":
+        fitted = sorted((default_cache_dir() / "bench-online").glob("simulated-tiny-*/model"))
+        if not fitted:
+            raise SystemExit("no fitted tiny model: run `bench/online.py --quick` once first")
+        return Policy.load(fitted[-1], lr=1e-5)
+    return Policy.load(model, lr=1e-5)
+
+
+def trajectories(policy: Policy, n: int, seed: int) -> list[Trajectory]:
+    """``n`` posts sampled by the policy at the default posting settings, advantages in ±1."""
+    rng = random.Random(seed)
+    history = [p.text for p in load_corpus()]
+    prompts = [
+        policy.render_prompt(text, system=SYSTEM)
+        for text in instructions(history=history, n=n, max_chars=280, rng=rng)
+    ]
+    sampling = SamplingConfig(temperature=1.0, top_p=0.95, max_new_tokens=60, seed=seed)
+    out = []
+    for c in policy.generate(prompts, n=1, sampling=sampling):
+        out.append(
+            Trajectory(
+                prompt=c.prompt_tokens,
+                completion=c.tokens,
+                behaviour_logprobs=c.logprobs,
+                advantage=rng.uniform(-1, 1),
+                temperature=1.0,
+                policy_version=0,
+            )
+        )
+    return out
+
+
+def floor(policy: Policy, batch: Sequence[Trajectory], epochs: int) -> None:
+    """epochs x (forward-backward + AdamW step) and one forward over the batch's tokens."""
+    model = policy.model
+    seqs = [t.prompt + t.completion for t in batch]
+    T = max(len(s) for s in seqs) - 1
+    idx = torch.zeros(len(seqs), T, dtype=torch.long)
+    tgt = torch.full((len(seqs), T), -100, dtype=torch.long)
+    for i, (t, s) in enumerate(zip(batch, seqs, strict=True)):
+        idx[i, : len(s) - 1] = torch.tensor(s[:-1])
+        tgt[i, len(t.prompt) - 1 : len(s) - 1] = torch.tensor(t.completion)
+    with torch.no_grad():
+        model(idx)
+    opt = policy.optimizer
+    for _ in range(epochs):
+        logits = model(idx)
+        loss = F.cross_entropy(logits.flatten(0, 1), tgt.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+def posting_latency(
+    policy: Policy, batch: list[Trajectory], probe: list[Trajectory], epochs: int
+) -> dict[str, float]:
+    """How long a job submitted to the torch worker with `run_soon` (as a post cycle's
+    generation is) waits while an update runs there: submitted every 50 ms through the update,
+    its wait is measured from submission to its start on the worker."""
+    from plaudit.controller import TorchWorker
+
+    config = OnlineUpdateConfig(epochs=epochs, max_kl=1e9, kl_coef=0.05)
+    worker = TorchWorker()
+
+    async def go() -> tuple[list[float], float, int]:
+        t0 = time.perf_counter()
+        update = asyncio.ensure_future(
+            worker.run(
+                "learn",
+                policy.update,
+                batch,
+                config=config,
+                probe=probe,
+                between_steps=worker.step_boundary,
+            )
+        )
+        waits: list[float] = []
+        while not update.done():
+            submitted = time.perf_counter()
+            started = await worker.run_soon("generate", time.perf_counter)
+            if not update.done():
+                waits.append(started - submitted)
+            await asyncio.sleep(0.05)
+        stats = await update
+        return waits, time.perf_counter() - t0, stats.steps
+
+    try:
+        waits, seconds, steps = asyncio.run(go())
+    finally:
+        worker.shutdown(wait=True)
+    return {
+        "wait_max_s": round(max(waits, default=0.0), 4),
+        "wait_median_s": round(statistics.median(waits) if waits else 0.0, 4),
+        "waits": len(waits),
+        "update_s": round(seconds, 4),
+        "step_s": round(seconds / max(steps, 1), 4),
+    }
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2", help="smollm2, a model folder, or tiny")
+    ap.add_argument("--posts", type=int, default=8, help="rewarded posts in the update")
+    ap.add_argument("--probe", type=int, default=32, help="recent samples the drift is measured on")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    configure_torch()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    policy = policy_for(args.model)
+    batch = trajectories(policy, args.posts, seed=1)
+    probe = trajectories(policy, args.probe, seed=2) if args.probe else []
+    snapshot = {k: v.clone() for k, v in policy.model.state_dict().items()}
+
+    def plaudit(measured: list[Trajectory]) -> Callable[[], object]:
+        # max_kl far away: every step is taken and checked, none undone (the timed path).
+        config = OnlineUpdateConfig(epochs=args.epochs, max_kl=1e9, kl_coef=0.05)
+        return lambda: policy.update(batch, config=config, probe=measured)
+
+    sides: dict[str, Callable[[], object]] = {
+        "floor": lambda: floor(policy, batch, args.epochs),
+        f"plaudit (probe {len(probe)})": plaudit(probe),
+        "plaudit (batch measured)": plaudit([]),
+    }
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    for fn in sides.values():  # warm-up: allocator, packed weights, optimizer state
+        fn()
+        policy.model.load_state_dict(snapshot)
+    for _ in range(args.repeats):
+        for name, fn in sides.items():
+            times[name].append(timed(fn))
+            policy.model.load_state_dict(snapshot)
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    latency = posting_latency(policy, batch, probe, args.epochs)
+    policy.model.load_state_dict(snapshot)
+    tokens = sum(len(t.prompt) + len(t.completion) for t in batch)
+    result: dict[str, Any] = {
+        "model": args.model,
+        "posts": len(batch),
+        "probe": len(probe),
+        "epochs": args.epochs,
+        "tokens": tokens,
+        "completion_tokens": sum(len(t.completion) for t in batch),
+        "threads": torch.get_num_threads(),
+        "seconds": {k: round(v, 4) for k, v in medians.items()},
+        "ratio_to_floor": {k: round(v / medians["floor"], 3) for k, v in medians.items()},
+        "runs": {k: [round(x, 4) for x in v] for k, v in times.items()},
+        "posting_latency": latency,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{args.model}: {len(batch)} posts ({tokens} tokens), epochs {args.epochs}")
+        for k, v in medians.items():
+            print(f"  {k:28s} {v:8.3f} s  {v / medians['floor']:5.2f}x floor")
+        print(
+            f"  a generation submitted during the update waited {latency['wait_max_s']:.3f} s "
+            f"at most (median {latency['wait_median_s']:.3f} s); the update's steps took "
+            f"{latency['step_s']:.3f} s each, the whole update {latency['update_s']:.3f} s"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
