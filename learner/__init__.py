@@ -3,18 +3,11 @@
 Everything other packages use is exported here; no module outside learner imports a private
 `plaudit.learner._x` module."""
 
-from ._checkpoint import TRAINER_STATE, load_trainer_state, resolve_model_dir
-from ._data import Example, examples_from_texts, read_file, split_validation
-from ._data import dedupe as dedupe_examples
-from ._decode import decode_kernel
-from ._engine import (
-    Engine,
-    Sample,
-    SamplingConfig,
-    Step,
-    sample_tokens,
-    transform_logits,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Torch-free: `plaudit models` and the config read them without importing torch.
+from ._config import PRESETS, ModelConfig
 from ._errors import (
     CheckpointError,
     ChecksumError,
@@ -30,29 +23,108 @@ from ._errors import (
     TrainingError,
     TrainingMemoryError,
 )
-from ._eval import EvalReport, evaluate
-from ._generate import TextSample, encode_prompts, generate_text
-from ._grow import grow as grow_model
-from ._grow import logit_difference
-from ._grow import target_config as grow_target_config
-from ._hf import export_hf
-from ._kv_cache import KVCache
-from ._load import LoadedModel, default_cache_dir, load_model, save_model, verify_model_folder
-from ._model import PRESETS, ModelConfig, Transformer
-from ._online import OnlineUpdateConfig, Trajectory, UpdateStats
-from ._policy import Candidate, Policy, Restored, drop_optimizer_state
-from ._reward_model import Prediction, RewardHead, text_features
-from ._runtime import configure_torch
-from ._step_record import StepRecord
-from ._tokenizer import Tokenizer
-from ._train import (
-    FitResult,
-    OfflineTrainConfig,
-    fit,
-    train_in_memory,
-    train_offline,
-    use_chat_template,
-)
+
+if TYPE_CHECKING:
+    from ._checkpoint import TRAINER_STATE, load_trainer_state, resolve_model_dir
+    from ._data import Example, examples_from_texts, read_file, split_validation
+    from ._data import dedupe as dedupe_examples
+    from ._decode import decode_kernel
+    from ._engine import (
+        Engine,
+        Sample,
+        SamplingConfig,
+        Step,
+        sample_tokens,
+        transform_logits,
+    )
+    from ._eval import EvalReport, evaluate
+    from ._generate import TextSample, encode_prompts, generate_text
+    from ._grow import grow as grow_model
+    from ._grow import logit_difference
+    from ._grow import target_config as grow_target_config
+    from ._hf import export_hf
+    from ._kv_cache import KVCache
+    from ._load import LoadedModel, default_cache_dir, load_model, save_model, verify_model_folder
+    from ._model import Transformer
+    from ._online import OnlineUpdateConfig, Trajectory, UpdateStats
+    from ._policy import Candidate, Policy, Restored, drop_optimizer_state
+    from ._reward_model import Prediction, RewardHead, text_features
+    from ._runtime import configure_torch
+    from ._step_record import StepRecord
+    from ._tokenizer import Tokenizer
+    from ._train import (
+        FitResult,
+        OfflineTrainConfig,
+        fit,
+        train_in_memory,
+        train_offline,
+        use_chat_template,
+    )
+
+# The rest is imported on first use (PEP 562): importing plaudit.learner costs no torch import
+# (1.5-4 s) until a name that needs torch is used.
+_LAZY: dict[str, tuple[str, str]] = {
+    "TRAINER_STATE": ("._checkpoint", "TRAINER_STATE"),
+    "load_trainer_state": ("._checkpoint", "load_trainer_state"),
+    "resolve_model_dir": ("._checkpoint", "resolve_model_dir"),
+    "Example": ("._data", "Example"),
+    "dedupe_examples": ("._data", "dedupe"),
+    "examples_from_texts": ("._data", "examples_from_texts"),
+    "read_file": ("._data", "read_file"),
+    "split_validation": ("._data", "split_validation"),
+    "decode_kernel": ("._decode", "decode_kernel"),
+    "Engine": ("._engine", "Engine"),
+    "Sample": ("._engine", "Sample"),
+    "SamplingConfig": ("._engine", "SamplingConfig"),
+    "Step": ("._engine", "Step"),
+    "sample_tokens": ("._engine", "sample_tokens"),
+    "transform_logits": ("._engine", "transform_logits"),
+    "EvalReport": ("._eval", "EvalReport"),
+    "evaluate": ("._eval", "evaluate"),
+    "TextSample": ("._generate", "TextSample"),
+    "encode_prompts": ("._generate", "encode_prompts"),
+    "generate_text": ("._generate", "generate_text"),
+    "grow_model": ("._grow", "grow"),
+    "grow_target_config": ("._grow", "target_config"),
+    "logit_difference": ("._grow", "logit_difference"),
+    "export_hf": ("._hf", "export_hf"),
+    "KVCache": ("._kv_cache", "KVCache"),
+    "LoadedModel": ("._load", "LoadedModel"),
+    "default_cache_dir": ("._load", "default_cache_dir"),
+    "load_model": ("._load", "load_model"),
+    "save_model": ("._load", "save_model"),
+    "verify_model_folder": ("._load", "verify_model_folder"),
+    "Transformer": ("._model", "Transformer"),
+    "OnlineUpdateConfig": ("._online", "OnlineUpdateConfig"),
+    "Trajectory": ("._online", "Trajectory"),
+    "UpdateStats": ("._online", "UpdateStats"),
+    "Candidate": ("._policy", "Candidate"),
+    "Policy": ("._policy", "Policy"),
+    "Restored": ("._policy", "Restored"),
+    "drop_optimizer_state": ("._policy", "drop_optimizer_state"),
+    "Prediction": ("._reward_model", "Prediction"),
+    "RewardHead": ("._reward_model", "RewardHead"),
+    "text_features": ("._reward_model", "text_features"),
+    "configure_torch": ("._runtime", "configure_torch"),
+    "StepRecord": ("._step_record", "StepRecord"),
+    "Tokenizer": ("._tokenizer", "Tokenizer"),
+    "FitResult": ("._train", "FitResult"),
+    "OfflineTrainConfig": ("._train", "OfflineTrainConfig"),
+    "fit": ("._train", "fit"),
+    "train_in_memory": ("._train", "train_in_memory"),
+    "train_offline": ("._train", "train_offline"),
+    "use_chat_template": ("._train", "use_chat_template"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    value = getattr(importlib.import_module(module, __name__), attr)
+    globals()[name] = value  # once: later lookups find it without this function
+    return value
+
 
 __all__: list[str] = [
     "PRESETS",

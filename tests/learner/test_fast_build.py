@@ -96,8 +96,9 @@ def test_config_counts_the_parameters_a_model_has(family: str, tied: bool, bias:
         )
 
 
-def test_plaudit_models_builds_no_model() -> None:
-    # The table's counts come from the configs: no meta-device model (and its sympy import).
+def test_plaudit_models_builds_no_model_and_imports_no_torch() -> None:
+    # The table's counts come from the configs: no meta-device model (and its sympy import),
+    # and plaudit.learner imports torch only when a name that needs it is used (4 s before).
     code = textwrap.dedent(
         """
         import sys
@@ -107,10 +108,24 @@ def test_plaudit_models_builds_no_model() -> None:
             main()
         except SystemExit:
             pass
-        print("sympy" in sys.modules)
+        print("sympy" in sys.modules or "torch" in sys.modules)
         """
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     lines = out.stdout.strip().splitlines()
     assert lines[-1] == "False", out.stderr
     assert '"name": "small"' in out.stdout and '"params": 26' in out.stdout
+
+
+def test_every_export_of_the_learner_resolves() -> None:
+    """The package imports its torch-bound names on first use: each one in __all__ resolves,
+    to the object its module defines."""
+    import plaudit.learner as learner
+
+    for name in learner.__all__:
+        value = getattr(learner, name)
+        assert value is not None, name
+    assert learner.Policy.__module__ == "plaudit.learner._policy"
+    assert learner.grow_model.__name__ == "grow"
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        learner.Nope  # noqa: B018
