@@ -21,6 +21,8 @@ REQUEST_KNOBS = ("max_steps", "lr", "batch_size")
 # Where fits of earlier plaudit versions trained (a copy of the policy and a run folder,
 # gigabytes for SmolLM2); nothing writes there now, and start-up removes what is left.
 SCRATCH = "offline"
+# Steps a scheduled fit took before it was stopped: the next one runs only the rest.
+STEPS_DONE = "offline_steps_done"
 
 
 class OfflineFits:
@@ -73,7 +75,7 @@ class OfflineFits:
             texts = [t for rt in due for t in rt.history[: max_posts or None]]
             if not texts:
                 return "skipped"
-            ok = await self._fit(texts, request or {})
+            ok = await self._fit(texts, request or {}, on_request=request is not None)
             if ok:
                 now = repr(ctx.clock.now())
                 for rt in due:
@@ -86,7 +88,7 @@ class OfflineFits:
                     running=control.training is TrainingState.RUNNING, mode="online"
                 )
 
-    async def _fit(self, texts: list[str], overrides: dict[str, Any]) -> bool:
+    async def _fit(self, texts: list[str], overrides: dict[str, Any], *, on_request: bool) -> bool:
         from plaudit.learner import examples_from_texts
 
         ctx = self.ctx
@@ -100,6 +102,12 @@ class OfflineFits:
                 device=knobs["device"],
                 policy_device=ctx.policy.device,
             )
+        # A scheduled fit stopped part-way (Stop, a pause) is picked up where it stopped: the
+        # weights it trained stay, and the next fit runs the steps that were left, on the same
+        # data order and learning-rate schedule (`start_step`). A requested fit is a whole one.
+        done = 0 if on_request else int(ctx.store.get_value(STEPS_DONE) or 0)
+        if done:
+            ctx.log.info("offline fit resumes", steps_done=done)
         cfg = ctx.settings.offline.train_config(
             **requested,
             model=ctx.policy.source,  # for the run's record: the fit starts from the live policy
@@ -134,6 +142,7 @@ class OfflineFits:
                 stop=ctx.worker.stop_training,
                 # posting and the playground run between its micro-batches
                 between_steps=ctx.worker.step_boundary,
+                start_step=done,
             )
 
         t0 = time.monotonic()
@@ -147,14 +156,19 @@ class OfflineFits:
             if ctx.progress is progress:
                 ctx.progress = None
         metrics = {
-            "steps": result.steps,
+            "steps": result.steps - done,
+            "steps_before": done,
             "last_loss": result.last_loss,
             "best_val_loss": result.best_val_loss,
             "reason": result.reason,
         }
-        if result.steps == 0:
-            ctx.store.finish_run(run_id, status="interrupted", metrics=metrics)
-            return False
+        if result.steps == done:  # no step taken: stopped at once, or nothing was left
+            if result.reason == "interrupted":
+                ctx.store.finish_run(run_id, status="interrupted", metrics=metrics)
+                return False
+            ctx.store.finish_run(run_id, status="completed", metrics=metrics)
+            ctx.store.set_value(STEPS_DONE, "0")
+            return done > 0  # the stopped fit's weights were the last steps it had
         try:
             folder = await self.checkpoints.save(kind="offline", run_id=run_id, metrics=metrics)
             # The fitted weights are the new KL reference; a restart loads it from here.
@@ -171,14 +185,12 @@ class OfflineFits:
             duration_s=round(time.monotonic() - t0, 2),
             **metrics,
         )
-        if status == "interrupted":
-            ctx.log.info(
-                "offline fit stopped part-way: its weights are the policy and the reference now, "
-                "and the next fit is due at the usual interval; "
-                "`plaudit train start --mode offline` runs a full one now",
-                steps=result.steps,
-                max_steps=cfg.max_steps,
-            )
-        # Stopped part-way, its weights were adopted all the same: it counts as the fit, so
-        # a Start after a Stop does not run a second full fit from scratch.
-        return True
+        if status == "interrupted" and not on_request:
+            # Its weights are the policy and the reference now; the next fit (at Start, or
+            # when next due) runs only the steps left, not a second whole fit.
+            ctx.store.set_value(STEPS_DONE, str(result.steps))
+            ctx.log.info("offline fit stopped part-way; the next one runs the steps left",
+                         steps_done=result.steps)  # fmt: skip
+            return False
+        ctx.store.set_value(STEPS_DONE, "0")
+        return status == "completed"

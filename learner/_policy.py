@@ -323,13 +323,15 @@ class Policy:
         on_step: Callable[[StepRecord], None] | None = None,
         stop: threading.Event | None = None,
         between_steps: Callable[[], object] | None = None,
+        start_step: int = 0,
     ) -> FitResult:
         """Fine-tune the current weights in memory on ``examples`` (and ``config.data``) with
         the offline trainer (`train_in_memory`, on the weights' device; ``config.model`` and
         ``config.device`` do not apply), then keep the best weights by validation loss (else
         the last step's), anchor the KL reference to them and bump the version, as `adopt`
         does. Nothing is written to disk. A fit stopped before its first step changes nothing.
-        ``between_steps`` is called after every micro-batch (`fit`'s `between_micro_batches`).
+        ``between_steps`` is called after every micro-batch (`fit`'s `between_micro_batches`);
+        ``start_step`` continues a stopped fit of the same config from that step.
         All-or-nothing: if it raises (a NaN loss, out of memory), the weights are put back as
         they were and the exception is re-raised."""
         before = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
@@ -342,15 +344,16 @@ class Policy:
                 on_step=on_step,
                 stop=stop,
                 between_micro_batches=between_steps,
+                start_step=start_step,
             )
-            if result.steps > 0 and result.best_weights is not None:
+            if result.steps > start_step and result.best_weights is not None:
                 self.model.load_state_dict(result.best_weights)
         except BaseException:
             self.model.load_state_dict(before)
             raise
         finally:
             self.model.eval()
-        if result.steps > 0:
+        if result.steps > start_step:
             self.reset_reference()
             self.version += 1
         return result

@@ -335,6 +335,7 @@ def fit(
     sample_prompts: list[str] | None = None,
     fine_tune: bool = False,
     between_micro_batches: Callable[[], object] | None = None,
+    start_step: int = 0,
 ) -> FitResult:
     """Train `model` on `train` until the epochs or max_steps run out, patience is exhausted,
     or `stop` is set (checked between steps; a checkpoint is written before returning). With
@@ -342,7 +343,9 @@ def fit(
     `between_micro_batches` is called after each micro-batch's backward, where no graph is in
     flight (only accumulated gradients): a daemon generates there, so a post or a playground
     sample waits one micro-batch, not the whole fit. It may use the model for inference (eval
-    mode); training mode is set again after it."""
+    mode); training mode is set again after it. `start_step` (without `resume`) starts the
+    loop there: the data order and the learning rate pick up where a stopped fit of the same
+    config left off (the optimizer's moments start afresh)."""
     dist = dist or distributed.DistInfo(device=distributed.pick_device(cfg.device))
     device = dist.device
     check_precision(cfg.precision, device)
@@ -374,7 +377,7 @@ def fit(
     is_sharded = distributed.sharded(dist, cfg.fsdp)
     optimizer = model.configure_optimizer(lr=base_lr, weight_decay=cfg.weight_decay)
     scaler = _grad_scaler(cfg.precision, is_sharded)
-    step, best_val, bad_evals, tokens_seen = 0, math.inf, 0, 0
+    step, best_val, bad_evals, tokens_seen = start_step, math.inf, 0, 0
     if resume is not None:
         st = resume.trainer_state
         distributed.load_optimizer_state(model, optimizer, st["optimizer"], is_sharded=is_sharded)
@@ -889,11 +892,12 @@ def train_in_memory(
     stop: threading.Event | None = None,
     log: Log = _null_log,
     between_micro_batches: Callable[[], object] | None = None,
+    start_step: int = 0,
 ) -> FitResult:
     """Fine-tune `model` in place on cfg.data (and `extra_examples`) with `tokenizer`, on the
     device it lives on, writing nothing to disk: the loop of `train_offline` without a run
     folder (cfg.model, save_every, keep and resume do not apply; one process;
-    `between_micro_batches` as `fit` says). The model ends
+    `between_micro_batches` and `start_step` as `fit` says). The model ends
     with the last step's weights; `FitResult.best_weights` holds a CPU copy of the best ones by
     validation loss, when an evaluation improved. An exception leaves the weights as the last
     completed step made them: a caller that must not keep them holds a copy of its own."""
@@ -922,6 +926,7 @@ def train_in_memory(
         sample_prompts=rows.sample_prompts,
         fine_tune=True,
         between_micro_batches=between_micro_batches,
+        start_step=start_step,
     )
 
 

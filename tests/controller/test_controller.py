@@ -436,9 +436,11 @@ async def test_a_failed_checkpoint_spends_the_rewards_and_a_restart_returns_them
     assert {r.post_id for r in loop.store.rewards(unused_only=True)} == {r.post_id for r in spent}
 
 
-async def test_stop_then_start_during_the_first_fit_runs_no_second_fit(make_loop: Any) -> None:
-    """A fit stopped part-way has its weights adopted: it counts as the fit, so Start does not
-    run a second full fit, and posting no longer waits."""
+async def test_stop_then_start_during_the_first_fit_runs_only_the_steps_left(
+    make_loop: Any,
+) -> None:
+    """A first fit stopped part-way keeps its weights; Start picks it up where it stopped (the
+    steps left, not a second whole fit), and posting waits for it again meanwhile."""
     import asyncio
 
     from plaudit.controller import OfflineConfig
@@ -447,7 +449,7 @@ async def test_stop_then_start_during_the_first_fit_runs_no_second_fit(make_loop
         LoopSettings(
             controller=settings(offline_interval=timedelta(hours=1)).controller,
             sampling=settings().sampling,
-            offline=OfflineConfig(max_steps=200, batch_size=4, max_seq_len=32, lr=1e-3),
+            offline=OfflineConfig(max_steps=30, batch_size=4, max_seq_len=32, lr=1e-3),
         )
     )
     ctl = loop.controller()
@@ -457,12 +459,17 @@ async def test_stop_then_start_during_the_first_fit_runs_no_second_fit(make_loop
     while (p := ctl.progress) is None or p.step < 2:
         await asyncio.sleep(0.02)
     ctl.ctx.worker.stop_training.set()  # what Stop does
-    assert await fit == "success"
-    version = loop.policy.version
+    assert await fit == "skipped"
     ctl.resume()  # Start
-    assert not ctl.first_fit_pending
-    assert "post:mem" in ctl.due()
+    assert ctl.first_fit_pending and "post:mem" not in ctl.due()
+    assert await ctl.run_job("offline") == "success"
+    assert not ctl.first_fit_pending and "post:mem" in ctl.due()
+    first, second = sorted(loop.store.runs(kind="offline"), key=lambda r: r.id)
+    assert (first.status, second.status) == ("interrupted", "completed")
+    assert second.metrics["steps_before"] == first.metrics["steps"] > 0
     assert await ctl.run_job("offline") == "skipped"  # not due again for an hour
-    assert loop.policy.version == version
-    runs = loop.store.runs(kind="offline")
-    assert [r.status for r in runs] == ["interrupted"]
+    ctl.request_offline({})  # a requested fit is a whole one: as many steps as both together
+    assert await ctl.run_job("offline") == "success"
+    whole = max(loop.store.runs(kind="offline"), key=lambda r: r.id)
+    assert whole.metrics["steps_before"] == 0
+    assert whole.metrics["steps"] == first.metrics["steps"] + second.metrics["steps"]
