@@ -75,10 +75,11 @@ async def test_page_during_the_first_fit(
     await page.click("#stop-button")
     await page.fill("#token-input", TOKEN)
     await page.click("#token-save")
-    await page.wait_for_function(
-        "document.getElementById('progress').hidden"
-        " || document.getElementById('progress-bar').hidden"
-    )
+    # (Polled from here: the page's CSP forbids the string eval of wait_for_function.)
+    deadline = time.monotonic() + 30
+    while not (await page.is_hidden("#progress") or await page.is_hidden("#progress-bar")):
+        assert time.monotonic() < deadline, "the bar still runs 30 s after Stop"
+        await asyncio.sleep(0.05)
     if await page.is_visible("#progress"):
         assert "stopped at step" in (await page.text_content("#progress-text") or "")
     await page.locator("#progress").wait_for(state="hidden", timeout=30_000)
