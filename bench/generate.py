@@ -9,6 +9,11 @@ that both produce the same tokens, i.e. that the comparison is between equal mod
     python bench/generate.py --json
     python bench/generate.py --models smollm2 --batches 8 --profile
     python bench/generate.py --device cuda --models small,medium --bf16
+
+`--bf16` times `Engine(dtype=torch.bfloat16)` as the daemon builds it: on a CPU without AMX
+whose decoding kernel is plaudit's native one, fp32 activations over bf16 weights
+(`decode_precision`; the report's `plaudit_bf16_dtypes` says which). bench/decode_bf16.py
+compares that with fp32 in detail.
 """
 
 from __future__ import annotations
@@ -129,6 +134,12 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "greedy_tokens_equal": ours == theirs,
         "batches": {},
     }
+    if bf16 is not None:  # bfloat16 may mean fp32 activations over bf16 weights here
+        result["plaudit_bf16_dtypes"] = {
+            "activations": str(bf16.dtype),
+            "weights": str(bf16.weight_dtype),
+            "kernel": bf16.kernel or "matmul",
+        }
     sampling = SamplingConfig(
         temperature=args.temperature, top_p=args.top_p, max_new_tokens=N, seed=0
     )

@@ -95,8 +95,11 @@ class ModelConfig(_Section):
     # "smollm2" (embedded), a Hugging Face folder, a .gguf file or a plaudit model folder.
     name: str = "smollm2"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Precision of generation (candidates, playground). Training and the behaviour logprobs
-    # stay float32; bfloat16 pays from about 8 candidates up on CPUs with AMX (bench/generate.py).
+    # Precision of generation (candidates, playground); training stays float32. bfloat16: on
+    # CPUs without AMX where plaudit's native kernel decodes (AVX2), fp32 activations over bf16
+    # weights (batch-1 decoding 1.5x fp32, bench/decode_bf16.py); with AMX, on CUDA, torch's
+    # bf16 throughout (pays from about 8 candidates up, bench/generate.py). The behaviour
+    # logprobs are those of the logits sampled from, so the online update corrects for it.
     dtype: Literal["float32", "bfloat16"] = "float32"
 
 

@@ -21,7 +21,8 @@ from ._decode import (
     PackedKernel,
     available_kernels,
     decode_copy,
-    decode_kernel,
+    decode_precision,
+    kernel_for_activations,
 )
 from ._errors import ContextLengthError, GenerationInterrupted
 from ._kv_cache import KVCache
@@ -228,7 +229,13 @@ class Engine:
     engine is built (`decode_copy`, in the given device and dtype): after changing the
     weights, build a new engine (it takes a fraction of a second). A row ends on a stop token,
     after `max_new_tokens`, or when its sequence fills the model's context (prompt + new
-    tokens = max_seq_len)."""
+    tokens = max_seq_len).
+
+    `dtype` is the precision asked for; `decode_precision` turns bfloat16 on a CPU without AMX
+    into fp32 activations over bf16 weights (`self.dtype` is then fp32, `self.weight_dtype`
+    bf16). `weight_dtype` given sets the weights' dtype by hand (bf16 under fp32 activations,
+    or `dtype` itself). Either way the logits are fp32 and every logprob the engine returns
+    is computed from the very logits its token was sampled from."""
 
     def __init__(
         self,
@@ -236,14 +243,27 @@ class Engine:
         model: Transformer,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        weight_dtype: torch.dtype | None = None,
     ) -> None:
         param = next(model.parameters())
         self.device = torch.device(device) if device is not None else param.device
-        self.dtype = dtype if dtype is not None else param.dtype
-        self.model = decode_copy(model, device=self.device, dtype=self.dtype)
+        asked = dtype if dtype is not None else param.dtype
+        if weight_dtype is None:
+            self.dtype, self.weight_dtype = decode_precision(self.device, asked)
+        else:
+            ok = weight_dtype == asked or (asked, weight_dtype) == (torch.float32, torch.bfloat16)
+            if not ok:
+                raise ValueError(
+                    f"weight_dtype {weight_dtype} with dtype {asked}: give bfloat16 weights "
+                    "with float32 activations, or the weights in the activations' dtype"
+                )
+            self.dtype, self.weight_dtype = asked, weight_dtype
+        self.model = decode_copy(
+            model, device=self.device, dtype=self.dtype, weight_dtype=self.weight_dtype
+        )
         self.config = model.config
         # fp32 decoding on CPU multiplies by packed weights (see DecodeLinear).
-        self.kernel: PackedKernel | None = decode_kernel(self.device, self.dtype)
+        self.kernel: PackedKernel | None = kernel_for_activations(self.device, self.dtype)
 
     def _pack(self, rows: int) -> PackedKernel | None:
         """Pack every linear layer for decoding `rows` rows at once; the kernel it packed for,

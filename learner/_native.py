@@ -10,6 +10,10 @@ Built with the system C++ compiler (`$CXX`, else `c++`) into the user cache fold
 load the cached library. Only x86-64 Linux with AVX2 and FMA: elsewhere, or when the compiler is
 missing or fails, `native_gemm()` returns None and says why in `native_gemm_unavailable()`, and
 the engine uses torch's kernels. No Python headers, no torch headers: the build takes a second.
+
+Weights pack in fp32 or in bf16 (`pack(..., dtype=torch.bfloat16)`): bf16 halves the bytes each
+token streams; the kernel widens them to fp32 in registers and multiplies and sums in fp32, so
+its result is that of fp32 arithmetic on the bf16-rounded weights (`bf16_round`).
 """
 
 from __future__ import annotations
@@ -27,12 +31,13 @@ from pathlib import Path
 
 import platformdirs
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("_native_gemm.cpp")
-ABI = 1  # plaudit_gemm_abi() of the source this module drives
+ABI = 2  # plaudit_gemm_abi() of the source this module drives
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
 MAX_ROWS = 12  # rows in one pass over the weights; above, oneDNN is as fast or faster
 _BUILD_TIMEOUT_S = 120
@@ -52,32 +57,55 @@ class NativeGemm:
         self._gemm = lib.plaudit_gemm
         self._gemm.argtypes = [_ptr, _i64, _ptr, _i64, _i64, _ptr, _int]
         self._gemm.restype = None
+        self._gemm_bf16 = lib.plaudit_gemm_bf16
+        self._gemm_bf16.argtypes = [_ptr, _i64, _ptr, _i64, _i64, _ptr, _int]
+        self._gemm_bf16.restype = None
         lib.plaudit_gemm_panel_width.restype = _i64
         self.panel = int(lib.plaudit_gemm_panel_width())
 
-    def pack(self, weight_t: Tensor) -> Tensor:
-        """The panels (ceil(N / 8), K, 8) of a weight given transposed, (K, N) = (in, out)."""
+    def pack(self, weight_t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The panels of a weight given transposed, (K, N) = (in, out): fp32 (ceil(N / 8), K, 8),
+        or with `dtype=torch.bfloat16` the weight rounded to bf16 (to nearest even) in panels
+        (ceil(N / 8), ceil(K / 2), 8, 2), rows k and k + 1 interleaved (see the C++ source)."""
         _check(weight_t, "weight_t", dim=2)
+        assert dtype in (torch.float32, torch.bfloat16), f"packs fp32 or bf16, not {dtype}"
         K, N = weight_t.shape
+        panels = (N + self.panel - 1) // self.panel
+        if dtype == torch.bfloat16:
+            # Pure torch: padded to whole panels and an even K with zeros, then reordered.
+            wt = F.pad(weight_t.to(torch.bfloat16), (0, panels * self.panel - N, 0, K % 2))
+            pairs = wt.view((K + 1) // 2, 2, panels, self.panel)  # (K/2, 2, P, 8)
+            return pairs.permute(2, 0, 3, 1).contiguous()  # (P, K/2, 8, 2)
         wt = weight_t.contiguous()
-        packed = torch.empty((N + self.panel - 1) // self.panel, K, self.panel)
+        packed = torch.empty(panels, K, self.panel)
         self._pack(wt.data_ptr(), K, N, packed.data_ptr(), torch.get_num_threads())
         return packed
 
     def linear(self, x: Tensor, packed: Tensor, out_features: int) -> Tensor:
-        """x (..., K) @ W^T -> (..., out_features), W packed by `pack`."""
-        _check(x, "x", dim=None)
-        K = packed.size(1)
-        assert x.size(-1) == K, f"x has {x.size(-1)} features, the packed weight takes {K}"
-        x2 = x.reshape(-1, K).contiguous()  # (M, K)
+        """x (..., K) @ W^T -> (..., out_features), W (out_features, K) packed by `pack` in fp32
+        or bf16 (the kernel follows the packed dtype). Lean: decoding calls it 121 times a token
+        for SmolLM2, where each microsecond here is 0.5% of a token."""
+        K = x.size(-1)
+        bf16 = packed.dtype == torch.bfloat16
+        assert x.dtype == torch.float32 and not x.is_cuda, f"x is {x.dtype} on {x.device}"
+        length, panels = ((K + 1) // 2 if bf16 else K), -(-out_features // self.panel)
+        assert packed.shape[:2] == (panels, length), (
+            f"x has {K} features and y {out_features}; the packed weight is {tuple(packed.shape)}"
+        )
+        x2 = x if x.dim() == 2 and x.is_contiguous() else x.reshape(-1, K).contiguous()  # (M, K)
         M = x2.size(0)
         y = torch.empty(M, out_features)
         if M:
-            self._gemm(
+            (self._gemm_bf16 if bf16 else self._gemm)(
                 x2.data_ptr(), M, packed.data_ptr(), out_features, K, y.data_ptr(),
                 torch.get_num_threads(),
             )  # fmt: skip
-        return y.view(*x.shape[:-1], out_features)
+        return y if x.dim() == 2 else y.view(*x.shape[:-1], out_features)
+
+
+def bf16_round(t: Tensor) -> Tensor:
+    """fp32 `t` rounded to bf16 and back: the weights a bf16-packed GEMM multiplies by."""
+    return t.to(torch.bfloat16).to(torch.float32)
 
 
 def _check(t: Tensor, name: str, *, dim: int | None) -> None:

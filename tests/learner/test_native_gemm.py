@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from plaudit.learner import _decode, _native
-from plaudit.learner._native import MAX_ROWS, native_gemm, native_gemm_unavailable
+from plaudit.learner._native import MAX_ROWS, bf16_round, native_gemm, native_gemm_unavailable
 
 needs_native = pytest.mark.skipif(
     native_gemm() is None, reason=f"no native GEMM here: {native_gemm_unavailable()}"
@@ -70,6 +70,56 @@ def test_a_rows_result_does_not_depend_on_the_batch() -> None:
                     assert torch.equal(got[at], alone[0]), (m, at, t)
     finally:
         torch.set_num_threads(threads)
+
+
+@needs_native
+@pytest.mark.parametrize(("n", "k"), [(1, 1), (13, 37), (48, 32), (200, 64), (1000, 129)])
+def test_bf16_weights_give_fp32_arithmetic_on_the_rounded_weights(n: int, k: int) -> None:
+    """bf16-packed panels (half the bytes; odd K and a partial last panel too), any rows: the
+    fp32 product with the weights rounded to bf16, not with the fp32 weights."""
+    native = native_gemm()
+    assert native is not None
+    g = torch.Generator().manual_seed(n * 1000 + k + 7)
+    w = torch.randn(n, k, generator=g)
+    packed = native.pack(w.t(), dtype=torch.bfloat16)
+    assert packed.dtype == torch.bfloat16 and packed.shape == ((n + 7) // 8, (k + 1) // 2, 8, 2)
+    for m in [*range(1, MAX_ROWS + 1), 2 * MAX_ROWS + 5]:
+        x = torch.randn(m, k, generator=g)
+        y = native.linear(x, packed, n)
+        torch.testing.assert_close(y, x @ bf16_round(w).t(), rtol=1e-5, atol=1e-5)
+        if k > 8:  # enough terms that rounding the weights shows
+            assert not torch.allclose(y, x @ w.t(), rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+def test_bf16_a_rows_result_does_not_depend_on_the_batch() -> None:
+    """The bf16 kernel keeps one chain per output in k order too (odd K included)."""
+    native = native_gemm()
+    assert native is not None
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(300, 97, generator=g)
+    packed = native.pack(w.t(), dtype=torch.bfloat16)
+    row = torch.randn(1, 97, generator=g)
+    alone = native.linear(row, packed, 300)
+    threads = torch.get_num_threads()
+    try:
+        for m in [*range(2, MAX_ROWS + 1), 2 * MAX_ROWS + 5]:
+            batch = torch.randn(m, 97, generator=g)
+            batch[m // 2] = row[0]
+            for t in (1, 2):
+                torch.set_num_threads(t)
+                assert torch.equal(native.linear(batch, packed, 300)[m // 2], alone[0]), (m, t)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_native
+def test_a_packed_weight_of_other_shape_is_refused() -> None:
+    native = native_gemm()
+    assert native is not None
+    packed = native.pack(torch.randn(33, 16), dtype=torch.bfloat16)  # K = 33: 17 pairs
+    with pytest.raises(AssertionError, match="the packed weight is"):
+        native.linear(torch.randn(2, 32), packed, 16)
 
 
 @pytest.fixture

@@ -325,7 +325,7 @@ def test_between_steps_runs_after_each_kept_step_and_changes_nothing() -> None:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
         seen: list[float] = []
 
-        def between(model: Transformer = model) -> None:
+        def between(model: Transformer = model, seen: list[float] = seen) -> None:
             model.eval()  # as generation does
             seen.append(float(next(model.parameters()).detach().sum()))
 
