@@ -126,7 +126,9 @@ def ratios(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
     if isinstance(value, dict):
         for key, item in value.items():
             sub = f"{path}.{key}" if path else str(key)
-            if "ratio" in str(key) and not isinstance(item, (dict, list)):
+            if "ratio" in str(key) and isinstance(item, dict):  # {name: ratio, ...}
+                yield from ((f"{sub}.{k}", v) for k, v in item.items() if not isinstance(v, dict))
+            elif "ratio" in str(key) and not isinstance(item, list):
                 yield sub, item
             else:
                 yield from ratios(item, sub)
