@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from online_update import policy_for  # bench/: tiny, smollm2 or a folder, as it loads them
 
 from plaudit.controller import TOPICLESS, TorchWorker
 from plaudit.faces.simulated import load_corpus
@@ -30,18 +31,8 @@ from plaudit.learner import (
     Policy,
     SamplingConfig,
     configure_torch,
-    default_cache_dir,
     examples_from_texts,
 )
-
-
-def policy_for(model: str) -> Policy:
-    if model == "tiny":
-        fitted = sorted((default_cache_dir() / "bench-online").glob("simulated-tiny-*/model"))
-        if not fitted:
-            raise SystemExit("no fitted tiny model: run `bench/online.py --quick` once first")
-        return Policy.load(fitted[-1], lr=1e-5)
-    return Policy.load(model, lr=1e-5)
 
 
 async def measure(policy: Policy, args: argparse.Namespace) -> dict[str, Any]:

@@ -464,7 +464,6 @@ def measure_kl(
 class _Prepared:
     """A trajectory with what the update computed for it at its start (without grad)."""
 
-    index: int  # its place in the batch (`_Posts`)
     traj: Trajectory
     prox: Tensor  # (n,) log π_prox(a_t): the weights at the start of the update
     weight: Tensor  # (n,) min(π_prox / π_behaviour, IS_TRUNCATION) (clipped only)
@@ -472,11 +471,11 @@ class _Prepared:
 
 def _prepare(batch: Sequence[Trajectory], proximal: Sequence[Tensor]) -> list[_Prepared]:
     out = []
-    for i, (t, prox) in enumerate(zip(batch, proximal, strict=True)):
+    for t, prox in zip(batch, proximal, strict=True):
         behaviour = torch.tensor(t.behaviour_logprobs, dtype=torch.float32)
         log_w = (prox.cpu() - behaviour).clamp(max=math.log(IS_TRUNCATION))
         # reinforce reports the weights (how stale the batch is) but does not use them
-        out.append(_Prepared(index=i, traj=t, prox=prox.cpu(), weight=log_w.exp()))
+        out.append(_Prepared(traj=t, prox=prox.cpu(), weight=log_w.exp()))
     return out
 
 
@@ -627,9 +626,9 @@ class _Update:
         self.initial = initial
         self.clipped_method = config.method == "clipped"
         self.chunk = max(config.minibatch_size, 1)
-        device = next(model.parameters()).device
-        self.batch = _Posts(batch, reference, config, device, self.chunk)
-        self.measured = _Posts(probe, reference, config, device, self.chunk) if probe else None
+        self.device = next(model.parameters()).device
+        self.batch = _Posts(batch, reference, config, self.device, self.chunk)
+        self.measured = _Posts(probe, reference, config, self.device, self.chunk) if probe else None
         self.bound = config.max_kl if self.clipped_method and reference is not None else None
         self.ratio_sum, self.ratio_max, self.ratio_n, self.clipped_n = 0.0, 0.0, 0, 0
         self.lag_clipped: dict[int, int] = defaultdict(int)
@@ -667,11 +666,7 @@ class _Update:
                 if should_stop is not None and should_stop.is_set():  # type: ignore[attr-defined]
                     stop_reason = "interrupted"
                     break
-                rows = _rows(
-                    [self.batch.trajectories[i] for i in mb],
-                    config,
-                    self.batch.chunks[0].idx.device,
-                )
+                rows = _rows([self.batch.trajectories[i] for i in mb], config, self.device)
                 logp = _completion_logp(model, rows)  # (N, V)
                 new_lp = logp.gather(-1, rows.targets[:, None]).squeeze(-1)  # (N,)
                 if items is None:
