@@ -1,8 +1,10 @@
 """plaudit.controller: the loop. What runs when, and how posts, reactions and rewards flow
 between the faces, the learner and the store (see docs/architecture.md)."""
 
+from ._approval import ApprovalRefused
 from ._checkpoints import Resumed, SetAside, reference_checkpoint, resume_from_checkpoints
 from ._config import (
+    ApprovalConfig,
     ControllerConfig,
     LoopSettings,
     OfflineConfig,
@@ -24,6 +26,8 @@ __all__: list[str] = [
     "FILTER_REASONS",
     "SYSTEM",
     "TOPICLESS",
+    "ApprovalConfig",
+    "ApprovalRefused",
     "Controller",
     "ControllerConfig",
     "Duration",

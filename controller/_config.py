@@ -1,5 +1,5 @@
-"""The loop's configuration: the `[controller]`, `[sampling]`, `[online]`, `[offline]` and
-`[reward_model]` tables.
+"""The loop's configuration: the `[controller]`, `[sampling]`, `[online]`, `[offline]`,
+`[reward_model]` and `[approval]` tables.
 
 They live here, with the code that reads them; the daemon's `Settings` composes them with its
 own tables (log, http, model, faces) and passes `LoopSettings` down."""
@@ -79,6 +79,23 @@ class ControllerConfig(_Section):
         return self
 
 
+class ApprovalConfig(_Section):
+    """The `[approval]` table: a human in the loop (controller/_approval.py)."""
+
+    # Hold every chosen post for a human's approve / edit / reject before it publishes.
+    required: bool = False
+    # A held post nobody decided on within this long is dropped ("drop": never published, no
+    # reward, since silence says nothing about the post) or published as it is ("publish").
+    expire_after: PositiveDuration = timedelta(hours=24)
+    on_expiry: Literal["drop", "publish"] = "drop"
+    # Posts held per face at once: the post job adds one at each interval until this many wait.
+    max_waiting: int = Field(default=3, ge=1, le=100)
+    # The reward of a rejected post, on the scale of the audience's (z-scores clipped to +-3):
+    # -2 ranks it with the worst posts the audience saw. It trains the policy (the model
+    # sampled the post) and the reward model.
+    rejected_reward: float = Field(default=-2.0, ge=-3.0, le=3.0)
+
+
 class OnlineConfig(_Section):
     # clipped: importance-weighted clipped update with a KL anchor; reinforce: the baseline.
     method: Literal["clipped", "reinforce"] = "clipped"
@@ -147,6 +164,7 @@ class LoopSettings(BaseModel):
     online: OnlineConfig = OnlineConfig()
     offline: OfflineConfig = OfflineConfig()
     reward_model: RewardModelConfig = RewardModelConfig()
+    approval: ApprovalConfig = ApprovalConfig()
 
     def selection_kl(self) -> float:
         """The drift choosing among the candidates adds, in nats per post (0 when uniform)."""

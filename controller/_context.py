@@ -37,6 +37,8 @@ class FaceRuntime:
     # Intents whose post may exist: a try failed without an answer saying it was not made (a
     # timeout, a 5xx, a crash mid-publish).
     maybe_made: set[int] = field(default_factory=set)
+    # A post was approved while this face's post job ran: plan its slot when the job ends.
+    poked: bool = False
     # The face's `rate_limit_waited_seconds()` when the metric last took it.
     waited_s: float = 0.0
 

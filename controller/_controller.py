@@ -2,8 +2,9 @@
 
 Jobs, each in a room of its own:
 
-- ``post:<face>`` (controller/_posting.py): a kept intent first, else candidates -> filter ->
-  choose -> record intent -> publish -> record;
+- ``post:<face>`` (controller/_posting.py): a kept intent first, else an approved post, else
+  candidates -> filter -> choose -> record intent -> publish -> record (or -> held for a
+  human's approval: controller/_approval.py);
 - ``collect`` (controller/_collect.py): snapshot reactions of posts that reached a horizon; at the
   last one, score -> reward (controller/_rewards.py);
 - ``learn`` (controller/_learning.py): when enough new rewards wait, one online policy update ->
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from plaudit.controller._approval import Approvals
 from plaudit.controller._checkpoints import Checkpoints
 from plaudit.controller._collect import Collection
 from plaudit.controller._context import FaceRuntime, LoopContext, Outcome, Progress
@@ -50,7 +52,7 @@ if TYPE_CHECKING:
     from plaudit.controller._worker import TorchWorker
     from plaudit.faces import Face
     from plaudit.learner import Policy
-    from plaudit.state import Store
+    from plaudit.state import Post, Store
 
 HISTORY_LIMIT = 5000
 # Offline fits are checked at least this often (a paused or failed fit is retried then).
@@ -86,7 +88,8 @@ class Controller:
         )
         self.checkpoints = Checkpoints(self.ctx)
         self.reward_model = RewardModel(self.ctx)
-        self.posting = Posting(self.ctx, self.reward_model)
+        self.approvals = Approvals(self.ctx)
+        self.posting = Posting(self.ctx, self.reward_model, self.approvals)
         self.collection = Collection(self.ctx, self.reward_model)
         self.learning = Learning(self.ctx, self.checkpoints)
         self.offline_fits = OfflineFits(self.ctx, self.checkpoints)
@@ -138,6 +141,8 @@ class Controller:
             # An intent left by the previous process may have been published before it died.
             rt.maybe_made.update(p.id for p in ctx.store.in_flight(face=rt.name))
         self.posting.own_posts.extend(ctx.store.published_texts(limit=5000))
+        for name in ctx.faces:
+            self.approvals.update_gauge(name)
         # Updates newer than the weights we run (lost with a crash or a damaged checkpoint):
         # their rewards train again.
         released = ctx.store.release_rewards_after(ctx.policy.version)
@@ -320,6 +325,10 @@ class Controller:
             rt = self.ctx.faces[face]
             if rt.next_post_at is None or rt.next_post_at <= now:
                 rt.next_post_at = now + self.posting.interval(rt)
+            slot = self.posting.approved_slot(rt) if rt.poked else None
+            rt.poked = False
+            if slot is not None:  # approved while the job ran: due at its slot
+                rt.next_post_at = min(rt.next_post_at, max(now, slot))
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -341,6 +350,31 @@ class Controller:
         self._next["offline"] = self.ctx.clock.now()
         if self.scheduler is not None:
             self.scheduler.sync()
+
+    # -- the approval queue (controller/_approval.py) -----------------------------------------
+
+    def approve(self, post_id: int, *, text: str | None = None) -> Post:
+        """Approve a held post (``text``: edited). It publishes at its face's next slot: now
+        when the face's last post is a post interval old, else when it is. Raises
+        ApprovalRefused."""
+        post = self.approvals.approve(post_id, text=text)
+        rt = self.ctx.faces.get(post.face)
+        if rt is None:  # a face no longer configured: its approved post waits for it
+            return post
+        if self.is_running(f"post:{post.face}"):
+            rt.poked = True  # planned when the job ends (`_after`)
+            return post
+        slot = self.posting.approved_slot(rt)
+        if slot is not None and (rt.next_post_at is None or slot < rt.next_post_at):
+            rt.next_post_at = slot
+            if self.scheduler is not None:
+                self.scheduler.sync()
+        return post
+
+    def reject(self, post_id: int) -> Post:
+        """Reject a held post: never published, rewarded `approval.rejected_reward`. Raises
+        ApprovalRefused."""
+        return self.approvals.reject(post_id)
 
     # -- start-up ---------------------------------------------------------------------------
 

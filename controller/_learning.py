@@ -80,14 +80,18 @@ class Learning:
         )
         batch: list[Trajectory] = []
         used: list[int] = []
+        spent: list[int] = []  # nothing to train the policy on: marked used with the batch
         for reward in reversed(pending):  # oldest first, so the baseline moves in time order
             post = store.get_post(reward.post_id)
-            if not _sampled(post):
+            # An edited post (approval queue) went out in a human's words, which the policy
+            # did not sample: its reward trains the reward model only.
+            if not _sampled(post) or post.edited:
+                spent.append(reward.post_id)
                 continue
             batch.append(_trajectory(post, advantage=baseline.advantage(reward.reward)))
             used.append(reward.post_id)
         if not batch:
-            store.mark_rewards_used([r.post_id for r in pending], policy_version=ctx.policy.version)
+            store.mark_rewards_used(spent, policy_version=ctx.policy.version)
             return "skipped"
         budget = o.max_kl - ctx.settings.selection_kl() if o.max_kl is not None else None
         config = OnlineUpdateConfig(
@@ -154,7 +158,7 @@ class Learning:
             if stats.stop_reason == "max_kl":
                 # At the drift budget: every step these rewards ask for would cross it. They
                 # are spent (each reward trains at most once), the weights stay as they are.
-                store.mark_rewards_used(used, policy_version=ctx.policy.version)
+                store.mark_rewards_used(used + spent, policy_version=ctx.policy.version)
                 store.set_value("reward_baseline", repr(baseline.value))
                 store.finish_run(run_id, status="completed", metrics=metrics)
                 ctx.log.warning(
@@ -170,7 +174,7 @@ class Learning:
         # (a full disk), they are not trained on again by the next update; should the process
         # die before any later checkpoint, start-up returns them to pending
         # (`Store.release_rewards_after`), since the weights they trained are lost with it.
-        store.mark_rewards_used(used, policy_version=ctx.policy.version)
+        store.mark_rewards_used(used + spent, policy_version=ctx.policy.version)
         store.set_value("reward_baseline", repr(baseline.value))
         store.finish_run(run_id, status="completed", metrics=metrics)
         try:

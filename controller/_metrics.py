@@ -64,6 +64,9 @@ class LoopMetrics(Protocol):
     online_importance_weight: Gauge
     online_steps_undone: Counter
     reward_model_spearman: Gauge  # [face]
+    approval_waiting: Gauge  # [face]: posts held for a human's decision
+    approval_decisions: Counter  # [face, decision]: approved, edited, rejected, expired
+    approval_wait_seconds: Histogram  # held -> decided
     policy_version: Gauge
     state_bytes: Gauge  # [part]: plaudit.state.STATE_PARTS
     scheduler_job_runs: Counter  # [job, outcome]

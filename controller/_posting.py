@@ -1,5 +1,6 @@
 """Posting: the rules for when a face may post, the post cycle (candidates -> filters ->
-choice -> intent -> publish) and publishing with retries under one idempotency key.
+choice -> intent -> publish, or -> held for approval: controller/_approval.py) and publishing
+with retries under one idempotency key.
 
 A publish that fails for now (rate limited, a 5xx, a timeout) keeps its intent: the face's next
 cycles retry that post, with the same key and a growing backoff, before generating new ones, so
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from plaudit.controller._approval import Approvals
 from plaudit.controller._context import FaceRuntime, LoopContext, Outcome
 from plaudit.controller._filters import FilterConfig, NoveltyIndex, reject_reason
 from plaudit.controller._metrics import failure_reason
@@ -43,8 +45,9 @@ class PublishResult:
 
 
 class Posting:
-    def __init__(self, ctx: LoopContext, reward_model: RewardModel) -> None:
+    def __init__(self, ctx: LoopContext, reward_model: RewardModel, approvals: Approvals) -> None:
         self.reward_model = reward_model
+        self.approvals = approvals
         self.ctx = ctx
         self.own_posts = NoveltyIndex(n=6)
         self.training_posts = NoveltyIndex(n=6)
@@ -61,10 +64,18 @@ class Posting:
 
     def first_post_time(self, rt: FaceRuntime) -> float:
         """After a restart the first post respects the last post's time (no burst); a kept
-        intent is due at once."""
+        intent is due at once, an approved post at its slot, a held post's expiry at its
+        deadline."""
         now = self.ctx.clock.now()
         if self.ctx.store.in_flight(face=rt.name):
             return now
+        first = self._first_new_post(rt, now)
+        for at in (self.approvals.next_deadline(rt.name), self.approved_slot(rt)):
+            if at is not None:
+                first = min(first, max(now, at))
+        return first
+
+    def _first_new_post(self, rt: FaceRuntime, now: float) -> float:
         last = self.ctx.store.last_published_at(rt.name)
         if last is None:
             return now
@@ -95,8 +106,36 @@ class Posting:
     # -- the cycle -------------------------------------------------------------------------
 
     async def post(self, rt: FaceRuntime) -> Outcome:
-        """One post job for a face: a kept intent first, else a new post. Sets
-        `rt.next_post_at` to when the face's next post job is due."""
+        """One post job for a face: a kept intent first, else an approved post, else a new
+        post (published, or held for approval). Sets `rt.next_post_at` to when the face's next
+        post job is due."""
+        try:
+            return await self._post(rt)
+        finally:
+            # A held post's expiry and an approved post's slot are reasons to run again
+            # before the next interval.
+            # (A slot already past was blocked this time: the block set when to try again.)
+            now = self.ctx.clock.now()
+            if rt.next_post_at is not None:
+                for at in (self.approvals.next_deadline(rt.name), self.approved_slot(rt)):
+                    if at is not None and at > now:
+                        rt.next_post_at = min(rt.next_post_at, at)
+
+    def approved_slot(self, rt: FaceRuntime) -> float | None:
+        """When the face's oldest approved post may publish: a post interval (without jitter)
+        after the face's last post, or now; None when no approved post waits."""
+        if not self.approvals.approved(rt.name):
+            return None
+        now = self.ctx.clock.now()
+        last = self.ctx.store.last_published_at(rt.name)
+        if last is None:
+            return now
+        c = self.ctx.settings.controller
+        base = max(c.post_interval.total_seconds(), rt.face.limits.min_interval.total_seconds())
+        return max(now, last + base)
+
+    async def _post(self, rt: FaceRuntime) -> Outcome:
+        self.approvals.expire(rt.name)
         now = self.ctx.clock.now()
         blocked = self.blocked_until(rt, now)
         if blocked is not None:
@@ -109,6 +148,19 @@ class Posting:
         kept = self.ctx.store.in_flight(face=rt.name)
         if kept:
             return await self._retry_kept(rt, kept[0])
+        approved = self.approvals.approved(rt.name)
+        slot = self.approved_slot(rt)
+        if approved and slot is not None and slot <= now:
+            return await self._publish_approved(rt, approved[0])
+        if self.approvals.required and self.approvals.full(rt.name):
+            self.ctx.log.info(
+                "post deferred",
+                face=rt.name,
+                reason="approval_queue_full",
+                waiting=len(self.approvals.waiting(rt.name)),
+            )
+            rt.next_post_at = now + self.interval(rt)
+            return "skipped"
         rt.next_post_at = None
         try:
             return await self._cycle(rt)
@@ -127,6 +179,19 @@ class Posting:
             return "error"
         rt.retries.pop(post.id, None)
         # Published (or failed for good): the next post is due a full interval from now.
+        rt.next_post_at = self.ctx.clock.now() + self.interval(rt)
+        return "success" if result.status == "published" else "error"
+
+    async def _publish_approved(self, rt: FaceRuntime, post: Post) -> Outcome:
+        """Publish a post a human approved (as sampled or edited) under a new intent."""
+        log = self.ctx.log.bind(face=rt.name, post_id=post.id)
+        key = f"plaudit-{rt.name}-{post.id}-{uuid.uuid4().hex[:8]}"
+        self.ctx.store.record_intent(post.id, idempotency_key=key)
+        result = await self.publish(rt, post.id, post.text, key, log)
+        if result.status == "kept":
+            self._keep(rt, post.id, result)
+            return "error"
+        log.info("approved post", published=result.status == "published", approval=post.approval)
         rt.next_post_at = self.ctx.clock.now() + self.interval(rt)
         return "success" if result.status == "published" else "error"
 
@@ -236,6 +301,18 @@ class Posting:
         index = choice.index if choice else ctx.rng.choice(survivors)
         post_id, text = ids[index], candidates[index].text
         ctx.store.choose(post_id)
+        if self.approvals.required:
+            self.approvals.hold(rt, post_id)
+            log.info(
+                "post held for approval",
+                generated=len(ids),
+                filtered=filtered,
+                chosen=post_id,
+                waiting=len(self.approvals.waiting(rt.name)),
+                generation_s=round(gen_s, 2),
+                policy_version=version,
+            )
+            return "success"
         key = f"plaudit-{rt.name}-{post_id}-{uuid.uuid4().hex[:8]}"
         ctx.store.record_intent(post_id, idempotency_key=key)
         result = await self.publish(rt, post_id, text, key, log)

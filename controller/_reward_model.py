@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from plaudit.controller._context import LoopContext
 from plaudit.controller._rewards import CLIP, SCORE_WINDOW, normalise, spearman
+from plaudit.state import RewardSource
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -172,7 +173,8 @@ class RewardModel:
         the face's newest rewarded posts that carry a prediction; None below 3 of them."""
         window = self.ctx.settings.reward_model.correlation_window
         pairs: list[tuple[float, float]] = []
-        for reward in self.ctx.store.rewards(limit=4 * window):
+        # The audience's rewards only: a rejection's is a constant, not a reaction.
+        for reward in self.ctx.store.rewards(source=RewardSource.REACTIONS, limit=4 * window):
             if reward.face != face:
                 continue
             post = self.ctx.store.get_post(reward.post_id)

@@ -22,9 +22,13 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from plaudit.daemon._auth import TOKEN_FILE, read_token_file
 from plaudit.daemon._control import (
+    ApprovalQueue,
+    ApproveRequest,
+    Decision,
     GeneratedSample,
     GenerateRequest,
     PostsPage,
+    RejectRequest,
     StatusView,
     TrainingStartRequest,
 )
@@ -108,6 +112,20 @@ class DaemonClient:
     def generate(self, request: GenerateRequest) -> list[GeneratedSample]:
         body = self._request("POST", "/api/generate", json=request.model_dump(exclude_none=True))
         return [GeneratedSample.model_validate(s) for s in body["samples"]]
+
+    def approvals(self, *, face: str | None = None) -> ApprovalQueue:
+        params = {"face": face} if face is not None else {}
+        return self._call("GET", "/api/approvals", ApprovalQueue, params=params)
+
+    def approve(self, post_id: int, *, text: str | None = None) -> Decision:
+        request = ApproveRequest(post_id=post_id, text=text)
+        return self._call(
+            "POST", "/api/approvals/approve", Decision, json=request.model_dump(exclude_none=True)
+        )
+
+    def reject(self, post_id: int) -> Decision:
+        request = RejectRequest(post_id=post_id)
+        return self._call("POST", "/api/approvals/reject", Decision, json=request.model_dump())
 
     def metric_history(
         self, names: list[str], *, since: float = 0.0

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Literal, Protocol, TypeAlias
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from plaudit.state import PostStory
+    from plaudit.state import Post, PostStory
 
 
 DaemonState: TypeAlias = Literal["starting", "running", "reloading", "stopping"]
@@ -105,6 +105,12 @@ class StatusView(_Model):
         default_factory=dict,
         description="bytes in the state folder by part: checkpoints, database, cache, other",
     )
+    approval_required: bool = Field(
+        default=False, description="[approval] required: chosen posts wait for a human"
+    )
+    approvals_waiting: int = Field(
+        default=0, description="posts held for a human's decision (all faces)"
+    )
 
 
 class TrainingStartRequest(_Request):
@@ -131,6 +137,11 @@ class PostView(_Model):
     )
     reward: float | None
     policy_version: int
+    approval: Literal["approved", "edited", "rejected", "expired"] | None = Field(
+        default=None,
+        description="how the approval queue decided the post (edited: published in a human's "
+        "words); null when it was never held",
+    )
 
     @classmethod
     def from_story(cls, story: PostStory) -> PostView:
@@ -155,6 +166,7 @@ class PostView(_Model):
             deleted=last is not None and not last.found,
             reward=story.reward.reward if story.reward else None,
             policy_version=post.policy_version,
+            approval=post.approval.value if post.approval else None,
         )
 
 
@@ -163,6 +175,77 @@ class PostsPage(_Model):
     total: int
     limit: int
     offset: int
+
+
+class HeldPost(_Model):
+    """A post of the approval queue: held for a decision, or approved and not yet out."""
+
+    id: int
+    face: str
+    status: Literal["awaiting", "approved"]
+    text: str = Field(description="what publishes: the model's text, or the human's edit")
+    original_text: str | None = Field(description="the model's text when a human edited it")
+    approval: Literal["approved", "edited", "expired"] | None = Field(
+        description="for an approved post: how (expired: approval.on_expiry = publish)"
+    )
+    predicted_reward: float | None = Field(description="the reward model's prediction")
+    policy_version: int
+    held_at: float | None = Field(description="Unix time the post was held")
+    expires_at: float | None = Field(
+        description="Unix time an awaiting post expires (then approval.on_expiry applies)"
+    )
+
+    @classmethod
+    def from_post(cls, post: Post, *, expires_at: float | None) -> HeldPost:
+        status = post.status.value
+        if status not in ("awaiting", "approved"):
+            raise ValueError(f"post {post.id} is {status}, not in the approval queue")
+        approval = post.approval.value if post.approval else None
+        return cls(
+            id=post.id,
+            face=post.face,
+            status=status,  # type: ignore[arg-type]  # checked above
+            text=post.text,
+            original_text=post.original_text,
+            approval=approval,  # type: ignore[arg-type]  # awaiting/approved: never rejected
+            predicted_reward=post.predicted_reward,
+            policy_version=post.policy_version,
+            held_at=post.held_at,
+            expires_at=expires_at if status == "awaiting" else None,
+        )
+
+
+class ApprovalQueue(_Model):
+    required: bool = Field(description="[approval] required: every chosen post is held")
+    expire_after_seconds: float
+    on_expiry: Literal["drop", "publish"]
+    rejected_reward: float = Field(description="the reward a rejected post trains with")
+    posts: list[HeldPost] = Field(description="awaiting posts (oldest first), then approved")
+
+
+class ApproveRequest(_Request):
+    post_id: int = Field(ge=1)
+    text: str | None = Field(
+        default=None,
+        max_length=10_000,
+        description="publish this instead of the model's text (an edit: the post then trains "
+        "the reward model only, never the policy)",
+    )
+
+
+class RejectRequest(_Request):
+    post_id: int = Field(ge=1)
+
+
+class Decision(_Model):
+    """What became of a held post after a decision."""
+
+    id: int
+    face: str
+    status: Literal["approved", "rejected"]
+    approval: Literal["approved", "edited", "rejected"]
+    text: str
+    reward: float | None = Field(description="a rejection's reward (approval.rejected_reward)")
 
 
 class GenerateRequest(_Request):
@@ -212,6 +295,12 @@ class Control(Protocol):
     def posts(self, *, limit: int, offset: int, face: str | None) -> PostsPage: ...
 
     async def generate(self, request: GenerateRequest) -> list[GeneratedSample]: ...
+
+    def approvals(self, *, face: str | None) -> ApprovalQueue: ...
+
+    def approve(self, request: ApproveRequest) -> Decision: ...
+
+    def reject(self, request: RejectRequest) -> Decision: ...
 
     def metric_history(
         self, names: list[str], *, since: float

@@ -40,13 +40,17 @@ from starlette.staticfiles import StaticFiles
 
 from plaudit.daemon._auth import bearer_matches
 from plaudit.daemon._control import (
+    ApprovalQueue,
+    ApproveRequest,
     Control,
     ControlConflict,
     ControlError,
     ControlUnavailable,
+    Decision,
     GeneratedSample,
     GenerateRequest,
     PostsPage,
+    RejectRequest,
     StatusView,
     TrainingStartRequest,
 )
@@ -101,6 +105,10 @@ class MetricHistory(_ApiModel):
 class PostsQuery(_ApiModel):
     limit: int = Field(default=20, ge=1, le=200)
     offset: int = Field(default=0, ge=0, le=1_000_000_000)
+    face: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+class ApprovalsQuery(_ApiModel):
     face: str | None = Field(default=None, min_length=1, max_length=128)
 
 
@@ -325,6 +333,27 @@ async def _generate(api: _Api, call: Call) -> Response:
     return _json(GenerateResponse(samples=samples))
 
 
+async def _approvals(api: _Api, call: Call) -> Response:
+    return _json(api.control.approvals(face=call.query(ApprovalsQuery).face))
+
+
+async def _approve(api: _Api, call: Call) -> Response:
+    decision = api.control.approve(call.body(ApproveRequest))
+    log.info(
+        "held post approved via api",
+        post_id=decision.id,
+        approval=decision.approval,
+        client=_client(call.request),
+    )
+    return _json(decision)
+
+
+async def _reject(api: _Api, call: Call) -> Response:
+    decision = api.control.reject(call.body(RejectRequest))
+    log.info("held post rejected via api", post_id=decision.id, client=_client(call.request))
+    return _json(decision)
+
+
 async def _metric_history(api: _Api, call: Call) -> Response:
     query = call.query(HistoryQuery)
     names = list(dict.fromkeys(query.names.split(",")))
@@ -426,6 +455,44 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
         body=GenerateRequest,
         auth=True,
         refusals=_REFUSALS,
+    ),
+    Endpoint(
+        method="GET",
+        path="/api/approvals",
+        name="approvals",
+        operation_id="approvals",
+        summary="The approval queue: posts held for a decision, then approved ones not yet out",
+        handler=_approvals,
+        reply=ApprovalQueue,
+        reply_description="The queue and its settings",
+        query=ApprovalsQuery,
+        refusals=(400,),
+    ),
+    Endpoint(
+        method="POST",
+        path="/api/approvals/approve",
+        name="approve",
+        operation_id="approve",
+        summary="Approve a held post, as it is or edited (an edit trains the reward model only)",
+        handler=_approve,
+        reply=Decision,
+        reply_description="The post as decided",
+        body=ApproveRequest,
+        auth=True,
+        refusals=(400, 409),
+    ),
+    Endpoint(
+        method="POST",
+        path="/api/approvals/reject",
+        name="reject",
+        operation_id="reject",
+        summary="Reject a held post: never published; it trains with approval.rejected_reward",
+        handler=_reject,
+        reply=Decision,
+        reply_description="The post as decided",
+        body=RejectRequest,
+        auth=True,
+        refusals=(400, 409),
     ),
     Endpoint(
         method="GET",

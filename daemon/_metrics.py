@@ -43,7 +43,14 @@ TRAINING_MODES: Final = ("offline", "online")
 SCHEDULER_JOBS: Final = ("offline", "post", "collect", "learn")
 JOB_OUTCOMES: Final = ("success", "error", "skipped")
 # The mutating API endpoints; http_unauthorized counts refused calls per endpoint.
-PROTECTED_ENDPOINTS: Final = ("training_start", "training_stop", "generate")
+PROTECTED_ENDPOINTS: Final = ("training_start", "training_stop", "generate", "approve", "reject")
+# How a held post of the approval queue was decided.
+APPROVAL_DECISIONS: Final = ("approved", "edited", "rejected", "expired")
+# Held -> decided: a minute to the three days a queue may be set to wait.
+_APPROVAL_WAIT_BUCKETS: Final = (
+    *(60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 43200.0),
+    *(86400.0, 172800.0, 259200.0),
+)
 DEFAULT_HORIZONS: Final = (timedelta(hours=1), timedelta(hours=6), timedelta(hours=24))
 
 # Publishing goes over the network: tens of milliseconds to a minute with retries.
@@ -174,6 +181,28 @@ class Metrics:
             "Spearman rank correlation of the reward model's predictions, stored at posting "
             "time, with the rewards that arrived (the face's newest rewarded posts).",
             ["face"],
+            registry=registry,
+        )
+
+        # -- the approval queue (only with [approval] required, or posts still held) --------
+        self.approval_waiting = Gauge(
+            "plaudit_approval_waiting",
+            "Posts held for a human's approval (approve, edit, reject), per face; no series "
+            "while the face's queue is off and empty.",
+            ["face"],
+            registry=registry,
+        )
+        self.approval_decisions = Counter(
+            "plaudit_approval_decisions_total",
+            "Held posts decided, by decision: approved, edited (approved with a human's text), "
+            "rejected, expired (nobody decided within approval.expire_after).",
+            ["face", "decision"],
+            registry=registry,
+        )
+        self.approval_wait_seconds = Histogram(
+            "plaudit_approval_wait_seconds",
+            "Time from holding a post for approval to its decision (or expiry).",
+            buckets=_APPROVAL_WAIT_BUCKETS,
             registry=registry,
         )
 
@@ -316,6 +345,8 @@ class Metrics:
                     self.face_errors.labels(face, call, reason)
             for horizon in self.horizons:
                 self.reactions_collected.labels(face, horizon)
+            for decision in APPROVAL_DECISIONS:
+                self.approval_decisions.labels(face, decision)
         # The last step's loss, KL, learning rate and throughput appear with the first step of
         # their mode (train_kl: online only).
         for mode in TRAINING_MODES:

@@ -14,15 +14,20 @@ from typing import TYPE_CHECKING
 import structlog
 
 from plaudit.daemon._control import (
+    ApprovalQueue,
+    ApproveRequest,
     ControlConflict,
     ControlError,
     ControlUnavailable,
     DaemonState,
+    Decision,
     FaceStatus,
     GeneratedSample,
     GenerateRequest,
+    HeldPost,
     PostsPage,
     PostView,
+    RejectRequest,
     RewardModelStatus,
     StatusView,
     TrainingModeName,
@@ -36,7 +41,7 @@ if TYPE_CHECKING:
     from plaudit.daemon._config import Settings
     from plaudit.daemon._metrics import Metrics
     from plaudit.learner import Policy
-    from plaudit.state import Store
+    from plaudit.state import Post, Store
 
 # The status shows this many of the latest rewards.
 LAST_REWARDS = 10
@@ -113,6 +118,8 @@ class ControlService:
             posting_waits_for_first_fit=self.controller.first_fit_pending,
             # Measured afresh (os.scandir sums, about a millisecond), the gauge with it.
             state_bytes=self.controller.checkpoints.measure(),
+            approval_required=self.settings.approval.required,
+            approvals_waiting=self.store.count_posts(status=PostStatus.AWAITING),
         )
 
     async def start_training(self, request: TrainingStartRequest) -> StatusView:
@@ -199,6 +206,53 @@ class ControlService:
             )
             for c in cands
         ]
+
+    def approvals(self, *, face: str | None) -> ApprovalQueue:
+        if face is not None and face not in self.controller.faces:
+            raise ControlError(
+                f"no face named {face!r}; faces: {', '.join(self.controller.faces) or 'none'}"
+            )
+        queue = self.controller.approvals
+        a = self.settings.approval
+        posts = [
+            HeldPost.from_post(p, expires_at=queue.deadline(p)) for p in queue.waiting(face)
+        ] + [HeldPost.from_post(p, expires_at=None) for p in queue.approved(face)]
+        return ApprovalQueue(
+            required=a.required,
+            expire_after_seconds=a.expire_after.total_seconds(),
+            on_expiry=a.on_expiry,
+            rejected_reward=a.rejected_reward,
+            posts=posts,
+        )
+
+    def approve(self, request: ApproveRequest) -> Decision:
+        from plaudit.controller import ApprovalRefused
+
+        try:
+            post = self.controller.approve(request.post_id, text=request.text)
+        except ApprovalRefused as exc:
+            raise (ControlConflict if exc.conflict else ControlError)(str(exc)) from None
+        return self._decision(post, reward=None)
+
+    def reject(self, request: RejectRequest) -> Decision:
+        from plaudit.controller import ApprovalRefused
+
+        try:
+            post = self.controller.reject(request.post_id)
+        except ApprovalRefused as exc:
+            raise (ControlConflict if exc.conflict else ControlError)(str(exc)) from None
+        return self._decision(post, reward=self.settings.approval.rejected_reward)
+
+    @staticmethod
+    def _decision(post: Post, *, reward: float | None) -> Decision:
+        return Decision(
+            id=post.id,
+            face=post.face,
+            status=post.status.value,  # type: ignore[arg-type]  # approved or rejected
+            approval=post.approval.value if post.approval else "approved",  # type: ignore[arg-type]
+            text=post.text,
+            reward=reward,
+        )
 
     def metric_history(
         self, names: list[str], *, since: float

@@ -22,6 +22,7 @@ from plaudit.state._files import (
 from plaudit.state._lock import StateLock
 from plaudit.state._store import (
     SCHEMA_VERSION,
+    Approval,
     Checkpoint,
     ControlState,
     NewCandidate,
@@ -30,6 +31,7 @@ from plaudit.state._store import (
     PostStory,
     PruneReport,
     Reward,
+    RewardSource,
     Snapshot,
     Store,
     TrainingMode,
@@ -40,6 +42,7 @@ from plaudit.state._store import (
 __all__ = [
     "SCHEMA_VERSION",
     "STATE_PARTS",
+    "Approval",
     "BackupReport",
     "Checkpoint",
     "ControlState",
@@ -54,6 +57,7 @@ __all__ = [
     "PruneReport",
     "RestoreReport",
     "Reward",
+    "RewardSource",
     "SchemaTooNew",
     "Snapshot",
     "StateError",

@@ -216,6 +216,16 @@ MIGRATIONS: tuple[str | Callable[[sqlite3.Connection, Path], None], ...] = (
     _v3_checkpoints,
     _v4_scale,
     _v5_tokens_apart,
+    # 6: the approval queue (controller/_approval.py). A post held for a human: when it was
+    # held, how it was decided (approved, edited, rejected, expired) and, when edited, the
+    # text the model sampled (``text`` is what was published). A reward says where it came
+    # from: the audience's reactions or a rejection (which has no score to normalise by).
+    """
+    ALTER TABLE posts ADD COLUMN held_at REAL;
+    ALTER TABLE posts ADD COLUMN approval TEXT;
+    ALTER TABLE posts ADD COLUMN original_text TEXT;
+    ALTER TABLE rewards ADD COLUMN source TEXT NOT NULL DEFAULT 'reactions';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -253,17 +263,40 @@ class PostStatus(StrEnum):
     INTENT = "intent"  # idempotency key recorded; publishing may or may not have happened
     PUBLISHED = "published"
     FAILED = "failed"
+    # The approval queue: chosen, held for a human, then one of the three below.
+    AWAITING = "awaiting"
+    APPROVED = "approved"  # as sampled or edited; publishes at the face's next chance
+    REJECTED = "rejected"  # never published; its reward is the rejection's
+    EXPIRED = "expired"  # nobody decided in time; never published
 
 
 # Where each status may go next; anything else is a bug in the caller.
 _TRANSITIONS: dict[PostStatus, frozenset[PostStatus]] = {
     PostStatus.CANDIDATE: frozenset({PostStatus.FILTERED, PostStatus.CHOSEN}),
-    PostStatus.CHOSEN: frozenset({PostStatus.INTENT, PostStatus.FAILED}),
+    PostStatus.CHOSEN: frozenset({PostStatus.INTENT, PostStatus.FAILED, PostStatus.AWAITING}),
+    PostStatus.AWAITING: frozenset({PostStatus.APPROVED, PostStatus.REJECTED, PostStatus.EXPIRED}),
+    PostStatus.APPROVED: frozenset({PostStatus.INTENT}),
+    PostStatus.REJECTED: frozenset(),
+    PostStatus.EXPIRED: frozenset(),
     PostStatus.INTENT: frozenset({PostStatus.PUBLISHED, PostStatus.FAILED}),
     PostStatus.FILTERED: frozenset(),
     PostStatus.PUBLISHED: frozenset(),
     PostStatus.FAILED: frozenset(),
 }
+
+
+class Approval(StrEnum):
+    """How a held post was decided."""
+
+    APPROVED = "approved"
+    EDITED = "edited"  # approved with a human's text
+    REJECTED = "rejected"
+    EXPIRED = "expired"  # nobody decided in time (then dropped or published, as configured)
+
+
+class RewardSource(StrEnum):
+    REACTIONS = "reactions"  # the audience: a face's score, normalised
+    REJECTED = "rejected"  # a human refused the post in the approval queue
 
 
 class TrainingState(StrEnum):
@@ -311,6 +344,15 @@ class Post:
     created_at: float
     updated_at: float
     sampling: dict[str, Any] = field(default_factory=dict)
+    # The approval queue: when the post was held, how it was decided, and the model's own
+    # text when a human edited it (then ``text`` is the edit: not sampled by the policy).
+    held_at: float | None = None
+    approval: Approval | None = None
+    original_text: str | None = None
+
+    @property
+    def edited(self) -> bool:
+        return self.original_text is not None
 
 
 @dataclass(frozen=True)
@@ -335,6 +377,7 @@ class Reward:
     reward: float
     used_in_version: int | None
     created_at: float
+    source: RewardSource = RewardSource.REACTIONS
 
 
 @dataclass(frozen=True)
@@ -417,6 +460,9 @@ def _post(row: sqlite3.Row) -> Post:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         sampling=json.loads(row["sampling"]),
+        held_at=row["held_at"],
+        approval=Approval(row["approval"]) if row["approval"] is not None else None,
+        original_text=row["original_text"],
     )
 
 
@@ -443,6 +489,7 @@ def _reward(row: sqlite3.Row) -> Reward:
         reward=row["reward"],
         used_in_version=row["used_in_version"],
         created_at=row["created_at"],
+        source=RewardSource(row["source"]),
     )
 
 
@@ -718,6 +765,59 @@ class Store:
         with self._tx() as conn:
             self._move(conn, post_id, PostStatus.FAILED, error=error)
 
+    # -- the approval queue ----------------------------------------------------------------
+
+    def hold(self, post_id: int) -> None:
+        """A chosen post waits for a human's decision instead of publishing."""
+        with self._tx() as conn:
+            self._move(conn, post_id, PostStatus.AWAITING, held_at=self.now())
+
+    def approve(self, post_id: int, *, text: str | None = None) -> Post:
+        """Approve a held post, as sampled or (``text``) edited: it publishes at the face's
+        next chance. An edit keeps the model's text in ``original_text``."""
+        with self._tx() as conn:
+            row = conn.execute("SELECT text FROM posts WHERE id = ?", (post_id,)).fetchone()
+            if row is None:
+                raise StateError(f"post {post_id} does not exist")
+            if text is None or text == row["text"]:
+                self._move(conn, post_id, PostStatus.APPROVED, approval=Approval.APPROVED.value)
+            else:
+                self._move(
+                    conn,
+                    post_id,
+                    PostStatus.APPROVED,
+                    approval=Approval.EDITED.value,
+                    original_text=row["text"],
+                    text=text,
+                )
+        return self.get_post(post_id)
+
+    def reject(self, post_id: int, *, reward: float) -> Post:
+        """Reject a held post: never published, and ``reward`` (the rejection's, from the
+        config) is its reward, in the same transaction."""
+        with self._tx() as conn:
+            self._move(conn, post_id, PostStatus.REJECTED, approval=Approval.REJECTED.value)
+            face = conn.execute("SELECT face FROM posts WHERE id = ?", (post_id,)).fetchone()[0]
+            conn.execute(
+                "INSERT INTO rewards (post_id, face, score, reward, source, created_at) "
+                "VALUES (?, ?, 0.0, ?, ?, ?)",
+                (post_id, face, reward, RewardSource.REJECTED.value, self.now()),
+            )
+        return self.get_post(post_id)
+
+    def expire(self, post_id: int, *, publish: bool) -> Post:
+        """Nobody decided in time: drop the post (``publish`` False) or approve it."""
+        to = PostStatus.APPROVED if publish else PostStatus.EXPIRED
+        with self._tx() as conn:
+            self._move(conn, post_id, to, approval=Approval.EXPIRED.value)
+        return self.get_post(post_id)
+
+    def queue(self, *, face: str | None = None, status: PostStatus) -> list[Post]:
+        """Held (``AWAITING``) or approved (``APPROVED``) posts, oldest first."""
+        if status not in (PostStatus.AWAITING, PostStatus.APPROVED):
+            raise ValueError(f"the queue holds awaiting and approved posts, not {status.value}")
+        return self.posts(face=face, status=status, limit=10_000, newest_first=False)
+
     def get_post(self, post_id: int) -> Post:
         rows = self._query(f"SELECT {_POST_COLUMNS} FROM {_POSTS} WHERE p.id = ?", (post_id,))
         if not rows:
@@ -839,6 +939,7 @@ class Store:
         return [_snapshot(r) for r in rows]
 
     def add_reward(self, *, post_id: int, face: str, score: float, reward: float) -> None:
+        """The audience's reward of a published post (a rejection's: `reject`)."""
         with self._tx() as conn:
             conn.execute(
                 "INSERT INTO rewards (post_id, face, score, reward, created_at) "
@@ -847,17 +948,24 @@ class Store:
             )
 
     def scores(self, face: str, *, limit: int = 1000) -> list[float]:
-        """The face's most recent raw scores of the bot's own posts (for normalising)."""
+        """The face's most recent raw scores of the bot's own published posts (for
+        normalising; a rejection has no score)."""
         rows = self._query(
-            "SELECT score FROM rewards WHERE face = ? ORDER BY created_at DESC LIMIT ?",
+            "SELECT score FROM rewards WHERE face = ? AND source = 'reactions' "
+            "ORDER BY created_at DESC LIMIT ?",
             (face, limit),
         )
         return [float(r[0]) for r in rows]
 
     def rewards(
-        self, *, face: str | None = None, unused_only: bool = False, limit: int = 1000
+        self,
+        *,
+        face: str | None = None,
+        unused_only: bool = False,
+        source: RewardSource | None = None,
+        limit: int = 1000,
     ) -> list[Reward]:
-        clause, args = _where(face=face)
+        clause, args = _where(face=face, source=source.value if source else None)
         if unused_only:
             clause += (" AND" if clause else "WHERE") + " used_in_version IS NULL"
         rows = self._query(
@@ -1045,7 +1153,8 @@ class Store:
             # whatever their status; nothing else reads an unpublished post's tokens.
             cur = conn.execute(
                 "DELETE FROM post_tokens WHERE post_id IN (SELECT id FROM posts WHERE id > ? "
-                "AND id <= ? AND created_at < ? AND status IN ('candidate', 'filtered', 'failed'))",
+                "AND id <= ? AND created_at < ? "
+                "AND status IN ('candidate', 'filtered', 'failed', 'expired'))",
                 (since["candidates"], newest - PROBE_KEEP, candidates_until),
             )
             tokens = cur.rowcount

@@ -332,6 +332,8 @@ def test_openapi_document_is_valid_openapi_3() -> None:
         ("/api/training/start", "post"),
         ("/api/training/stop", "post"),
         ("/api/generate", "post"),
+        ("/api/approvals/approve", "post"),
+        ("/api/approvals/reject", "post"),
     }
 
 
