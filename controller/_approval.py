@@ -4,8 +4,9 @@ With `approval.required`, the post job holds the post it chose instead of publis
 (status ``awaiting``), at most `max_waiting` per face. A human then decides, on the status
 page, with `plaudit approvals ...` or through the API:
 
-- **approve**: the post publishes at the face's next chance (now, unless the face's minimum
-  interval, the daily cap or quiet hours say later), one per post interval when several wait;
+- **approve**: the post publishes at the face's next slot: now when the face's last post is a
+  post interval old, else when it is (and as the daily cap and quiet hours allow); one per
+  interval when several wait;
 - **edit and approve**: the human's text publishes. The model did not sample that text, so
   the post never trains the policy; its reward (the audience's reactions) trains the reward
   model, on the text that went out;
