@@ -152,6 +152,9 @@ function showBanner(text, kind = "error") {
 function renderStatus(s) {
   // A run just finished: its loss points and new posts are worth showing now.
   if (lastStatus && lastStatus.progress && !s.progress) { refreshCharts(); refreshFeed(); }
+  // The queue changed (a post held, decided elsewhere, expired): fetch it now, not at the next poll.
+  if (lastStatus && s !== lastStatus && (s.approvals_waiting !== lastStatus.approvals_waiting
+      || s.approval_required !== lastStatus.approval_required)) refreshApprovals();
   lastStatus = s;
   const pill = $("state-pill");
   const state = s.state === "running" ? s.training : s.state;
@@ -226,6 +229,13 @@ function renderStatus(s) {
 
   const names = $("face-names");
   names.replaceChildren(...s.faces.map((f) => el("option", { value: f.name })));
+
+  const waitingPill = $("approval-pill");
+  waitingPill.hidden = !(s.approval_required || s.approvals_waiting > 0);
+  waitingPill.textContent = `${s.approvals_waiting} awaiting approval`;
+  waitingPill.dataset.waiting = String(s.approvals_waiting);
+  updateApprovalCard();
+  updateHeldTimes();
 }
 
 async function refreshStatus() {
@@ -325,6 +335,13 @@ function renderPost(p) {
     el("span", { text: p.face }),
     el("span", { text: p.published_at ? fmtAgo(p.published_at) : p.status }),
     el("span", { text: `policy v${p.policy_version}` }));
+  if (p.approval === "edited") {
+    meta.append(el("span", {
+      class: "chip edited",
+      text: "edited",
+      title: "Published in a human's words (approval queue): it trains the reward model, not the policy.",
+    }));
+  }
   if (p.deleted) {
     // The face no longer finds it: its reactions read 0 and no reward will come.
     meta.append(el("span", { class: "chip neg deleted", text: "deleted on the platform" }));
@@ -348,6 +365,201 @@ async function refreshFeed() {
     $("feed-older").disabled = feedOffset + FEED_PAGE >= page.total;
   } catch (err) {
     showBanner(`Feed: ${err.message}`);
+  }
+}
+
+// -- approval queue ------------------------------------------------------------------------
+// Held posts are drawn once and updated in place: a poll never resets a text being edited.
+// A post that left the queue stays on the page while it shows an error or an unsaved edit.
+
+let approvals = null; // the last /api/approvals answer
+const heldItems = new Map(); // post id -> { post, li, textarea, buttons, error, ... }
+
+function isEdited(item) {
+  return item.textarea.value.trim() !== item.post.text;
+}
+
+function syncHeldButtons(item) {
+  const busy = item.busy || item.gone;
+  item.approve.disabled = busy;
+  item.reject.disabled = busy;
+  item.save.disabled = busy || !isEdited(item);
+}
+
+function setHeldError(item, message) {
+  item.error.textContent = message;
+  item.error.hidden = !message;
+}
+
+function heldItem(p) {
+  const textId = `held-text-${p.id}`;
+  const textarea = el("textarea", { id: textId, rows: "3", spellcheck: "true" });
+  textarea.value = p.text;
+  const meta = el("div", { class: "post-meta" },
+    el("span", { class: "face", text: p.face }),
+    el("span", { text: `post ${p.id}` }),
+    el("span", { text: `policy v${p.policy_version}` }));
+  if (p.predicted_reward !== null && p.predicted_reward !== undefined) {
+    meta.append(el("span", { class: "predicted" }, "predicted ", rewardChip(p.predicted_reward)));
+  }
+  const expires = el("span", { class: "expires" });
+  meta.append(expires);
+  const button = (cls, text, label) => el("button", { type: "button", class: cls, text, "aria-label": label });
+  const item = {
+    post: p,
+    textarea,
+    expires,
+    busy: false,
+    gone: false,
+    approve: button("approve", "Approve", `Approve post ${p.id}`),
+    save: button("secondary save", "Save edit & approve", `Save edit and approve post ${p.id}`),
+    reject: button("danger reject", "Reject", `Reject post ${p.id}`),
+    dismiss: button("ghost dismiss", "Dismiss", `Dismiss post ${p.id}`),
+    error: el("p", { class: "held-error", role: "alert" }),
+  };
+  item.error.hidden = true;
+  item.dismiss.hidden = true;
+  item.li = el("li", { class: "held-post", "data-post-id": String(p.id) },
+    meta,
+    el("label", { for: textId }, `Text of post ${p.id}`, textarea),
+    item.error,
+    el("div", { class: "actions" }, item.approve, item.save, item.reject, item.dismiss));
+  textarea.addEventListener("input", () => syncHeldButtons(item));
+  item.approve.addEventListener("click", () => decide(item, "/api/approvals/approve",
+    { post_id: p.id }, `Post ${p.id} approved.`));
+  item.save.addEventListener("click", () => decide(item, "/api/approvals/approve",
+    { post_id: p.id, text: textarea.value }, `Post ${p.id} approved with your edit.`));
+  item.reject.addEventListener("click", () => decide(item, "/api/approvals/reject",
+    { post_id: p.id }, `Post ${p.id} rejected.`));
+  item.dismiss.addEventListener("click", () => {
+    heldItems.delete(p.id);
+    item.li.remove();
+    updateApprovalCard();
+  });
+  syncHeldButtons(item);
+  return item;
+}
+
+// The post is no longer awaiting (decided elsewhere, expired): no more actions on it.
+function markGone(item) {
+  if (item.gone) return;
+  item.gone = true;
+  item.li.classList.add("gone");
+  item.textarea.readOnly = true;
+  item.expires.textContent = "no longer awaiting approval";
+  item.dismiss.hidden = false;
+  for (const b of [item.approve, item.save, item.reject]) b.hidden = true;
+  syncHeldButtons(item);
+}
+
+function updateHeldTimes() {
+  const now = Date.now() / 1000;
+  for (const item of heldItems.values()) {
+    const at = item.post.expires_at;
+    if (item.gone || !at) continue;
+    item.expires.textContent = at <= now ? "expires now" : `expires ${fmtAgo(at)}`;
+    item.expires.title = new Date(at * 1000).toLocaleString();
+  }
+}
+
+async function decide(item, path, body, done) {
+  item.busy = true;
+  syncHeldButtons(item);
+  setHeldError(item, "");
+  try {
+    await act(path, body);
+    heldItems.delete(item.post.id);
+    item.li.remove();
+    showBanner(done, "info");
+  } catch (err) {
+    // 400: the edit cannot go out as it is; 409: the post expired or was decided meanwhile.
+    setHeldError(item, err.message);
+  } finally {
+    item.busy = false;
+    syncHeldButtons(item);
+  }
+  await Promise.all([refreshApprovals(), refreshStatus(), refreshFeed()]);
+}
+
+function approvedItem(p) {
+  const meta = el("div", { class: "post-meta" },
+    el("span", { class: "face", text: p.face }),
+    el("span", { text: `post ${p.id}` }),
+    el("span", { class: "approved-status", text: "approved, publishes at the face's next chance" }));
+  if (p.original_text !== null && p.original_text !== undefined) {
+    meta.append(el("span", { class: "chip edited", text: "edited", title: `The model wrote: ${p.original_text}` }));
+  }
+  if (p.approval === "expired") {
+    meta.append(el("span", { class: "chip", text: "nobody decided: published as it is" }));
+  }
+  return el("li", { class: "approved-post", "data-post-id": String(p.id) },
+    el("p", { class: "post-text", text: p.text }), meta);
+}
+
+function approvalRules(q) {
+  const reward = `${q.rejected_reward >= 0 ? "+" : ""}${fmtNumber(q.rejected_reward)}`;
+  const expiry = q.on_expiry === "publish" ? "it is published as it is" : "it is dropped, with no reward";
+  const parts = [
+    "Approve publishes the model's text; Save edit & approve publishes yours (an edited post trains the reward model only).",
+    `Reject: never published; the post trains the model with reward ${reward} (the audience's rewards run from −3 to +3).`,
+    `Nobody decides within ${fmtDuration(q.expire_after_seconds).replace(".0 ", " ")}: ${expiry}.`,
+  ];
+  if (!q.required) parts.unshift("The queue is off ([approval] required = false); these posts were held before.");
+  return parts.join(" ");
+}
+
+function renderApprovals(q) {
+  approvals = q;
+  const awaiting = q.posts.filter((p) => p.status === "awaiting");
+  const approved = q.posts.filter((p) => p.status === "approved");
+  const items = [];
+  const seen = new Set();
+  for (const p of awaiting) {
+    seen.add(p.id);
+    let item = heldItems.get(p.id);
+    if (!item) {
+      item = heldItem(p);
+      heldItems.set(p.id, item);
+    } else {
+      item.post = p;
+      syncHeldButtons(item);
+    }
+    items.push(item.li);
+  }
+  for (const [id, item] of heldItems) {
+    if (seen.has(id)) continue;
+    if (item.error.hidden && !isEdited(item)) { heldItems.delete(id); continue; }
+    markGone(item);
+    items.push(item.li);
+  }
+  if (!items.length) items.push(el("li", { class: "empty", text: "nothing awaits a decision" }));
+  const list = $("approval-list");
+  // Only when something changed: moving the nodes would take the focus from a text being edited.
+  const current = [...list.children];
+  if (current.length !== items.length || items.some((li, i) => current[i] !== li)) list.replaceChildren(...items);
+  $("approval-count").textContent = `(${awaiting.length})`;
+  $("approval-card").classList.toggle("waiting", awaiting.length > 0);
+  $("approval-rules").textContent = approvalRules(q);
+  $("approved-block").hidden = !approved.length;
+  $("approved-list").replaceChildren(...approved.map(approvedItem));
+  updateHeldTimes();
+  updateApprovalCard();
+}
+
+// The section is for a queue that is on or holds posts: no empty panel for a feature that is off.
+function updateApprovalCard() {
+  const s = lastStatus;
+  $("approval-card").hidden = !(
+    (s && (s.approval_required || s.approvals_waiting > 0))
+    || (approvals && (approvals.required || approvals.posts.length > 0))
+    || heldItems.size > 0);
+}
+
+async function refreshApprovals() {
+  try {
+    renderApprovals(await api("/api/approvals"));
+  } catch (err) {
+    showBanner(`Approvals: ${err.message}`);
   }
 }
 
@@ -440,5 +652,6 @@ document.addEventListener("DOMContentLoaded", () => {
   schedule(refreshStatus, STATUS_EVERY_MS);
   schedule(refreshCharts, SLOW_EVERY_MS);
   schedule(refreshFeed, SLOW_EVERY_MS);
+  schedule(refreshApprovals, SLOW_EVERY_MS);
   // No token asked for here: reading needs none; act() asks when an action needs it.
 });
