@@ -1,20 +1,23 @@
 """Offline fits: the live policy fine-tuned on the faces' history (supervised), at first start
 and then at an interval, or now on request; the fitted weights are adopted as the new policy and
 the new KL reference. The fit runs in memory on the live weights (`Policy.fine_tune`): the only
-write is the checkpoint of the result."""
+write is the checkpoint of the result. An instruct model fits in the format it posts in (the
+posting instruction -> a history post, `OfflineFits.examples`)."""
 
 from __future__ import annotations
 
+import random
 import shutil
 import time
 from typing import TYPE_CHECKING, Any
 
 from plaudit.controller._checkpoints import Checkpoints
 from plaudit.controller._context import FaceRuntime, LoopContext, Outcome, Progress
+from plaudit.controller._prompts import SYSTEM, fit_pairs
 from plaudit.state import TrainingMode, TrainingState
 
 if TYPE_CHECKING:
-    from plaudit.learner import FitResult, StepRecord
+    from plaudit.learner import Example, FitResult, StepRecord
 
 # Knobs an offline request (API, CLI) may override.
 REQUEST_KNOBS = ("max_steps", "lr", "batch_size")
@@ -72,10 +75,10 @@ class OfflineFits:
         try:
             due = self._due_faces(request)
             max_posts = ctx.settings.controller.offline_max_posts
-            texts = [t for rt in due for t in rt.history[: max_posts or None]]
-            if not texts:
+            histories = [(rt, rt.history[: max_posts or None]) for rt in due]
+            if not any(texts for _, texts in histories):
                 return "skipped"
-            ok = await self._fit(texts, request or {}, on_request=request is not None)
+            ok = await self._fit(histories, request or {}, on_request=request is not None)
             if ok:
                 now = repr(ctx.clock.now())
                 for rt in due:
@@ -88,10 +91,37 @@ class OfflineFits:
                     running=control.training is TrainingState.RUNNING, mode="online"
                 )
 
-    async def _fit(self, texts: list[str], overrides: dict[str, Any], *, on_request: bool) -> bool:
-        from plaudit.learner import examples_from_texts
+    def examples(self, histories: list[tuple[FaceRuntime, list[str]]]) -> list[Example]:
+        """The fit's examples. An instruct model (one with a chat template) is prompted to post
+        with the posting instruction, so it fits on that instruction -> a history post (the
+        loss on the post only); a model without one posts from nothing, so it fits on the
+        posts as plain text. The pairs are drawn with a fixed seed: a fit resumed after a stop
+        sees the same data in the same order."""
+        from plaudit.learner import examples_from_pairs, examples_from_texts
 
+        if self.ctx.policy.tokenizer.chat_template is None:  # as `Policy.render_prompt`
+            texts = [t for _, history in histories for t in history]
+            return examples_from_texts(texts, source="face-history")
+        rng = random.Random(0)
+        pairs = [
+            pair
+            for rt, history in histories
+            for pair in fit_pairs(history, max_chars=rt.face.limits.max_length, rng=rng)
+        ]
+        return examples_from_pairs(pairs, source="face-history", system=SYSTEM)
+
+    async def _fit(
+        self,
+        histories: list[tuple[FaceRuntime, list[str]]],
+        overrides: dict[str, Any],
+        *,
+        on_request: bool,
+    ) -> bool:
         ctx = self.ctx
+        examples = self.examples(histories)
+        if not examples:
+            ctx.log.warning("offline fit skipped: the history has too few posts to fit on")
+            return False
         requested = {k: v for k, v in overrides.items() if k in REQUEST_KNOBS and v}
         if overrides.get("epochs") is not None:
             requested["epochs"] = max(1, round(float(overrides["epochs"])))
@@ -137,7 +167,7 @@ class OfflineFits:
             # In memory on the live weights; they are put back should the fit fail.
             return ctx.policy.fine_tune(
                 cfg,
-                examples=examples_from_texts(texts, source="face-history"),
+                examples=examples,
                 on_step=on_step,
                 stop=ctx.worker.stop_training,
                 # posting and the playground run between its micro-batches
@@ -180,7 +210,8 @@ class OfflineFits:
         ctx.store.finish_run(run_id, status=status, metrics=metrics)
         ctx.log.info(
             "offline fit",
-            posts=len(texts),
+            posts=len(examples),
+            format="text" if examples[0].fmt == "text" else "posting instruction",
             policy_version=ctx.policy.version,
             duration_s=round(time.monotonic() - t0, 2),
             **metrics,

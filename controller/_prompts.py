@@ -52,6 +52,29 @@ def instructions(
             b = rng.choice([p for p in liked if p != a] or posts)
         if a == b:
             b = rng.choice([p for p in posts if p != a])
-        examples = f"- {a.strip()}\n- {b.strip()}"
-        out.append(INSTRUCTION.format(examples=examples, max_chars=max_chars))
+        out.append(_instruction(a, b, max_chars))
     return out
+
+
+def fit_pairs(
+    history: Sequence[str], *, max_chars: int, rng: random.Random
+) -> list[tuple[str, str]]:
+    """What the offline fit of an instruct model trains on: the posting instruction, showing
+    two other posts of the history, -> one history post as the response. Fitting and posting
+    then use one format, so the fit teaches the answer posting asks for (not the history as
+    bare text, which left the model's assistant voice in place). Each post is a response once;
+    a history of fewer than 3 posts gives none."""
+    posts = [p for p in history if p.strip()]
+    if len(posts) < 3:
+        return []
+    out = []
+    for i, post in enumerate(posts):
+        j, k = rng.sample(range(len(posts) - 1), 2)
+        # indices into the history without post i
+        a, b = posts[j + (j >= i)], posts[k + (k >= i)]
+        out.append((_instruction(a, b, max_chars), post))
+    return out
+
+
+def _instruction(a: str, b: str, max_chars: int) -> str:
+    return INSTRUCTION.format(examples=f"- {a.strip()}\n- {b.strip()}", max_chars=max_chars)

@@ -26,7 +26,13 @@ from ._errors import (
 
 if TYPE_CHECKING:
     from ._checkpoint import TRAINER_STATE, load_trainer_state, resolve_model_dir
-    from ._data import Example, examples_from_texts, read_file, split_validation
+    from ._data import (
+        Example,
+        examples_from_pairs,
+        examples_from_texts,
+        read_file,
+        split_validation,
+    )
     from ._data import dedupe as dedupe_examples
     from ._decode import decode_kernel
     from ._engine import (
@@ -69,6 +75,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "resolve_model_dir": ("._checkpoint", "resolve_model_dir"),
     "Example": ("._data", "Example"),
     "dedupe_examples": ("._data", "dedupe"),
+    "examples_from_pairs": ("._data", "examples_from_pairs"),
     "examples_from_texts": ("._data", "examples_from_texts"),
     "read_file": ("._data", "read_file"),
     "split_validation": ("._data", "split_validation"),
@@ -172,6 +179,7 @@ __all__: list[str] = [
     "drop_optimizer_state",
     "encode_prompts",
     "evaluate",
+    "examples_from_pairs",
     "examples_from_texts",
     "export_hf",
     "fit",

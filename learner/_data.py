@@ -32,7 +32,7 @@ from ._errors import DataError
 
 Format = Literal["text", "qa", "dialogue", "jsonl"]
 FormatChoice = Literal["auto", "text", "qa", "dialogue", "jsonl"]
-Role = Literal["text", "user", "assistant", "prompt", "response"]
+Role = Literal["text", "system", "user", "assistant", "prompt", "response"]
 
 IGNORE_INDEX = -100  # torch cross_entropy's default ignore_index
 
@@ -83,7 +83,10 @@ class Example:
         if self.fmt == "text":
             return [(self.turns[0][1], True)]
         if self.fmt == "jsonl":
-            (_, prompt), (_, response) = self.turns
+            parts = dict(self.turns)
+            prompt, response = parts["prompt"], parts["response"]
+            if parts.get("system"):  # no chat template to place it: it leads the prompt
+                prompt = f"{parts['system']}\n\n{prompt}"
             # A separator where neither side brings one, so "Why?" + "Because." reads right.
             if prompt and not prompt[-1].isspace() and not response[:1].isspace():
                 prompt += "\n"
@@ -101,10 +104,8 @@ class Example:
         """(text, trained) pieces of a conversation rendered with the tokenizer's chat template
         (an instruct model's own format): each assistant turn is what the template adds between
         the prompt up to it and the conversation including it."""
-        messages = [
-            {"role": "assistant" if role in ("assistant", "response") else "user", "content": t}
-            for role, t in self.turns
-        ]
+        roles = {"assistant": "assistant", "response": "assistant", "system": "system"}
+        messages = [{"role": roles.get(role, "user"), "content": t} for role, t in self.turns]
         out: list[tuple[str, bool]] = []
         done = ""
         for k, message in enumerate(messages):
@@ -348,6 +349,24 @@ def examples_from_texts(texts: Iterable[str], *, source: str) -> list[Example]:
         Example(turns=(("text", t.strip()),), fmt="text", source=f"{source}#{i}")
         for i, t in enumerate(texts)
         if t.strip()
+    ]
+
+
+def examples_from_pairs(
+    pairs: Iterable[tuple[str, str]], *, source: str, system: str | None = None
+) -> list[Example]:
+    """Prompt/response examples from (prompt, response) strings, each with an optional system
+    message: trained on the response only, rendered with the tokenizer's chat template where
+    it has one (the daemon's offline fit: the posting instruction -> a history post)."""
+    head: tuple[tuple[Role, str], ...] = (("system", system),) if system else ()
+    return [
+        Example(
+            turns=(*head, ("prompt", prompt), ("response", response.strip())),
+            fmt="jsonl",
+            source=f"{source}#{i}",
+        )
+        for i, (prompt, response) in enumerate(pairs)
+        if response.strip()
     ]
 
 
