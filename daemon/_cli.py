@@ -72,6 +72,9 @@ def _register() -> None:
     from plaudit.daemon import _cli_state
 
     _cli_state.register(app)
+    from plaudit.daemon import _cli_approvals
+
+    _cli_approvals.register(app)
 
 
 def main() -> None:

@@ -169,18 +169,13 @@ def _drop_none(value: object) -> object:
 RUNNING, NOT_RUNNING, NO_STATE = 0, 3, 4
 
 
-def status(
-    config: ConfigOption = None,
-    state_dir: StateDirOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
-) -> None:
-    """Show what plaudit is doing: training state, policy version, posts and rewards. Without
-    --config or --state-dir (and no ./plaudit.toml), the daemon this user started last.
-    Exits 0 when the daemon runs, 3 when it does not, 4 when there is no plaudit state."""
+def which_daemon(config: Path | None, state_dir: Path | None) -> tuple[Settings, Path]:
+    """The settings and state folder of the daemon a command steers: as given, else (no
+    --config, --state-dir, ./plaudit.toml or $STATE_DIRECTORY) the one this user started last
+    (its run file), else the defaults."""
     import os
 
     from plaudit.daemon._runfile import last
-    from plaudit.state import PostStatus, StateLock, Store, state_size
 
     implicit = (
         config is None
@@ -194,7 +189,20 @@ def status(
         if pointer.config is not None and pointer.config.is_file():
             config = pointer.config
     settings = settings_or_exit(config)
-    folder = resolve_state_dir(settings, state_dir)
+    return settings, resolve_state_dir(settings, state_dir)
+
+
+def status(
+    config: ConfigOption = None,
+    state_dir: StateDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """Show what plaudit is doing: training state, policy version, posts and rewards. Without
+    --config or --state-dir (and no ./plaudit.toml), the daemon this user started last.
+    Exits 0 when the daemon runs, 3 when it does not, 4 when there is no plaudit state."""
+    from plaudit.state import PostStatus, StateLock, Store, state_size
+
+    settings, folder = which_daemon(config, state_dir)
     view = _status_from_api(folder, settings)
     if view is not None:
         if as_json:
