@@ -18,6 +18,7 @@ import httpx
 from http_helpers import require_tool
 
 from plaudit.daemon._metrics import (
+    APPROVAL_DECISIONS,
     FACE_CALLS,
     FAILURE_REASONS,
     FILTER_REASONS,
@@ -56,7 +57,12 @@ def exercise(metrics: Metrics, step: int) -> None:
         for horizon in metrics.horizons:
             metrics.reactions_collected.labels(face, horizon).inc()
         metrics.reward_model_spearman.labels(face).set(0.3)
+        # The approval queue, as with [approval] required = true.
+        metrics.approval_waiting.labels(face).set(step % 3)
+        for decision in APPROVAL_DECISIONS:
+            metrics.approval_decisions.labels(face, decision).inc()
     metrics.generation_duration.observe(1.0 + 0.1 * (step % 5))
+    metrics.approval_wait_seconds.observe(600.0 * (1 + step % 12))
     for mode in TRAINING_MODES:
         metrics.train_steps.labels(mode).inc()
         metrics.train_loss.labels(mode).set(3.0 / (1 + step))

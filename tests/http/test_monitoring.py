@@ -69,6 +69,7 @@ def test_no_post_text_or_id_in_labels(metrics: Metrics) -> None:
         name for family in metrics.registry.collect() for s in family.samples for name in s.labels
     }
     allowed = {"face", "call", "reason", "horizon", "mode", "task", "outcome", "endpoint", "le"}
+    allowed |= {"decision"}  # plaudit_approval_decisions_total: approved, edited, ...
     allowed |= {"part"}  # plaudit_state_bytes: checkpoints, database, cache, other
     allowed |= {"version", "model", "implementation", "major", "minor", "patchlevel"}
     allowed |= {"generation"}  # python_gc_* from the runtime collector
@@ -153,7 +154,7 @@ def test_promtool_check_config_and_rules() -> None:
     assert config.returncode == 0, config.stdout.decode() + config.stderr.decode()
     rules = promtool("check", "rules", str(RULES))
     assert rules.returncode == 0, rules.stdout.decode() + rules.stderr.decode()
-    assert b"SUCCESS: 9 rules found" in rules.stdout
+    assert b"SUCCESS: 10 rules found" in rules.stdout
 
 
 def test_promtool_rule_unit_tests() -> None:
@@ -173,6 +174,7 @@ def test_alert_rules_cover_the_required_cases() -> None:
         "PlauditRewardFalling",
         "PlauditOfflineTrainingStalled",
         "PlauditOnlineLearningStalled",
+        "PlauditApprovalsWaiting",
     ):
         assert f"alert: {alert}\n" in text
 
@@ -189,7 +191,14 @@ def test_dashboard_shape() -> None:
     assert variables["datasource"]["query"] == "prometheus"
     assert variables["instance"]["datasource"]["uid"] == "${datasource}"
     rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
-    assert rows == ["Overview", "Faces", "Rewards and learning", "Offline training", "Process"]
+    assert rows == [
+        "Overview",
+        "Faces",
+        "Approval queue",
+        "Rewards and learning",
+        "Offline training",
+        "Process",
+    ]
     ids = [p["id"] for p in panels(board)]
     assert len(ids) == len(set(ids))
     for panel in panels(board):
@@ -272,7 +281,7 @@ async def test_every_panel_query_returns_data_from_a_real_prometheus(
 
                 # Every alert rule evaluates without error against live data.
                 rules = (await client.get("/api/v1/rules")).json()["data"]["groups"][0]["rules"]
-                assert len(rules) == 9
+                assert len(rules) == 10
                 assert all(rule["health"] == "ok" for rule in rules), rules
     finally:
         for task in tasks:
