@@ -52,6 +52,7 @@ from ._audience import (
     degenerate_penalties,
     draw_totals,
     seeded_rng,
+    words,
 )
 from ._corpus import CorpusPost, load_corpus
 
@@ -246,9 +247,9 @@ class SimulatedFace(Face[SimulatedConfig]):
         self._vader()
         rating = max(-1.0, min(1.0, post.rating / 4))
         preference = self.model.preference_of(rating)
-        topic = sum(
-            bonus for word, bonus in self.model.topics.items() if word.lower() in post.text.lower()
-        )
+        # Whole words, as live posts are judged ("cat" is no bonus in "education").
+        tokens = set(words(post.text))
+        topic = sum(bonus for word, bonus in self.model.topics.items() if word.lower() in tokens)
         degenerate = sum(degenerate_penalties(post.text, self._lexicon).values())
         penalty = self.model.penalty_weights.get("degenerate", 0.0) * degenerate
         appeal = max(-3.0, min(2.0, preference + topic - penalty))

@@ -22,6 +22,7 @@ from plaudit.faces import (
     discover,
 )
 from plaudit.faces.simulated import SimulatedConfig, SimulatedFace, load_corpus
+from plaudit.faces.simulated._audience import words
 from plaudit.faces.simulated._corpus import parse_corpus
 from plaudit.faces.testing import FaceContract, FaceFactory
 
@@ -333,3 +334,19 @@ def test_faces_without_a_simulated_audience_do_not_claim_one(tmp_path: Path) -> 
         name="m", type="memory", config={}, state_dir=tmp_path
     )
     assert not isinstance(memory, SimulatedAudience)
+
+
+async def test_history_topic_bonus_counts_whole_words_as_live_posts_do(tmp_path: Path) -> None:
+    topics = {"cat": 1.5}
+    plain = make_face(tmp_path / "plain", SimulatedClock())
+    keen = make_face(tmp_path / "keen", SimulatedClock(), topics=topics)
+    before = {p.id: p async for p in plain.history(limit=5000)}
+    after = {p.id: p async for p in keen.history(limit=5000)}
+    cat = [i for i, p in before.items() if "cat" in words(p.text)]
+    inside = [i for i, p in before.items() if "cat" in p.text.lower() and i not in cat]
+    assert cat and inside  # "cat", and "education", "indicates", ... without it
+    # The same seed draws the same noise: a bonus shows as more likes, its absence as none.
+    assert all(after[i].reactions.likes > before[i].reactions.likes for i in cat)
+    assert all(after[i].reactions == before[i].reactions for i in inside)
+    await plain.aclose()
+    await keen.aclose()
