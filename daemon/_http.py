@@ -657,7 +657,8 @@ def openapi_document() -> dict[str, Any]:
             op["security"] = [{"bearerAuth": []}]
         if ep.body is not None:
             op["requestBody"] = {
-                "required": False,
+                # An empty body reads as {}: required only where a field has no default.
+                "required": any(f.is_required() for f in ep.body.model_fields.values()),
                 "content": content(refs[(ep.body, "validation")]),
             }
         if ep.query is not None:
