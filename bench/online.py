@@ -15,6 +15,7 @@ a fresh state folder and a fresh face. What it reports, per method (mean and spr
   sample's tokens of log pi - log pi_ref, both from the full softmax at the sampling temperature
   (no top-p mask), averaged over samples; mean length, distinct-2, the share that talks like an
   assistant or echoes the prompt, the reference model's loss on the last 50 published posts;
+  for an audience with topics, the share of fresh samples that name one (discovery);
 - wall time, updates (policy versions) and the time the updates took.
 
     .venv/bin/python bench/online.py --quick --json
@@ -22,6 +23,7 @@ a fresh state folder and a fresh face. What it reports, per method (mean and spr
     .venv/bin/python bench/online.py --methods reinforce,r3e5 --set r3e5.method=reinforce \\
         --set r3e5.lr=3e-5 --posts 200
     .venv/bin/python bench/online.py --model smollm2 --threads 2 --posts 300
+    .venv/bin/python bench/online.py --face-config bench/audiences/water.toml   # 2nd audience
 
 The face must offer `plaudit.faces.SimulatedAudience` (the built-in `simulated` does); the
 default model is the `tiny` preset fitted on the face's history, cached under the user cache
@@ -46,7 +48,7 @@ import tempfile
 import time
 import tomllib
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -68,6 +70,7 @@ from plaudit.controller import (
     talks_like_assistant,  # the posting prompts: fresh samples are prompted exactly as posts are
 )
 from plaudit.faces import Face, SimulatedAudience, SimulatedClock, discover
+from plaudit.faces.simulated._audience import words as audience_words  # as topics are read
 from plaudit.learner import (
     PRESETS,
     Candidate,
@@ -584,6 +587,9 @@ class FreshEval:
     bigrams: int
     assistant: float  # share that talks like an assistant or echoes the prompt
     samples: int
+    # share that names one of the audience's topic words (its `topics`; None without any):
+    # how much of the content an audience rewards the policy writes about
+    topic: float | None = None
 
 
 async def evaluate_fresh(
@@ -597,6 +603,7 @@ async def evaluate_fresh(
     seed: int,
     posts: int,
     scores: Sequence[float] = (),
+    topics: Collection[str] = (),
 ) -> FreshEval:
     """Sample as posting does (its prompts, sampling settings, the cut at a sentence end), but
     keep every sample, and score them with the face's `appeal`. The same prompts and sampling
@@ -648,6 +655,11 @@ async def evaluate_fresh(
         bigrams=bigrams,
         assistant=statistics.fmean(talks_like_assistant(c.text, c.prompt) for c in cands),
         samples=len(cands),
+        topic=(
+            statistics.fmean(bool(topic_words & set(audience_words(c.text))) for c in cands)
+            if (topic_words := {t.lower() for t in topics})
+            else None
+        ),
     )
 
 
@@ -722,6 +734,7 @@ async def run_one(
                 seed=seed,
                 posts=n,
                 scores=ctl.ctx.faces[FACE_NAME].history_scores,
+                topics=tuple(face_config.get("topics", {})),
             )
 
         evals = [start_eval if start_eval is not None else await evaluate(0)]
@@ -870,7 +883,9 @@ def summarise(runs: dict[str, list[RunResult]], posts: int) -> dict[str, Any]:
                         "chars",
                         "distinct_2",
                         "assistant",
+                        "topic",
                     )
+                    if getattr(rs[0].evals[-1], key) is not None  # topic: audiences with topics
                 },
                 "z_vs_start": [round(z_score(r.evals[0], r.evals[-1]), 2) for r in rs],
                 "bigrams": [e.bigrams for e in final],
