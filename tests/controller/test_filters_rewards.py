@@ -98,3 +98,37 @@ def test_real_posts_are_rarely_taken_for_assistant_talk() -> None:
     texts = [p.text for p in load_corpus()]
     caught = sum(talks_like_assistant(t) for t in texts)
     assert len(texts) == 4200 and caught / len(texts) < 0.02, caught
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Here's a new post in your style:\n\nLoving the rain today!",
+        "So how about one more:\n\nCoffee first, then the world.",
+        "I'm ready to help! What can I do to help you craft a post?",
+        "Hi [Your Name], I hope you're doing well.",
+        "Your message is spot on, I've only edited 10% of the original text.",
+        "You're right, no copy...",
+        "A 280-character post is too long for this.",
+        "Sure! Here is the revised version.",
+    ],
+)
+def test_assistant_talk_is_caught(text: str) -> None:
+    from plaudit.controller import talks_like_assistant
+
+    assert talks_like_assistant(text)
+
+
+def test_repeating_an_example_post_is_no_echo_but_repeating_the_instruction_is() -> None:
+    from plaudit.controller import instructions, talks_like_assistant
+
+    example = "the cat sat on the warm windowsill all afternoon long"
+    (prompt,) = instructions(
+        history=[example, "another post about the weather"], n=1, max_chars=280,
+        rng=__import__("random").Random(0),
+    )  # fmt: skip
+    # A copy of an example is the novelty filter's business, not assistant talk.
+    assert not talks_like_assistant(f"Look: {example}", prompt)
+    # Repeating six words of the instruction itself is an echo.
+    custom = "Tell me something about the harbour at dawn with the gulls"
+    assert talks_like_assistant("Something about the harbour at dawn with the gulls.", custom)
