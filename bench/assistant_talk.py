@@ -13,7 +13,8 @@ community?) are written into that file by hand and committed with it. `score` re
 the filter as it is now (`talks_like_assistant`, with each candidate's prompt for the echo
 check): the share of assistant talk that gets through (goal under 1%), the share of the
 candidates labelled as posts it drops, and the share of the simulated face's real history posts
-it catches (goal under 2%).
+it catches (goal under 2%); for all 500, for the first 250 (the filter's phrases were chosen
+looking at them) and for the other 250 (held out).
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ import json
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 DATA = Path(__file__).with_name("data") / "assistant_talk.jsonl"
+HELD_OUT = 250  # candidates [0, 250) chose the filter's phrases; the rest measure it
 
 
 def sample(n: int, seed: int) -> None:
@@ -72,38 +75,39 @@ def score(as_json: bool) -> None:
     if unlabelled:
         raise SystemExit(f"{len(unlabelled)} candidates have no label yet (ids {unlabelled[:10]})")
     caught = {r["id"]: talks_like_assistant(r["text"], r["instruction"]) for r in rows}
-    talk = [r for r in rows if r["assistant"]]
-    posts = [r for r in rows if not r["assistant"]]
-    missed = [r for r in talk if not caught[r["id"]]]
-    dropped = [r for r in posts if caught[r["id"]]]
     history = [p.text for p in load_corpus()]
     history_caught = [t for t in history if talks_like_assistant(t)]
-    out = {
-        "candidates": len(rows),
-        "assistant_talk": len(talk),
-        "assistant_share": round(len(talk) / len(rows), 4),
-        "talk_getting_through": round(len(missed) / max(len(talk), 1), 4),
-        "posts_dropped": round(len(dropped) / max(len(posts), 1), 4),
+    out: dict[str, Any] = {
         "history_posts": len(history),
         "history_caught": round(len(history_caught) / len(history), 4),
-        "missed_ids": [r["id"] for r in missed],
-        "dropped_ids": [r["id"] for r in dropped],
     }
+    # The filter's phrases were chosen looking at the first HELD_OUT: the rest is held out.
+    parts = {"all": rows, "chosen_on": rows[:HELD_OUT], "held_out": rows[HELD_OUT:]}
+    for part, chunk in parts.items():
+        talk = [r for r in chunk if r["assistant"]]
+        posts = [r for r in chunk if not r["assistant"]]
+        out[part] = {
+            "candidates": len(chunk),
+            "assistant_talk": len(talk),
+            "talk_getting_through": round(sum(not caught[r["id"]] for r in talk) / len(talk), 4),
+            "posts_dropped": round(sum(caught[r["id"]] for r in posts) / len(posts), 4),
+        }
+    missed = [r for r in rows if r["assistant"] and not caught[r["id"]]]
+    dropped = [r for r in rows if not r["assistant"] and caught[r["id"]]]
+    out["missed_ids"] = [r["id"] for r in missed]
+    out["dropped_ids"] = [r["id"] for r in dropped]
     if as_json:
         print(json.dumps(out, indent=2))
         return
-    print(
-        f"{len(rows)} candidates, {len(talk)} labelled assistant talk ({out['assistant_share']:.1%})"
-    )
-    print(
-        f"assistant talk getting through: {len(missed)}/{len(talk)} ({out['talk_getting_through']:.1%})"
-    )
-    print(
-        f"posts dropped as assistant talk: {len(dropped)}/{len(posts)} ({out['posts_dropped']:.1%})"
-    )
-    print(
-        f"real history posts caught: {len(history_caught)}/{len(history)} ({out['history_caught']:.2%})"
-    )
+    for part in parts:
+        f = out[part]
+        print(
+            f"{part}: {f['candidates']} candidates, {f['assistant_talk']} labelled assistant "
+            f"talk; {f['talk_getting_through']:.1%} of it gets through, "
+            f"{f['posts_dropped']:.1%} of the posts are dropped"
+        )
+    n = len(history)
+    print(f"real history posts caught: {len(history_caught)}/{n} ({out['history_caught']:.2%})")
     for r in missed:
         print(f"  missed {r['id']}: {r['text'][:120]!r}")
     for r in dropped:
