@@ -374,7 +374,9 @@ class Controller:
     def reject(self, post_id: int) -> Post:
         """Reject a held post: never published, rewarded `approval.rejected_reward`. Raises
         ApprovalRefused."""
-        return self.approvals.reject(post_id)
+        post = self.approvals.reject(post_id)
+        self.reward_model.rewards_arrived()  # a new reward: refit before the next choice
+        return post
 
     # -- start-up ---------------------------------------------------------------------------
 

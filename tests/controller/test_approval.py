@@ -81,7 +81,9 @@ async def test_rejections_train_the_policy_and_edits_only_the_reward_model(
     start = loop.clock.now()
     await ctl.run_until(start + 9 * HOUR)
     a, b, c = waiting(loop)
+    ctl.reward_model.stale = False
     ctl.reject(a.id)
+    assert ctl.reward_model.stale  # the rejection is a reward: the head is refit first
     ctl.approve(b.id, text="An edited post the policy never sampled.")
     ctl.approve(c.id)
     version = loop.policy.version
