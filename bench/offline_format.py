@@ -25,6 +25,7 @@ import json
 import random
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -78,7 +79,7 @@ def candidates(policy: Policy, history: list[str], n: int, seed: int) -> list[An
 
 
 def measure(name: str, policy: Policy, held: list[tuple[str, str]], history: list[str],
-            samples: int) -> dict[str, Any]:  # fmt: skip
+            samples: int, samples_out: Path | None) -> dict[str, Any]:  # fmt: skip
     t0 = time.monotonic()
     loss = posting_loss(policy, held)
     cands = candidates(policy, history, samples, seed=1)
@@ -94,6 +95,10 @@ def measure(name: str, policy: Policy, held: list[tuple[str, str]], history: lis
         "samples": len(cands),
         "seconds": round(time.monotonic() - t0, 1),
     }
+    if samples_out is not None:
+        with samples_out.open("a", encoding="utf-8") as f:
+            for c in cands:
+                f.write(json.dumps({"fit": name, "text": c.text, "prompt": c.prompt}) + "\n")
     print(json.dumps(row), file=sys.stderr, flush=True)
     for t in texts[:4]:
         print(f"    {name}: {t[:110]!r}", file=sys.stderr, flush=True)
@@ -111,6 +116,7 @@ def main() -> None:
     ap.add_argument("--held-out", type=int, default=100)
     ap.add_argument("--samples", type=int, default=100, help="candidates sampled per model")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--samples-out", type=Path, help="append every candidate here (JSON lines)")
     args = ap.parse_args()
 
     corpus = [p.text for p in load_corpus()]
@@ -153,7 +159,7 @@ def main() -> None:
             t0 = time.monotonic()
             policy.fine_tune(cfg, examples=examples)
             fit_s = time.monotonic() - t0
-        row = measure(name, policy, held, history, args.samples)
+        row = measure(name, policy, held, history, args.samples, args.samples_out)
         row["fit_seconds"] = round(fit_s, 1)
         rows.append(row)
         del policy
