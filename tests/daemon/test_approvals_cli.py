@@ -37,6 +37,9 @@ from plaudit.state import (
     Store,
 )
 
+# End to end through a running daemon (about 20 s): in CI's `slow` run, out of the default one.
+pytestmark = pytest.mark.slow
+
 TEXTS = [
     "Sunny morning, fresh coffee and a good book. Perfect start!",
     "Rain all week. The cat refuses to go outside and so do I.",

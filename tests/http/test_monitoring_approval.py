@@ -22,6 +22,9 @@ from plaudit.daemon._metrics import Metrics
 from plaudit.daemon._service import ControlService
 from plaudit.state import PostStatus, Store
 
+# End to end through a running daemon (about 20 s): in CI's `slow` run, out of the default one.
+pytestmark = pytest.mark.slow
+
 ROW = "Approval queue"
 WAITING, DECISIONS, WAIT = "Posts waiting for approval", "Approval decisions", "Approval wait"
 

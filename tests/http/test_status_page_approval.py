@@ -21,6 +21,9 @@ from plaudit.daemon._metrics import Metrics
 from plaudit.daemon._service import ControlService
 from plaudit.state import NewCandidate, PostStatus, RewardSource, Store
 
+# End to end through a running daemon (about 20 s): in CI's `slow` run, out of the default one.
+pytestmark = pytest.mark.slow
+
 SCREENS = Path("/work/screens")
 REJECTED_REWARD = -1.5
 
