@@ -16,6 +16,7 @@ from http_helpers import (
     require_tool,
     running_control,
     seed_store,
+    serving,
 )
 from starlette.applications import Starlette
 
@@ -110,11 +111,5 @@ async def first_fit(
 ) -> AsyncIterator[tuple[ControlService, HttpServer]]:
     """A daemon whose first offline fit runs now, and its HTTP server."""
     settings = first_fit_settings(tiny_model_dir)
-    async with running_control(settings, store, metrics, tiny_model_dir, tmp_path) as service:
-        srv = await serve(
-            build_app(control=service, metrics=metrics, token=TOKEN), host="127.0.0.1", port=0
-        )
-        try:
-            yield service, srv
-        finally:
-            await srv.stop()
+    async with serving(settings, store, metrics, tiny_model_dir, tmp_path) as served:
+        yield served

@@ -19,6 +19,7 @@ import pytest
 
 from plaudit.controller import Controller, TorchWorker
 from plaudit.daemon._config import Settings
+from plaudit.daemon._http import HttpServer, build_app, serve
 from plaudit.daemon._metrics import Metrics
 from plaudit.daemon._service import ControlService
 from plaudit.faces import discover
@@ -170,3 +171,37 @@ def first_fit_settings(model_dir: Path) -> Settings:
             "offline": settings.offline.model_copy(update={"max_steps": 100_000, "epochs": 1000}),
         }
     )
+
+
+@asynccontextmanager
+async def serving(
+    settings: Settings, store: Store, metrics: Metrics, model_dir: Path, tmp_path: Path
+) -> AsyncIterator[tuple[ControlService, HttpServer]]:
+    """`running_control` on these settings, and the HTTP API and page in front of it."""
+    async with running_control(settings, store, metrics, model_dir, tmp_path) as service:
+        srv = await serve(
+            build_app(control=service, metrics=metrics, token=TOKEN), host="127.0.0.1", port=0
+        )
+        try:
+            yield service, srv
+        finally:
+            await srv.stop()
+
+
+def hold(store: Store, face: str, text: str, *, predicted: float | None = None) -> int:
+    """A candidate of ``face`` put straight into the approval queue (status awaiting)."""
+    (pid,) = store.add_candidates(
+        face=face,
+        cycle_id=f"held-{text[:10]}",
+        candidates=[
+            NewCandidate(
+                text=text,
+                tokens=[1, 2, 3],
+                logprobs=[-1.0, -0.5, -0.2],
+                predicted_reward=predicted,
+            )
+        ],
+    )
+    store.choose(pid)
+    store.hold(pid)
+    return pid

@@ -6,33 +6,22 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from http_helpers import TOKEN
+from http_helpers import TOKEN, hold
 
 from plaudit.daemon._http import HttpServer
 from plaudit.daemon._service import ControlService
-from plaudit.state import NewCandidate, PostStatus, RewardSource, Store
+from plaudit.state import PostStatus, RewardSource
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def hold(store: Store, text: str, face: str = "sim") -> int:
-    (pid,) = store.add_candidates(
-        face=face,
-        cycle_id=f"held-{text[:8]}",
-        candidates=[NewCandidate(text=text, tokens=[1, 2, 3], logprobs=[-1.0, -0.5, -0.2])],
-    )
-    store.choose(pid)
-    store.hold(pid)
-    return pid
 
 
 async def test_the_queue_is_read_openly_and_decided_with_the_token(
     server: HttpServer, control: ControlService
 ) -> None:
     store = control.store
-    a = hold(store, "A post to approve as it is.")
-    b = hold(store, "A post a human will rewrite.")
-    c = hold(store, "A post nobody should see.")
+    a = hold(store, "sim", "A post to approve as it is.")
+    b = hold(store, "sim", "A post a human will rewrite.")
+    c = hold(store, "sim", "A post nobody should see.")
     async with httpx.AsyncClient(base_url=server.url) as client:
         queue = (await client.get("/api/approvals")).json()
         assert [p["id"] for p in queue["posts"]] == [a, b, c]

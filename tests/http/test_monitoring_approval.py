@@ -14,10 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
-from http_helpers import TOKEN, loop_settings, require_tool, running_control
+from http_helpers import TOKEN, loop_settings, require_tool, serving
 from monitoring_helpers import RULES, dashboard, panels, prometheus, substitute
 
-from plaudit.daemon._http import HttpServer, build_app, serve
+from plaudit.daemon._http import HttpServer
 from plaudit.daemon._metrics import Metrics
 from plaudit.daemon._service import ControlService
 from plaudit.state import PostStatus, Store
@@ -64,14 +64,8 @@ async def approval_server(
     settings = settings.model_copy(
         update={"approval": settings.approval.model_copy(update={"required": True})}
     )
-    async with running_control(settings, store, metrics, tiny_model_dir, tmp_path) as service:
-        srv = await serve(
-            build_app(control=service, metrics=metrics, token=TOKEN), host="127.0.0.1", port=0
-        )
-        try:
-            yield service, srv
-        finally:
-            await srv.stop()
+    async with serving(settings, store, metrics, tiny_model_dir, tmp_path) as served:
+        yield served
 
 
 async def wait_for_scrapes(query: Any, target: str, n: int = 3) -> None:

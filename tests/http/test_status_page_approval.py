@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from http_helpers import TOKEN, loop_settings, running_control
+from http_helpers import TOKEN, hold, loop_settings, serving
 
-from plaudit.daemon._http import HttpServer, build_app, serve
+from plaudit.daemon._http import HttpServer
 from plaudit.daemon._metrics import Metrics
 from plaudit.daemon._service import ControlService
-from plaudit.state import NewCandidate, PostStatus, RewardSource, Store
+from plaudit.state import PostStatus, RewardSource, Store
 
 # End to end through a running daemon (about 20 s): in CI's `slow` run, out of the default one.
 pytestmark = pytest.mark.slow
@@ -44,32 +44,8 @@ async def approval_daemon(
         }
     )
     settings = settings.model_copy(update={"approval": approval})
-    async with running_control(settings, store, metrics, tiny_model_dir, tmp_path) as service:
-        srv = await serve(
-            build_app(control=service, metrics=metrics, token=TOKEN), host="127.0.0.1", port=0
-        )
-        try:
-            yield service, srv
-        finally:
-            await srv.stop()
-
-
-def _held(store: Store, face: str, text: str, *, predicted: float | None = None) -> int:
-    (pid,) = store.add_candidates(
-        face=face,
-        cycle_id=f"approval-{text[:10]}",
-        candidates=[
-            NewCandidate(
-                text=text,
-                tokens=[1, 2, 3],
-                logprobs=[-1.0, -0.5, -0.2],
-                predicted_reward=predicted,
-            )
-        ],
-    )
-    store.choose(pid)
-    store.hold(pid)
-    return pid
+    async with serving(settings, store, metrics, tiny_model_dir, tmp_path) as served:
+        yield served
 
 
 def _published(store: Store, pid: int, *, edit: str | None) -> None:
@@ -105,16 +81,16 @@ async def test_approval_queue_on_the_page(
 ) -> None:
     service, srv = approval_daemon
     store = service.store
-    first = _held(store, "sim", "Approve me as I am: a calm walk by the river.", predicted=0.42)
-    second = _held(store, "sim", "Edit me before I go out, please.")
-    third = _held(store, "sim", "Reject me: a rude post nobody should read.")
-    fourth = _held(store, "sim", "I will expire while you read me.")
+    first = hold(store, "sim", "Approve me as I am: a calm walk by the river.", predicted=0.42)
+    second = hold(store, "sim", "Edit me before I go out, please.")
+    third = hold(store, "sim", "Reject me: a rude post nobody should read.")
+    fourth = hold(store, "sim", "I will expire while you read me.")
     # An edit approved earlier (from the CLI) whose face has not posted it yet.
-    earlier = _held(store, "journal", "The journal's own words.")
+    earlier = hold(store, "journal", "The journal's own words.")
     store.approve(earlier, text="A human's words for the journal.")
     # Two approved posts that went out: one in a human's words, one as the model wrote it.
-    _published(store, _held(store, "sim", "The model's draft."), edit="Rewritten, then out.")
-    _published(store, _held(store, "sim", "Approved as the model wrote it."), edit=None)
+    _published(store, hold(store, "sim", "The model's draft."), edit="Rewritten, then out.")
+    _published(store, hold(store, "sim", "Approved as the model wrote it."), edit=None)
 
     SCREENS.mkdir(parents=True, exist_ok=True)
     page = browser.pages[0] if browser.pages else await browser.new_page()
