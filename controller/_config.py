@@ -109,6 +109,11 @@ class OnlineConfig(_Section):
     clip: float = Field(default=0.2, gt=0)
     grad_clip: float = Field(default=1.0, gt=0)
     baseline_decay: float = Field(default=0.9, ge=0, lt=1)
+    # Every candidate teaches: the unpublished survivors of a rewarded post's cycle enter its
+    # update with the reward model's predictions as rewards, relative to their cycle's mean
+    # prediction, together weighing this much against the published post's real reward (1).
+    # 0: only rewarded posts train the policy. Needs the reward model.
+    candidates_weight: float = Field(default=0.5, ge=0, le=1)
 
 
 class RewardModelConfig(_Section):

@@ -1,5 +1,14 @@
 """Online learning: rewarded posts -> trajectories with advantages -> one policy update on the
-torch worker -> checkpoint -> the rewards marked used."""
+torch worker -> checkpoint -> the rewards marked used.
+
+Every candidate teaches (``online.candidates_weight``): a rewarded post's cycle drew several
+candidates and published one; the unpublished survivors of the filters join the update with
+the reward model's predictions stored at posting time as their rewards, relative to the mean
+prediction of the cycle's survivors (group-relative, as GRPO; not divided by the group's
+spread, so where the reward model cannot tell them apart they barely move the policy). They
+share ``candidates_weight`` among them, against the published post's real reward at weight 1,
+so real rewards dominate. Filtered candidates stay out: a filter says "not publishable", not
+how the audience would react."""
 
 from __future__ import annotations
 
@@ -9,7 +18,7 @@ from typing import TYPE_CHECKING
 from plaudit.controller._checkpoints import Checkpoints
 from plaudit.controller._context import LoopContext, Outcome, Progress
 from plaudit.controller._rewards import Baseline
-from plaudit.state import Post, TrainingMode, TrainingState
+from plaudit.state import Post, PostStatus, TrainingMode, TrainingState
 
 if TYPE_CHECKING:
     from plaudit.learner import Trajectory, UpdateStats
@@ -31,7 +40,7 @@ def _sampled(post: Post) -> bool:
     return bool(post.tokens) and len(post.logprobs) == len(post.tokens)
 
 
-def _trajectory(post: Post, *, advantage: float) -> Trajectory:
+def _trajectory(post: Post, *, advantage: float, weight: float = 1.0) -> Trajectory:
     from plaudit.learner import Trajectory  # torch: imported when learning runs
 
     sampled = post.sampling  # {} for posts stored before settings were recorded
@@ -44,6 +53,7 @@ def _trajectory(post: Post, *, advantage: float) -> Trajectory:
         top_p=sampled.get("top_p"),
         top_k=sampled.get("top_k"),
         policy_version=post.policy_version,
+        weight=weight,
     )
 
 
@@ -51,6 +61,27 @@ class Learning:
     def __init__(self, ctx: LoopContext, checkpoints: Checkpoints) -> None:
         self.ctx = ctx
         self.checkpoints = checkpoints
+
+    def candidates(self, post: Post, weight: float) -> list[Trajectory]:
+        """The unpublished survivors of ``post``'s cycle, each with its predicted reward minus
+        the mean prediction of the cycle's survivors (``post`` among them) as advantage,
+        sharing ``weight``; none without predictions (no reward model at that post's time)."""
+        if weight <= 0 or post.predicted_reward is None:
+            return []
+        others = [
+            p
+            for p in self.ctx.store.posts(cycle_id=post.cycle_id, status=PostStatus.CANDIDATE)
+            if p.predicted_reward is not None and _sampled(p)
+        ]
+        if not others:
+            return []
+        group = [post.predicted_reward, *(p.predicted_reward for p in others)]
+        mean = sum(group) / len(group)  # type: ignore[arg-type]
+        share = weight / len(others)
+        return [
+            _trajectory(p, advantage=p.predicted_reward - mean, weight=share)  # type: ignore[operator]
+            for p in others
+        ]
 
     def probe(self) -> list[Trajectory]:
         """The newest candidates (of every face, whatever became of them: published, filtered
@@ -79,6 +110,7 @@ class Learning:
             value=float(store.get_value("reward_baseline") or 0.0), decay=o.baseline_decay
         )
         batch: list[Trajectory] = []
+        taught: list[Trajectory] = []  # unpublished candidates of the rewarded posts' cycles
         used: list[int] = []
         spent: list[int] = []  # nothing to train the policy on: marked used with the batch
         for reward in reversed(pending):  # oldest first, so the baseline moves in time order
@@ -89,6 +121,7 @@ class Learning:
                 spent.append(reward.post_id)
                 continue
             batch.append(_trajectory(post, advantage=baseline.advantage(reward.reward)))
+            taught.extend(self.candidates(post, o.candidates_weight))
             used.append(reward.post_id)
         if not batch:
             store.mark_rewards_used(spent, policy_version=ctx.policy.version)
@@ -107,8 +140,11 @@ class Learning:
         )
         ctx.policy.lr = o.lr
         ctx.worker.stop_training.clear()
+        rewarded = len(batch)
+        batch.extend(taught)
         run_id = store.start_run(
-            kind="online", config={"rewards": len(batch), **o.model_dump(mode="json")}
+            kind="online",
+            config={"rewards": rewarded, "candidates": len(taught), **o.model_dump(mode="json")},
         )
         progress = Progress(mode="online", started_at=ctx.clock.now())
         probe = self.probe()
@@ -163,7 +199,7 @@ class Learning:
                 store.finish_run(run_id, status="completed", metrics=metrics)
                 ctx.log.warning(
                     "policy update undone: at the drift budget",
-                    rewards=len(batch),
+                    rewards=rewarded,
                     kl_per_post=round(stats.kl_per_post, 3),
                     max_kl=o.max_kl,
                 )
@@ -204,7 +240,8 @@ class Learning:
         store.record_metrics({"loss": stats.loss, "kl": stats.kl_per_post})
         ctx.log.info(
             "policy update",
-            rewards=len(batch),
+            rewards=rewarded,
+            candidates=len(taught),
             steps=stats.steps,
             steps_undone=stats.steps_undone,
             loss=round(stats.loss, 4),

@@ -43,9 +43,15 @@ with temperature and top-p/top-k truncation) that is no longer the current one. 
 - ``reinforce``: the baseline to beat: plain REINFORCE, one optimizer step on the whole batch,
   ``-A * log π(a_t)``; no KL, no clipping, no IS weights, no ``max_kl`` (its advantage is the
   reward minus a moving-average baseline, computed by the controller).
-- both methods normalise their loss the same way, per token: the sum over the minibatch's
-  completion tokens divided by their number (REINFORCE's minibatch is the whole batch), so
-  a learning rate means the same step size for both.
+- both methods normalise their loss the same way, per token (REINFORCE's minibatch is the
+  whole batch), so a learning rate means the same step size for both. A trajectory's
+  ``weight`` (1 unless said: a candidate scored by a reward model counts less than a real
+  reward) scales its tokens' policy-gradient terms, and each minibatch's sum is divided by
+  the batch's weighted tokens per minibatch, the same for every minibatch of the update: a
+  batch of weight-1 posts in one minibatch is the plain per-token mean, and a minibatch of
+  light trajectories moves the policy less than one of rewarded posts. The KL penalty stays
+  a plain mean over the minibatch's positions (it is about the policy there, whoever scored
+  the sample).
 - all-or-nothing: an update that fails half-way (an exception, a NaN loss, a non-finite KL
   after a step) restores the weights and the optimizer state of before the update and
   re-raises. ``should_stop`` (a shutdown) ends it at a step boundary, keeping the steps taken.
@@ -130,6 +136,14 @@ class Trajectory:
     # The policy version that sampled the post: with the update's `current_version`, the
     # clip fraction is reported by version lag.
     policy_version: int | None = None
+    # How much the trajectory counts in the policy-gradient term against a post with a real
+    # reward (1): a candidate that was never published and learns from a reward model's
+    # estimate counts less.
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise ValueError(f"a trajectory's weight must be finite and >= 0, got {self.weight}")
 
 
 @dataclass(frozen=True)
@@ -486,20 +500,23 @@ def _loss(
     items: Sequence[_Prepared],
     reference: Tensor | None,
     config: OnlineUpdateConfig,
+    norm: float,
 ) -> tuple[Tensor, Tensor]:
-    """The minibatch's loss (normalised per token) with its gradient, from the policy's
-    log-softmax ``logp`` (N, V) at the completion positions and its picked logprobs
-    ``new_lp`` (N,); and the ratios π / π_prox (N,)."""
+    """The minibatch's loss with its gradient, from the policy's log-softmax ``logp`` (N, V)
+    at the completion positions and its picked logprobs ``new_lp`` (N,); and the ratios
+    π / π_prox (N,). The policy-gradient terms, each scaled by its trajectory's weight, are
+    divided by ``norm`` (the batch's weighted tokens per minibatch); the KL by the tokens."""
     device = logp.device
     n = max(new_lp.numel(), 1)
     adv = torch.tensor([it.traj.advantage for it in items], device=device)[rows.rows]  # (N,)
+    counts = torch.tensor([it.traj.weight for it in items], device=device)[rows.rows]  # (N,)
     prox = torch.cat([it.prox for it in items]).to(device)
     ratio = torch.exp((new_lp - prox).clamp(-20, 20))  # (N,)
     if config.method == "reinforce":
-        return -(adv * new_lp).sum() / n, ratio.detach()
+        return -(counts * adv * new_lp).sum() / norm, ratio.detach()
     weight = torch.cat([it.weight for it in items]).to(device)
     surr = torch.minimum(ratio * adv, ratio.clamp(1 - config.clip, 1 + config.clip) * adv)
-    loss = -(weight * surr).sum() / n
+    loss = -(counts * weight * surr).sum() / norm
     if reference is not None and config.kl_coef > 0:
         kl = (logp.exp() * (logp - reference)).sum(-1)  # (N,) exact KL(π || π_ref)
         loss = loss + config.kl_coef * kl.sum() / n
@@ -630,6 +647,13 @@ class _Update:
         self.batch = _Posts(batch, reference, config, self.device, self.chunk)
         self.measured = _Posts(probe, reference, config, self.device, self.chunk) if probe else None
         self.bound = config.max_kl if self.clipped_method and reference is not None else None
+        # The policy-gradient terms are a weighted mean per token: the batch's weighted tokens
+        # shared among its minibatches, so a minibatch of light trajectories (candidates
+        # scored by a reward model) moves the policy less than one of rewarded posts.
+        weighted = sum(t.weight * len(t.completion) for t in self.batch.trajectories)
+        n = len(self.batch.trajectories)
+        per_epoch = math.ceil(n / self.chunk) if self.clipped_method else 1
+        self.norm = max(weighted / max(per_epoch, 1), 1e-12)
         self.ratio_sum, self.ratio_max, self.ratio_n, self.clipped_n = 0.0, 0.0, 0, 0
         self.lag_clipped: dict[int, int] = defaultdict(int)
         self.lag_tokens: dict[int, int] = defaultdict(int)
@@ -674,7 +698,7 @@ class _Update:
                     items = _prepare(self.batch.trajectories, [proximal[i] for i in range(n)])
                 mb_items = [items[i] for i in mb]
                 ref = self.batch.reference_rows(mb) if self.clipped_method else None
-                loss, ratio = _loss(logp, new_lp, rows, mb_items, ref, config)
+                loss, ratio = _loss(logp, new_lp, rows, mb_items, ref, config, self.norm)
                 del logp
                 if not torch.isfinite(loss):
                     raise FloatingPointError(

@@ -5,6 +5,7 @@ and the two methods' common loss normalisation."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from plaudit.learner import ModelConfig, Transformer
 from plaudit.learner._online import (
@@ -293,6 +295,66 @@ def test_both_methods_normalise_per_token() -> None:
         grads[method] = torch.cat([g.flatten() for g in opt.grads[0]])
     assert grads["clipped"].norm() > 0
     torch.testing.assert_close(grads["clipped"], grads["reinforce"], atol=1e-6, rtol=1e-4)
+
+
+def _step_grads(model: Transformer, batch: list[Trajectory], method: str, mb: int = 8) -> Tensor:
+    opt = RecordGrads(model)
+    cfg = OnlineUpdateConfig(
+        method=method,  # type: ignore[arg-type]
+        epochs=1, minibatch_size=mb, kl_coef=0.0, max_kl=None, grad_clip=1e9,
+    )  # fmt: skip
+    policy_update(model=model, reference=None, optimizer=opt, batch=batch, config=cfg)
+    return torch.cat([torch.cat([g.flatten() for g in step]) for step in opt.grads])
+
+
+@pytest.mark.parametrize("method", ["clipped", "reinforce"])
+def test_a_trajectory_counts_by_its_weight(method: str) -> None:
+    """Weight 0 adds nothing to the policy gradient; weight 1/2 on every post is the same
+    weighted mean as weight 1 (the loss is divided by the weighted tokens); halving one
+    post's weight is halving its tokens' share."""
+    model = tiny()
+    batch = batch_for(model, [1.0, -0.5, 2.0, -1.0])
+    plain = _step_grads(model, batch[:2], method)
+    with_zero = [*batch[:2], *(dataclasses.replace(t, weight=0.0) for t in batch[2:])]
+    torch.testing.assert_close(_step_grads(model, with_zero, method), plain)
+    # the weighted mean: divided by 6 tokens (4 + 2) in both
+    halves = [dataclasses.replace(t, weight=0.5) for t in batch[:2]]
+    torch.testing.assert_close(_step_grads(model, halves, method), plain, atol=1e-7, rtol=1e-5)
+    # post 0 alone, and post 1 alone, recombined with post 1 at half weight
+    g0 = _step_grads(model, batch[:1], method) * 4
+    g1 = _step_grads(model, batch[1:2], method) * 2
+    light = [batch[0], dataclasses.replace(batch[1], weight=0.5)]
+    torch.testing.assert_close(
+        _step_grads(model, light, method), (g0 + 0.5 * g1) / 5, atol=1e-7, rtol=1e-5
+    )
+
+
+def test_light_minibatches_move_the_policy_less() -> None:
+    """Minibatches share one normaliser: a minibatch of weight-0.1 trajectories gets a tenth
+    of the gradient the same trajectories get at weight 1."""
+    model = tiny()
+    batch = batch_for(model, [1.0, -0.5, 2.0, -1.0])
+    torch.manual_seed(0)
+    heavy = _step_grads(model, batch, "clipped", mb=1)
+    torch.manual_seed(0)
+    light = _step_grads(model, [dataclasses.replace(t, weight=0.1) for t in batch], "clipped", mb=1)
+    torch.testing.assert_close(light, heavy, atol=1e-7, rtol=1e-5)  # all light: the same mean
+    mixed = [*batch[:2], *(dataclasses.replace(t, weight=0.1) for t in batch[2:])]
+    torch.manual_seed(0)
+    order = torch.randperm(4).tolist()
+    torch.manual_seed(0)
+    steps = _step_grads(model, mixed, "clipped", mb=1).view(4, -1)
+    torch.manual_seed(0)
+    unit = _step_grads(model, batch, "clipped", mb=1).view(4, -1)
+    for step, i in enumerate(order):
+        scale = (1.0 if i < 2 else 0.1) * (4 + 2 + 3 + 5) / (4 + 2 + 0.1 * (3 + 5))
+        torch.testing.assert_close(steps[step], unit[step] * scale, atol=1e-7, rtol=1e-5)
+
+
+def test_a_weight_must_be_finite_and_not_negative() -> None:
+    for bad in (-1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="weight"):
+            Trajectory([1], [2], [-0.1], 1.0, weight=bad)
 
 
 def test_clip_fraction_by_version_lag() -> None:

@@ -1,0 +1,67 @@
+"""Every candidate teaches: a rewarded post's unpublished survivors join its update with the
+reward model's stored predictions, relative to their cycle's mean, sharing a weight."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from loop_helpers import DAY, settings
+
+from plaudit.controller import OnlineConfig
+from plaudit.state import PostStatus
+
+
+async def test_a_rewarded_posts_cycle_teaches_with_group_relative_predictions(
+    make_loop: Any,
+) -> None:
+    loop = make_loop(settings(learn_min_rewards=10_000))  # rewards arrive, no update runs
+    ctl = loop.controller()
+    await ctl.start(schedule=False)
+    await ctl.run_until(loop.clock.now() + 1.5 * DAY)
+    rewarded = [loop.store.get_post(r.post_id) for r in loop.store.rewards(limit=100)]
+    assert rewarded
+    seen = 0
+    for post in rewarded:
+        cycle = loop.store.posts(cycle_id=post.cycle_id, limit=100)
+        unpublished = [p for p in cycle if p.status is PostStatus.CANDIDATE]
+        taught = ctl.learning.candidates(post, 0.5)
+        assert [t.completion for t in taught] == [p.tokens for p in unpublished]
+        if not taught:
+            continue
+        seen += 1
+        group = [post.predicted_reward, *(p.predicted_reward for p in unpublished)]
+        mean = sum(group) / len(group)
+        for t, p in zip(taught, unpublished, strict=True):
+            assert t.advantage == pytest.approx(p.predicted_reward - mean)
+            assert t.behaviour_logprobs == p.logprobs and t.prompt == p.prompt_tokens
+        assert math.isclose(sum(t.weight for t in taught), 0.5)
+        # Filtered candidates never teach; without a weight nothing does.
+        assert not {p.id for p in cycle if p.status is PostStatus.FILTERED} & {
+            p.id for p in unpublished
+        }
+        assert ctl.learning.candidates(post, 0.0) == []
+    assert seen
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+async def test_updates_count_the_candidates_they_learned_from(
+    make_loop: Any, weight: float
+) -> None:
+    base = settings(learn_min_rewards=2)
+    loop = make_loop(
+        base.model_copy(
+            update={
+                "online": OnlineConfig(lr=1e-3, epochs=1, max_kl=None, candidates_weight=weight)
+            }
+        )
+    )
+    ctl = loop.controller()
+    await ctl.start(schedule=False)
+    await ctl.run_until(loop.clock.now() + 2 * DAY)
+    updates = [r for r in loop.store.runs(kind="online") if r.status == "completed"]
+    assert updates
+    taught = sum(r.config["candidates"] for r in updates)
+    rewards = sum(r.config["rewards"] for r in updates)
+    assert (taught > rewards) if weight else taught == 0  # 4 candidates a cycle: up to 3 each
