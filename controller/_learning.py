@@ -70,8 +70,8 @@ class Learning:
             return []
         others = [
             p
-            for p in self.ctx.store.posts(cycle_id=post.cycle_id, status=PostStatus.CANDIDATE)
-            if p.predicted_reward is not None and _sampled(p)
+            for p in self.ctx.store.posts(cycle_id=post.cycle_id, limit=1000)
+            if p.status is PostStatus.CANDIDATE and p.predicted_reward is not None and _sampled(p)
         ]
         if not others:
             return []

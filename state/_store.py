@@ -226,6 +226,11 @@ MIGRATIONS: tuple[str | Callable[[sqlite3.Connection, Path], None], ...] = (
     ALTER TABLE posts ADD COLUMN original_text TEXT;
     ALTER TABLE rewards ADD COLUMN source TEXT NOT NULL DEFAULT 'reactions';
     """,
+    # 7: a cycle's candidates by its id: the learn job reads a rewarded post's unpublished
+    # candidates (every candidate teaches), among millions of candidate rows.
+    """
+    CREATE INDEX posts_cycle ON posts (cycle_id);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

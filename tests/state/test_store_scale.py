@@ -124,6 +124,8 @@ def store_calls(store: Store) -> dict[str, Callable[[], object]]:
         "published_since": lambda: store.published_since("a", now - DAY),
         "in_flight": lambda: store.in_flight(face="a"),
         "prune": lambda: store.prune(now),
+        # the learn job: a rewarded post's unpublished candidates
+        "cycle": lambda: store.posts(cycle_id="c19000"),
     }
 
 
@@ -138,6 +140,7 @@ def store_calls(store: Store) -> dict[str, Callable[[], object]]:
         "/api/posts?face",
         "/api/status",
         "published_since",
+        "cycle",
         "in_flight",
         "prune",
     ],
