@@ -101,11 +101,12 @@ EVAL_CHUNK = 50  # fresh samples per generate call (bounds memory for large mode
 # [reward_model] table and `controller.KEY` for [controller]; any other name is defined by
 # --set NAME.key=v.
 METHODS: dict[str, dict[str, Any]] = {
-    # REINFORCE, moving-average baseline, no KL, the post chosen at random
-    "reinforce": {"method": "reinforce", "reward_model.enabled": False},
-    # plaudit's update alone (the post chosen at random)
-    "clipped": {"method": "clipped", "reward_model.enabled": False},
-    # plaudit as it runs: the update, the reward model and its choice of the post
+    # REINFORCE, moving-average baseline, no KL, the post chosen at random, final rewards only
+    "reinforce": {"method": "reinforce", "reward_model.enabled": False, "early_rewards": False},
+    # plaudit's update alone (the post chosen at random, final rewards only)
+    "clipped": {"method": "clipped", "reward_model.enabled": False, "early_rewards": False},
+    # plaudit as it runs: the update, the reward model and its choice of the post, every
+    # candidate teaching, early rewards
     "plaudit": {"method": "clipped"},
 }
 

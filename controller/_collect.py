@@ -1,11 +1,13 @@
-"""Collection: snapshot the reactions of posts that reached a horizon; at the last horizon the
-face's score becomes the post's reward (controller/_rewards.py), recorded exactly once."""
+"""Collection: snapshot the reactions of posts that reached a horizon; at the horizon before
+the last one the score so far gives an early reward (controller/_early.py); at the last horizon
+the face's score becomes the post's reward (controller/_rewards.py), recorded exactly once."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from plaudit.controller._context import LoopContext, Outcome
+from plaudit.controller._early import EarlyRewards
 from plaudit.controller._metrics import failure_reason, horizon_label
 from plaudit.controller._reward_model import RewardModel
 from plaudit.controller._rewards import SCORE_WINDOW, normalise
@@ -17,11 +19,13 @@ class Collection:
     def __init__(self, ctx: LoopContext, reward_model: RewardModel) -> None:
         self.ctx = ctx
         self.reward_model = reward_model
+        self.early = EarlyRewards(ctx)
 
     async def sweep(self) -> Outcome:
         ctx = self.ctx
         horizons = [h.total_seconds() for h in ctx.settings.controller.horizons]
         final = horizons[-1]
+        early = self.early.horizon
         due = ctx.store.due_snapshots(now=ctx.clock.now(), horizons_s=horizons)
         if not due:
             return "skipped"
@@ -61,6 +65,10 @@ class Collection:
                     )
                 )
                 ctx.metrics.reactions_collected.labels(name, horizon_label(horizon)).inc()
+                if horizon == early and snap.found:
+                    self.early.record(
+                        post_id=post.id, face=name, horizon_s=horizon, observed=rt.face.score(snap)
+                    )
                 if horizon == final and snap.found:
                     score = rt.face.score(snap)
                     reward = normalise(score, ctx.store.scores(name, limit=SCORE_WINDOW))

@@ -114,6 +114,10 @@ class OnlineConfig(_Section):
     # prediction, together weighing this much against the published post's real reward (1).
     # 0: only rewarded posts train the policy. Needs the reward model.
     candidates_weight: float = Field(default=0.5, ge=0, le=1)
+    # Early rewards: at the horizon before the final one, the final score is estimated from
+    # the score so far (fitted on the face's completed posts) and trains the policy then; the
+    # final reward, when it comes, trains only the difference. Needs two horizons or more.
+    early_rewards: bool = True
 
 
 class RewardModelConfig(_Section):

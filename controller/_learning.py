@@ -1,6 +1,9 @@
 """Online learning: rewarded posts -> trajectories with advantages -> one policy update on the
 torch worker -> checkpoint -> the rewards marked used.
 
+A post can train twice: on its early reward (an estimate from the score at the early horizon,
+controller/_early.py), then on its final reward minus that estimate (the correction).
+
 Every candidate teaches (``online.candidates_weight``): a rewarded post's cycle drew several
 candidates and published one; the unpublished survivors of the filters join the update with
 the reward model's predictions stored at posting time as their rewards, relative to the mean
@@ -13,12 +16,13 @@ how the audience would react."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from plaudit.controller._checkpoints import Checkpoints
 from plaudit.controller._context import LoopContext, Outcome, Progress
 from plaudit.controller._rewards import Baseline
-from plaudit.state import Post, PostStatus, TrainingMode, TrainingState
+from plaudit.state import EarlyScore, Post, PostStatus, Reward, Store, TrainingMode, TrainingState
 
 if TYPE_CHECKING:
     from plaudit.learner import Trajectory, UpdateStats
@@ -55,6 +59,22 @@ def _trajectory(post: Post, *, advantage: float, weight: float = 1.0) -> Traject
         policy_version=post.policy_version,
         weight=weight,
     )
+
+
+@dataclass
+class _Spent:
+    """Post ids whose final rewards and whose early rewards an update spent."""
+
+    final: list[int] = field(default_factory=list)
+    early: list[int] = field(default_factory=list)
+
+    def add(self, post_id: int, *, final: bool) -> None:
+        (self.final if final else self.early).append(post_id)
+
+    def mark(self, store: Store, version: int, *also: _Spent) -> None:
+        for spent in (self, *also):
+            store.mark_rewards_used(spent.final, policy_version=version)
+            store.mark_early_used(spent.early, policy_version=version)
 
 
 class Learning:
@@ -103,7 +123,8 @@ class Learning:
         if control.training is not TrainingState.RUNNING or control.mode is not TrainingMode.ONLINE:
             return "skipped"
         pending = store.rewards(unused_only=True, limit=MAX_BATCH)
-        if len(pending) < ctx.settings.controller.learn_min_rewards:
+        early = store.early_rewards(limit=MAX_BATCH)  # estimates before their final reward
+        if len(pending) + len(early) < ctx.settings.controller.learn_min_rewards:
             return "skipped"
         o = ctx.settings.online
         baseline = Baseline(
@@ -111,20 +132,32 @@ class Learning:
         )
         batch: list[Trajectory] = []
         taught: list[Trajectory] = []  # unpublished candidates of the rewarded posts' cycles
-        used: list[int] = []
-        spent: list[int] = []  # nothing to train the policy on: marked used with the batch
-        for reward in reversed(pending):  # oldest first, so the baseline moves in time order
-            post = store.get_post(reward.post_id)
+        used, spent = _Spent(), _Spent()  # spent: nothing to train on, marked used with the batch
+        corrections = 0
+        # Oldest first, so the baseline moves in time order.
+        arrivals: list[Reward | EarlyScore] = sorted(
+            [*pending, *early], key=lambda r: (r.created_at, isinstance(r, EarlyScore))
+        )
+        for item in arrivals:
+            post = store.get_post(item.post_id)
+            final = isinstance(item, Reward)
             # An edited post (approval queue) went out in a human's words, which the policy
             # did not sample: its reward trains the reward model only.
             if not _sampled(post) or post.edited:
-                spent.append(reward.post_id)
+                spent.add(item.post_id, final=final)
                 continue
-            batch.append(_trajectory(post, advantage=baseline.advantage(reward.reward)))
-            taught.extend(self.candidates(post, o.candidates_weight))
-            used.append(reward.post_id)
+            assert item.reward is not None  # early_rewards() returns estimated ones only
+            head = store.early_score(post.id) if final else None
+            if head is not None and head.used_in_version is not None and head.reward is not None:
+                # Its early reward trained already: the final one trains the difference.
+                batch.append(_trajectory(post, advantage=item.reward - head.reward))
+                corrections += 1
+            else:
+                batch.append(_trajectory(post, advantage=baseline.advantage(item.reward)))
+                taught.extend(self.candidates(post, o.candidates_weight))
+            used.add(item.post_id, final=final)
         if not batch:
-            store.mark_rewards_used(spent, policy_version=ctx.policy.version)
+            spent.mark(store, ctx.policy.version)
             return "skipped"
         budget = o.max_kl - ctx.settings.selection_kl() if o.max_kl is not None else None
         config = OnlineUpdateConfig(
@@ -140,12 +173,14 @@ class Learning:
         )
         ctx.policy.lr = o.lr
         ctx.worker.stop_training.clear()
-        rewarded = len(batch)
         batch.extend(taught)
-        run_id = store.start_run(
-            kind="online",
-            config={"rewards": rewarded, "candidates": len(taught), **o.model_dump(mode="json")},
-        )
+        counts = {
+            "rewards": len(used.final),  # final rewards (corrections among them)
+            "early": len(used.early),
+            "corrections": corrections,
+            "candidates": len(taught),
+        }
+        run_id = store.start_run(kind="online", config={**counts, **o.model_dump(mode="json")})
         progress = Progress(mode="online", started_at=ctx.clock.now())
         probe = self.probe()
 
@@ -194,12 +229,12 @@ class Learning:
             if stats.stop_reason == "max_kl":
                 # At the drift budget: every step these rewards ask for would cross it. They
                 # are spent (each reward trains at most once), the weights stay as they are.
-                store.mark_rewards_used(used + spent, policy_version=ctx.policy.version)
+                used.mark(store, ctx.policy.version, spent)
                 store.set_value("reward_baseline", repr(baseline.value))
                 store.finish_run(run_id, status="completed", metrics=metrics)
                 ctx.log.warning(
                     "policy update undone: at the drift budget",
-                    rewards=rewarded,
+                    **counts,
                     kl_per_post=round(stats.kl_per_post, 3),
                     max_kl=o.max_kl,
                 )
@@ -210,7 +245,7 @@ class Learning:
         # (a full disk), they are not trained on again by the next update; should the process
         # die before any later checkpoint, start-up returns them to pending
         # (`Store.release_rewards_after`), since the weights they trained are lost with it.
-        store.mark_rewards_used(used + spent, policy_version=ctx.policy.version)
+        used.mark(store, ctx.policy.version, spent)
         store.set_value("reward_baseline", repr(baseline.value))
         store.finish_run(run_id, status="completed", metrics=metrics)
         try:
@@ -240,8 +275,7 @@ class Learning:
         store.record_metrics({"loss": stats.loss, "kl": stats.kl_per_post})
         ctx.log.info(
             "policy update",
-            rewards=rewarded,
-            candidates=len(taught),
+            **counts,
             steps=stats.steps,
             steps_undone=stats.steps_undone,
             loss=round(stats.loss, 4),

@@ -15,7 +15,7 @@ readers need goes once none can ask for it.
   `PUBLISHED_TOKENS_S` (30 days from the reward); the reward model reads text and rewards only.
 - Metric points: all of the last `METRIC_FULL_S` (7 days); older ones thinned to the last point
   of each hour per series; deleted after `METRIC_KEEP_S` (400 days).
-- Snapshots, rewards, runs and checkpoints are kept.
+- Snapshots, rewards, early scores, runs and checkpoints are kept.
 Token lists live apart (`post_tokens`), so the pages pruning frees serve the next posts. A month
 at the controller's defaults (a post every 4 h, 8 candidates of 60 tokens) takes 2.2 MB of file,
 4.5 MB unpruned; two months 3.4 MB against 8.8 (bench/store_scale.py month).
@@ -227,9 +227,24 @@ MIGRATIONS: tuple[str | Callable[[sqlite3.Connection, Path], None], ...] = (
     ALTER TABLE rewards ADD COLUMN source TEXT NOT NULL DEFAULT 'reactions';
     """,
     # 7: a cycle's candidates by its id: the learn job reads a rewarded post's unpublished
-    # candidates (every candidate teaches), among millions of candidate rows.
+    # candidates (every candidate teaches), among millions of candidate rows. Early scores: a
+    # post's score at the early horizon, the final score estimated from it and that estimate
+    # as a reward, which trains the policy hours before the final reward (then corrected).
     """
     CREATE INDEX posts_cycle ON posts (cycle_id);
+    CREATE TABLE early_scores (
+        post_id INTEGER PRIMARY KEY REFERENCES posts (id) ON DELETE CASCADE,
+        face TEXT NOT NULL,
+        horizon_s REAL NOT NULL,
+        observed REAL NOT NULL,
+        estimate REAL,
+        reward REAL,
+        used_in_version INTEGER,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX early_scores_face_created ON early_scores (face, created_at);
+    CREATE INDEX early_scores_unused ON early_scores (created_at)
+        WHERE used_in_version IS NULL AND reward IS NOT NULL;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -302,6 +317,20 @@ class Approval(StrEnum):
 class RewardSource(StrEnum):
     REACTIONS = "reactions"  # the audience: a face's score, normalised
     REJECTED = "rejected"  # a human refused the post in the approval queue
+
+
+@dataclass(frozen=True)
+class EarlyScore:
+    """A published post's score at the early horizon and what it says of the final one."""
+
+    post_id: int
+    face: str
+    horizon_s: float
+    observed: float  # the face's score of the snapshot at horizon_s
+    estimate: float | None  # the final score estimated from it (None: no estimator yet)
+    reward: float | None  # that estimate as a reward, normalised as a final score is
+    used_in_version: int | None
+    created_at: float
 
 
 class TrainingState(StrEnum):
@@ -495,6 +524,19 @@ def _reward(row: sqlite3.Row) -> Reward:
         used_in_version=row["used_in_version"],
         created_at=row["created_at"],
         source=RewardSource(row["source"]),
+    )
+
+
+def _early(row: sqlite3.Row) -> EarlyScore:
+    return EarlyScore(
+        post_id=row["post_id"],
+        face=row["face"],
+        horizon_s=row["horizon_s"],
+        observed=row["observed"],
+        estimate=row["estimate"],
+        reward=row["reward"],
+        used_in_version=row["used_in_version"],
+        created_at=row["created_at"],
     )
 
 
@@ -986,15 +1028,73 @@ class Store:
             )
 
     def release_rewards_after(self, policy_version: int) -> int:
-        """Return to pending the rewards used by updates newer than ``policy_version`` (the
-        version the weights were restored from): those updates are lost with their weights, so
-        their rewards train again. Returns how many."""
+        """Return to pending the rewards (and early rewards) used by updates newer than
+        ``policy_version`` (the version the weights were restored from): those updates are lost
+        with their weights, so their rewards train again. Returns how many."""
         with self._tx() as conn:
-            cur = conn.execute(
-                "UPDATE rewards SET used_in_version = NULL WHERE used_in_version > ?",
-                (policy_version,),
+            n = 0
+            for table in ("rewards", "early_scores"):
+                cur = conn.execute(
+                    f"UPDATE {table} SET used_in_version = NULL WHERE used_in_version > ?",
+                    (policy_version,),
+                )
+                n += int(cur.rowcount)
+            return n
+
+    # -- early scores ----------------------------------------------------------------------
+
+    def add_early_score(
+        self,
+        *,
+        post_id: int,
+        face: str,
+        horizon_s: float,
+        observed: float,
+        estimate: float | None,
+        reward: float | None,
+    ) -> None:
+        """A post's score at the early horizon and, once an estimator exists, the final score
+        it predicts and that as a reward. One per post: a second one is ignored."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO early_scores (post_id, face, horizon_s, observed, "
+                "estimate, reward, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (post_id, face, horizon_s, observed, estimate, reward, self.now()),
             )
-            return int(cur.rowcount)
+
+    def early_score(self, post_id: int) -> EarlyScore | None:
+        rows = self._query("SELECT * FROM early_scores WHERE post_id = ?", (post_id,))
+        return _early(rows[0]) if rows else None
+
+    def early_pairs(
+        self, face: str, *, horizon_s: float, limit: int = 100
+    ) -> list[tuple[float, float]]:
+        """(score at ``horizon_s``, final score) of the face's newest posts that have both:
+        what an estimator of the final score from the early one is fitted on."""
+        rows = self._query(
+            "SELECT e.observed, r.score FROM early_scores e JOIN rewards r ON r.post_id = "
+            "e.post_id WHERE e.face = ? AND e.horizon_s = ? AND r.source = 'reactions' "
+            "ORDER BY e.created_at DESC LIMIT ?",
+            (face, horizon_s, limit),
+        )
+        return [(float(r[0]), float(r[1])) for r in rows]
+
+    def early_rewards(self, *, limit: int = 1000) -> list[EarlyScore]:
+        """Early rewards no update used yet, of posts whose final reward has not arrived."""
+        rows = self._query(
+            "SELECT e.* FROM early_scores e WHERE e.used_in_version IS NULL AND e.reward IS NOT "
+            "NULL AND NOT EXISTS (SELECT 1 FROM rewards r WHERE r.post_id = e.post_id) "
+            "ORDER BY e.created_at DESC LIMIT ?",
+            (limit,),
+        )
+        return [_early(r) for r in rows]
+
+    def mark_early_used(self, post_ids: Sequence[int], *, policy_version: int) -> None:
+        with self._tx() as conn:
+            conn.executemany(
+                "UPDATE early_scores SET used_in_version = ? WHERE post_id = ?",
+                [(policy_version, pid) for pid in post_ids],
+            )
 
     def story(self, post_id: int) -> PostStory:
         rewards = self._query("SELECT * FROM rewards WHERE post_id = ?", (post_id,))
