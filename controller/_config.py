@@ -118,6 +118,11 @@ class OnlineConfig(_Section):
     # the score so far (fitted on the face's completed posts) and trains the policy then; the
     # final reward, when it comes, trains only the difference. Needs two horizons or more.
     early_rewards: bool = True
+    # Replay: each update also takes this many of the newest rewarded posts it already trained
+    # on, each at replay_weight, their advantage against the current baseline; the update's
+    # truncated importance weights correct for how stale they are. 0: each reward trains once.
+    replay_posts: int = Field(default=0, ge=0, le=256)
+    replay_weight: float = Field(default=0.25, gt=0, le=1)
 
 
 class RewardModelConfig(_Section):

@@ -4,6 +4,10 @@ torch worker -> checkpoint -> the rewards marked used.
 A post can train twice: on its early reward (an estimate from the score at the early horizon,
 controller/_early.py), then on its final reward minus that estimate (the correction).
 
+Replay (``online.replay_posts``): an update also takes the newest rewarded posts it trained on
+before, lighter (``online.replay_weight``); the decoupled importance weights of the update
+(π_prox / π_behaviour, truncated) correct for their staleness.
+
 Every candidate teaches (``online.candidates_weight``): a rewarded post's cycle drew several
 candidates and published one; the unpublished survivors of the filters join the update with
 the reward model's predictions stored at posting time as their rewards, relative to the mean
@@ -103,6 +107,25 @@ class Learning:
             for p in others
         ]
 
+    def replay(
+        self, n: int, weight: float, baseline: float, *, fresh: set[int]
+    ) -> list[Trajectory]:
+        """The newest ``n`` rewarded posts an update already trained on (not in ``fresh``),
+        each at ``weight``, their final reward against the current baseline as advantage."""
+        if n <= 0:
+            return []
+        out: list[Trajectory] = []
+        for reward in self.ctx.store.rewards(limit=4 * n):
+            if reward.used_in_version is None or reward.post_id in fresh:
+                continue
+            post = self.ctx.store.get_post(reward.post_id)
+            if not _sampled(post) or post.edited:
+                continue
+            out.append(_trajectory(post, advantage=reward.reward - baseline, weight=weight))
+            if len(out) == n:
+                break
+        return out
+
     def probe(self) -> list[Trajectory]:
         """The newest candidates (of every face, whatever became of them: published, filtered
         or not chosen) sampled by the policy's current version, or by the newest version that
@@ -159,6 +182,9 @@ class Learning:
         if not batch:
             spent.mark(store, ctx.policy.version)
             return "skipped"
+        replayed = self.replay(
+            o.replay_posts, o.replay_weight, baseline.value, fresh={*used.final, *used.early}
+        )
         budget = o.max_kl - ctx.settings.selection_kl() if o.max_kl is not None else None
         config = OnlineUpdateConfig(
             method=o.method,
@@ -174,11 +200,13 @@ class Learning:
         ctx.policy.lr = o.lr
         ctx.worker.stop_training.clear()
         batch.extend(taught)
+        batch.extend(replayed)
         counts = {
             "rewards": len(used.final),  # final rewards (corrections among them)
             "early": len(used.early),
             "corrections": corrections,
             "candidates": len(taught),
+            "replayed": len(replayed),
         }
         run_id = store.start_run(kind="online", config={**counts, **o.model_dump(mode="json")})
         progress = Progress(mode="online", started_at=ctx.clock.now())

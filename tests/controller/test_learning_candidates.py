@@ -65,3 +65,20 @@ async def test_updates_count_the_candidates_they_learned_from(
     taught = sum(r.config["candidates"] for r in updates)
     rewards = sum(r.config["rewards"] for r in updates)
     assert (taught > rewards) if weight else taught == 0  # 4 candidates a cycle: up to 3 each
+
+
+async def test_replay_takes_the_newest_posts_trained_on_before(make_loop: Any) -> None:
+    online = OnlineConfig(lr=1e-3, epochs=1, max_kl=None, replay_posts=2, early_rewards=False)
+    loop = make_loop(settings(learn_min_rewards=2).model_copy(update={"online": online}))
+    ctl = loop.controller()
+    await ctl.start(schedule=False)
+    await ctl.run_until(loop.clock.now() + 3 * DAY)
+    updates = sorted(
+        (r for r in loop.store.runs(kind="online") if r.status == "completed"), key=lambda r: r.id
+    )
+    assert len(updates) >= 3
+    assert updates[0].config["replayed"] == 0  # nothing trained on before the first
+    assert all(r.config["replayed"] == 2 for r in updates[1:])
+    # Replayed posts are not rewards spent again: each reward is used by one update.
+    used = [r for r in loop.store.rewards(limit=1000) if r.used_in_version is not None]
+    assert sum(r.config["rewards"] for r in updates) == len(used)
