@@ -872,6 +872,17 @@ def summarise(runs: dict[str, list[RunResult]], posts: int) -> dict[str, Any]:
                     spread([r.evals[i].kl_post for r in rs]) for i in range(len(xs))
                 ],
                 "start_reward": statistics.fmean(r.evals[0].reward for r in rs),
+                # the share of fresh samples naming a topic word, at each evaluation
+                **(
+                    {
+                        "topic": [
+                            statistics.fmean(r.evals[i].topic or 0 for r in rs)
+                            for i in range(len(xs))
+                        ]
+                    }
+                    if rs[0].evals[0].topic is not None
+                    else {}
+                ),
                 "final": {
                     key: over_seeds(rs, final_value(key))
                     for key in (
@@ -1006,6 +1017,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"  fresh reward {e0.reward:.4f} -> {e1.reward:.4f} "
                     f"(z {z_score(e0, e1):+.2f}), KL {e1.kl_post:.3f} nats/post, "
                     f"{result.updates} updates, {result.wall_s:.0f} s"
+                    + (
+                        f", topic {e0.topic:.3f} -> {e1.topic:.3f}"
+                        if e0.topic is not None and e1.topic is not None
+                        else ""
+                    )
                 )
     summary = summarise(runs, opts.posts)
     for name, method in opts.methods.items():
