@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -99,8 +100,11 @@ def _move_aside(folder: Path) -> Path | None:
 
 
 class Checkpoints:
-    def __init__(self, ctx: LoopContext) -> None:
+    def __init__(self, ctx: LoopContext, *, keep_with: Callable[[], None] | None = None) -> None:
         self.ctx = ctx
+        # Run on the worker after each checkpoint: state kept beside it (the reward model's
+        # features), a cache whose failure costs time at the next start, never the checkpoint.
+        self.keep_with = keep_with
 
     @property
     def folder(self) -> Path:
@@ -117,6 +121,11 @@ class Checkpoints:
         ctx.store.add_checkpoint(
             path=folder, policy_version=version, kind=kind, run_id=run_id, metrics=metrics
         )
+        if self.keep_with is not None:
+            try:
+                await ctx.worker.run("checkpoint", self.keep_with)
+            except Exception as exc:
+                ctx.log.warning("state kept with the checkpoint not written", error=str(exc))
         ctx.metrics.policy_version.set(version)
         newest = ctx.store.checkpoints(limit=KEEP_CHECKPOINTS, intact_only=True)
         keep = [Path(c.path).name for c in newest]  # newest first

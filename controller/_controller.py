@@ -86,8 +86,8 @@ class Controller:
             rng=random.Random(seed),
             faces={name: FaceRuntime(name=name, face=f) for name, f in faces.items()},
         )
-        self.checkpoints = Checkpoints(self.ctx)
         self.reward_model = RewardModel(self.ctx)
+        self.checkpoints = Checkpoints(self.ctx, keep_with=self.reward_model.save)
         self.approvals = Approvals(self.ctx)
         self.posting = Posting(self.ctx, self.reward_model, self.approvals)
         self.collection = Collection(self.ctx, self.reward_model)
@@ -141,6 +141,10 @@ class Controller:
             # An intent left by the previous process may have been published before it died.
             rt.maybe_made.update(p.id for p in ctx.store.in_flight(face=rt.name))
         self.posting.own_posts.extend(ctx.store.published_texts(limit=5000))
+        if self.reward_model.enabled:
+            kept = await ctx.worker.run("reward_model", self.reward_model.resume)
+            if kept:
+                self.log.info("reward model features kept from the last run", posts=kept)
         for name in ctx.faces:
             self.approvals.update_gauge(name)
         # Updates newer than the weights we run (lost with a crash or a damaged checkpoint):

@@ -5,23 +5,28 @@
   (their rewards), the latter weighted more (`reward_model.history_weight` per history post);
 - refit lazily: at the next post cycle after new rewards arrived, after the reference model
   changed (an offline fit), or at the first cycle after start-up. Everything it is fitted on
-  is in the store or the faces' history, so nothing but the fitted head is state, and a
-  restart refits it from the same data;
+  is in the store or the faces' history, so the head and its features are a cache, and a
+  restart could refit them from the same data (it keeps them: below);
 - at posting time it predicts every candidate's reward (stored as `predicted_reward`, before
   the reward can be known) and chooses the survivor to publish (`reward_model.selection`);
 - when rewards arrive, the Spearman correlation of those stored predictions with them, over
   the face's newest rewarded posts, is the metric that says whether to trust it.
 
 The features come from the frozen reference model, so a post's features are computed once
-and cached until the reference changes. The torch work runs on the worker.
+(keyed by its text) and cached until the reference changes; after each checkpoint the cache
+and the head are written to the state folder (`STATE_FILE`) and a restart anchored to the same
+reference takes them back, so its first post does not wait for the history's features again.
+The torch work runs on the worker.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from plaudit.controller._checkpoints import REFERENCE_KEY
 from plaudit.controller._context import LoopContext
 from plaudit.controller._rewards import CLIP, SCORE_WINDOW, normalise, spearman
 from plaudit.state import RewardSource
@@ -33,6 +38,13 @@ if TYPE_CHECKING:
 
 # Own rewarded posts the head is fitted on, at most (the newest).
 MAX_OWN = 2000
+# In the state folder: the features and the head, for the next start (`RewardModel.save`).
+STATE_FILE = "reward_model.pt"
+
+
+def _key(text: str) -> str:
+    """A post's features depend on its text alone (and the reference): keyed by its digest."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -47,7 +59,7 @@ class RewardModel:
         self.head: RewardHead | None = None
         self.stale = True  # refit before the next prediction
         self.correlation: dict[str, float] = {}  # face -> Spearman, where measured
-        self._features: dict[tuple[str, str], Tensor] = {}  # (kind, key) -> (C,)
+        self._features: dict[str, Tensor] = {}  # a text's digest -> (C,)
         self._reference: object = None  # the model the cached features came from
 
     @property
@@ -59,34 +71,38 @@ class RewardModel:
 
     # -- fitting ---------------------------------------------------------------------------
 
-    def _examples(self) -> tuple[list[tuple[str, str, str]], list[float], list[float], int]:
-        """(cache key kind, key, text), targets, weights, and how many are own posts."""
+    def _examples(self) -> tuple[list[str], list[float], list[float], int]:
+        """Texts, targets, weights, and how many are own posts (the first ones)."""
         ctx, rm = self.ctx, self.ctx.settings.reward_model
-        items: list[tuple[str, str, str]] = []
+        texts: list[str] = []
         targets: list[float] = []
         weights: list[float] = []
         for reward in ctx.store.rewards(limit=MAX_OWN):
-            post = ctx.store.get_post(reward.post_id)
-            items.append(("post", str(post.id), post.text))
+            texts.append(ctx.store.get_post(reward.post_id).text)
             targets.append(reward.reward)
             weights.append(1.0)
-        n_own = len(items)
+        n_own = len(texts)
         for rt in ctx.faces.values():
-            texts = rt.history[: rm.history_posts]
+            history = rt.history[: rm.history_posts]
             scores = rt.history_scores[: rm.history_posts]
-            if len(scores) != len(texts):  # a face whose history has no reactions
+            if len(scores) != len(history):  # a face whose history has no reactions
                 continue
             # Judged as rewards are: against the other scores (the newest SCORE_WINDOW).
-            for i, (text, score) in enumerate(zip(texts, scores, strict=True)):
+            for i, (text, score) in enumerate(zip(history, scores, strict=True)):
                 others = scores[max(0, i - SCORE_WINDOW) : i] + scores[i + 1 : i + SCORE_WINDOW]
-                items.append(("history", f"{rt.name}:{i}", text))
+                texts.append(text)
                 targets.append(normalise(score, others))
                 weights.append(rm.history_weight)
-        return items, targets, weights, n_own
+        return texts, targets, weights, n_own
 
-    def _fit(self, items: list[tuple[str, str, str]], targets: list[float], weights: list[float],
+    def _reference_tag(self) -> str:
+        """Names the reference the features are read from, across restarts: the checkpoint
+        that holds it, or the base model."""
+        return self.ctx.store.get_value(REFERENCE_KEY) or "base"
+
+    def _fit(self, texts: list[str], targets: list[float], weights: list[float],
              n_own: int) -> RewardHead:  # fmt: skip
-        """On the worker: features of the posts not yet cached, then the head."""
+        """On the worker: features of the texts not yet cached, then the head."""
         import torch
 
         from plaudit.learner import RewardHead, text_features
@@ -96,25 +112,69 @@ class RewardModel:
         if reference is not self._reference:  # a new reference: every feature changes
             self._features.clear()
             self._reference = reference
-        missing = [(k, key, text) for k, key, text in items if (k, key) not in self._features]
+        keys = [_key(t) for t in texts]
+        missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in self._features}
         if missing:
-            feats = text_features(reference, policy.tokenizer, [t for _, _, t in missing])
-            for (k, key, _), f in zip(missing, feats, strict=True):
-                self._features[(k, key)] = f
-        x = torch.stack([self._features[(k, key)] for k, key, _ in items])
+            feats = text_features(reference, policy.tokenizer, list(missing.values()))
+            for k, f in zip(missing, feats, strict=True):
+                self._features[k] = f
+        x = torch.stack([self._features[k] for k in keys])
         return RewardHead.fit(x, targets, weights, n_own=n_own)
+
+    # -- kept across restarts --------------------------------------------------------------
+
+    def save(self) -> None:
+        """On the worker (after a checkpoint): the features and the head into the state
+        folder's `STATE_FILE`, for the next start; only features of the current reference."""
+        import torch
+
+        from plaudit.learner import RewardModelState
+
+        policy = self.ctx.policy
+        reference = policy.reference if policy.reference is not None else policy.model
+        if not self._features or reference is not self._reference:
+            return
+        keys = list(self._features)
+        RewardModelState(
+            reference=self._reference_tag(),
+            keys=keys,
+            features=torch.stack([self._features[k] for k in keys]),
+            head=self.head,
+        ).save(self.ctx.state_dir / STATE_FILE)
+
+    def resume(self) -> int:
+        """On the worker, at start: the features (and head) the last run kept, when they were
+        read from the reference this run anchors to. A cache: a file that cannot be read is
+        reported and passed over (the features are read again). Returns how many it took."""
+        from plaudit.learner import RewardModelState
+
+        path = self.ctx.state_dir / STATE_FILE
+        if not path.is_file():
+            return 0
+        try:
+            state = RewardModelState.load(path)
+        except ValueError as exc:
+            self.ctx.log.warning("reward model state not used; fitted afresh", error=str(exc))
+            return 0
+        if state.reference != self._reference_tag():
+            return 0  # kept before an offline fit: another reference's features
+        policy = self.ctx.policy
+        self._reference = policy.reference if policy.reference is not None else policy.model
+        self._features = dict(zip(state.keys, state.features, strict=True))
+        self.head = state.head  # until the refit at the first post cycle (features cached)
+        return len(state.keys)
 
     async def refit(self) -> None:
         """Fit the head on what the store and the faces' history hold now (on the worker)."""
-        items, targets, weights, n_own = self._examples()
+        texts, targets, weights, n_own = self._examples()
         self.stale = False
-        if len(items) < 2:
+        if len(texts) < 2:
             self.head = None
             return
         policy = self.ctx.policy
         reference = policy.reference if policy.reference is not None else policy.model
         head = await self.ctx.worker.run_soon(
-            "reward_model", self._fit, items, targets, weights, n_own
+            "reward_model", self._fit, texts, targets, weights, n_own
         )
         self.head = head
         self.ctx.log.info(

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from ._model import Transformer
     from ._online import OnlineUpdateConfig, Trajectory, UpdateStats
     from ._policy import Candidate, Policy, Restored, drop_optimizer_state
-    from ._reward_model import Prediction, RewardHead, text_features
+    from ._reward_model import Prediction, RewardHead, RewardModelState, text_features
     from ._runtime import configure_torch
     from ._step_record import StepRecord
     from ._tokenizer import Tokenizer
@@ -111,6 +111,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "drop_optimizer_state": ("._policy", "drop_optimizer_state"),
     "Prediction": ("._reward_model", "Prediction"),
     "RewardHead": ("._reward_model", "RewardHead"),
+    "RewardModelState": ("._reward_model", "RewardModelState"),
     "text_features": ("._reward_model", "text_features"),
     "configure_torch": ("._runtime", "configure_torch"),
     "StepRecord": ("._step_record", "StepRecord"),
@@ -160,6 +161,7 @@ __all__: list[str] = [
     "Prediction",
     "Restored",
     "RewardHead",
+    "RewardModelState",
     "Sample",
     "SamplingConfig",
     "Step",

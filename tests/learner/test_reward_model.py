@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch
 from plaudit.learner import (
     ModelConfig,
     RewardHead,
+    RewardModelState,
     Tokenizer,
     Transformer,
     text_features,
@@ -116,3 +118,24 @@ def test_state_dict_round_trip_and_bad_input() -> None:
     y[3] = math.nan
     with pytest.raises(ValueError, match="finite"):
         RewardHead.fit(x, y.tolist(), [1.0] * 50, n_own=10)
+
+
+def test_reward_model_state_round_trip_and_damage(tmp_path: Any) -> None:
+    x, y = synthetic(20, seed=4)
+    head = RewardHead.fit(x, y.tolist(), [1.0] * 20, n_own=5)
+    path = tmp_path / "rm.pt"
+    keys = [f"k{i}" for i in range(20)]
+    RewardModelState(reference="v000003", keys=keys, features=x.float(), head=head).save(path)
+    back = RewardModelState.load(path)
+    assert back.reference == "v000003" and back.keys == keys
+    torch.testing.assert_close(back.features, x.float())
+    assert back.head is not None and back.head.predict(x[:3]) == head.predict(x[:3])
+    RewardModelState(reference="base", keys=[], features=torch.zeros(0, 8), head=None).save(path)
+    assert RewardModelState.load(path).head is None
+    path.write_bytes(path.read_bytes()[:40])  # cut short
+    with pytest.raises(ValueError, match="cannot be read as a reward model"):
+        RewardModelState.load(path)
+    bad = torch.full((2, 8), math.nan)
+    RewardModelState(reference="base", keys=["a", "b"], features=bad, head=None).save(path)
+    with pytest.raises(ValueError, match="not all finite"):
+        RewardModelState.load(path)
