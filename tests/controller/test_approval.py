@@ -108,11 +108,10 @@ async def test_rejections_train_the_policy_and_edits_only_the_reward_model(
     assert trained == len(all_rewards) - 1  # the edited post's reward: reward model only
     # The reward model fits on all three: the rejection with its reward, the edit's text.
     ctl.reward_model.stale = True
-    items, targets, _weights, n_own = ctl.reward_model._examples()
-    own = dict(zip([key for _, key, _ in items[:n_own]], targets[:n_own], strict=True))
-    assert own[str(a.id)] == -2.5
-    texts = {key: text for _, key, text in items[:n_own]}
-    assert texts[str(b.id)] == "An edited post the policy never sampled."
+    texts, targets, _weights, n_own = ctl.reward_model._examples()
+    own = dict(zip(texts[:n_own], targets[:n_own], strict=True))
+    assert own[loop.store.get_post(a.id).text] == -2.5
+    assert "An edited post the policy never sampled." in own
     assert loop.metrics.approval_decisions.labels("mem", "rejected")._value.get() == 1
 
 
