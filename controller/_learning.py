@@ -93,19 +93,16 @@ class Learning:
         if weight <= 0 or post.predicted_reward is None:
             return []
         others = [
-            p
+            (p, p.predicted_reward)
             for p in self.ctx.store.posts(cycle_id=post.cycle_id, limit=1000)
             if p.status is PostStatus.CANDIDATE and p.predicted_reward is not None and _sampled(p)
         ]
         if not others:
             return []
-        group = [post.predicted_reward, *(p.predicted_reward for p in others)]
-        mean = sum(group) / len(group)  # type: ignore[arg-type]
+        group = [post.predicted_reward, *(predicted for _, predicted in others)]
+        mean = sum(group) / len(group)
         share = weight / len(others)
-        return [
-            _trajectory(p, advantage=p.predicted_reward - mean, weight=share)  # type: ignore[operator]
-            for p in others
-        ]
+        return [_trajectory(p, advantage=predicted - mean, weight=share) for p, predicted in others]
 
     def replay(
         self, n: int, weight: float, baseline: float, *, fresh: set[int]
@@ -145,11 +142,12 @@ class Learning:
         control = store.control()
         if control.training is not TrainingState.RUNNING or control.mode is not TrainingMode.ONLINE:
             return "skipped"
+        o = ctx.settings.online
         pending = store.rewards(unused_only=True, limit=MAX_BATCH)
-        early = store.early_rewards(limit=MAX_BATCH)  # estimates before their final reward
+        # Estimates before their final reward (turned off: those left wait for their final).
+        early = store.early_rewards(limit=MAX_BATCH) if o.early_rewards else []
         if len(pending) + len(early) < ctx.settings.controller.learn_min_rewards:
             return "skipped"
-        o = ctx.settings.online
         baseline = Baseline(
             value=float(store.get_value("reward_baseline") or 0.0), decay=o.baseline_decay
         )

@@ -88,3 +88,18 @@ async def test_off_the_final_reward_trains_alone(make_loop: Any) -> None:
     updates = [r for r in loop.store.runs(kind="online") if r.status == "completed"]
     assert updates and all(r.config["early"] == r.config["corrections"] == 0 for r in updates)
     assert all(loop.store.early_score(p.id) is None for p in loop.published())
+
+
+async def test_turned_off_the_early_rewards_left_wait_for_their_final(make_loop: Any) -> None:
+    loop = make_loop(settings(learn_min_rewards=1_000))  # early scores arrive, nothing trains
+    ctl = loop.controller()
+    await ctl.start(schedule=False)
+    await ctl.run_until(loop.clock.now() + 3 * DAY)
+    assert loop.store.early_rewards()
+    online = OnlineConfig(lr=1e-3, epochs=1, max_kl=None, early_rewards=False)
+    loop.settings = settings(learn_min_rewards=1).model_copy(update={"online": online})
+    restarted = loop.controller(seed=1)
+    await restarted.start(schedule=False)
+    await restarted.run_until(loop.clock.now() + DAY)
+    updates = [r for r in loop.store.runs(kind="online") if r.status == "completed"]
+    assert updates and sum(r.config["early"] for r in updates) == 0
