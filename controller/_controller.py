@@ -91,7 +91,7 @@ class Controller:
         self.approvals = Approvals(self.ctx)
         self.posting = Posting(self.ctx, self.reward_model, self.approvals)
         self.collection = Collection(self.ctx, self.reward_model)
-        self.learning = Learning(self.ctx, self.checkpoints)
+        self.learning = Learning(self.ctx, self.checkpoints, self.reward_model)
         self.offline_fits = OfflineFits(self.ctx, self.checkpoints)
         self.log = structlog.stdlib.get_logger("plaudit.controller")
         # When each interval job is next due (clock time); posts keep theirs on FaceRuntime.

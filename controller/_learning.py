@@ -14,8 +14,10 @@ the reward model's predictions stored at posting time as their rewards, relative
 prediction of the cycle's survivors (group-relative, as GRPO; not divided by the group's
 spread, so where the reward model cannot tell them apart they barely move the policy). They
 share ``candidates_weight`` among them, against the published post's real reward at weight 1,
-so real rewards dominate. Filtered candidates stay out: a filter says "not publishable", not
-how the audience would react."""
+so real rewards dominate, scaled by how right the reward model has been on the face's posts
+(``reward_model.trust``: its Spearman correlation with the rewards that came, none below 0),
+so a head that steers wrong stops teaching. Filtered candidates stay out: a filter says "not
+publishable", not how the audience would react."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from plaudit.controller._checkpoints import Checkpoints
 from plaudit.controller._context import LoopContext, Outcome, Progress
+from plaudit.controller._reward_model import RewardModel
 from plaudit.controller._rewards import Baseline
 from plaudit.state import EarlyScore, Post, PostStatus, Reward, Store, TrainingMode, TrainingState
 
@@ -82,9 +85,17 @@ class _Spent:
 
 
 class Learning:
-    def __init__(self, ctx: LoopContext, checkpoints: Checkpoints) -> None:
+    def __init__(
+        self, ctx: LoopContext, checkpoints: Checkpoints, reward_model: RewardModel
+    ) -> None:
         self.ctx = ctx
         self.checkpoints = checkpoints
+        self.reward_model = reward_model
+
+    def candidates_share(self, face: str) -> float:
+        """The weight a rewarded post's candidates share: `online.candidates_weight` times
+        the reward model's trust on the face (`RewardModel.trust`)."""
+        return self.ctx.settings.online.candidates_weight * self.reward_model.trust(face)
 
     def candidates(self, post: Post, weight: float) -> list[Trajectory]:
         """The unpublished survivors of ``post``'s cycle, each with its predicted reward minus
@@ -175,7 +186,7 @@ class Learning:
                 corrections += 1
             else:
                 batch.append(_trajectory(post, advantage=baseline.advantage(item.reward)))
-                taught.extend(self.candidates(post, o.candidates_weight))
+                taught.extend(self.candidates(post, self.candidates_share(post.face)))
             used.add(item.post_id, final=final)
         if not batch:
             spent.mark(store, ctx.policy.version)

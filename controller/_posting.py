@@ -266,7 +266,9 @@ class Posting:
             if reason is None:
                 kept_texts.append(cand.text)
         survivors = [i for i, r in enumerate(reasons) if r is None]
-        choice = await self.reward_model.choose([cand.text for cand in candidates], survivors)
+        choice = await self.reward_model.choose(
+            [cand.text for cand in candidates], survivors, face=rt.name
+        )
         ids = ctx.store.add_candidates(
             face=rt.name,
             cycle_id=cycle,

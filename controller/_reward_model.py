@@ -69,6 +69,14 @@ class RewardModel:
     def rewards_arrived(self) -> None:
         self.stale = True
 
+    def trust(self, face: str) -> float:
+        """How much say the head has on ``face``, 0..1: its measured Spearman correlation with
+        the face's rewards (0 when not positive), 1 until measured or with `trust` off."""
+        rho = self.correlation.get(face)
+        if not self.ctx.settings.reward_model.trust or rho is None:
+            return 1.0
+        return max(0.0, min(1.0, rho))
+
     # -- fitting ---------------------------------------------------------------------------
 
     def _examples(self) -> tuple[list[str], list[float], list[float], int]:
@@ -189,9 +197,11 @@ class RewardModel:
 
     # -- posting ---------------------------------------------------------------------------
 
-    async def choose(self, texts: list[str], survivors: list[int]) -> Choice | None:
+    async def choose(self, texts: list[str], survivors: list[int], *, face: str) -> Choice | None:
         """Every candidate's predicted reward and the survivor to publish; None when there
-        is no head (disabled, or nothing to fit on yet): the caller chooses uniformly."""
+        is no head (disabled, or nothing to fit on yet): the caller chooses uniformly. A head
+        without trust on ``face`` (`trust`: its predictions ran against the rewards) predicts
+        but chooses at random."""
         if not self.enabled:
             return None
         policy = self.ctx.policy
@@ -219,7 +229,7 @@ class RewardModel:
         mean, draw = await self.ctx.worker.run_soon("reward_model", predict)
         if not survivors:
             return Choice(index=-1, predicted=mean)
-        if selection == "uniform":
+        if selection == "uniform" or self.trust(face) == 0.0:
             index = self.ctx.rng.choice(survivors)
         else:
             ranked = draw if selection == "thompson" else mean

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from loop_helpers import DAY, settings
 
-from plaudit.controller import OnlineConfig
+from plaudit.controller import OnlineConfig, RewardModelConfig
 from plaudit.state import PostStatus
 
 
@@ -53,7 +53,8 @@ async def test_updates_count_the_candidates_they_learned_from(
     loop = make_loop(
         base.model_copy(
             update={
-                "online": OnlineConfig(lr=1e-3, epochs=1, max_kl=None, candidates_weight=weight)
+                "reward_model": RewardModelConfig(trust=False),
+                "online": OnlineConfig(lr=1e-3, epochs=1, max_kl=None, candidates_weight=weight),
             }
         )
     )
@@ -82,3 +83,22 @@ async def test_replay_takes_the_newest_posts_trained_on_before(make_loop: Any) -
     # Replayed posts are not rewards spent again: each reward is used by one update.
     used = [r for r in loop.store.rewards(limit=1000) if r.used_in_version is not None]
     assert sum(r.config["rewards"] for r in updates) == len(used)
+
+
+async def test_the_candidates_share_follows_how_right_the_reward_model_has_been(
+    make_loop: Any,
+) -> None:
+    loop = make_loop(settings())
+    ctl = loop.controller()
+    share = ctl.learning.candidates_share
+    assert share("mem") == 0.5  # not measured yet: the whole weight
+    ctl.reward_model.correlation["mem"] = 0.6
+    assert share("mem") == pytest.approx(0.3)
+    ctl.reward_model.correlation["mem"] = -0.2
+    assert share("mem") == 0.0  # a head that steers wrong teaches nothing
+    loop.settings = loop.settings.model_copy(
+        update={"reward_model": RewardModelConfig(trust=False)}
+    )
+    ctl = loop.controller()
+    ctl.reward_model.correlation["mem"] = -0.2
+    assert ctl.learning.candidates_share("mem") == 0.5
