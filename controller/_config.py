@@ -112,9 +112,9 @@ class OnlineConfig(_Section):
     # Every candidate teaches: the unpublished survivors of a rewarded post's cycle enter its
     # update with the reward model's predictions as rewards, relative to their cycle's mean
     # prediction, together weighing this much against the published post's real reward (1).
-    # 0: only rewarded posts train the policy. Needs the reward model.
+    # 0: only rewarded posts train the policy. Needs the reward model; scaled by its measured
+    # trust (`reward_model.trust`).
     candidates_weight: float = Field(default=0.5, ge=0, le=1)
-    # (times the reward model's measured trust, `reward_model.trust`).
     # Early rewards: at the horizon before the final one, the final score is estimated from
     # the score so far (fitted on the face's completed posts) and trains the policy then; the
     # final reward, when it comes, trains only the difference. Needs two horizons or more.
@@ -143,8 +143,9 @@ class RewardModelConfig(_Section):
     correlation_window: int = Field(default=50, ge=3)
     # Give the head a say in proportion to that correlation, once measured: candidates teach
     # with their share times it (none below 0), and a head whose correlation is not positive
-    # does not choose the post (uniform among the survivors, as without a head).
-    trust: bool = True
+    # does not choose the post (uniform among the survivors, as without a head). Off: measured
+    # on bench/online.py it did not help (README, "Benchmark: online learning").
+    trust: bool = False
 
 
 class OfflineConfig(BaseModel):

@@ -53,7 +53,6 @@ async def test_updates_count_the_candidates_they_learned_from(
     loop = make_loop(
         base.model_copy(
             update={
-                "reward_model": RewardModelConfig(trust=False),
                 "online": OnlineConfig(lr=1e-3, epochs=1, max_kl=None, candidates_weight=weight),
             }
         )
@@ -88,7 +87,8 @@ async def test_replay_takes_the_newest_posts_trained_on_before(make_loop: Any) -
 async def test_the_candidates_share_follows_how_right_the_reward_model_has_been(
     make_loop: Any,
 ) -> None:
-    loop = make_loop(settings())
+    base = settings()
+    loop = make_loop(base.model_copy(update={"reward_model": RewardModelConfig(trust=True)}))
     ctl = loop.controller()
     share = ctl.learning.candidates_share
     assert share("mem") == 0.5  # not measured yet: the whole weight
@@ -96,9 +96,33 @@ async def test_the_candidates_share_follows_how_right_the_reward_model_has_been(
     assert share("mem") == pytest.approx(0.3)
     ctl.reward_model.correlation["mem"] = -0.2
     assert share("mem") == 0.0  # a head that steers wrong teaches nothing
-    loop.settings = loop.settings.model_copy(
-        update={"reward_model": RewardModelConfig(trust=False)}
-    )
+    loop.settings = base  # trust off (the default): the whole weight whatever the correlation
     ctl = loop.controller()
     ctl.reward_model.correlation["mem"] = -0.2
     assert ctl.learning.candidates_share("mem") == 0.5
+
+
+async def test_a_head_whose_predictions_ran_against_the_rewards_does_not_choose(
+    make_loop: Any,
+) -> None:
+    base = settings()
+    greedy = RewardModelConfig(trust=True, selection="greedy")
+    loop = make_loop(base.model_copy(update={"reward_model": greedy}))
+    ctl = loop.controller()
+    await ctl.start(schedule=False)
+    texts = [f"post number {i} about the weather and the sea" for i in range(6)]
+    survivors = [0, 2, 3, 5]
+    first = await ctl.reward_model.choose(texts, survivors, face="mem")
+    assert first is not None
+    best = max(survivors, key=lambda i: first.predicted[i])
+    ctl.reward_model.correlation["mem"] = 0.4  # right more often than not: the head chooses
+    for _ in range(5):
+        choice = await ctl.reward_model.choose(texts, survivors, face="mem")
+        assert choice is not None and choice.index == best
+    ctl.reward_model.correlation["mem"] = -0.3  # wrong: it predicts, the choice is uniform
+    chosen = set()
+    for _ in range(40):
+        choice = await ctl.reward_model.choose(texts, survivors, face="mem")
+        assert choice is not None and choice.predicted == pytest.approx(first.predicted)
+        chosen.add(choice.index)
+    assert chosen == set(survivors)
