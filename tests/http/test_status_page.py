@@ -34,8 +34,10 @@ async def test_status_page_end_to_end(
     await page.fill("#token-input", TOKEN)
     await page.click("#token-save")
     await dialog.wait_for(state="hidden")
-    assert await page.evaluate("sessionStorage.getItem('plaudit.token')") == TOKEN
+    # The dialog's close event (which keeps the token) is dispatched as a task after the dialog
+    # hides; once the stop took effect, the request that carried the token has been made.
     await pill.filter(has_text="training paused").wait_for()
+    assert await page.evaluate("sessionStorage.getItem('plaudit.token')") == TOKEN
     assert control.store.control().training.value == "paused"
     await page.click("#start-button")
     await pill.filter(has_text="training running").wait_for()
