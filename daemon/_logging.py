@@ -24,9 +24,12 @@ REDACTED = "**********"
 def redact_secrets(
     _: Any, __: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """Blank values of secret-looking keys, SecretStr values and bearer tokens inside strings."""
+    """Blank values of secret-looking keys, SecretStr values and bearer tokens inside strings.
+    A number is never a secret: `kl_per_token` or `max_new_tokens` stay readable."""
     for key, value in list(event_dict.items()):
-        if isinstance(value, SecretStr) or (_SECRET_KEY.search(key) and value is not None):
+        if isinstance(value, SecretStr) or (
+            _SECRET_KEY.search(key) and not isinstance(value, (int, float, type(None)))
+        ):
             event_dict[key] = REDACTED
         elif isinstance(value, str):
             value = _BEARER.sub(r"\1" + REDACTED, value)

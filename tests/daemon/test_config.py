@@ -133,13 +133,22 @@ def test_cli_config_check(tmp_path: Path) -> None:
 def test_logging_redacts_secrets(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging(level="info", fmt="json")
     log = structlog.stdlib.get_logger("t")
-    log.info("login", token="abc123", header="Authorization: Bearer abc123", user="me")
+    log.info(
+        "login",
+        token="abc123",
+        header="Authorization: Bearer abc123",
+        user="me",
+        api_key=b"abc123",
+        kl_per_token=0.25,
+        max_new_tokens=48,
+    )
     logging.getLogger("httpx").warning("stdlib goes through the same pipeline")
     logging.getLogger("httpx").warning(
         "HTTP Request: POST https://api.telegram.org/bot123456:AAE-secret_Token/sendMessage"
     )
     lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert lines[0]["event"] == "login" and lines[0]["user"] == "me"
+    assert lines[0]["kl_per_token"] == 0.25 and lines[0]["max_new_tokens"] == 48  # numbers
     assert "abc123" not in json.dumps(lines)
     assert lines[1]["event"] == "stdlib goes through the same pipeline"
     assert lines[1]["logger"] == "httpx" and lines[1]["level"] == "warning"
