@@ -18,6 +18,12 @@ marker of its own (`learning`) and CI does not run it:
   +7.54, +6.16, KL (sampled-token estimate) 2.97, 4.02, 2.43, 5.08, 3.92; at the default lr
   1e-5 (sized for SmolLM2) z = 2.50, 1.24, 3.00, 3.21, -0.16.
 
+Measured 2026-12-03 on the 2-core Intel Xeon (1 thread, the other core busy), the bound as
+above, lr 1e-4: with early rewards (the default since): z -0.26, +3.88, +6.42, +2.84, +1.62,
+KL 4.06, 5.08, 5.23, 5.08, 4.34 (10-28 updates); without them (as the figures above): z +3.59,
++5.15, +5.59, +2.77, +1.79, KL 5.002, 4.98, 4.79, 4.42, 4.77 (7-16 updates). Two seeds short
+of z 3 either way; the fresh samples' KL ends up to 5% over the budget the 32-post probe held.
+
 It runs the core of `bench/online.py` (imported by path): the `tiny` preset fitted on the
 face's history (cached in the user cache folder, so only the first run pays for the fit), then
 per seed the controller's real jobs (post, collect, learn) through a budget of posts at 12 a
