@@ -14,10 +14,10 @@ the reward model's predictions stored at posting time as their rewards, relative
 prediction of the cycle's survivors (group-relative, as GRPO; not divided by the group's
 spread, so where the reward model cannot tell them apart they barely move the policy). They
 share ``candidates_weight`` among them, against the published post's real reward at weight 1,
-so real rewards dominate, scaled by how right the reward model has been on the face's posts
-(``reward_model.trust``: its Spearman correlation with the rewards that came, none below 0),
-so a head that steers wrong stops teaching. Filtered candidates stay out: a filter says "not
-publishable", not how the audience would react."""
+so real rewards dominate. With ``reward_model.trust`` (off by default: it did not help on the
+benchmark) that share is scaled by how right the reward model has been on the face's posts
+(its Spearman correlation with the rewards that came, none below 0). Filtered candidates stay
+out: a filter says "not publishable", not how the audience would react."""
 
 from __future__ import annotations
 

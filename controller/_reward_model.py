@@ -34,7 +34,7 @@ from plaudit.state import RewardSource
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from plaudit.learner import RewardHead
+    from plaudit.learner import RewardHead, Transformer
 
 # Own rewarded posts the head is fitted on, at most (the newest).
 MAX_OWN = 2000
@@ -65,6 +65,12 @@ class RewardModel:
     @property
     def enabled(self) -> bool:
         return self.ctx.settings.reward_model.enabled
+
+    @property
+    def _frozen(self) -> Transformer:
+        """The model features are read from: the KL reference, or the policy before it has one."""
+        policy = self.ctx.policy
+        return policy.reference if policy.reference is not None else policy.model
 
     def rewards_arrived(self) -> None:
         self.stale = True
@@ -116,7 +122,7 @@ class RewardModel:
         from plaudit.learner import RewardHead, text_features
 
         policy = self.ctx.policy
-        reference = policy.reference if policy.reference is not None else policy.model
+        reference = self._frozen
         if reference is not self._reference:  # a new reference: every feature changes
             self._features.clear()
             self._reference = reference
@@ -138,9 +144,7 @@ class RewardModel:
 
         from plaudit.learner import RewardModelState
 
-        policy = self.ctx.policy
-        reference = policy.reference if policy.reference is not None else policy.model
-        if not self._features or reference is not self._reference:
+        if not self._features or self._frozen is not self._reference:
             return
         keys = list(self._features)
         RewardModelState(
@@ -166,8 +170,7 @@ class RewardModel:
             return 0
         if state.reference != self._reference_tag():
             return 0  # kept before an offline fit: another reference's features
-        policy = self.ctx.policy
-        self._reference = policy.reference if policy.reference is not None else policy.model
+        self._reference = self._frozen
         self._features = dict(zip(state.keys, state.features, strict=True))
         self.head = state.head  # until the refit at the first post cycle (features cached)
         return len(state.keys)
@@ -179,8 +182,7 @@ class RewardModel:
         if len(texts) < 2:
             self.head = None
             return
-        policy = self.ctx.policy
-        reference = policy.reference if policy.reference is not None else policy.model
+        reference = self._frozen
         head = await self.ctx.worker.run_soon(
             "reward_model", self._fit, texts, targets, weights, n_own
         )
@@ -205,7 +207,7 @@ class RewardModel:
         if not self.enabled:
             return None
         policy = self.ctx.policy
-        reference = policy.reference if policy.reference is not None else policy.model
+        reference = self._frozen
         if self.stale or reference is not self._reference:
             await self.refit()
         head = self.head
