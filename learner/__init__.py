@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from ._hf import export_hf
     from ._kv_cache import KVCache
     from ._load import LoadedModel, default_cache_dir, load_model, save_model, verify_model_folder
+    from ._lora import LoRAConfig
     from ._model import Transformer
     from ._online import OnlineUpdateConfig, Trajectory, UpdateStats
     from ._policy import Candidate, Policy, Restored, drop_optimizer_state
@@ -106,6 +107,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "Trajectory": ("._online", "Trajectory"),
     "UpdateStats": ("._online", "UpdateStats"),
     "Candidate": ("._policy", "Candidate"),
+    "LoRAConfig": ("._lora", "LoRAConfig"),
     "Policy": ("._policy", "Policy"),
     "Restored": ("._policy", "Restored"),
     "drop_optimizer_state": ("._policy", "drop_optimizer_state"),
@@ -150,6 +152,7 @@ __all__: list[str] = [
     "GenerationInterrupted",
     "KVCache",
     "LearnerError",
+    "LoRAConfig",
     "LoadedModel",
     "ModelConfig",
     "ModelExportError",

@@ -527,38 +527,48 @@ def _loss(
 
 
 class _Snapshot:
-    """The weights and the optimizer state at one moment, to go back to. `capture` copies
-    into the buffers of an earlier capture (no new memory per step: for SmolLM2 the weights and
-    AdamW's moments are 1.6 GB, and fresh pages cost more than the copy)."""
+    """The trained weights (the optimizer's parameters: every weight, or LoRA's adapters) and
+    the optimizer state at one moment, to go back to. `capture` copies into the buffers of an
+    earlier capture (no new memory per step: for SmolLM2 the weights and AdamW's moments are
+    1.6 GB, and fresh pages cost more than the copy)."""
 
-    def __init__(self, model: Transformer, optimizer: torch.optim.Optimizer) -> None:
-        self.weights: dict[str, Tensor] = {}
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.weights: list[Tensor] = []
         self.state: dict[Tensor, dict[str, Any]] = {}
-        self.capture(model, optimizer)
+        self.capture(optimizer)
 
-    def capture(self, model: Transformer, optimizer: torch.optim.Optimizer) -> None:
+    def capture(self, optimizer: torch.optim.Optimizer) -> None:
         with torch.no_grad():
-            for name, value in model.state_dict().items():
-                _copy_into(self.weights, name, value)
+            params = _trained(optimizer)
+            if len(self.weights) != len(params):
+                self.weights = [p.detach().clone() for p in params]
+            else:
+                for kept, p in zip(self.weights, params, strict=True):
+                    kept.copy_(p)
             state: dict[Tensor, dict[str, Any]] = {}
             for param, per_param in optimizer.state.items():
-                kept = self.state.get(param, {})
+                kept_state = self.state.get(param, {})
                 for key, value in per_param.items():
-                    _copy_into(kept, key, value)
-                state[param] = kept
+                    _copy_into(kept_state, key, value)
+                state[param] = kept_state
             self.state = state
 
-    def restore(self, model: Transformer, optimizer: torch.optim.Optimizer) -> None:
+    def restore(self, optimizer: torch.optim.Optimizer) -> None:
         with torch.no_grad():
-            for name, value in model.state_dict().items():
-                value.copy_(self.weights[name])
+            for p, kept in zip(_trained(optimizer), self.weights, strict=True):
+                p.copy_(kept)
             for param in list(optimizer.state):
                 if param not in self.state:
                     del optimizer.state[param]  # no state yet at the capture (a fresh optimizer)
-            for param, kept in self.state.items():
+            for param, kept_state in self.state.items():
                 live = optimizer.state[param]
-                for key, value in kept.items():
+                for key, value in kept_state.items():
                     _copy_into(live, key, value)
+
+
+def _trained(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    """The parameters an optimizer steps, in a fixed order."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def _copy_into(into: dict[str, Any], key: str, value: Any) -> None:
@@ -607,14 +617,14 @@ def policy_update(
             f"{len(t.behaviour_logprobs)} behaviour logprobs for {len(t.completion)} tokens"
         )
     probe = [t for t in probe if t.completion]
-    initial = _Snapshot(model, optimizer)
+    initial = _Snapshot(optimizer)
     was_training = model.training
     try:
         return _Update(
             model, reference, optimizer, batch, config, current_version, probe, initial
         ).run(should_stop, between_steps)
     except BaseException:
-        initial.restore(model, optimizer)
+        initial.restore(optimizer)
         raise
     finally:
         optimizer.zero_grad(set_to_none=True)
@@ -711,12 +721,12 @@ class _Update:
                     if steps == 0:
                         before = self.initial
                     elif before is None or before is self.initial:
-                        before = _Snapshot(model, self.optimizer)
+                        before = _Snapshot(self.optimizer)
                     else:
-                        before.capture(model, self.optimizer)
+                        before.capture(self.optimizer)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                torch.nn.utils.clip_grad_norm_(_trained(self.optimizer), config.grad_clip)
                 self.optimizer.step()
                 self._count(ratio, rows, mb_items)
                 if self.bound is not None:
@@ -728,7 +738,7 @@ class _Update:
                         )
                     if after.kl_upper > self.bound and after.kl_upper > current.kl_upper:
                         assert before is not None
-                        before.restore(model, self.optimizer)
+                        before.restore(self.optimizer)
                         undone += 1
                         stop_reason = "max_kl"
                         break

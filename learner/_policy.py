@@ -5,12 +5,13 @@ controller makes from its one torch worker thread (never two at once)."""
 from __future__ import annotations
 
 import copy
+import math
 import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -20,6 +21,7 @@ from ._engine import SamplingConfig
 from ._errors import DamagedModelError, ModelLoadError
 from ._generate import generate_text
 from ._load import LoadedModel, load_model, model_folder_writer, write_model_folder
+from ._lora import ADAPTERS_FILE, Adapters, LoRAConfig, base_view
 from ._model import Transformer
 from ._online import OnlineUpdateConfig, Trajectory, UpdateStats, policy_update
 from ._step_record import StepRecord
@@ -61,6 +63,10 @@ class Restored:
 
     optimizer: bool  # it carried optimizer state; False: the optimizer starts afresh
     checksums: bool  # its files matched the checksums written at save; False: it had none
+    # LoRA only: the checkpoint's adapters did not belong to this policy's base weights (a
+    # checkpoint of full fine-tuning, or one older than the reference), so its merged weights
+    # became the base and the KL reference (`Policy.load_reference`).
+    reanchored: bool = False
 
 
 class Policy:
@@ -75,7 +81,11 @@ class Policy:
         lr: float,
         weight_decay: float = 0.0,
         generation_dtype: torch.dtype = torch.float32,
+        lora: LoRAConfig | None = None,
     ) -> None:
+        """With ``lora``, online updates train low-rank adapters on ``model``'s attention and
+        MLP layers (`Adapters`), its own weights frozen: they are the KL reference (a view of
+        the same tensors, no copy), and ``reference`` must be None."""
         self.model = model
         self.generation_dtype = generation_dtype
         self.tokenizer = tokenizer
@@ -85,6 +95,11 @@ class Policy:
         self.lr = lr
         self._weight_decay = weight_decay
         self._optimizer: torch.optim.Optimizer | None = None
+        self.lora = lora
+        self.adapters: Adapters | None = None
+        if lora is not None:
+            assert reference is None, "with LoRA the base weights are the reference"
+            self._adapt(model)
 
     @classmethod
     def load(
@@ -99,11 +114,13 @@ class Policy:
         with_reference: bool = True,
         generation_dtype: torch.dtype = torch.float32,
         reference: Path | None = None,
+        lora: LoRAConfig | None = None,
     ) -> Policy:
         """The base model ``spec`` is the reference, or the model folder ``reference`` (one
         `save_reference` wrote: the anchor of a daemon that ran before) where given;
         ``checkpoint`` (if any) holds the current weights (`restore`). Without
-        ``with_reference`` there is no reference (``reference`` is then not read). A
+        ``with_reference`` there is no reference (``reference`` is then not read; with
+        ``lora`` the base weights are the reference all the same, at no cost). A
         ``reference`` of another architecture than ``spec`` raises `ModelLoadError`, a damaged
         reference or checkpoint `DamagedModelError`."""
         base: LoadedModel = load_model(spec, cache_dir=cache_dir, device=device)
@@ -115,10 +132,11 @@ class Policy:
             source=base.source,
             lr=lr,
             generation_dtype=generation_dtype,
+            lora=lora,
         )
         if with_reference and reference is not None:
             policy.load_reference(reference)
-        elif with_reference:
+        elif with_reference and lora is None:
             policy.reference = copy.deepcopy(base.model).requires_grad_(False).eval()
         if checkpoint is not None:
             policy.restore(checkpoint, version=version)
@@ -130,39 +148,91 @@ class Policy:
         checked first (checksums, finite weights and optimizer moments), and a damaged one
         raises `DamagedModelError` naming it, with the policy left as it was. A checkpoint
         without optimizer state (an older one, `drop_optimizer_state`) leaves the optimizer to
-        start afresh at the next update."""
+        start afresh at the next update.
+
+        With LoRA the checkpoint's adapters are applied to the base weights (the reference)
+        when they were trained on them (`Adapters.fingerprint`); a checkpoint without them (of
+        full fine-tuning) or of another base or rank is taken whole: its merged weights become
+        the base and the reference (``reanchored``)."""
         device = next(self.model.parameters()).device
         loaded = load_model(folder, device=device)
-        optimizer = None
-        state_file = folder / OPTIMIZER_FILE
         listed = listed_files(folder)
-        # Unlisted beside a listing: a drop cut short between its two steps, so already gone.
-        if state_file.is_file() and (listed is None or OPTIMIZER_FILE in listed):
+        if self.adapters is not None:
+            return self._restore_adapters(folder, loaded, listed, version=version)
+        optimizer = None
+        # A LoRA checkpoint's optimizer state holds the adapters' moments: not these weights'.
+        lora_state = _present(folder, ADAPTERS_FILE, listed)
+        if _present(folder, OPTIMIZER_FILE, listed) and not lora_state:
             optimizer = loaded.model.configure_optimizer(
                 lr=self.lr, weight_decay=self._weight_decay
             )
-            try:
-                state = torch.load(state_file, map_location=device, weights_only=True)
-                optimizer.load_state_dict(state)
-            except Exception as e:  # torch raises many kinds on a damaged zip/pickle
-                raise DamagedModelError(
-                    f"{state_file} cannot be used ({type(e).__name__}: {e}); restore the folder "
-                    f"from a backup, or use an older checkpoint.",
-                    path=str(state_file),
-                ) from e
-            _check_finite_moments(optimizer, state_file)
+            _load_optimizer(optimizer, folder / OPTIMIZER_FILE)
         self.model, self.tokenizer, self.source = loaded.model, loaded.tokenizer, str(folder)
         self.version = version
         self._optimizer = optimizer
         return Restored(optimizer=optimizer is not None, checksums=loaded.checked)
 
+    def _restore_adapters(
+        self, folder: Path, loaded: LoadedModel, listed: set[str] | None, *, version: int
+    ) -> Restored:
+        assert self.adapters is not None and self.lora is not None
+        _check_same_shapes(loaded.model, self.model, folder)
+        saved = _read_adapters(folder) if _present(folder, ADAPTERS_FILE, listed) else None
+        fits = (
+            saved is not None
+            and saved["rank"] == self.lora.rank
+            and saved["alpha"] == self.lora.alpha
+            and _same_sums(saved["fingerprint"], self.adapters.fingerprint())
+        )
+        optimizer = None
+        if fits:
+            assert saved is not None
+            with torch.no_grad():
+                for name, value in saved["adapters"].items():
+                    self.adapters.get_parameter(name).copy_(value)
+            if _present(folder, OPTIMIZER_FILE, listed):
+                optimizer = self._new_optimizer()
+                _load_optimizer(optimizer, folder / OPTIMIZER_FILE)
+        else:  # the merged weights are the policy now: anchor to them
+            self.model.load_state_dict(loaded.model.state_dict())
+            self._anchor_here()
+        self.tokenizer, self.source, self.version = loaded.tokenizer, str(folder), version
+        self._optimizer = optimizer
+        return Restored(
+            optimizer=optimizer is not None, checksums=loaded.checked, reanchored=not fits
+        )
+
     def load_reference(self, folder: Path) -> None:
         """Anchor to the model folder ``folder`` (one `save_reference` or `save` wrote). One of
         another architecture than the policy's model raises `ModelLoadError`, a damaged one
-        `DamagedModelError`; either way the anchor stays as it was."""
+        `DamagedModelError`; either way the anchor stays as it was. With LoRA the folder's
+        weights become the base weights and the adapters start at zero."""
         anchor = load_model(folder, device=next(self.model.parameters()).device).model
         _check_same_shapes(anchor, self.model, folder)
+        if self.adapters is not None:
+            self.model.load_state_dict(anchor.state_dict())
+            self._anchor_here()
+            return
         self.reference = anchor.requires_grad_(False).eval()
+
+    def _adapt(self, model: Transformer) -> None:
+        """Put fresh adapters on ``model`` (its weights frozen: they are the reference)."""
+        assert self.lora is not None
+        if self.adapters is not None:
+            self.adapters.remove()
+        model.requires_grad_(False)
+        self.adapters = Adapters(model, self.lora)
+        self.reference = base_view(model)
+        self._optimizer = None
+
+    def _anchor_here(self) -> None:
+        """LoRA: the base weights as they are now are the reference; the adapters start at
+        zero, with a fresh optimizer (its moments belong to the old anchor). A new reference
+        object, so caches keyed by the reference (the reward model's features) see the change."""
+        assert self.adapters is not None
+        self.adapters.zero()
+        self.reference = base_view(self.model)
+        self._optimizer = None
 
     @property
     def device(self) -> Literal["cpu", "cuda"]:
@@ -173,10 +243,24 @@ class Policy:
     @property
     def optimizer(self) -> torch.optim.Optimizer:
         if self._optimizer is None:
-            self._optimizer = self.model.configure_optimizer(
-                lr=self.lr, weight_decay=self._weight_decay
-            )
+            self._optimizer = self._new_optimizer()
         return self._optimizer
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        """The online update's AdamW: over every weight, or with LoRA over the adapters."""
+        if self.adapters is None:
+            return self.model.configure_optimizer(lr=self.lr, weight_decay=self._weight_decay)
+        params = list(self.adapters.parameters())
+        return torch.optim.AdamW(
+            params, lr=self.lr, betas=(0.9, 0.95), weight_decay=self._weight_decay
+        )
+
+    @property
+    def trained_parameters(self) -> list[torch.nn.Parameter]:
+        """What an online update changes: every weight, or with LoRA the adapters."""
+        if self.adapters is not None:
+            return list(self.adapters.parameters())
+        return [p for p in self.model.parameters() if p.requires_grad]
 
     # -- generation -----------------------------------------------------------------------
 
@@ -210,7 +294,7 @@ class Policy:
         every token, ``finished=False`` and ``cut=False``, and the controller drops it."""
         self.model.eval()
         samples = generate_text(
-            model=self.model,
+            model=self._sampled(),
             tokenizer=self.tokenizer,
             prompts=prompts,
             n=n,
@@ -241,6 +325,13 @@ class Policy:
                 )
             )
         return out
+
+    def _sampled(self) -> Transformer:
+        """The model generation samples: with LoRA, adapters merged into a transient copy of
+        the adapted layers (the engine copies weights from the state dict, which hooks miss)."""
+        if self.adapters is None or self.adapters.is_zero():
+            return self.model
+        return self.adapters.merged(self.model)
 
     def _sentence_end(self, tokens: list[int]) -> int | None:
         """How many tokens make up the complete sentences at the start of ``tokens`` (the
@@ -297,7 +388,18 @@ class Policy:
         """A plaudit model folder plus the online optimizer state, written atomically as one
         (replacing `folder`)."""
         with model_folder_writer(folder) as tmp:
-            write_model_folder(tmp, model=self.model, tokenizer=self.tokenizer)
+            write_model_folder(tmp, model=self._sampled(), tokenizer=self.tokenizer)
+            if self.adapters is not None:
+                assert self.lora is not None
+                saved = {
+                    "rank": self.lora.rank,
+                    "alpha": self.lora.alpha,
+                    "fingerprint": self.adapters.fingerprint(),
+                    "adapters": {
+                        k: v.detach().cpu() for k, v in self.adapters.state_dict().items()
+                    },
+                }
+                torch.save(saved, tmp / ADAPTERS_FILE)
             if self._optimizer is not None:
                 torch.save(self._optimizer.state_dict(), tmp / OPTIMIZER_FILE)
 
@@ -311,7 +413,12 @@ class Policy:
 
     def reset_reference(self) -> None:
         """Anchor to the current weights (after an offline fit: the community's style). The
-        online optimizer starts afresh: its moments belong to the old anchor."""
+        online optimizer starts afresh: its moments belong to the old anchor. With LoRA the
+        adapters are merged into the base weights, which are the reference: no copy."""
+        if self.adapters is not None:
+            self.adapters.merge()
+            self._anchor_here()
+            return
         self.reference = copy.deepcopy(self.model).requires_grad_(False).eval()
         self._optimizer = None
 
@@ -335,6 +442,13 @@ class Policy:
         All-or-nothing: if it raises (a NaN loss, out of memory), the weights are put back as
         they were and the exception is re-raised."""
         before = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        adapters = self.adapters
+        kept: dict[str, torch.Tensor] = {}
+        if adapters is not None:  # the fit trains the whole policy: base plus adapters
+            kept = {k: v.detach().clone() for k, v in adapters.state_dict().items()}
+            adapters.merge()
+            adapters.remove()
+            self.model.requires_grad_(True)
         try:
             result = train_in_memory(
                 config,
@@ -350,9 +464,17 @@ class Policy:
                 self.model.load_state_dict(result.best_weights)
         except BaseException:
             self.model.load_state_dict(before)
+            if adapters is not None:
+                adapters.load_state_dict(kept)
             raise
         finally:
             self.model.eval()
+            if adapters is not None:
+                self.model.requires_grad_(False)
+                adapters.install()
+        if adapters is not None and result.steps <= start_step:
+            self.model.load_state_dict(before)  # nothing fitted: un-merge
+            adapters.load_state_dict(kept)
         if result.steps > start_step:
             self.reset_reference()
             self.version += 1
@@ -373,6 +495,55 @@ class Policy:
         self.reset_reference()
         self.version += 1
         return self.version
+
+
+def _present(folder: Path, name: str, listed: set[str] | None) -> bool:
+    """The checkpoint file ``name`` is there and counts: unlisted beside a listing, it is one
+    a drop cut short between its two steps (`drop_file`), so already gone."""
+    return (folder / name).is_file() and (listed is None or name in listed)
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, state_file: Path) -> None:
+    device = next(p.device for g in optimizer.param_groups for p in g["params"])
+    try:
+        state = torch.load(state_file, map_location=device, weights_only=True)
+        optimizer.load_state_dict(state)
+    except Exception as e:  # torch raises many kinds on a damaged zip/pickle
+        raise DamagedModelError(
+            f"{state_file} cannot be used ({type(e).__name__}: {e}); restore the folder "
+            f"from a backup, or use an older checkpoint.",
+            path=str(state_file),
+        ) from e
+    _check_finite_moments(optimizer, state_file)
+
+
+def _read_adapters(folder: Path) -> dict[str, Any]:
+    file = folder / ADAPTERS_FILE
+    try:
+        saved = torch.load(file, map_location="cpu", weights_only=True)
+        assert isinstance(saved, dict) and {"rank", "alpha", "fingerprint", "adapters"} <= set(
+            saved
+        )
+    except Exception as e:
+        raise DamagedModelError(
+            f"{file} cannot be used ({type(e).__name__}: {e}); restore the folder from a "
+            f"backup, or use an older checkpoint.",
+            path=str(file),
+        ) from e
+    for name, value in saved["adapters"].items():
+        if not bool(torch.isfinite(value).all()):
+            raise DamagedModelError(
+                f"{file} holds NaN or infinite values in {name}; restore the folder from a "
+                f"backup, or use an older checkpoint.",
+                path=str(file),
+            )
+    return saved
+
+
+def _same_sums(saved: Sequence[float], own: Sequence[float]) -> bool:
+    return len(saved) == len(own) and all(
+        math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9) for a, b in zip(saved, own, strict=True)
+    )
 
 
 def drop_optimizer_state(folder: Path) -> int:
