@@ -680,6 +680,7 @@ class RunResult:
     eval_s: float
     wall_s: float
     outcomes: dict[str, int] = field(default_factory=dict)  # "kind:outcome" -> jobs
+    memory: dict[str, int] = field(default_factory=dict)  # `Policy.memory` at the end
 
 
 async def run_one(
@@ -707,7 +708,9 @@ async def run_one(
     worker = TimedWorker()
     # Set on the worker thread too: torch's thread count is not shared by every thread.
     await worker.run("threads", torch.set_num_threads, threads)
-    policy = await worker.run("load", Policy.load, model, lr=settings.online.lr)
+    policy = await worker.run(
+        "load", Policy.load, model, lr=settings.online.lr, lora=settings.online.lora()
+    )
     ctl = Controller(
         settings=settings,
         store=store,
@@ -791,6 +794,7 @@ async def run_one(
             eval_s=worker.seconds["eval"],
             wall_s=time.perf_counter() - t_start,
             outcomes=dict(outcomes),
+            memory=await worker.run("memory", policy.memory),
         )
     finally:
         await ctl.stop(deadline=time.monotonic() + 60)
@@ -920,6 +924,9 @@ def summarise(runs: dict[str, list[RunResult]], posts: int) -> dict[str, Any]:
             "generate_s": over_seeds(rs, lambda r: r.generate_s),
             "eval_s": over_seeds(rs, lambda r: r.eval_s),
             "wall_s": over_seeds(rs, lambda r: r.wall_s),
+            # MB the learner holds at the end: weights, the KL reference beyond them, LoRA's
+            # adapters, the optimizer's moments
+            "memory_mb": {k: round(v / 2**20, 1) for k, v in rs[0].memory.items()},
             "seeds": [r.seed for r in rs],
             "outcomes": [r.outcomes for r in rs],
         }

@@ -81,6 +81,8 @@ def resume_from_checkpoints(policy: Policy, store: Store) -> Resumed:
             store.mark_checkpoint_damaged(ckpt.id, reason=str(exc), path=moved or folder)
             set_aside.append(SetAside(checkpoint=ckpt, error=str(exc), moved_to=moved))
             continue
+        if restored.reanchored:  # a LoRA policy took this checkpoint's weights as its base
+            store.set_value(REFERENCE_KEY, folder.name)
         return Resumed(checkpoint=ckpt, restored=restored, set_aside=set_aside, missing=missing)
     return Resumed(checkpoint=None, restored=None, set_aside=set_aside, missing=missing)
 

@@ -15,7 +15,7 @@ from plaudit.controller._durations import Duration, PositiveDuration
 from plaudit.controller._rewards import selection_kl
 
 if TYPE_CHECKING:
-    from plaudit.learner import OfflineTrainConfig
+    from plaudit.learner import LoRAConfig, OfflineTrainConfig
 
 
 class _Section(BaseModel):
@@ -124,6 +124,18 @@ class OnlineConfig(_Section):
     # truncated importance weights correct for how stale they are. 0: each reward trains once.
     replay_posts: int = Field(default=0, ge=0, le=256)
     replay_weight: float = Field(default=0.25, gt=0, le=1)
+    # LoRA: online updates train low-rank adapters of this rank on the attention and MLP
+    # layers instead of every weight; the KL reference is then the base weights themselves
+    # (no second copy) and the optimizer's moments are the adapters'. 0: full fine-tuning.
+    # Changing it needs a restart. The adapters' term is scaled by lora_alpha / lora_rank.
+    lora_rank: int = Field(default=0, ge=0, le=256)
+    lora_alpha: float = Field(default=16.0, gt=0)
+
+    def lora(self) -> LoRAConfig | None:
+        """The adapters to train, or None for full fine-tuning (imports torch)."""
+        from plaudit.learner import LoRAConfig
+
+        return LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha) if self.lora_rank else None
 
 
 class RewardModelConfig(_Section):

@@ -360,6 +360,7 @@ class Daemon:
                     device=device,
                     lr=self.settings.online.lr,
                     generation_dtype=dtype,
+                    lora=self.settings.online.lora(),
                     with_reference=reference is None,
                 )
             except (LearnerError, OSError) as exc:
@@ -433,6 +434,14 @@ class Daemon:
                 )
             return
         assert resumed.restored is not None
+        if resumed.restored.reanchored:
+            self.log.warning(
+                "KL reference moved to the restored checkpoint",
+                checkpoint=resumed.checkpoint.path,
+                reason="its weights are not LoRA adapters on the reference loaded (a checkpoint "
+                "of full fine-tuning, or of another LoRA rank): they are the base weights and "
+                "the reference now, and the drift budget counts from them",
+            )
         if not resumed.restored.optimizer:
             (self.log.warning if fell_back else self.log.info)(
                 "optimizer reset",
@@ -521,9 +530,15 @@ class Daemon:
             self.state = "running"
             self.notifier.ready()
             return
-        if new.model != self.settings.model or set(new.faces) != set(self.settings.faces):
+        lora = ("lora_rank", "lora_alpha")
+        if (
+            new.model != self.settings.model
+            or set(new.faces) != set(self.settings.faces)
+            or any(getattr(new.online, k) != getattr(self.settings.online, k) for k in lora)
+        ):
             self.log.warning(
-                "model or set of faces changed: those changes need a restart; applying the rest"
+                "model, set of faces or LoRA changed: those changes need a restart; applying "
+                "the rest"
             )
         await self._refresh_faces(new)
         self.settings = new

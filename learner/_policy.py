@@ -8,7 +8,7 @@ import copy
 import math
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -254,6 +254,34 @@ class Policy:
         return torch.optim.AdamW(
             params, lr=self.lr, betas=(0.9, 0.95), weight_decay=self._weight_decay
         )
+
+    def memory(self) -> dict[str, int]:
+        """Bytes the learner holds, each tensor counted once: ``weights`` (the model's),
+        ``reference`` (the KL reference's beyond memory it shares with the model: a full copy
+        without LoRA, none with it), ``adapters``, ``optimizer`` (its moments)."""
+        seen: set[int] = set()
+
+        def fresh(tensors: Iterable[torch.Tensor]) -> int:
+            total = 0
+            for t in tensors:
+                storage = t.untyped_storage()
+                if storage.data_ptr() not in seen:
+                    seen.add(storage.data_ptr())
+                    total += storage.nbytes()
+            return total
+
+        moments = (
+            v
+            for per_param in (self._optimizer.state.values() if self._optimizer else ())
+            for v in per_param.values()
+            if isinstance(v, torch.Tensor)
+        )
+        return {
+            "weights": fresh(self.model.state_dict().values()),
+            "reference": fresh(self.reference.state_dict().values()) if self.reference else 0,
+            "adapters": fresh(self.adapters.parameters()) if self.adapters is not None else 0,
+            "optimizer": fresh(moments),
+        }
 
     @property
     def trained_parameters(self) -> list[torch.nn.Parameter]:

@@ -88,7 +88,7 @@ class Loop:
             clock=self.clock,
         )
         self.face.seed(history())
-        self.policy = Policy.load(model_dir, lr=1e-3)
+        self.policy = Policy.load(model_dir, lr=1e-3, lora=loop_settings.online.lora())
         self.worker = TorchWorker()
         self.metrics = Metrics(faces=["mem"], version="test", model="tiny", process=False)
         self.settings = loop_settings

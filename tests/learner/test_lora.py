@@ -243,3 +243,16 @@ def test_an_offline_fit_that_fails_puts_base_and_adapters_back(tiny_model_dir: P
     assert not any(p.requires_grad for p in policy.model.parameters())
     idx = torch.randint(0, 100, (1, 8))
     assert not torch.allclose(hidden(policy.model, idx), hidden(reference, idx))  # hooks back
+
+
+def test_lora_holds_no_reference_copy_and_small_optimizer_state(tiny_model_dir: Path) -> None:
+    full = Policy.load(tiny_model_dir, lr=1e-2)
+    lora = Policy.load(tiny_model_dir, lr=1e-2, lora=LORA)
+    for policy in (full, lora):
+        policy.update(rewarded(policy, [1.0, -1.0]), config=OnlineUpdateConfig(max_kl=None))
+    f, m = full.memory(), lora.memory()
+    assert f["weights"] == m["weights"] > 0
+    assert f["reference"] == f["weights"] and m["reference"] == 0
+    assert f["adapters"] == 0 and 0 < m["adapters"] < m["weights"] / 4
+    # AdamW: two moments per trained value (plus a step count each)
+    assert m["optimizer"] < 3 * m["adapters"] < f["optimizer"]
