@@ -7,6 +7,10 @@ time is the whole `policy_update` call: the reference's pass, the KL penalty, th
 after every step (on the probe of recent samples the daemon passes, or on the batch) and the
 snapshots that let a step be undone.
 
+With ``--lora RANK`` (8 by default; 0: not run) the same update of a second policy that trains
+LoRA adapters (`online.lora_rank`) is timed beside them, and both policies' memory is reported
+(`Policy.memory`: weights, the KL reference beyond them, adapters, optimizer moments).
+
 The posts are real: prompts as the controller writes them (two history posts of the simulated
 face's corpus each), completions sampled by the model itself at the posting settings.
 
@@ -32,6 +36,7 @@ import torch.nn.functional as F
 from plaudit.controller import SYSTEM, instructions
 from plaudit.faces.simulated import load_corpus
 from plaudit.learner import (
+    LoRAConfig,
     OnlineUpdateConfig,
     Policy,
     SamplingConfig,
@@ -41,15 +46,15 @@ from plaudit.learner import (
 )
 
 
-def policy_for(model: str) -> Policy:
+def policy_for(model: str, lora: LoRAConfig | None = None) -> Policy:
     """SmolLM2 (its cached conversion), a model folder, or ``tiny``: the `tiny` preset that
     bench/online.py fitted on the simulated face's history (run it once first)."""
     if model == "tiny":
         fitted = sorted((default_cache_dir() / "bench-online").glob("simulated-tiny-*/model"))
         if not fitted:
             raise SystemExit("no fitted tiny model: run `bench/online.py --quick` once first")
-        return Policy.load(fitted[-1], lr=1e-5)
-    return Policy.load(model, lr=1e-5)
+        return Policy.load(fitted[-1], lr=1e-5, lora=lora)
+    return Policy.load(model, lr=1e-5, lora=lora)
 
 
 def trajectories(policy: Policy, n: int, seed: int) -> list[Trajectory]:
@@ -157,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--lora", type=int, default=8, help="LoRA rank of a side timed too (0: none)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     configure_torch()
@@ -178,14 +184,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"plaudit (probe {len(probe)})": plaudit(probe),
         "plaudit (batch measured)": plaudit([]),
     }
+    adapted = policy_for(args.model, LoRAConfig(rank=args.lora)) if args.lora else None
+    if adapted is not None:
+        config = OnlineUpdateConfig(epochs=args.epochs, max_kl=1e9, kl_coef=0.05)
+        sides[f"plaudit LoRA r{args.lora} (probe {len(probe)})"] = lambda: adapted.update(
+            batch, config=config, probe=probe
+        )
+
+    def reset() -> None:
+        policy.model.load_state_dict(snapshot)
+        if adapted is not None:
+            assert adapted.adapters is not None
+            adapted.adapters.zero()
+
     times: dict[str, list[float]] = {k: [] for k in sides}
     for fn in sides.values():  # warm-up: allocator, packed weights, optimizer state
         fn()
-        policy.model.load_state_dict(snapshot)
+        reset()
     for _ in range(args.repeats):
         for name, fn in sides.items():
             times[name].append(timed(fn))
-            policy.model.load_state_dict(snapshot)
+            reset()
     medians = {k: statistics.median(v) for k, v in times.items()}
     latency = posting_latency(policy, batch, probe, args.epochs)
     policy.model.load_state_dict(snapshot)
@@ -202,6 +221,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ratio_to_floor": {k: round(v / medians["floor"], 3) for k, v in medians.items()},
         "runs": {k: [round(x, 4) for x in v] for k, v in times.items()},
         "posting_latency": latency,
+        "memory_mb": {
+            name: {k: round(v / 2**20, 1) for k, v in p.memory().items()}
+            for name, p in (("full", policy), ("lora", adapted))
+            if p is not None
+        },
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -209,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.model}: {len(batch)} posts ({tokens} tokens), epochs {args.epochs}")
         for k, v in medians.items():
             print(f"  {k:28s} {v:8.3f} s  {v / medians['floor']:5.2f}x floor")
+        for name, mem in result["memory_mb"].items():
+            print(f"  memory, {name}: " + ", ".join(f"{k} {v:.0f} MB" for k, v in mem.items()))
         print(
             f"  a generation submitted during the update waited {latency['wait_max_s']:.3f} s "
             f"at most (median {latency['wait_median_s']:.3f} s); the update's steps took "

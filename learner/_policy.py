@@ -467,6 +467,8 @@ class Policy:
         does. Nothing is written to disk. A fit stopped before its first step changes nothing.
         ``between_steps`` is called after every micro-batch (`fit`'s `between_micro_batches`);
         ``start_step`` continues a stopped fit of the same config from that step.
+        With LoRA the adapters are merged first and every weight is fitted (the hooks off);
+        the adapters start again at zero on the fitted weights, the new reference.
         All-or-nothing: if it raises (a NaN loss, out of memory), the weights are put back as
         they were and the exception is re-raised."""
         before = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
