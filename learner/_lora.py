@@ -103,10 +103,13 @@ class Adapters(nn.Module):
     def merged(self, model: Transformer) -> Transformer:
         """A `Transformer` computing what the adapted ``model`` computes, without hooks: the
         adapted layers' weights ``W + scale * B A`` (new tensors), every other tensor shared
-        with ``model``. For `decode_copy`, which does not see hooks."""
+        with ``model``. For `decode_copy`, which does not see hooks: each merged weight is
+        built transposed, (in, out) contiguous, and handed over as its (out, in) view, the
+        layout `DecodeLinear` keeps, so the engine's copy of it is no copy at all."""
         state = dict(model.state_dict())
         for name, layer, a, b in self.pairs():
-            state[f"{name}.weight"] = layer.weight + self.delta(a, b)
+            merged_t = torch.addmm(layer.weight.t(), a.t(), b.t(), alpha=self.config.scale)
+            state[f"{name}.weight"] = merged_t.t()  # (out, in) view of (in, out) memory
         return _sharing(model, state)
 
     @torch.no_grad()
