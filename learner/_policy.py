@@ -183,16 +183,18 @@ class Policy:
             and saved["rank"] == self.lora.rank
             and saved["alpha"] == self.lora.alpha
             and _same_sums(saved["fingerprint"], self.adapters.fingerprint())
+            and {k: v.shape for k, v in saved["adapters"].items()}
+            == {k: v.shape for k, v in self.adapters.state_dict().items()}
         )
         optimizer = None
         if fits:
             assert saved is not None
+            if _present(folder, OPTIMIZER_FILE, listed):  # read first: it may be damaged
+                optimizer = self._new_optimizer()
+                _load_optimizer(optimizer, folder / OPTIMIZER_FILE)
             with torch.no_grad():
                 for name, value in saved["adapters"].items():
                     self.adapters.get_parameter(name).copy_(value)
-            if _present(folder, OPTIMIZER_FILE, listed):
-                optimizer = self._new_optimizer()
-                _load_optimizer(optimizer, folder / OPTIMIZER_FILE)
         else:  # the merged weights are the policy now: anchor to them
             self.model.load_state_dict(loaded.model.state_dict())
             self._anchor_here()
@@ -551,9 +553,12 @@ def _read_adapters(folder: Path) -> dict[str, Any]:
     file = folder / ADAPTERS_FILE
     try:
         saved = torch.load(file, map_location="cpu", weights_only=True)
-        assert isinstance(saved, dict) and {"rank", "alpha", "fingerprint", "adapters"} <= set(
-            saved
-        )
+        if not (
+            isinstance(saved, dict)
+            and {"rank", "alpha", "fingerprint", "adapters"} <= set(saved)
+            and isinstance(saved["adapters"], dict)
+        ):
+            raise ValueError("not the adapters file Policy.save writes")
     except Exception as e:
         raise DamagedModelError(
             f"{file} cannot be used ({type(e).__name__}: {e}); restore the folder from a "

@@ -256,3 +256,21 @@ def test_lora_holds_no_reference_copy_and_small_optimizer_state(tiny_model_dir: 
     assert f["adapters"] == 0 and 0 < m["adapters"] < m["weights"] / 4
     # AdamW: two moments per trained value (plus a step count each)
     assert m["optimizer"] < 3 * m["adapters"] < f["optimizer"]
+
+
+def test_a_damaged_adapters_file_is_refused_and_changes_nothing(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from plaudit.learner import DamagedModelError
+    from plaudit.learner._load import write_checksums
+
+    policy = Policy.load(tiny_model_dir, lr=1e-2, lora=LORA)
+    policy.update(rewarded(policy, [1.0, -1.0]), config=OnlineUpdateConfig(max_kl=None))
+    policy.save(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / ADAPTERS_FILE).write_bytes(b"not a torch file")
+    write_checksums(tmp_path / "ckpt")  # damaged before its checksums were written
+    fresh = Policy.load(tiny_model_dir, lr=1e-2, lora=LORA)
+    assert fresh.adapters is not None
+    with pytest.raises(DamagedModelError, match=ADAPTERS_FILE):
+        fresh.restore(tmp_path / "ckpt", version=1)
+    assert fresh.adapters.is_zero() and fresh.version == 0
