@@ -1,7 +1,7 @@
 """Checkpoints of the live policy: written atomically by the policy, recorded in the store,
 the newest few kept, only the newest with the online optimizer's state (the others weights
-only: a third of the size); at start-up, the newest intact one restored
-(`resume_from_checkpoints`)."""
+only: a third of the size; with LoRA adapters only, the reference's excepted); at start-up,
+the newest intact one restored (`resume_from_checkpoints`)."""
 
 from __future__ import annotations
 
@@ -143,12 +143,15 @@ class Checkpoints:
 
     def _prune(self, *, keep: set[str], newest: Path) -> None:
         """Remove the folders not in ``keep``; strip the kept ones but ``newest`` to weights
-        only (the optimizer state is about twice the weights). An older one is restored only
-        when every newer one is damaged; its optimizer then starts afresh, as after an offline
-        fit, which loses the moment estimates, not any learning."""
-        from plaudit.learner import DamagedModelError, drop_optimizer_state
+        only (the optimizer state is about twice the weights), and those of a LoRA policy but
+        the reference's to their adapters (`strip_to_adapters`: a restart restores them onto
+        the reference). An older one is restored only when every newer one is damaged; its
+        optimizer then starts afresh, as after an offline fit, which loses the moment
+        estimates, not any learning."""
+        from plaudit.learner import DamagedModelError, drop_optimizer_state, strip_to_adapters
         from plaudit.state import StateError
 
+        reference = self.reference_folder()
         for old in sorted(self.folder.glob("v*")):
             if not old.is_dir() or old == newest:
                 continue
@@ -157,6 +160,9 @@ class Checkpoints:
                 continue
             try:
                 drop_optimizer_state(old)
+                if reference is None or old.name != reference.name:
+                    # LoRA: adapters only; the reference's weights stay (a restart's base).
+                    strip_to_adapters(old)
             except (DamagedModelError, StateError, OSError) as exc:
                 # Left whole: start-up checks it, and sets it aside should it be needed.
                 self.ctx.log.warning(

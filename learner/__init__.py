@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from ._lora import LoRAConfig
     from ._model import Transformer
     from ._online import OnlineUpdateConfig, Trajectory, UpdateStats
-    from ._policy import Candidate, Policy, Restored, drop_optimizer_state
+    from ._policy import Candidate, Policy, Restored, drop_optimizer_state, strip_to_adapters
     from ._reward_model import Prediction, RewardHead, RewardModelState, text_features
     from ._runtime import configure_torch
     from ._step_record import StepRecord
@@ -111,6 +111,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "Policy": ("._policy", "Policy"),
     "Restored": ("._policy", "Restored"),
     "drop_optimizer_state": ("._policy", "drop_optimizer_state"),
+    "strip_to_adapters": ("._policy", "strip_to_adapters"),
     "Prediction": ("._reward_model", "Prediction"),
     "RewardHead": ("._reward_model", "RewardHead"),
     "RewardModelState": ("._reward_model", "RewardModelState"),
@@ -199,6 +200,7 @@ __all__: list[str] = [
     "sample_tokens",
     "save_model",
     "split_validation",
+    "strip_to_adapters",
     "text_features",
     "train_in_memory",
     "train_offline",

@@ -20,7 +20,14 @@ from ._data import Example
 from ._engine import SamplingConfig
 from ._errors import DamagedModelError, ModelLoadError
 from ._generate import generate_text
-from ._load import LoadedModel, load_model, model_folder_writer, write_model_folder
+from ._load import (
+    WEIGHTS_FILE,
+    LoadedModel,
+    load_model,
+    model_folder_writer,
+    verify_model_folder,
+    write_model_folder,
+)
 from ._lora import ADAPTERS_FILE, Adapters, LoRAConfig, base_view
 from ._model import Transformer
 from ._online import OnlineUpdateConfig, Trajectory, UpdateStats, policy_update
@@ -154,11 +161,24 @@ class Policy:
         when they were trained on them (`Adapters.fingerprint`); a checkpoint without them (of
         full fine-tuning) or of another base or rank is taken whole: its merged weights become
         the base and the reference (``reanchored``)."""
+        listed = listed_files(folder)
+        if not _present(folder, WEIGHTS_FILE, listed) and _present(folder, ADAPTERS_FILE, listed):
+            # An older LoRA checkpoint stripped to its adapters (`strip_to_adapters`).
+            if self.adapters is None:
+                raise DamagedModelError(
+                    f"{folder} holds LoRA adapters only (an older checkpoint stripped to them); "
+                    "only a policy with online.lora_rank set, anchored to the same reference, "
+                    "can restore it. Set online.lora_rank back, or use a newer checkpoint.",
+                    path=str(folder),
+                )
+            checked = verify_model_folder(folder)
+            return self._restore_adapters(folder, None, listed, version=version, checked=checked)
         device = next(self.model.parameters()).device
         loaded = load_model(folder, device=device)
-        listed = listed_files(folder)
         if self.adapters is not None:
-            return self._restore_adapters(folder, loaded, listed, version=version)
+            return self._restore_adapters(
+                folder, loaded, listed, version=version, checked=loaded.checked
+            )
         optimizer = None
         # A LoRA checkpoint's optimizer state holds the adapters' moments: not these weights'.
         lora_state = _present(folder, ADAPTERS_FILE, listed)
@@ -173,10 +193,18 @@ class Policy:
         return Restored(optimizer=optimizer is not None, checksums=loaded.checked)
 
     def _restore_adapters(
-        self, folder: Path, loaded: LoadedModel, listed: set[str] | None, *, version: int
+        self,
+        folder: Path,
+        loaded: LoadedModel | None,
+        listed: set[str] | None,
+        *,
+        version: int,
+        checked: bool,
     ) -> Restored:
+        """``loaded``: the folder's merged weights (None: a folder stripped to adapters)."""
         assert self.adapters is not None and self.lora is not None
-        _check_same_shapes(loaded.model, self.model, folder)
+        if loaded is not None:
+            _check_same_shapes(loaded.model, self.model, folder)
         saved = _read_adapters(folder) if _present(folder, ADAPTERS_FILE, listed) else None
         fits = (
             saved is not None
@@ -195,14 +223,21 @@ class Policy:
             with torch.no_grad():
                 for name, value in saved["adapters"].items():
                     self.adapters.get_parameter(name).copy_(value)
+        elif loaded is None:
+            raise DamagedModelError(
+                f"{folder} holds LoRA adapters only, trained on another base than this "
+                "policy's reference (or at another rank), and no weights to take whole; use a "
+                "newer checkpoint.",
+                path=str(folder),
+            )
         else:  # the merged weights are the policy now: anchor to them
             self.model.load_state_dict(loaded.model.state_dict())
             self._anchor_here()
-        self.tokenizer, self.source, self.version = loaded.tokenizer, str(folder), version
+        if loaded is not None:
+            self.tokenizer = loaded.tokenizer
+        self.source, self.version = str(folder), version
         self._optimizer = optimizer
-        return Restored(
-            optimizer=optimizer is not None, checksums=loaded.checked, reanchored=not fits
-        )
+        return Restored(optimizer=optimizer is not None, checksums=checked, reanchored=not fits)
 
     def load_reference(self, folder: Path) -> None:
         """Anchor to the model folder ``folder`` (one `save_reference` or `save` wrote). One of
@@ -587,6 +622,18 @@ def drop_optimizer_state(folder: Path) -> int:
     crash-safely (`drop_file`); `Policy.restore` of it starts the optimizer afresh. Returns the
     bytes freed (0: it had none). A damaged checksums.json raises `DamagedModelError`."""
     return drop_file(folder, OPTIMIZER_FILE)
+
+
+def strip_to_adapters(folder: Path) -> int:
+    """Make the LoRA checkpoint ``folder`` (one `Policy.save` of a LoRA policy wrote) adapters
+    only: its online optimizer state and its merged weights are deleted and unlisted from its
+    checksums, crash-safely (`drop_file`), leaving the adapters (SmolLM2 at rank 8: 8 MB
+    against 513 MB of weights), the tokenizer and the manifest. Only a LoRA policy anchored to
+    the base the adapters were trained on restores it (`Policy.restore`). A folder without
+    adapters (full fine-tuning) is left as it is. Returns the bytes freed."""
+    if not _present(folder, ADAPTERS_FILE, listed_files(folder)):
+        return 0
+    return drop_file(folder, OPTIMIZER_FILE) + drop_file(folder, WEIGHTS_FILE)
 
 
 def _check_finite_moments(optimizer: torch.optim.Optimizer, file: Path) -> None:

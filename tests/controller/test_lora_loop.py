@@ -33,6 +33,12 @@ async def test_the_loop_learns_through_adapters_and_a_restart_takes_them_back(
     assert policy.memory()["reference"] == 0  # the base weights are the reference
     ckpt = loop.store.latest_checkpoint()
     assert ckpt is not None and (Path(ckpt.path) / ADAPTERS_FILE).is_file()
+    # The newest checkpoint is whole; the older ones kept are adapters only.
+    kept = sorted(p for p in (loop.state_dir / "checkpoints").iterdir() if p.is_dir())
+    assert len(kept) >= 2 and kept[-1].name == Path(ckpt.path).name
+    assert (kept[-1] / "model.safetensors").is_file()
+    assert all(not (p / "model.safetensors").exists() for p in kept[:-1])
+    assert all((p / ADAPTERS_FILE).is_file() for p in kept)
     await ctl.stop(deadline=time.monotonic() + 30)
 
     restarted = Policy.load(post_model_dir, lr=1e-2, lora=online.lora())
@@ -40,6 +46,9 @@ async def test_the_loop_learns_through_adapters_and_a_restart_takes_them_back(
     assert resumed.restored is not None and not resumed.restored.reanchored
     assert restarted.version == ckpt.policy_version
     assert restarted.adapters is not None and not restarted.adapters.is_zero()
+    # An older one, should the newer be damaged, restores onto the same base too.
+    older = Policy.load(post_model_dir, lr=1e-2, lora=online.lora())
+    assert not older.restore(kept[-2], version=1).reanchored
     if ckpt.policy_version == policy.version:  # no update after the last checkpoint
         for a, b in zip(restarted.adapters.parameters(), policy.adapters.parameters(), strict=True):
             assert torch.equal(a, b)

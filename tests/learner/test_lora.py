@@ -274,3 +274,39 @@ def test_a_damaged_adapters_file_is_refused_and_changes_nothing(
     with pytest.raises(DamagedModelError, match=ADAPTERS_FILE):
         fresh.restore(tmp_path / "ckpt", version=1)
     assert fresh.adapters.is_zero() and fresh.version == 0
+
+
+def test_a_checkpoint_stripped_to_its_adapters_restores_onto_its_base_only(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from plaudit.learner import DamagedModelError, strip_to_adapters, verify_model_folder
+
+    policy = Policy.load(tiny_model_dir, lr=1e-2, lora=LORA)
+    policy.update(rewarded(policy, [1.0, -1.0]), config=OnlineUpdateConfig(max_kl=None))
+    folder = tmp_path / "v000001"
+    policy.save(folder)
+    whole = sum(f.stat().st_size for f in folder.iterdir())
+    freed = strip_to_adapters(folder)
+    assert freed > whole / 2 and not (folder / "model.safetensors").exists()
+    assert not (folder / "online_optimizer.pt").exists() and verify_model_folder(folder)
+    again = Policy.load(tiny_model_dir, lr=1e-2, lora=LORA)
+    restored = again.restore(folder, version=1)
+    assert not restored.reanchored and not restored.optimizer and again.version == 1
+    assert again.adapters is not None and policy.adapters is not None
+    for a, b in zip(again.adapters.parameters(), policy.adapters.parameters(), strict=True):
+        assert torch.equal(a, b)
+    # Without LoRA, or on another base, it cannot be used: refused, the policy as it was.
+    with pytest.raises(DamagedModelError, match="adapters only"):
+        Policy.load(tiny_model_dir).restore(folder, version=1)
+    other = Policy.load(tiny_model_dir, lr=1e-2, lora=LORA)
+    assert other.adapters is not None
+    with torch.no_grad():  # another base: one adapted layer's weights differ
+        next(other.adapters.pairs())[1].weight.add_(1.0)
+    with pytest.raises(DamagedModelError, match="another base"):
+        other.restore(folder, version=1)
+    assert other.version == 0
+    # A checkpoint of full fine-tuning is left whole.
+    full = Policy.load(tiny_model_dir)
+    full.save(tmp_path / "full")
+    assert strip_to_adapters(tmp_path / "full") == 0
+    assert (tmp_path / "full" / "model.safetensors").is_file()
