@@ -90,7 +90,7 @@ class Loop:
                 for i, post in enumerate(load_corpus()[:120])
             ]
         )
-        self.policy = Policy.load(model_dir, lr=1e-3)
+        self.policy = Policy.load(model_dir, lr=1e-3, lora=settings.online.lora())
         self.worker = TorchWorker()
         self.metrics = Metrics(faces=["mem"], version="test", model="tiny", process=False)
         self.settings = settings
@@ -191,6 +191,41 @@ async def test_many_updates_keep_one_optimizer_state_and_two_weights_only_checkp
     await run_updates(loop, again, 1)
     folders = checkpoint_folders(loop.state_dir)
     assert [f.name for f in folders if (f / OPTIMIZER).is_file()] == [folders[-1].name]
+
+
+async def test_with_lora_the_older_checkpoints_are_adapters_only(
+    make_loop: Any, post_model_dir: Path
+) -> None:
+    """The reference's checkpoint (an offline fit's) stays whole, the newest is whole with the
+    adapters' optimizer state, the others hold their adapters alone; a restart the daemon's way
+    (the reference loaded, then `resume_from_checkpoints`) falls back to one of those when the
+    newest is damaged."""
+    settings = fast_settings(offline_interval=timedelta(days=30))
+    online = settings.online.model_copy(update={"lora_rank": 4, "lora_alpha": 8.0})
+    loop = make_loop(settings.model_copy(update={"online": online}))
+    ctl = loop.controller()
+    await ctl.start(schedule=False)
+    assert await ctl.run_job("offline") == "success"  # v1: the KL reference
+    reference = loop.state_dir / "checkpoints" / "v000001"
+    await run_updates(loop, ctl, 6)
+    folders = checkpoint_folders(loop.state_dir)
+    assert len(folders) == KEEP_CHECKPOINTS and reference in folders
+    whole = [f.name for f in folders if (f / "model.safetensors").is_file()]
+    assert whole == [reference.name, folders[-1].name]
+    assert [f.name for f in folders if (f / OPTIMIZER).is_file()] == [folders[-1].name]
+    adapters_only = [f for f in folders if f.name not in whole]
+    assert adapters_only and all(verify_model_folder(f) for f in folders)
+    size = {f.name: sum(x.stat().st_size for x in f.iterdir()) for f in folders}
+    assert all(size[f.name] < size[reference.name] / 4 for f in adapters_only)
+
+    weights = folders[-1] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    restarted = Policy.load(post_model_dir, lr=1e-3, with_reference=False, lora=online.lora())
+    restarted.load_reference(reference)
+    resumed = resume_from_checkpoints(restarted, loop.store)
+    assert resumed.checkpoint is not None and Path(resumed.checkpoint.path) == adapters_only[-1]
+    assert resumed.restored is not None and not resumed.restored.reanchored
+    assert restarted.adapters is not None and not restarted.adapters.is_zero()
 
 
 def files_under(folder: Path) -> dict[str, tuple[int, int]]:
