@@ -126,7 +126,7 @@ def test_one_bos_rule_for_texts_templates_and_empty_prompts(tokenizer: Tokenizer
 def test_models_lists_every_preset_with_its_count() -> None:
     code, out, _ = cli("models", "--json")
     assert code == 0
-    rows = [json.loads(line) for line in out.splitlines()]
+    rows = [json.loads(line) for line in out.split("\n") if line]  # not splitlines: U+0085
     presets = {r["name"]: r for r in rows if "params" in r}
     assert list(presets) == list(PRESETS)
     for name, cfg in PRESETS.items():
@@ -141,7 +141,7 @@ def test_generate_json_lines_are_reproducible(model_dir: Path, tokenizer: Tokeni
     args += ["--n", "2", "--max-new-tokens", "6", "--top-p", "0.9", "--seed", "3", "--json"]
     code, out, err = cli(*args)
     assert code == 0, err
-    rows = [json.loads(line) for line in out.splitlines()]
+    rows = [json.loads(line) for line in out.split("\n") if line]  # not splitlines: U+0085
     assert [(r["prompt_index"], r["sample"]) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     for r in rows:
         assert len(r["tokens"]) == len(r["logprobs"])
