@@ -4,9 +4,12 @@ instruct model's posts.
     .venv/bin/python bench/offline_format.py                       # SmolLM2, 120 steps each
     .venv/bin/python bench/offline_format.py --steps 40 --samples 64 --json
 
-One run loads SmolLM2 three times from the same weights: as it is (the "before"), fitted on the
+One run loads SmolLM2 four times from the same weights: as it is (the "before"), fitted on the
 simulated face's history as plain text (how the daemon fitted before), and fitted on the posting
-instruction -> a history post (`OfflineFits.examples` for a model with a chat template). Each
+instruction -> a history post (`OfflineFits.examples` for a model with a chat template), with
+rows of whole examples (`packing = "auto"`, the default for data with prompts) and with the
+examples streamed into rows cut at fixed intervals (`"stream"`, where a row boundary can cut a
+post from its instruction). Each
 gets the same fit budget (steps, batch, sequence length, learning rate) and is measured on the
 same held-out posts of that history:
 
@@ -143,21 +146,23 @@ def main() -> None:
         device="cpu",
     )
     rows = []
+    posting = examples_from_pairs(
+        fit_pairs(history, max_chars=MAX_CHARS, rng=random.Random(0)),
+        source="history",
+        system=SYSTEM,
+    )
     fits = {
-        "none": None,
-        "plain text": examples_from_texts(history, source="history"),
-        "posting format": examples_from_pairs(
-            fit_pairs(history, max_chars=MAX_CHARS, rng=random.Random(0)),
-            source="history",
-            system=SYSTEM,
-        ),
+        "none": (None, "auto"),
+        "plain text": (examples_from_texts(history, source="history"), "auto"),
+        "posting, stream": (posting, "stream"),
+        "posting format": (posting, "auto"),
     }
-    for name, examples in fits.items():
+    for name, (examples, packing) in fits.items():
         policy = Policy.load(args.model, lr=args.lr)
         fit_s = 0.0
         if examples is not None:
             t0 = time.monotonic()
-            policy.fine_tune(cfg, examples=examples)
+            policy.fine_tune(cfg.model_copy(update={"packing": packing}), examples=examples)
             fit_s = time.monotonic() - t0
         row = measure(name, policy, held, history, args.samples, args.samples_out)
         row["fit_seconds"] = round(fit_s, 1)

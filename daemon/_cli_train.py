@@ -156,6 +156,13 @@ def offline(
     batch_size: Annotated[int | None, typer.Option(help="Rows per micro-batch (16).")] = None,
     grad_accum: Annotated[int | None, typer.Option(help="Micro-batches per step (1).")] = None,
     max_seq_len: Annotated[int | None, typer.Option(help="Tokens per row (256).")] = None,
+    packing: Annotated[
+        str | None,
+        typer.Option(
+            help="examples (whole examples per row) | stream (cut at fixed intervals) | auto "
+            "(examples when the data has prompts)."
+        ),
+    ] = None,
     grad_clip: Annotated[float | None, typer.Option(help="Gradient norm clip, 0 = off.")] = None,
     precision: Annotated[str | None, typer.Option(help="fp32|bf16|fp16 (fp32).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (1337).")] = None,
@@ -205,6 +212,7 @@ def offline(
         "batch_size": batch_size,
         "grad_accum": grad_accum,
         "max_seq_len": max_seq_len,
+        "packing": packing,
         "grad_clip": grad_clip,
         "precision": precision,
         "seed": seed,
@@ -364,6 +372,7 @@ def evaluate(
             seed=seed,
             max_seq_len=min(max_seq_len, loaded.model.config.max_seq_len),
             chat_template=use_chat_template(chat_template, loaded.tokenizer),  # type: ignore[arg-type]
+            packing=trained.get("packing", "auto"),  # as the model was trained
         )
     except LearnerError as e:
         raise fail(str(e), 1) from None

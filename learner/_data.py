@@ -35,6 +35,11 @@ FormatChoice = Literal["auto", "text", "qa", "dialogue", "jsonl"]
 Role = Literal["text", "system", "user", "assistant", "prompt", "response"]
 
 IGNORE_INDEX = -100  # torch cross_entropy's default ignore_index
+# How examples become rows: "stream" concatenates them and cuts rows at fixed intervals (no
+# padding; an example may span two rows), "examples" packs whole examples into rows (a
+# response never loses its prompt to a row boundary; an example longer than a row keeps its
+# end), "auto" the latter when any example has a prompt, the former for plain text.
+Packing = Literal["auto", "stream", "examples"]
 
 # Conversation markers per format: (user marker, assistant marker).
 _MARKERS: dict[str, tuple[str, str]] = {"qa": ("Q:", "A:"), "dialogue": ("User:", "Assistant:")}
@@ -491,28 +496,100 @@ def pack(
     return x, torch.from_numpy(y.copy())
 
 
+def whole_examples(packing: Packing, examples: Sequence[Example]) -> bool:
+    """Whether `packing` packs whole examples into rows for these examples (see `Packing`)."""
+    if packing == "auto":
+        return any(ex.fmt != "text" for ex in examples)
+    return packing == "examples"
+
+
+def pack_examples(
+    data: TokenizedSet, order: Sequence[int] | np.ndarray, *, seq_len: int, pad_id: int
+) -> tuple[Tensor, Tensor]:
+    """Whole examples, in `order`, into rows of seq_len + 1 tokens (inputs and targets, as
+    `pack`): an example goes into the current row when it fits, else it starts the next one,
+    and the rest of the row is padding (no loss). An example longer than a row keeps its last
+    seq_len + 1 tokens: the response with as much of its prompt as fits."""
+    width = seq_len + 1
+    rows: list[list[int]] = []  # example indices per row
+    used = width
+    for i in order:
+        n = min(len(data.ids[i]), width)
+        if used + n > width:
+            rows.append([])
+            used = 0
+        rows[-1].append(int(i))
+        used += n
+    window = np.full((len(rows), width), pad_id, dtype=np.int64)  # (R, T+1)
+    window_trained = np.zeros((len(rows), width), dtype=np.bool_)  # (R, T+1)
+    for r, members in enumerate(rows):
+        at = 0
+        for i in members:
+            ids, trained = data.ids[i][-width:], data.trained[i][-width:]
+            window[r, at : at + len(ids)] = ids
+            window_trained[r, at : at + len(ids)] = trained
+            at += len(ids)
+    x = torch.from_numpy(window[:, :-1].copy())  # (R, T)
+    y = np.where(window_trained[:, 1:], window[:, 1:], IGNORE_INDEX)  # (R, T)
+    return x, torch.from_numpy(y.copy())
+
+
+def pack_rows(
+    data: TokenizedSet,
+    order: Sequence[int] | np.ndarray,
+    *,
+    seq_len: int,
+    pad_id: int,
+    whole: bool,
+) -> tuple[Tensor, Tensor]:
+    """`pack_examples` where ``whole``, else `pack`."""
+    packer = pack_examples if whole else pack
+    return packer(data, order, seq_len=seq_len, pad_id=pad_id)
+
+
 @dataclass
 class PackedEpochs:
     """Training rows, reshuffled per epoch from (seed, epoch) alone, so any (epoch, step) can be
     rebuilt exactly on resume. Each step takes `rows_per_step` rows (micro-batch x grad-accum x
-    world size); an incomplete last step of an epoch is skipped."""
+    world size); an incomplete last step of an epoch is skipped. With ``whole`` examples are
+    packed whole (`pack_examples`) once, in a seeded order, and the rows are reshuffled per
+    epoch, so every epoch has the same number of rows."""
 
     data: TokenizedSet
     seq_len: int
     pad_id: int
     seed: int
     rows_per_step: int
+    whole: bool = False
     _cache: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
+    _whole_rows: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
+
+    def _packed_whole(self) -> tuple[Tensor, Tensor]:
+        if self._whole_rows is None:
+            g = torch.Generator().manual_seed(self.seed)
+            order = torch.randperm(len(self.data), generator=g).numpy()
+            self._whole_rows = pack_examples(
+                self.data, order, seq_len=self.seq_len, pad_id=self.pad_id
+            )
+        return self._whole_rows
 
     def epoch(self, epoch: int) -> tuple[Tensor, Tensor]:
         if epoch not in self._cache:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            order = torch.randperm(len(self.data), generator=g).numpy()
-            self._cache = {epoch: pack(self.data, order, seq_len=self.seq_len, pad_id=self.pad_id)}
+            if self.whole:
+                x, y = self._packed_whole()
+                perm = torch.randperm(len(x), generator=g)
+                self._cache = {epoch: (x[perm], y[perm])}
+            else:
+                order = torch.randperm(len(self.data), generator=g).numpy()
+                rows = pack(self.data, order, seq_len=self.seq_len, pad_id=self.pad_id)
+                self._cache = {epoch: rows}
         return self._cache[epoch]
 
     @property
     def rows_per_epoch(self) -> int:
+        if self.whole:
+            return len(self._packed_whole()[0])
         return max(1, math.ceil((self.data.num_tokens - 1) / self.seq_len))
 
     @property

@@ -245,6 +245,7 @@ def evaluate(
     batch_size: int = 16,
     n_worst: int = 3,
     chat_template: bool = False,
+    packing: _data.Packing = "auto",
 ) -> EvalReport:
     """Evaluate `model` on held-out `val` (loss, samples, text metrics) and check its samples
     against the `train` posts for copying."""
@@ -258,7 +259,10 @@ def evaluate(
     if val:
         tok_val = _data.tokenize(val, tokenizer, chat_template=chat_template)
         pad = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
-        x, y = _data.pack(tok_val, range(len(tok_val)), seq_len=max_seq_len, pad_id=pad)
+        whole = _data.whole_examples(packing, val)
+        x, y = _data.pack_rows(
+            tok_val, range(len(tok_val)), seq_len=max_seq_len, pad_id=pad, whole=whole
+        )
         val_tokens = int((y != _data.IGNORE_INDEX).sum())
         with torch.no_grad():
             val_loss = evaluate_loss(

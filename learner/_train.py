@@ -105,6 +105,9 @@ class OfflineTrainConfig(BaseModel):
     batch_size: int = Field(default=16, ge=1)  # rows per micro-batch (per process)
     grad_accum: int = Field(default=1, ge=1)
     max_seq_len: int = Field(default=256, ge=8)
+    # Rows of whole examples (a response never cut from its prompt) or a stream cut at fixed
+    # intervals; auto: whole examples when the data has prompts (`_data.Packing`).
+    packing: _data.Packing = "auto"
     grad_clip: float = Field(default=1.0, ge=0.0)  # 0 turns clipping off
     precision: Precision = "fp32"
     seed: int = 1337
@@ -954,12 +957,14 @@ def _loop_rows(
     tokenizer = data.tokenizer
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
     assert pad_id is not None  # tokenize() already required an EOS
+    whole = _data.whole_examples(cfg.packing, data.train_examples + data.val_examples)
     train = _data.PackedEpochs(
         data=data.train,
         seq_len=cfg.max_seq_len,
         pad_id=pad_id,
         seed=cfg.seed,
         rows_per_step=cfg.batch_size * cfg.grad_accum * dist.world_size,
+        whole=whole,
     )
     if train.steps_per_epoch == 0:
         files = ", ".join(f"{f.path} ({f.examples} examples)" for f in data.stats.files)
@@ -973,7 +978,9 @@ def _loop_rows(
         )
     val = None
     if len(data.val):
-        val = _data.pack(data.val, range(len(data.val)), seq_len=cfg.max_seq_len, pad_id=pad_id)
+        val = _data.pack_rows(
+            data.val, range(len(data.val)), seq_len=cfg.max_seq_len, pad_id=pad_id, whole=whole
+        )
     prompts = _data.sample_prompts(
         data.val_examples, cfg.samples, tokenizer=tokenizer if data.chat else None
     )

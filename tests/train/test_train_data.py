@@ -191,3 +191,40 @@ def test_chat_template_trains_on_assistant_turns_only(tmp_path: Path, tokenizer_
             current = []
     runs.append(tok.decode(current))
     assert runs == ["hello<|im_end|>\n", "fine<|im_end|>\n"]
+
+
+def test_whole_example_packing_never_cuts_a_response_from_its_prompt(tmp_path: Path) -> None:
+    import numpy as np
+
+    from plaudit.learner._data import PackedEpochs, TokenizedSet, pack_examples, whole_examples
+
+    qa, _ = read_file(write(tmp_path, "qa.txt", "Q: why?\nA: because.\n\nQ: how?\nA: so.\n"))
+    assert whole_examples("auto", qa) and not whole_examples("stream", qa)
+    plain, _ = read_file(write(tmp_path, "p.txt", "one post\n\nanother post\n"))
+    assert not whole_examples("auto", plain) and whole_examples("examples", plain)
+
+    # Example i: ids 1000 i + j, a prompt of 3 tokens (not trained), then its response.
+    lengths = [5, 9, 4, 12, 7, 6, 10, 3, 8]
+    data = TokenizedSet(
+        ids=[np.arange(n, dtype=np.int64) + 1000 * (i + 1) for i, n in enumerate(lengths)],
+        trained=[np.arange(n) >= 3 for n in lengths],
+    )
+    x, y = pack_examples(data, range(len(lengths)), seq_len=15, pad_id=0)
+    assert x.shape == y.shape == (len(x), 15) and len(x) < len(lengths)
+    for i, n in enumerate(lengths):
+        first = 1000 * (i + 1)
+        rows = [r for r in range(len(x)) if first in x[r].tolist()]
+        assert len(rows) == 1, f"example {i} starts in {len(rows)} rows"
+        row, at = x[rows[0]].tolist(), x[rows[0]].tolist().index(first)
+        assert row[at : at + n - 1] == list(range(first, first + n - 1))  # whole, in one row
+        targets = y[rows[0]].tolist()[at : at + n - 1]  # each token's next, where trained
+        assert targets == [first + j + 1 if j + 1 >= 3 else IGNORE_INDEX for j in range(n - 1)]
+    assert int((y != IGNORE_INDEX).sum()) == sum(n - 3 for n in lengths)
+    # An example longer than a row keeps its end: the response and the nearest prompt.
+    x1, y1 = pack_examples(data, [3], seq_len=5, pad_id=0)
+    assert x1[0].tolist() == list(range(4006, 4011)) and y1[0].tolist() == list(range(4007, 4012))
+    # Rows are packed once and reshuffled per epoch: the same rows, as many, every epoch.
+    epochs = PackedEpochs(data=data, seq_len=15, pad_id=0, seed=3, rows_per_step=2, whole=True)
+    a, b = epochs.epoch(0)[0], epochs.epoch(1)[0]
+    assert len(a) == len(b) == epochs.rows_per_epoch
+    assert sorted(map(tuple, a.tolist())) == sorted(map(tuple, b.tolist()))
