@@ -95,11 +95,6 @@ class Adapters(nn.Module):
             yield self._names[key], layer, self.a[key], self.b[key]
 
     @torch.no_grad()
-    def delta(self, a: Tensor, b: Tensor) -> Tensor:
-        """The adapter's change to its layer's weight: scale * B A, (out, in)."""
-        return (b @ a).mul_(self.config.scale)
-
-    @torch.no_grad()
     def merged(self, model: Transformer) -> Transformer:
         """A `Transformer` computing what the adapted ``model`` computes, without hooks: the
         adapted layers' weights ``W + scale * B A`` (new tensors), every other tensor shared
@@ -117,7 +112,7 @@ class Adapters(nn.Module):
         """Fold the adapters into their layers' weights (``W += scale * B A``) and zero
         ``B``: the model computes the same, and its base weights now hold it."""
         for _name, layer, a, b in self.pairs():
-            layer.weight.add_(self.delta(a, b))
+            layer.weight.addmm_(b, a, alpha=self.config.scale)  # (out, rank) @ (rank, in)
             b.zero_()
 
     @torch.no_grad()
@@ -139,9 +134,6 @@ class Adapters(nn.Module):
         """Per adapted layer, the float64 sum of its base weight: adapters saved against one
         base are not applied to another (`Policy.restore` checks it)."""
         return [float(layer.weight.detach().double().sum()) for _n, layer, _a, _b in self.pairs()]
-
-    def nbytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.parameters())
 
 
 def base_view(model: Transformer) -> Transformer:

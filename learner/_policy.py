@@ -21,6 +21,7 @@ from ._engine import SamplingConfig
 from ._errors import DamagedModelError, ModelLoadError
 from ._generate import generate_text
 from ._load import (
+    _DAMAGE_FIX,
     WEIGHTS_FILE,
     LoadedModel,
     load_model,
@@ -104,9 +105,11 @@ class Policy:
         self._optimizer: torch.optim.Optimizer | None = None
         self.lora = lora
         self.adapters: Adapters | None = None
-        if lora is not None:
+        if lora is not None:  # the base weights, frozen, are the reference
             assert reference is None, "with LoRA the base weights are the reference"
-            self._adapt(model)
+            model.requires_grad_(False)
+            self.adapters = Adapters(model, lora)
+            self.reference = base_view(model)
 
     @classmethod
     def load(
@@ -252,16 +255,6 @@ class Policy:
             return
         self.reference = anchor.requires_grad_(False).eval()
 
-    def _adapt(self, model: Transformer) -> None:
-        """Put fresh adapters on ``model`` (its weights frozen: they are the reference)."""
-        assert self.lora is not None
-        if self.adapters is not None:
-            self.adapters.remove()
-        model.requires_grad_(False)
-        self.adapters = Adapters(model, self.lora)
-        self.reference = base_view(model)
-        self._optimizer = None
-
     def _anchor_here(self) -> None:
         """LoRA: the base weights as they are now are the reference; the adapters start at
         zero, with a fresh optimizer (its moments belong to the old anchor). A new reference
@@ -319,13 +312,6 @@ class Policy:
             "adapters": fresh(self.adapters.parameters()) if self.adapters is not None else 0,
             "optimizer": fresh(moments),
         }
-
-    @property
-    def trained_parameters(self) -> list[torch.nn.Parameter]:
-        """What an online update changes: every weight, or with LoRA the adapters."""
-        if self.adapters is not None:
-            return list(self.adapters.parameters())
-        return [p for p in self.model.parameters() if p.requires_grad]
 
     # -- generation -----------------------------------------------------------------------
 
@@ -511,6 +497,12 @@ class Policy:
         before = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         adapters = self.adapters
         kept: dict[str, torch.Tensor] = {}
+
+        def put_back() -> None:
+            self.model.load_state_dict(before)
+            if adapters is not None:
+                adapters.load_state_dict(kept)
+
         if adapters is not None:  # the fit trains the whole policy: base plus adapters
             kept = {k: v.detach().clone() for k, v in adapters.state_dict().items()}
             adapters.merge()
@@ -530,9 +522,7 @@ class Policy:
             if result.steps > start_step and result.best_weights is not None:
                 self.model.load_state_dict(result.best_weights)
         except BaseException:
-            self.model.load_state_dict(before)
-            if adapters is not None:
-                adapters.load_state_dict(kept)
+            put_back()
             raise
         finally:
             self.model.eval()
@@ -540,8 +530,7 @@ class Policy:
                 self.model.requires_grad_(False)
                 adapters.install()
         if adapters is not None and result.steps <= start_step:
-            self.model.load_state_dict(before)  # nothing fitted: un-merge
-            adapters.load_state_dict(kept)
+            put_back()  # nothing fitted: un-merge
         if result.steps > start_step:
             self.reset_reference()
             self.version += 1
@@ -576,11 +565,7 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, state_file: Path) -> None:
         state = torch.load(state_file, map_location=device, weights_only=True)
         optimizer.load_state_dict(state)
     except Exception as e:  # torch raises many kinds on a damaged zip/pickle
-        raise DamagedModelError(
-            f"{state_file} cannot be used ({type(e).__name__}: {e}); restore the folder "
-            f"from a backup, or use an older checkpoint.",
-            path=str(state_file),
-        ) from e
+        raise _damaged(state_file, f"cannot be used ({type(e).__name__}: {e})") from e
     _check_finite_moments(optimizer, state_file)
 
 
@@ -595,18 +580,10 @@ def _read_adapters(folder: Path) -> dict[str, Any]:
         ):
             raise ValueError("not the adapters file Policy.save writes")
     except Exception as e:
-        raise DamagedModelError(
-            f"{file} cannot be used ({type(e).__name__}: {e}); restore the folder from a "
-            f"backup, or use an older checkpoint.",
-            path=str(file),
-        ) from e
+        raise _damaged(file, f"cannot be used ({type(e).__name__}: {e})") from e
     for name, value in saved["adapters"].items():
         if not bool(torch.isfinite(value).all()):
-            raise DamagedModelError(
-                f"{file} holds NaN or infinite values in {name}; restore the folder from a "
-                f"backup, or use an older checkpoint.",
-                path=str(file),
-            )
+            raise _damaged(file, f"holds NaN or infinite values in {name}")
     return saved
 
 
@@ -636,16 +613,17 @@ def strip_to_adapters(folder: Path) -> int:
     return drop_file(folder, OPTIMIZER_FILE) + drop_file(folder, WEIGHTS_FILE)
 
 
+def _damaged(file: Path, what: str) -> DamagedModelError:
+    """A checkpoint file that cannot be used: what is wrong with it, and the fix."""
+    return DamagedModelError(f"{file} {what}; {_DAMAGE_FIX}.", path=str(file))
+
+
 def _check_finite_moments(optimizer: torch.optim.Optimizer, file: Path) -> None:
     """NaN or infinite moments would turn the first update's step into NaN weights."""
     for per_param in optimizer.state.values():
         for value in per_param.values():
             if isinstance(value, torch.Tensor) and not bool(torch.isfinite(value).all()):
-                raise DamagedModelError(
-                    f"{file} holds NaN or infinite optimizer moments; restore the folder from a "
-                    f"backup, or use an older checkpoint.",
-                    path=str(file),
-                )
+                raise _damaged(file, "holds NaN or infinite optimizer moments")
 
 
 def _check_same_shapes(loaded: Transformer, own: Transformer, folder: Path) -> None:
