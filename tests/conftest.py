@@ -42,6 +42,19 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
 
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread for the test (tiny models gain nothing from a second, and OpenMP
+    threads spinning against a busy neighbour cost far more); the count is put back after.
+    A module takes it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _ieee_floats_after_each_test() -> Iterator[None]:
     """Training code sets flush-to-zero on the thread that runs it (a big speed-up on CPU);

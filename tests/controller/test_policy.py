@@ -6,7 +6,6 @@ nothing."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +17,7 @@ from plaudit.learner._engine import Engine, SamplingConfig
 from plaudit.learner._online import OnlineUpdateConfig, Trajectory
 from plaudit.learner._policy import Candidate, Policy
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def truncated_logprobs(policy: Policy, c: Candidate, s: SamplingConfig) -> list[float]:

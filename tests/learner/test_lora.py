@@ -5,13 +5,14 @@ logprobs the update sees, and checkpoints that restore it (or re-anchor when the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from plaudit.learner import (
+    FitResult,
     LoRAConfig,
     OnlineUpdateConfig,
     Policy,
@@ -26,12 +27,7 @@ LORA = LoRAConfig(rank=4, alpha=8.0)
 SAMPLING = SamplingConfig(temperature=1.0, max_new_tokens=12, seed=3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def hidden(model: Transformer, idx: torch.Tensor) -> torch.Tensor:
@@ -87,7 +83,7 @@ def test_the_reference_is_the_base_weights_and_updates_move_the_adapters_only(
         policy.model.state_dict().items(), policy.reference.state_dict().items(), strict=True
     ):
         assert name == rname and w.data_ptr() == r.data_ptr()
-    trained = {id(p) for p in policy.trained_parameters}
+    trained = {id(p) for group in policy.optimizer.param_groups for p in group["params"]}
     assert trained == {id(p) for p in policy.adapters.parameters()}
     assert not any(p.requires_grad for p in policy.model.parameters())
     base = {k: v.clone() for k, v in policy.model.state_dict().items()}
@@ -181,20 +177,25 @@ def test_reset_reference_merges_the_adapters_without_a_copy(tiny_model_dir: Path
     torch.testing.assert_close(hidden(policy.reference, idx), before, rtol=1e-5, atol=1e-5)
 
 
-def test_an_offline_fit_trains_the_whole_policy_and_re_anchors(tiny_model_dir: Path) -> None:
+def fit(policy: Policy, *, steps: int, on_step: Any = None) -> FitResult:
+    """A short in-memory offline fit of ``policy`` on 100 corpus posts."""
     from plaudit.faces.simulated import load_corpus
     from plaudit.learner import OfflineTrainConfig, examples_from_texts
 
+    config = OfflineTrainConfig(
+        max_steps=steps, batch_size=4, max_seq_len=32, lr=3e-3, warmup_steps=0, eval_every=1,
+        val_split=0.2, samples=0,
+    )  # fmt: skip
+    examples = examples_from_texts([p.text for p in load_corpus()[:100]], source="corpus")
+    return policy.fine_tune(config, examples=examples, on_step=on_step)
+
+
+def test_an_offline_fit_trains_the_whole_policy_and_re_anchors(tiny_model_dir: Path) -> None:
     policy = Policy.load(tiny_model_dir, lr=1e-2, lora=LORA)
     assert policy.adapters is not None
     randomise(policy.adapters)
     base = {k: v.clone() for k, v in policy.model.state_dict().items()}
-    config = OfflineTrainConfig(
-        max_steps=3, batch_size=4, max_seq_len=32, lr=3e-3, warmup_steps=0, eval_every=1,
-        val_split=0.2, samples=0,
-    )  # fmt: skip
-    examples = examples_from_texts([p.text for p in load_corpus()[:100]], source="corpus")
-    result = policy.fine_tune(config, examples=examples)
+    result = fit(policy, steps=3)
     assert result.steps == 3 and policy.version == 1
     assert policy.adapters.is_zero()  # merged, then the fit trained the base weights
     assert not all(torch.equal(base[k], v) for k, v in policy.model.state_dict().items())
@@ -210,13 +211,7 @@ def test_an_offline_fit_trains_the_whole_policy_and_re_anchors(tiny_model_dir: P
 
 
 def test_an_offline_fit_that_fails_puts_base_and_adapters_back(tiny_model_dir: Path) -> None:
-    from plaudit.faces.simulated import load_corpus
-    from plaudit.learner import (
-        NonFiniteLossError,
-        OfflineTrainConfig,
-        StepRecord,
-        examples_from_texts,
-    )
+    from plaudit.learner import NonFiniteLossError, StepRecord
 
     policy = Policy.load(tiny_model_dir, lr=1e-2, lora=LORA)
     assert policy.adapters is not None
@@ -230,13 +225,8 @@ def test_an_offline_fit_that_fails_puts_base_and_adapters_back(tiny_model_dir: P
             with torch.no_grad():
                 next(policy.model.parameters()).fill_(float("nan"))
 
-    config = OfflineTrainConfig(
-        max_steps=4, batch_size=4, max_seq_len=32, lr=3e-3, warmup_steps=0, eval_every=1,
-        val_split=0.2, samples=0,
-    )  # fmt: skip
-    examples = examples_from_texts([p.text for p in load_corpus()[:100]], source="corpus")
     with pytest.raises(NonFiniteLossError):
-        policy.fine_tune(config, examples=examples, on_step=poison)
+        fit(policy, steps=4, on_step=poison)
     assert all(torch.equal(base[k], v) for k, v in policy.model.state_dict().items())
     assert all(torch.equal(adapters[k], v) for k, v in policy.adapters.state_dict().items())
     assert policy.reference is reference and policy.version == 0

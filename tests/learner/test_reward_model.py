@@ -4,7 +4,6 @@ the ridge head with leave-one-out shrinkage and its posterior."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,12 +21,7 @@ from plaudit.learner import (
 TEXTS = ["the cat sat on the mat", "a dog ran in the park", "coffee in the morning"] * 20
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(vocab: int, family: str = "llama") -> Transformer:
