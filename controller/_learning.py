@@ -260,9 +260,10 @@ class Learning:
             "steps_undone": stats.steps_undone,
             "tokens": stats.tokens,
             "stop_reason": stats.stop_reason,
+            "pulled_back": stats.pulled_back,
         }
         ctx.metrics.online_steps_undone.inc(stats.steps_undone)
-        if stats.steps == 0:
+        if not stats.changed:
             if stats.stop_reason == "max_kl":
                 # At the drift budget: every step these rewards ask for would cross it. They
                 # are spent (each reward trains at most once), the weights stay as they are.
@@ -324,6 +325,7 @@ class Learning:
             ratio_max=round(stats.ratio_max, 3),
             is_weight_mean=round(stats.is_weight_mean, 3),
             stop_reason=stats.stop_reason,
+            pulled_back=round(stats.pulled_back, 4),
             policy_version=ctx.policy.version,
             duration_s=round(duration, 2),
         )

@@ -121,6 +121,13 @@ class Adapters(nn.Module):
         for _name, _layer, _a, b in self.pairs():
             b.zero_()
 
+    @torch.no_grad()
+    def shrink(self, alpha: float) -> None:
+        """Scale every adapter's term by ``alpha`` (``B *= alpha``): the adapted weights move
+        to ``W + alpha * scale * B A``, the same share of the way back to the base."""
+        for _name, _layer, _a, b in self.pairs():
+            b.mul_(alpha)
+
     def is_zero(self) -> bool:
         return all(not bool(b.any()) for _n, _l, _a, b in self.pairs())
 

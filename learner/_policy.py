@@ -424,6 +424,7 @@ class Policy:
                 current_version=self.version,
                 probe=probe,
                 between_steps=between_steps,
+                toward_reference=self._toward_reference if self.reference is not None else None,
             )
         except BaseException:
             for group, lr in zip(optimizer.param_groups, lrs, strict=True):
@@ -431,9 +432,20 @@ class Policy:
             if fresh:
                 self._optimizer = None
             raise
-        if stats.steps:
+        if stats.changed:
             self.version += 1
         return stats
+
+    @torch.no_grad()
+    def _toward_reference(self, alpha: float) -> None:
+        """Scale the policy's move from the reference by ``alpha``: the weights become
+        ``ref + alpha (θ - ref)`` (with LoRA, the adapters' term times ``alpha``)."""
+        if self.adapters is not None:
+            self.adapters.shrink(alpha)
+            return
+        assert self.reference is not None
+        for p, ref in zip(self.model.parameters(), self.reference.parameters(), strict=True):
+            p.lerp_(ref, 1.0 - alpha)
 
     def save(self, folder: Path) -> None:
         """A plaudit model folder plus the online optimizer state, written atomically as one
