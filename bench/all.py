@@ -48,7 +48,7 @@ BENCHES = (
         "train",
         "offline training, plaudit's trainer against the Hugging Face Trainer (tokens/s)",
         ("train.py", "--json", "--models", "tiny", "small", "smollm2", "--repeats", "3"),
-        ("train.py", "--json", "--models", "tiny", "--repeats", "1"),
+        ("train.py", "--json", "--models", "tiny", "--repeats", "1", "--no-compile"),
     ),
     Bench(
         "online_update",

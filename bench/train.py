@@ -1,15 +1,17 @@
 """Training throughput: plaudit's offline trainer versus a Hugging Face `Trainer`, measured in
 one run on the same model (plaudit's weights exported with export_hf), the same packed rows of
-the tweets corpus, batch, sequence length and precision.
+the tweets corpus, batch, sequence length and precision; plaudit's trainer under `torch.compile`
+(`plaudit train --compile`) beside them unless `--no-compile`.
 
-    .venv/bin/python bench/train.py --json                 # small preset and SmolLM2
+    .venv/bin/python bench/train.py --json                 # tiny, small and SmolLM2
     .venv/bin/python bench/train.py --models small --steps 20 --precision bf16
     python bench/train.py --device cuda --models small medium --precision bf16 --batch 16
     .venv/bin/python bench/train.py --models small --repeats 1 --profile   # what bounds it
 
 tokens/s counts input tokens (batch x seq_len) per optimizer step over the timed steps (the
-first `--warmup` steps of each are not timed); the two alternate `--repeats` times and each
-keeps its best run. Needs `transformers` and `accelerate`.
+first `--warmup` steps of each are not timed; the compiled run's first steps include its
+compilation, so they are warm-up too); the runners alternate `--repeats` times and the ratio is
+that of their medians. Needs `transformers` and `accelerate`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import contextlib
 import json
 import math
+import statistics
 import sys
 import tempfile
 import time
@@ -62,7 +65,9 @@ def rows(tokenizer: Any, *, seq_len: int, n_rows: int) -> tuple[torch.Tensor, to
     return x[:n_rows], y[:n_rows]
 
 
-def bench_plaudit(model: Any, tokenizer: Any, x: torch.Tensor, y: torch.Tensor, a: Any) -> float:
+def bench_plaudit(
+    model: Any, tokenizer: Any, x: torch.Tensor, y: torch.Tensor, a: Any, *, compile: bool = False
+) -> float:
     from plaudit.learner import OfflineTrainConfig, fit
     from plaudit.learner._data import PackedEpochs, TokenizedSet
 
@@ -84,6 +89,7 @@ def bench_plaudit(model: Any, tokenizer: Any, x: torch.Tensor, y: torch.Tensor, 
         save_every=10**9,
         samples=0,
         device=a.device,
+        compile=compile,
     )
     with tempfile.TemporaryDirectory() as run_dir:
         res = fit(
@@ -186,14 +192,17 @@ def bench_hf(model: Any, tokenizer: Any, x: torch.Tensor, a: Any) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=["small", "smollm2"])
+    p.add_argument("--models", nargs="+", default=["tiny", "small", "smollm2"])
     p.add_argument("--steps", type=int, default=8, help="timed steps per framework")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--repeats", type=int, default=2, help="alternating runs; best of each")
+    p.add_argument("--repeats", type=int, default=3, help="alternating runs; medians compared")
+    p.add_argument(
+        "--no-compile", dest="compile", action="store_false", help="skip the torch.compile run"
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--profile", action="store_true", help="profile one more run of each")
     a = p.parse_args()
@@ -211,33 +220,42 @@ def main() -> None:
         model, tok = build(name)
         x, y = rows(tok, seq_len=a.seq_len, n_rows=a.batch * (a.warmup + a.steps))
         state = {k: v.clone() for k, v in model.state_dict().items()}
-        # Alternate the two and keep each one's best run: on a shared machine the load changes
-        # from one run to the next, and the best run is the least disturbed.
-        hf_runs, our_runs = [], []
-        for _ in range(a.repeats):
-            model.load_state_dict(state)
-            hf_runs.append(bench_hf(model, tok, x, a))  # exports the untouched weights first
-            model.load_state_dict(state)
-            our_runs.append(bench_plaudit(model, tok, x, y, a))
-        if a.profile:
-            model.load_state_dict(state)
-            profile_run(f"plaudit {name}", partial(bench_plaudit, model, tok, x, y, a), a)
-            model.load_state_dict(state)
-            profile_run(f"HF Trainer {name}", partial(bench_hf, model, tok, x, a), a)
-        hf, ours = max(hf_runs), max(our_runs)
-        results["models"][name] = {
-            "params": model.num_params(),
-            "plaudit_tokens_per_s": round(ours, 1),
-            "hf_trainer_tokens_per_s": round(hf, 1),
-            "ratio": round(ours / hf, 3) if hf > 0 and math.isfinite(ours) else None,
-            "plaudit_runs": [round(r, 1) for r in our_runs],
-            "hf_trainer_runs": [round(r, 1) for r in hf_runs],
+        runners: dict[str, Callable[[], float]] = {
+            "hf_trainer": partial(bench_hf, model, tok, x, a),
+            "plaudit": partial(bench_plaudit, model, tok, x, y, a),
         }
+        if a.compile:
+            runners["plaudit_compiled"] = partial(bench_plaudit, model, tok, x, y, a, compile=True)
+        # Alternate the runners and compare medians: on a shared machine the load changes from
+        # one run to the next, and alternating spreads it over all of them alike.
+        runs: dict[str, list[float]] = {k: [] for k in runners}
+        for _ in range(a.repeats):
+            for label, run in runners.items():
+                model.load_state_dict(state)  # HF exports the untouched weights first
+                runs[label].append(run())
+        if a.profile:
+            for label, run in runners.items():
+                model.load_state_dict(state)
+                profile_run(f"{label} {name}", run, a)
+        med = {k: statistics.median(v) for k, v in runs.items()}
+        hf = med["hf_trainer"]
+        r: dict[str, Any] = {"params": model.num_params()}
+        for label in runners:
+            r[f"{label}_tokens_per_s"] = round(med[label], 1)
+            r[f"{label}_runs"] = [round(v, 1) for v in runs[label]]
+        r["ratio"] = round(med["plaudit"] / hf, 3) if hf > 0 and math.isfinite(hf) else None
+        if a.compile:
+            r["compiled_ratio"] = round(med["plaudit_compiled"] / hf, 3) if hf > 0 else None
+        results["models"][name] = r
         if not a.json:
-            r = results["models"][name]
+            compiled = (
+                f", compiled {med['plaudit_compiled']:,.0f} tok/s ({r['compiled_ratio']})"
+                if a.compile
+                else ""
+            )
             print(
-                f"{name}: plaudit {r['plaudit_tokens_per_s']:,.0f} tok/s, HF Trainer "
-                f"{r['hf_trainer_tokens_per_s']:,.0f} tok/s, ratio {r['ratio']}",
+                f"{name}: plaudit {med['plaudit']:,.0f} tok/s, HF Trainer {hf:,.0f} tok/s, "
+                f"ratio {r['ratio']}{compiled} (medians of {a.repeats})",
                 flush=True,
             )
     if a.json:
