@@ -263,26 +263,32 @@ class Learning:
             "pulled_back": stats.pulled_back,
         }
         ctx.metrics.online_steps_undone.inc(stats.steps_undone)
-        if not stats.changed:
-            if stats.stop_reason == "max_kl":
-                # At the drift budget: every step these rewards ask for would cross it. They
-                # are spent (each reward trains at most once), the weights stay as they are.
-                used.mark(store, ctx.policy.version, spent)
-                store.set_value("reward_baseline", repr(baseline.value))
-                store.finish_run(run_id, status="completed", metrics=metrics)
-                ctx.log.warning(
-                    "policy update undone: at the drift budget",
-                    **counts,
-                    kl_per_post=round(stats.kl_per_post, 3),
-                    max_kl=o.max_kl,
-                )
-                return "skipped"
+        if stats.steps == 0 and stats.stop_reason == "interrupted":
+            # A shutdown before the first step: the rewards stay pending. (A pull-back it made
+            # is a new version in memory; the next checkpoint writes it, or the next update
+            # makes it again.)
             store.finish_run(run_id, status="interrupted", metrics=metrics)
+            return "skipped"
+        if not stats.changed:
+            # At the drift budget (the only other way to keep no step): every step these
+            # rewards ask for would cross it. They are spent (each reward trains at most once),
+            # the weights stay as they are.
+            used.mark(store, ctx.policy.version, spent)
+            store.set_value("reward_baseline", repr(baseline.value))
+            store.finish_run(run_id, status="completed", metrics=metrics)
+            ctx.log.warning(
+                "policy update undone: at the drift budget",
+                **counts,
+                kl_per_post=round(stats.kl_per_post, 3),
+                max_kl=o.max_kl,
+            )
             return "skipped"
         # The rewards are spent on the weights in memory now. Should the checkpoint below fail
         # (a full disk), they are not trained on again by the next update; should the process
         # die before any later checkpoint, start-up returns them to pending
         # (`Store.release_rewards_after`), since the weights they trained are lost with it.
+        # A pull-back whose steps were all undone at the budget lands here too: its rewards
+        # are spent as at the budget, and its weights are a new version to checkpoint.
         used.mark(store, ctx.policy.version, spent)
         store.set_value("reward_baseline", repr(baseline.value))
         store.finish_run(run_id, status="completed", metrics=metrics)

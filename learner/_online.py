@@ -41,10 +41,10 @@ with temperature and top-p/top-k truncation) that is no longer the current one. 
   it a policy over the budget comes back only as fast as the KL penalty pulls it (measured,
   the slow learning test at lr 5e-5: one seed of five ended at 5.049 nats per post on 200
   fresh samples). The pull-back takes the point estimate, not the upper end the steps are
-  held to: pulling back whenever the upper end of a 32-post probe crossed the budget fired
-  on noise far below it, and each pull-back undoes learning (measured, `bench/online.py`
-  plaudit at 300 posts: fresh reward 0.0632 -> 0.0685 and 0.0569 -> 0.0726 at KL 1.9 and 1.8
-  on seeds 0 and 1, against REINFORCE's 0.1113 and 0.1073). The
+  held to: the upper end of a 32-post probe crosses the budget on noise well below it, and
+  each pull-back takes back learning (`bench/online.py`, plaudit, 300 posts, seeds 0 and 1:
+  fresh reward 0.0685 and 0.0726 with the upper end as trigger, 0.0751 and 0.0943 with the
+  estimate; two seeds of runs that are not reproducible). The
   probe is a set of recent samples of the policy itself (the caller's newest candidates):
   the budget is about the posts the policy writes now, and along its own samples the sum of
   per-position KLs is an unbiased, low-variance estimate of the KL of whole posts. The
