@@ -707,8 +707,9 @@ class _Update:
         self, measured: _Posts, sampled: _Pass, toward_reference: Callable[[float], None]
     ) -> tuple[_Pass, float]:
         """Scale the policy's move from the reference until the drift's estimate is inside
-        ``max_kl``: near the reference KL grows as α², so α = sqrt(target / estimate).
-        Returns the pass at the weights left and the factor applied in all."""
+        ``max_kl`` (nothing when it is already): near the reference KL grows as α², so
+        α = sqrt(target / estimate). Returns the pass at the weights left and the factor
+        applied in all."""
         assert self.bound is not None
         now, factor = sampled, 1.0
         for _ in range(PULL_BACK_TRIES):
@@ -734,8 +735,7 @@ class _Update:
         # At the weights that sampled the probe (its importance weights are relative to them).
         sampled = measured.measure(model)
         first, pulled_back = sampled, 1.0  # the pass at the weights the steps start from
-        over = self.bound is not None and sampled.kl_per_post > self.bound
-        if over and toward_reference is not None:
+        if self.bound is not None and toward_reference is not None:
             first, pulled_back = self._pull_back(measured, sampled, toward_reference)
         if self.clipped_method and (self.measured is None or n > self.chunk):
             # The proximal logprobs: the batch's own pass at the starting weights. (With a

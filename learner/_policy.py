@@ -436,10 +436,10 @@ class Policy:
             self.version += 1
         return stats
 
-    @torch.no_grad()
     def _toward_reference(self, alpha: float) -> None:
         """Scale the policy's move from the reference by ``alpha``: the weights become
-        ``ref + alpha (θ - ref)`` (with LoRA, the adapters' term times ``alpha``)."""
+        ``ref + alpha (θ - ref)`` (with LoRA, the adapters' term times ``alpha``). Called by
+        the update under no_grad."""
         if self.adapters is not None:
             self.adapters.shrink(alpha)
             return

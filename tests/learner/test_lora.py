@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from policy_helpers import rewarded
 
 from plaudit.learner import (
     FitResult,
@@ -17,7 +18,6 @@ from plaudit.learner import (
     OnlineUpdateConfig,
     Policy,
     SamplingConfig,
-    Trajectory,
     Transformer,
 )
 from plaudit.learner._lora import ADAPTERS_FILE, Adapters, base_view
@@ -64,15 +64,6 @@ def test_adapters_compute_what_their_merged_weights_compute(tiny_model_dir: Path
     torch.testing.assert_close(hidden(model, idx), adapted, rtol=1e-5, atol=1e-5)
 
 
-def rewarded(policy: Policy, advantages: list[float]) -> list[Trajectory]:
-    prompt = policy.render_prompt("x")
-    cands = policy.generate([prompt], n=len(advantages), sampling=SAMPLING)
-    return [
-        Trajectory(c.prompt_tokens, c.tokens, c.logprobs, a, temperature=c.temperature)
-        for c, a in zip(cands, advantages, strict=True)
-    ]
-
-
 def test_the_reference_is_the_base_weights_and_updates_move_the_adapters_only(
     tiny_model_dir: Path,
 ) -> None:
@@ -87,7 +78,7 @@ def test_the_reference_is_the_base_weights_and_updates_move_the_adapters_only(
     assert trained == {id(p) for p in policy.adapters.parameters()}
     assert not any(p.requires_grad for p in policy.model.parameters())
     base = {k: v.clone() for k, v in policy.model.state_dict().items()}
-    batch = rewarded(policy, [1.0, -1.0, 0.5, -0.5])
+    batch = rewarded(policy, [1.0, -1.0, 0.5, -0.5], SAMPLING)
     stats = policy.update(batch, config=OnlineUpdateConfig(epochs=2, minibatch_size=2, max_kl=None))
     assert stats.steps == 4 and policy.version == 1
     assert all(torch.equal(base[k], v) for k, v in policy.model.state_dict().items())
@@ -121,7 +112,7 @@ def test_a_checkpoint_restores_the_adapters_and_their_optimizer(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     policy = Policy.load(tiny_model_dir, lr=1e-2, lora=LORA)
-    policy.update(rewarded(policy, [1.0, -1.0]), config=OnlineUpdateConfig(max_kl=None))
+    policy.update(rewarded(policy, [1.0, -1.0], SAMPLING), config=OnlineUpdateConfig(max_kl=None))
     policy.save(tmp_path / "ckpt")
     assert (tmp_path / "ckpt" / ADAPTERS_FILE).is_file()
     again = Policy.load(tiny_model_dir, checkpoint=tmp_path / "ckpt", version=1, lr=1e-2, lora=LORA)
@@ -145,7 +136,7 @@ def test_a_checkpoint_of_full_fine_tuning_re_anchors_a_lora_policy(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     full = Policy.load(tiny_model_dir, lr=1e-2)
-    full.update(rewarded(full, [1.0, -1.0]), config=OnlineUpdateConfig(max_kl=None))
+    full.update(rewarded(full, [1.0, -1.0], SAMPLING), config=OnlineUpdateConfig(max_kl=None))
     full.save(tmp_path / "full")
     policy = Policy.load(tiny_model_dir, lr=1e-2, lora=LORA)
     restored = policy.restore(tmp_path / "full", version=1)
@@ -157,7 +148,7 @@ def test_a_checkpoint_of_full_fine_tuning_re_anchors_a_lora_policy(
         hidden(policy.reference, idx), hidden(full.model, idx), rtol=0, atol=0
     )
     # Adapters saved against another base are not applied to this one either.
-    policy.update(rewarded(policy, [1.0, -1.0]), config=OnlineUpdateConfig(max_kl=None))
+    policy.update(rewarded(policy, [1.0, -1.0], SAMPLING), config=OnlineUpdateConfig(max_kl=None))
     policy.save(tmp_path / "lora")
     other = Policy.load(tiny_model_dir, lr=1e-2, lora=LORA)
     assert other.restore(tmp_path / "lora", version=2).reanchored
@@ -206,7 +197,7 @@ def test_an_offline_fit_trains_the_whole_policy_and_re_anchors(tiny_model_dir: P
         hidden(policy.reference, idx), hidden(policy.model, idx), rtol=0, atol=0
     )
     # The adapters are live again for the online updates that follow.
-    policy.update(rewarded(policy, [1.0, -1.0]), config=OnlineUpdateConfig(max_kl=None))
+    policy.update(rewarded(policy, [1.0, -1.0], SAMPLING), config=OnlineUpdateConfig(max_kl=None))
     assert not policy.adapters.is_zero()
 
 
@@ -239,7 +230,9 @@ def test_lora_holds_no_reference_copy_and_small_optimizer_state(tiny_model_dir: 
     full = Policy.load(tiny_model_dir, lr=1e-2)
     lora = Policy.load(tiny_model_dir, lr=1e-2, lora=LORA)
     for policy in (full, lora):
-        policy.update(rewarded(policy, [1.0, -1.0]), config=OnlineUpdateConfig(max_kl=None))
+        policy.update(
+            rewarded(policy, [1.0, -1.0], SAMPLING), config=OnlineUpdateConfig(max_kl=None)
+        )
     f, m = full.memory(), lora.memory()
     assert f["weights"] == m["weights"] > 0
     assert f["reference"] == f["weights"] and m["reference"] == 0
@@ -255,7 +248,7 @@ def test_a_damaged_adapters_file_is_refused_and_changes_nothing(
     from plaudit.learner._load import write_checksums
 
     policy = Policy.load(tiny_model_dir, lr=1e-2, lora=LORA)
-    policy.update(rewarded(policy, [1.0, -1.0]), config=OnlineUpdateConfig(max_kl=None))
+    policy.update(rewarded(policy, [1.0, -1.0], SAMPLING), config=OnlineUpdateConfig(max_kl=None))
     policy.save(tmp_path / "ckpt")
     (tmp_path / "ckpt" / ADAPTERS_FILE).write_bytes(b"not a torch file")
     write_checksums(tmp_path / "ckpt")  # damaged before its checksums were written
@@ -272,7 +265,7 @@ def test_a_checkpoint_stripped_to_its_adapters_restores_onto_its_base_only(
     from plaudit.learner import DamagedModelError, strip_to_adapters, verify_model_folder
 
     policy = Policy.load(tiny_model_dir, lr=1e-2, lora=LORA)
-    policy.update(rewarded(policy, [1.0, -1.0]), config=OnlineUpdateConfig(max_kl=None))
+    policy.update(rewarded(policy, [1.0, -1.0], SAMPLING), config=OnlineUpdateConfig(max_kl=None))
     folder = tmp_path / "v000001"
     policy.save(folder)
     whole = sum(f.stat().st_size for f in folder.iterdir())

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from policy_helpers import rewarded
 
 from plaudit.learner import (
     LoRAConfig,
     OnlineUpdateConfig,
     Policy,
     SamplingConfig,
-    Trajectory,
 )
 from plaudit.learner._online import measure_kl
 
@@ -41,23 +41,14 @@ def drifted(folder: Path, lora: bool) -> Policy:
     return policy
 
 
-def samples(policy: Policy, advantages: list[float]) -> list[Trajectory]:
-    prompt = policy.render_prompt("x")
-    cands = policy.generate([prompt], n=len(advantages), sampling=SAMPLING)
-    return [
-        Trajectory(c.prompt_tokens, c.tokens, c.logprobs, a, temperature=c.temperature)
-        for c, a in zip(cands, advantages, strict=True)
-    ]
-
-
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_an_update_over_the_budget_pulls_the_policy_back_inside(
     tiny_model_dir: Path, lora: bool
 ) -> None:
     policy = drifted(tiny_model_dir, lora)
     assert policy.reference is not None
-    probe = samples(policy, [0.0] * 16)
-    batch = samples(policy, [1.0, -1.0, 0.5, -0.5])
+    probe = rewarded(policy, [0.0] * 16, SAMPLING)
+    batch = rewarded(policy, [1.0, -1.0, 0.5, -0.5], SAMPLING)
     # The weights that sampled the probe (with LoRA, merged: a copy would share the hooks).
     adapters = policy.adapters
     start = adapters.merged(policy.model) if adapters else copy.deepcopy(policy.model)
@@ -85,8 +76,8 @@ def test_without_a_way_back_an_update_over_the_budget_only_refuses_steps(
 
     policy = drifted(tiny_model_dir, lora=False)
     assert policy.reference is not None
-    probe = samples(policy, [0.0] * 16)
-    batch = samples(policy, [1.0, -1.0, 0.5, -0.5])
+    probe = rewarded(policy, [0.0] * 16, SAMPLING)
+    batch = rewarded(policy, [1.0, -1.0, 0.5, -0.5], SAMPLING)
     before = measure_kl(policy.model, policy.reference, probe)
     stats = policy_update(
         model=policy.model,
@@ -103,8 +94,8 @@ def test_without_a_way_back_an_update_over_the_budget_only_refuses_steps(
 def test_a_failure_after_the_pull_back_restores_the_drifted_weights(tiny_model_dir: Path) -> None:
     policy = drifted(tiny_model_dir, lora=False)
     assert policy.reference is not None
-    probe = samples(policy, [0.0] * 16)
-    batch = samples(policy, [1.0, -1.0, 0.5, -0.5])
+    probe = rewarded(policy, [0.0] * 16, SAMPLING)
+    batch = rewarded(policy, [1.0, -1.0, 0.5, -0.5], SAMPLING)
     batch[0] = dataclasses.replace(batch[0], advantage=float("nan"))  # a NaN loss at step 1
     weights = {k: v.clone() for k, v in policy.model.state_dict().items()}
     before = measure_kl(policy.model, policy.reference, probe)
