@@ -318,8 +318,6 @@ async def test_stop_then_start_during_the_first_fit_runs_only_the_steps_left(
 ) -> None:
     """A first fit stopped part-way keeps its weights; Start picks it up where it stopped (the
     steps left, not a second whole fit), and posting waits for it again meanwhile."""
-    import asyncio
-
     from plaudit.controller import OfflineConfig
 
     loop = make_loop(
@@ -332,11 +330,19 @@ async def test_stop_then_start_during_the_first_fit_runs_only_the_steps_left(
     ctl = loop.controller()
     await ctl.start(schedule=False)
     assert ctl.first_fit_pending
-    fit = asyncio.create_task(ctl.run_job("offline"))
-    while (p := ctl.progress) is None or p.step < 2:
-        await asyncio.sleep(0.02)
-    ctl.ctx.worker.stop_training.set()  # what Stop does
-    assert await fit == "skipped"
+    worker = ctl.ctx.worker
+    boundary = worker.step_boundary
+
+    def stop_after_two_steps() -> None:
+        # What Stop does, at a known step: polled from the event loop, a fit of this size
+        # on an idle core could finish between two polls.
+        boundary()
+        if (p := ctl.progress) is not None and p.step >= 2:
+            worker.stop_training.set()
+
+    worker.step_boundary = stop_after_two_steps  # type: ignore[method-assign]
+    assert await ctl.run_job("offline") == "skipped"
+    worker.step_boundary = boundary  # type: ignore[method-assign]
     ctl.resume()  # Start
     assert ctl.first_fit_pending and "post:mem" not in ctl.due()
     assert await ctl.run_job("offline") == "success"
