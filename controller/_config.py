@@ -117,6 +117,11 @@ class OnlineConfig(_Section):
     # 0: only rewarded posts train the policy. Needs the reward model; scaled by its measured
     # trust (`reward_model.trust`).
     candidates_weight: float = Field(default=0.5, ge=0, le=1)
+    # A published post chosen by the reward model is not a sample of the policy: weigh it by
+    # 1 / (survivors x its chance of being chosen), truncated (controller/_learning.py
+    # `choice_weight`), so that in expectation the update learns from the policy's own
+    # samples. Off: chosen posts count as samples (the update drifts toward the choice).
+    choice_correction: bool = True
     # Early rewards: at the horizon before the final one, the final score is estimated from
     # the score so far (fitted on the face's completed posts) and trains the policy then; the
     # final reward, when it comes, trains only the difference. Needs two horizons or more.

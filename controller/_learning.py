@@ -34,6 +34,9 @@ from plaudit.state import EarlyScore, Post, PostStatus, Reward, Store, TrainingM
 if TYPE_CHECKING:
     from plaudit.learner import Trajectory, UpdateStats
 
+# A published post's weight for having been chosen against the odds (`choice_weight`) is
+# truncated at this: one explored post must not outweigh several of the policy's own.
+CHOICE_WEIGHT_MAX = 4.0
 # At most this many waiting rewards go into one update (oldest first).
 MAX_BATCH = 256
 # The update measures (and bounds) its drift on this many of the newest candidates: samples
@@ -49,6 +52,25 @@ def lag_label(lag: int) -> str:
 def _sampled(post: Post) -> bool:
     """Whether the post carries what the update needs: its tokens and their logprobs."""
     return bool(post.tokens) and len(post.logprobs) == len(post.tokens)
+
+
+def choice_weight(post: Post) -> float:
+    """The weight that makes a published post count as a sample of the policy again: 1 / (n
+    p), truncated at `CHOICE_WEIGHT_MAX`, for a post chosen with chance p among n survivors
+    of the filters (stored with it at posting time); 1 where the chance is unknown (a
+    greedy choice, posts stored before chances were).
+
+    Each of the n survivors is a sample of the policy (given the filters); the one published
+    is picked with chance p, so its reward times 1 / (n p) is, in expectation over the
+    picks, the mean over all n of what their rewards would have been: an unbiased sample of
+    the policy's reward again (importance sampling over the choice). Unweighted, the update
+    learns from the reward model's picks as if the policy wrote them that often, and pushes
+    the policy toward whatever the reward model likes, right or wrong. A uniform choice has
+    weight 1."""
+    chance, n = post.sampling.get("choice_chance"), post.sampling.get("survivors")
+    if not chance or not n:
+        return 1.0
+    return min(CHOICE_WEIGHT_MAX, 1.0 / (n * chance))
 
 
 def _trajectory(post: Post, *, advantage: float, weight: float = 1.0) -> Trajectory:
@@ -129,7 +151,9 @@ class Learning:
             post = self.ctx.store.get_post(reward.post_id)
             if not _sampled(post) or post.edited:
                 continue
-            out.append(_trajectory(post, advantage=reward.reward - baseline, weight=weight))
+            chosen = choice_weight(post) if self.ctx.settings.online.choice_correction else 1.0
+            advantage = reward.reward - baseline
+            out.append(_trajectory(post, advantage=advantage, weight=weight * chosen))
             if len(out) == n:
                 break
         return out
@@ -180,12 +204,14 @@ class Learning:
                 continue
             assert item.reward is not None  # early_rewards() returns estimated ones only
             head = store.early_score(post.id) if final else None
+            weight = choice_weight(post) if o.choice_correction else 1.0
             if head is not None and head.used_in_version is not None and head.reward is not None:
                 # Its early reward trained already: the final one trains the difference.
-                batch.append(_trajectory(post, advantage=item.reward - head.reward))
+                batch.append(_trajectory(post, advantage=item.reward - head.reward, weight=weight))
                 corrections += 1
             else:
-                batch.append(_trajectory(post, advantage=baseline.advantage(item.reward)))
+                advantage = baseline.advantage(item.reward)
+                batch.append(_trajectory(post, advantage=advantage, weight=weight))
                 taught.extend(self.candidates(post, self.candidates_share(post.face)))
             used.add(item.post_id, final=final)
         if not batch:

@@ -269,6 +269,13 @@ class Posting:
         choice = await self.reward_model.choose(
             [cand.text for cand in candidates], survivors, face=rt.name
         )
+        # The reward model's choice; uniform among survivors without one.
+        if choice:
+            index, chance = choice.index, choice.chance
+        elif survivors:
+            index, chance = ctx.rng.choice(survivors), 1.0 / len(survivors)
+        else:
+            index, chance = -1, None
         ids = ctx.store.add_candidates(
             face=rt.name,
             cycle_id=cycle,
@@ -285,6 +292,13 @@ class Posting:
                         "temperature": sampling.temperature,
                         "top_p": sampling.top_p,
                         "top_k": sampling.top_k,
+                        # How the published one was chosen among the survivors: what the
+                        # update corrects for (`choice_weight`).
+                        **(
+                            {"choice_chance": chance, "survivors": len(survivors)}
+                            if i == index and chance is not None
+                            else {}
+                        ),
                     },
                 )
                 for i, cand in enumerate(candidates)
@@ -299,8 +313,6 @@ class Posting:
         if not survivors:
             log.warning("no candidate survived the filters", generated=len(ids), filtered=filtered)
             return "skipped"
-        # The reward model's choice; uniform among survivors without one.
-        index = choice.index if choice else ctx.rng.choice(survivors)
         post_id, text = ids[index], candidates[index].text
         ctx.store.choose(post_id)
         if self.approvals.required:
@@ -331,6 +343,7 @@ class Posting:
                 {
                     "predicted": round(choice.predicted[index], 3),
                     "predicted_best": round(max(choice.predicted[i] for i in survivors), 3),
+                    **({"chance": round(chance, 3)} if chance is not None else {}),
                 }
                 if choice
                 else {}

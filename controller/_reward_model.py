@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 # Own rewarded posts the head is fitted on, at most (the newest).
 MAX_OWN = 2000
+# Thompson draws that estimate each survivor's chance of being chosen (`Choice.chance`).
+CHANCE_DRAWS = 2000
 # In the state folder: the features and the head, for the next start (`RewardModel.save`).
 STATE_FILE = "reward_model.pt"
 
@@ -51,6 +53,9 @@ def _key(text: str) -> str:
 class Choice:
     index: int  # into the candidates
     predicted: list[float]  # every candidate's predicted reward (posterior mean)
+    # The chance the chosen survivor had of being chosen by the rule (1 / survivors for a
+    # uniform choice); None for greedy, which chooses with certainty and cannot be corrected.
+    chance: float | None = None
 
 
 class RewardModel:
@@ -216,7 +221,7 @@ class RewardModel:
         selection = self.ctx.settings.reward_model.selection
         seed = self.ctx.rng.randrange(2**63)
 
-        def predict() -> tuple[list[float], list[float]]:
+        def predict() -> tuple[list[float], list[float], list[float]]:
             import torch
 
             from plaudit.learner import text_features
@@ -225,18 +230,27 @@ class RewardModel:
             # Rewards are clipped z-scores: a prediction beyond the clip is extrapolation (a
             # candidate unlike anything fitted on) and says no more than the clip.
             mean = [max(-CLIP, min(CLIP, v)) for v in head.predict(x).mean]
-            draw = head.thompson(x, torch.Generator().manual_seed(seed))
-            return mean, draw
+            generator = torch.Generator().manual_seed(seed)
+            draw = head.thompson(x, generator)
+            chances = (
+                head.thompson_chances(x[survivors], draws=CHANCE_DRAWS, generator=generator)
+                if selection == "thompson" and survivors
+                else []
+            )
+            return mean, draw, chances
 
-        mean, draw = await self.ctx.worker.run_soon("reward_model", predict)
+        mean, draw, chances = await self.ctx.worker.run_soon("reward_model", predict)
         if not survivors:
             return Choice(index=-1, predicted=mean)
         if selection == "uniform" or self.trust(face) == 0.0:
             index = self.ctx.rng.choice(survivors)
-        else:
-            ranked = draw if selection == "thompson" else mean
-            index = max(survivors, key=lambda i: ranked[i])
-        return Choice(index=index, predicted=mean)
+            return Choice(index=index, predicted=mean, chance=1.0 / len(survivors))
+        if selection == "greedy":
+            return Choice(index=max(survivors, key=lambda i: mean[i]), predicted=mean)
+        index = max(survivors, key=lambda i: draw[i])
+        # The chosen one won a draw, so its chance is not 0 whatever the estimate says.
+        chance = max(chances[survivors.index(index)], 1.0 / CHANCE_DRAWS)
+        return Choice(index=index, predicted=mean, chance=chance)
 
     # -- when rewards arrive ---------------------------------------------------------------
 

@@ -181,6 +181,23 @@ class RewardHead:
         )
         return (self.bias + self._z(features) @ draw).tolist()
 
+    def thompson_chances(
+        self, features: Tensor, *, draws: int, generator: torch.Generator
+    ) -> list[float]:
+        """Each post's chance of being the argmax under a draw of the weights (what
+        `thompson` then choosing the best gives it), estimated from ``draws`` draws; they sum
+        to 1. A post a learner trains on was chosen with this chance, not uniformly, and the
+        chance is what corrects for that."""
+        n = features.shape[0]
+        if n == 1:
+            return [1.0]
+        z = self._z(features)
+        noise = torch.randn(self.inv_eig.shape[0], draws, generator=generator)
+        spread = (z @ self.basis) * self.inv_eig.sqrt()  # (n, k)
+        scores = (z @ self.weights).unsqueeze(1) + math.sqrt(self.noise_var) * (spread @ noise)
+        wins = torch.bincount(scores.argmax(dim=0), minlength=n).double()
+        return (wins / draws).tolist()
+
     def state_dict(self) -> dict[str, object]:
         return {
             "center": self.center,

@@ -10,6 +10,7 @@ import pytest
 from loop_helpers import DAY, settings
 
 from plaudit.controller import OnlineConfig, RewardModelConfig
+from plaudit.controller._learning import CHOICE_WEIGHT_MAX, choice_weight
 from plaudit.state import PostStatus
 
 
@@ -126,3 +127,50 @@ async def test_a_head_whose_predictions_ran_against_the_rewards_does_not_choose(
         assert choice is not None and choice.predicted == pytest.approx(first.predicted)
         chosen.add(choice.index)
     assert chosen == set(survivors)
+
+
+@pytest.mark.parametrize("selection", ["thompson", "uniform"])
+async def test_a_chosen_post_trains_weighted_by_the_inverse_of_its_chance(
+    make_loop: Any, selection: str
+) -> None:
+    """The chance the choice rule gave the published post is stored with it, and the update
+    weighs the post by 1 / (survivors x chance), truncated: a uniform choice weighs 1."""
+    online = OnlineConfig(lr=1e-3, epochs=1, max_kl=None, candidates_weight=0.0)
+    loop = make_loop(
+        settings(learn_min_rewards=2).model_copy(
+            update={"online": online, "reward_model": RewardModelConfig(selection=selection)}
+        )
+    )
+    ctl = loop.controller()
+    policy = ctl.ctx.policy
+    batches: list[list[Any]] = []
+    update = policy.update
+
+    def spy(batch: list[Any], **kwargs: Any) -> Any:
+        batches.append(list(batch))
+        return update(batch, **kwargs)
+
+    policy.update = spy  # type: ignore[method-assign]
+    await ctl.start(schedule=False)
+    await ctl.run_until(loop.clock.now() + 2 * DAY)
+    published = [p for p in loop.store.posts(limit=1000) if p.status is PostStatus.PUBLISHED]
+    assert published and batches
+    weights: dict[tuple[int, ...], float] = {}
+    for post in published:
+        cycle = loop.store.posts(cycle_id=post.cycle_id, limit=100)
+        survivors = [p for p in cycle if p.status is not PostStatus.FILTERED]
+        chance = post.sampling["choice_chance"]
+        assert post.sampling["survivors"] == len(survivors)
+        assert 0 < chance <= 1
+        if selection == "uniform":
+            assert chance == pytest.approx(1 / len(survivors))
+        weights[tuple(post.tokens)] = min(CHOICE_WEIGHT_MAX, 1 / (len(survivors) * chance))
+        assert choice_weight(post) == pytest.approx(weights[tuple(post.tokens)])
+        # Unpublished candidates carry no chance: only the published post was chosen.
+        assert all("choice_chance" not in p.sampling for p in cycle if p.id != post.id)
+    trained = [t for batch in batches for t in batch]
+    assert trained and all(t.weight == pytest.approx(weights[tuple(t.completion)]) for t in trained)
+    if selection == "thompson":  # the head's choice was not uniform
+        assert any(abs(w - 1) > 0.05 for w in weights.values())
+    else:
+        assert all(w == pytest.approx(1.0) for w in weights.values())

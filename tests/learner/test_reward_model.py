@@ -133,3 +133,24 @@ def test_reward_model_state_round_trip_and_damage(tmp_path: Any) -> None:
     RewardModelState(reference="base", keys=["a", "b"], features=bad, head=None).save(path)
     with pytest.raises(ValueError, match="not all finite"):
         RewardModelState.load(path)
+
+
+def test_thompson_chances_are_how_often_a_draw_chooses_each_post() -> None:
+    x, y = synthetic(800, seed=4)
+    few = RewardHead.fit(x[100:120], y[100:120].tolist(), [1.0] * 20, n_own=20)
+    many = RewardHead.fit(x[100:], y[100:].tolist(), [1.0] * 700, n_own=700)
+    probe = x[:6]
+    chances = few.thompson_chances(probe, draws=4000, generator=torch.Generator().manual_seed(1))
+    assert math.isclose(sum(chances), 1.0, abs_tol=1e-9) and len(chances) == 6
+    g = torch.Generator().manual_seed(2)
+    picks = torch.tensor(
+        [max(range(6), key=few.thompson(probe, g).__getitem__) for _ in range(2000)]
+    )
+    counted = torch.bincount(picks, minlength=6).double() / 2000
+    assert torch.allclose(counted, torch.tensor(chances, dtype=torch.float64), atol=0.04)
+    assert sum(c > 0.02 for c in chances) >= 2  # an unsure head spreads its choices
+    # A sure head chooses the best predicted post almost always.
+    sure = many.thompson_chances(probe, draws=4000, generator=torch.Generator().manual_seed(1))
+    best = max(range(6), key=many.predict(probe).mean.__getitem__)
+    assert sure[best] > max(chances) and sure[best] > 0.8
+    assert many.thompson_chances(probe[:1], draws=10, generator=g) == [1.0]
