@@ -70,7 +70,7 @@ def choice_weight(post: Post) -> float:
     chance, n = post.sampling.get("choice_chance"), post.sampling.get("survivors")
     if not chance or not n:
         return 1.0
-    return min(CHOICE_WEIGHT_MAX, 1.0 / (n * chance))
+    return min(CHOICE_WEIGHT_MAX, 1.0 / (float(n) * float(chance)))
 
 
 def _trajectory(post: Post, *, advantage: float, weight: float = 1.0) -> Trajectory:

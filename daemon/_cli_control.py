@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
@@ -16,7 +16,9 @@ from plaudit.daemon._cli_core import (
     fail,
     settings_or_exit,
 )
-from plaudit.daemon._config import Settings, resolve_state_dir
+
+if TYPE_CHECKING:
+    from plaudit.daemon._config import Settings
 
 
 def run(
@@ -36,6 +38,7 @@ def run(
 
 
 def _daemon_pid(config: Path | None, state_dir: Path | None) -> tuple[int, Path, Settings]:
+    from plaudit.daemon._config import resolve_state_dir
     from plaudit.state import StateLock
 
     settings = settings_or_exit(config)

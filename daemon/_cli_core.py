@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
-
-from plaudit.daemon._config import ConfigError, Settings, load_settings, resolve_state_dir
 
 if TYPE_CHECKING:
+    from plaudit.daemon._config import Settings
     from plaudit.daemon._control import StatusView
+
+# The config's models (pydantic, the controller's tables) are imported by the commands that
+# read a config, not at start: `plaudit generate` and `plaudit models` need neither.
 
 ConfigOption = Annotated[
     Path | None,
@@ -95,10 +96,19 @@ def _size_on_disk(path: Path) -> int:
 
 
 def settings_or_exit(config: Path | None, secrets: Path | None = None) -> Settings:
+    from plaudit.daemon._config import ConfigError, load_settings
+
     try:
         return load_settings(config_file=config, secrets_dir=secrets, warn=warn)
     except ConfigError as exc:
         raise fail(str(exc)) from None
+
+
+def state_folder_or_exit(config: Path | None, state_dir: Path | None) -> Path:
+    """The state folder a command works on: --state-dir, else the config's."""
+    from plaudit.daemon._config import resolve_state_dir
+
+    return resolve_state_dir(settings_or_exit(config), state_dir)
 
 
 config_app = typer.Typer(help="Inspect and validate the configuration.", no_args_is_help=True)
@@ -127,7 +137,9 @@ def config_check(
 def _check_deep(settings: Settings) -> None:
     """What the daemon checks at start beyond the config model: every [offline] knob (by the
     learner) and every face instance's own settings (by its plugin's config model)."""
-    from plaudit.daemon._config import offline_train_config
+    from pydantic import ValidationError
+
+    from plaudit.daemon._config import ConfigError, offline_train_config
     from plaudit.faces import FaceConfigError, FaceLoadError, FaceNotFound, discover
 
     problems = []
@@ -175,6 +187,7 @@ def which_daemon(config: Path | None, state_dir: Path | None) -> tuple[Settings,
     (its run file), else the defaults."""
     import os
 
+    from plaudit.daemon._config import resolve_state_dir
     from plaudit.daemon._runfile import last
 
     implicit = (

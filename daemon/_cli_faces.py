@@ -8,7 +8,7 @@ import os
 import tempfile
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,7 +18,9 @@ from plaudit.daemon._cli_core import (
     fail,
     settings_or_exit,
 )
-from plaudit.daemon._config import ConfigError, Settings, load_settings, resolve_state_dir
+
+if TYPE_CHECKING:
+    from plaudit.daemon._config import Settings
 
 # Not the shared --state-dir: a check without a chosen folder uses a temporary one.
 CheckStateDirOption = Annotated[
@@ -94,6 +96,8 @@ def _state_folder(settings: Settings, override: Path | None) -> Path | None:
     """The state folder the user chose (--state-dir, the config's `state_dir`, systemd's
     $STATE_DIRECTORY), or None when none was chosen: then the check gets a temporary folder
     instead of the per-user default, so that checking a face never leaves files behind."""
+    from plaudit.daemon._config import resolve_state_dir
+
     if override is None and settings.state_dir is None and not os.environ.get("STATE_DIRECTORY"):
         return None
     return resolve_state_dir(settings, override)
@@ -135,6 +139,7 @@ def check_face(
     """Create the face from its config, check credentials and connectivity, and print what it
     found: account, audience size, limits. Without a state folder (--state-dir, state_dir in
     the config, $STATE_DIRECTORY) the face gets a temporary one, removed afterwards."""
+    from plaudit.daemon._config import ConfigError, load_settings
     from plaudit.faces import (
         FaceConfigError,
         FaceError,

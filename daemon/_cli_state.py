@@ -10,8 +10,7 @@ from typing import Annotated
 
 import typer
 
-from plaudit.daemon._cli_core import ConfigOption, StateDirOption, fail, settings_or_exit
-from plaudit.daemon._config import resolve_state_dir
+from plaudit.daemon._cli_core import ConfigOption, StateDirOption, fail, state_folder_or_exit
 
 state_app = typer.Typer(
     help="Back up and restore the state folder (database, checkpoints, faces' state).",
@@ -34,7 +33,7 @@ def backup(
     from plaudit.state import StateError, backup_state
 
     os.umask(os.umask(0o077) | 0o077)  # a backup holds the token: its owner's alone
-    folder = resolve_state_dir(settings_or_exit(config), state_dir)
+    folder = state_folder_or_exit(config, state_dir)
     try:
         report = backup_state(folder, dest)
     except StateError as exc:
@@ -82,7 +81,7 @@ def restore(
     from plaudit.state import StateError, restore_state
 
     os.umask(os.umask(0o077) | 0o077)
-    folder = resolve_state_dir(settings_or_exit(config), state_dir)
+    folder = state_folder_or_exit(config, state_dir)
     try:
         report = restore_state(src, folder, force=force)
     except StateError as exc:

@@ -57,11 +57,10 @@ def _build_config(config: Path | None, flags: dict[str, Any]) -> Any:
 
 
 def _default_out(state_dir: Path | None, config: Path | None, model: str) -> Path:
-    from plaudit.daemon._cli_core import settings_or_exit
-    from plaudit.daemon._config import resolve_state_dir
+    from plaudit.daemon._cli_core import state_folder_or_exit
 
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).name or model).strip("-") or "model"
-    return resolve_state_dir(settings_or_exit(config), state_dir) / "runs" / name
+    return state_folder_or_exit(config, state_dir) / "runs" / name
 
 
 def _face_examples(name: str, config: Path | None, state_dir: Path | None) -> list[Any]:
@@ -69,8 +68,7 @@ def _face_examples(name: str, config: Path | None, state_dir: Path | None) -> li
     config file when there is one, else a face of type NAME with its default settings."""
     import asyncio
 
-    from plaudit.daemon._cli_core import settings_or_exit
-    from plaudit.daemon._config import resolve_state_dir
+    from plaudit.daemon._cli_core import state_folder_or_exit
     from plaudit.faces import FaceError, discover, face_specs
     from plaudit.learner import examples_from_texts
 
@@ -80,7 +78,7 @@ def _face_examples(name: str, config: Path | None, state_dir: Path | None) -> li
         table = _toml_or_exit(path).get("faces", {})
     spec = face_specs(table).get(name)
     face_type, options = (spec.type, dict(spec.options)) if spec else (name, {})
-    folder = resolve_state_dir(settings_or_exit(config), state_dir) / "faces" / name
+    folder = state_folder_or_exit(config, state_dir) / "faces" / name
 
     async def history() -> list[str]:
         face = discover(only=[face_type]).create(
