@@ -390,8 +390,42 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# In the cache folder: each GGUF's sha256 as last computed, with what `stat` said of the file
+# then (size, mtime, inode). Hashing SmolLM2's GGUF reads it whole on every start; a file
+# whose stat is unchanged is taken to hold the same bytes, as git and make take it.
+DIGESTS_FILE = "gguf-digests.json"
+
+
+def _gguf_digest(path: Path, cache_dir: Path) -> str:
+    st = path.stat()
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+    key = str(path.resolve())
+    index_path = Path(cache_dir) / DIGESTS_FILE
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none yet, or damaged: a cache, rebuilt
+        index = {}
+    if not isinstance(index, dict):
+        index = {}
+    entry = index.get(key)
+    if isinstance(entry, dict) and entry.get("stat") == stamp:
+        cached = entry.get("sha256")
+        if isinstance(cached, str) and len(cached) == 64:
+            return cached
+    digest = _sha256(path)
+    index = {k: v for k, v in index.items() if Path(k).exists()}  # files gone: forgotten
+    index[key] = {"stat": stamp, "sha256": digest}
+    with contextlib.suppress(OSError):  # unwritable: hashed again next time
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(index_path, json.dumps(index, indent=1) + "\n")
+    return digest
+
+
 def _load_gguf(path: Path, *, cache_dir: Path | None, sha256: str | None) -> LoadedModel:
-    digest = _sha256(path) if sha256 is not None or cache_dir is not None else None
+    if cache_dir is not None:
+        digest: str | None = _gguf_digest(path, cache_dir)
+    else:
+        digest = _sha256(path) if sha256 is not None else None
     if sha256 is not None and digest != sha256:
         raise ChecksumError(
             f"{path} has sha256 {digest}, expected {sha256}; the file is damaged or another "

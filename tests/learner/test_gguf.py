@@ -232,6 +232,34 @@ def test_converted_gguf_is_cached(tokenizer: Tokenizer, tmp_path: Path) -> None:
     assert (folder / "checksums.json").is_file()
 
 
+def test_a_gguf_is_hashed_again_only_when_its_stat_changes(
+    tokenizer: Tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from plaudit.learner import _load as load_module
+
+    path = tmp_path / "tiny.gguf"
+    write_llama_gguf(path, random_llama(tokenizer, tied=False), tokenizer)
+    cache = tmp_path / "cache"
+    hashed: list[Path] = []
+    sha256 = load_module._sha256
+    monkeypatch.setattr(load_module, "_sha256", lambda p: hashed.append(p) or sha256(p))
+    first = load_model(path, cache_dir=cache)
+    second = load_model(path, cache_dir=cache)
+    assert hashed == [path] and "(cached in" in second.source
+    # Other bytes (another model written over it): a new stat, hashed, its own conversion.
+    write_llama_gguf(path, random_llama(tokenizer, tied=True), tokenizer)
+    third = load_model(path, cache_dir=cache)
+    assert hashed == [path, path] and "(cached in" not in third.source
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 2
+    x = torch.arange(16)[None, :]
+    with torch.no_grad():
+        assert not torch.equal(first.model(x), third.model(x))
+    # A damaged digest file is a cache: rebuilt, never a reason to fail.
+    (cache / load_module.DIGESTS_FILE).write_text("{not json", encoding="utf-8")
+    assert "(cached in" in load_model(path, cache_dir=cache).source
+    assert len(hashed) == 3
+
+
 def test_dtype_casts_parameters_only(tokenizer: Tokenizer, tmp_path: Path) -> None:
     path = tmp_path / "tiny.gguf"
     write_llama_gguf(path, random_llama(tokenizer, tied=True), tokenizer)
