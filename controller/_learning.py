@@ -190,6 +190,7 @@ class Learning:
         taught: list[Trajectory] = []  # unpublished candidates of the rewarded posts' cycles
         used, spent = _Spent(), _Spent()  # spent: nothing to train on, marked used with the batch
         corrections = 0
+        chosen: list[float] = []  # the rewarded posts' weights for their choice
         # Oldest first, so the baseline moves in time order.
         arrivals: list[Reward | EarlyScore] = sorted(
             [*pending, *early], key=lambda r: (r.created_at, isinstance(r, EarlyScore))
@@ -205,6 +206,7 @@ class Learning:
             assert item.reward is not None  # early_rewards() returns estimated ones only
             head = store.early_score(post.id) if final else None
             weight = choice_weight(post) if o.choice_correction else 1.0
+            chosen.append(weight)
             if head is not None and head.used_in_version is not None and head.reward is not None:
                 # Its early reward trained already: the final one trains the difference.
                 batch.append(_trajectory(post, advantage=item.reward - head.reward, weight=weight))
@@ -242,6 +244,7 @@ class Learning:
             "corrections": corrections,
             "candidates": len(taught),
             "replayed": len(replayed),
+            "choice_weight_mean": round(sum(chosen) / len(chosen), 3),
         }
         run_id = store.start_run(kind="online", config={**counts, **o.model_dump(mode="json")})
         progress = Progress(mode="online", started_at=ctx.clock.now())

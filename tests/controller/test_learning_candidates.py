@@ -170,7 +170,9 @@ async def test_a_chosen_post_trains_weighted_by_the_inverse_of_its_chance(
         assert all("choice_chance" not in p.sampling for p in cycle if p.id != post.id)
     trained = [t for batch in batches for t in batch]
     assert trained and all(t.weight == pytest.approx(weights[tuple(t.completion)]) for t in trained)
+    means = [r.config["choice_weight_mean"] for r in loop.store.runs(kind="online")]
+    assert means and all(0 < m <= CHOICE_WEIGHT_MAX for m in means)
     if selection == "thompson":  # the head's choice was not uniform
         assert any(abs(w - 1) > 0.05 for w in weights.values())
     else:
-        assert all(w == pytest.approx(1.0) for w in weights.values())
+        assert all(w == pytest.approx(1.0) for w in weights.values()) and set(means) == {1.0}
