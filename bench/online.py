@@ -904,6 +904,14 @@ def summarise(runs: dict[str, list[RunResult]], posts: int) -> dict[str, Any]:
                     if getattr(rs[0].evals[-1], key) is not None  # topic: audiences with topics
                 },
                 "z_vs_start": [round(z_score(r.evals[0], r.evals[-1]), 2) for r in rs],
+                # Each seed's own end, in `seeds` order (the means above hide the worst one).
+                "final_by_seed": [
+                    {
+                        "reward": round(r.evals[-1].reward, 4),
+                        "kl_post": round(r.evals[-1].kl_post, 3),
+                    }
+                    for r in rs
+                ],
                 "bigrams": [e.bigrams for e in final],
                 "samples": start.samples,
             },
