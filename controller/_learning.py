@@ -119,6 +119,10 @@ class Learning:
         the reward model's trust on the face (`RewardModel.trust`)."""
         return self.ctx.settings.online.candidates_weight * self.reward_model.trust(face)
 
+    def chosen_weight(self, post: Post) -> float:
+        """`choice_weight`, where `online.choice_correction` is on; else 1."""
+        return choice_weight(post) if self.ctx.settings.online.choice_correction else 1.0
+
     def candidates(self, post: Post, weight: float) -> list[Trajectory]:
         """The unpublished survivors of ``post``'s cycle, each with its predicted reward minus
         the mean prediction of the cycle's survivors (``post`` among them) as advantage,
@@ -151,8 +155,7 @@ class Learning:
             post = self.ctx.store.get_post(reward.post_id)
             if not _sampled(post) or post.edited:
                 continue
-            chosen = choice_weight(post) if self.ctx.settings.online.choice_correction else 1.0
-            advantage = reward.reward - baseline
+            advantage, chosen = reward.reward - baseline, self.chosen_weight(post)
             out.append(_trajectory(post, advantage=advantage, weight=weight * chosen))
             if len(out) == n:
                 break
@@ -205,7 +208,7 @@ class Learning:
                 continue
             assert item.reward is not None  # early_rewards() returns estimated ones only
             head = store.early_score(post.id) if final else None
-            weight = choice_weight(post) if o.choice_correction else 1.0
+            weight = self.chosen_weight(post)
             chosen.append(weight)
             if head is not None and head.used_in_version is not None and head.reward is not None:
                 # Its early reward trained already: the final one trains the difference.

@@ -172,14 +172,19 @@ class RewardHead:
         var = self.noise_var * ((z @ self.basis) ** 2 @ self.inv_eig)
         return Prediction(mean=mean.tolist(), std=var.clamp(min=0).sqrt().tolist())
 
+    def _posterior_scores(self, features: Tensor, noise: Tensor) -> Tensor:
+        """(n, d): each post's reward under d draws of the weights from the posterior, one per
+        column of the standard-normal ``noise`` (k, d): w + sigma B diag(inv_eig)^1/2 noise."""
+        z = self._z(features)
+        spread = (z @ self.basis) * self.inv_eig.sqrt()  # (n, k)
+        mean = self.bias + z @ self.weights  # (n,)
+        return mean.unsqueeze(1) + math.sqrt(self.noise_var) * (spread @ noise)
+
     def thompson(self, features: Tensor, generator: torch.Generator) -> list[float]:
         """Each post's reward under one draw of the weights from the posterior: choosing the
         argmax explores where the head is unsure and exploits where it is sure."""
-        noise = torch.randn(self.weights.shape[0], generator=generator)
-        draw = self.weights + math.sqrt(self.noise_var) * (
-            self.basis @ (self.inv_eig.sqrt() * noise)
-        )
-        return (self.bias + self._z(features) @ draw).tolist()
+        noise = torch.randn(self.inv_eig.shape[0], 1, generator=generator)
+        return self._posterior_scores(features, noise)[:, 0].tolist()
 
     def thompson_chances(
         self, features: Tensor, *, draws: int, generator: torch.Generator
@@ -191,10 +196,8 @@ class RewardHead:
         n = features.shape[0]
         if n == 1:
             return [1.0]
-        z = self._z(features)
         noise = torch.randn(self.inv_eig.shape[0], draws, generator=generator)
-        spread = (z @ self.basis) * self.inv_eig.sqrt()  # (n, k)
-        scores = (z @ self.weights).unsqueeze(1) + math.sqrt(self.noise_var) * (spread @ noise)
+        scores = self._posterior_scores(features, noise)
         wins = torch.bincount(scores.argmax(dim=0), minlength=n).double()
         return (wins / draws).tolist()
 
