@@ -1,20 +1,26 @@
 """The assistant-talk filter against labelled SmolLM2 candidates and real history posts.
 
-    .venv/bin/python bench/assistant_talk.py sample --n 500     # candidates -> bench/data/
+    .venv/bin/python bench/assistant_talk.py sample --n 500     # candidates to label
     .venv/bin/python bench/assistant_talk.py score [--json]     # the filter against the labels
 
 `sample` draws candidates as the post cycle draws them (SmolLM2 as shipped, the posting prompt
 showing two posts of the simulated face's history, the default sampling), unfiltered, into
-bench/data/assistant_talk.jsonl with an empty label. The labels (`"assistant": true|false`,
-a person's reading: does the candidate talk like a chat assistant or about its instructions —
-"Here's a new post:", "I'd be happy to help", "Sure! ...", a post about "this community's
-style", a repeat of the instruction — rather than read as a post by a member of the
-community?) are written into that file by hand and committed with it. `score` reports, for
-the filter as it is now (`talks_like_assistant`, with each candidate's prompt for the echo
-check): the share of assistant talk that gets through (goal under 1%), the share of the
-candidates labelled as posts it drops, and the share of the simulated face's real history posts
-it catches (goal under 2%); for all 500, for the first 250 (the filter's phrases were chosen
-looking at them) and for the other 250 (held out).
+the labelled set (controller/assistant_talk.jsonl, `plaudit.controller.TALK_EXAMPLES`) with
+an empty label. The labels (`"assistant": true|false`, a person's reading: does the candidate
+talk like a chat assistant or about its instructions — "Here's a new post:", "I'd be happy to
+help", "Sure! ...", a post about "this community's style", a repeat of the instruction —
+rather than read as a post by a member of the community?) are written into that file by hand
+and committed with it. The daemon fits its talk head on that file (controller/_reward_model.py).
+
+`score` reports the filter as the daemon runs it: the phrases and the prompt-echo check
+(`talks_like_assistant`, each candidate with its prompt), then the reward model's talk head
+(`fit_talk_head` on SmolLM2's features, a survivor above `TALK_THRESHOLD` caught). The head is
+measured by two folds: fitted on one half of the labelled candidates (and 1,000 history
+posts), scored on the other half (and on 1,200 other history posts), then the halves swapped.
+Figures: the share of assistant talk that gets through (goal under 1%), the share of the
+candidates labelled as posts that are dropped, and the share of the simulated face's real
+history posts caught (goal under 2%; the phrases alone on all 4,200, the head on the 1,200 it
+was not fitted on); for the phrases alone also by half (the first 250 chose the phrases).
 """
 
 from __future__ import annotations
@@ -23,15 +29,14 @@ import argparse
 import json
 import random
 import sys
-from pathlib import Path
 from typing import Any
 
-DATA = Path(__file__).with_name("data") / "assistant_talk.jsonl"
 HELD_OUT = 250  # candidates [0, 250) chose the filter's phrases; the rest measure it
+HEAD_HISTORY = (1000, 1200)  # history posts the talk head is fitted on, then scored on
 
 
 def sample(n: int, seed: int) -> None:
-    from plaudit.controller import SYSTEM, instructions
+    from plaudit.controller import SYSTEM, TALK_EXAMPLES, instructions
     from plaudit.faces.simulated import load_corpus
     from plaudit.learner import Policy, SamplingConfig
 
@@ -59,22 +64,61 @@ def sample(n: int, seed: int) -> None:
                 }
             )
         print(f"{len(rows)}/{n}", file=sys.stderr, flush=True)
-    DATA.parent.mkdir(exist_ok=True)
-    with DATA.open("w", encoding="utf-8") as f:
+    with TALK_EXAMPLES.open("w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    print(f"wrote {len(rows)} candidates to {DATA}; label them (assistant: true|false)")
+    print(f"wrote {len(rows)} candidates to {TALK_EXAMPLES}; label them (assistant: true|false)")
+
+
+def head_caught(rows: list[dict[str, Any]], history: list[str]) -> tuple[dict[int, bool], float]:
+    """Two folds of the talk head on SmolLM2's features: which labelled candidates it catches
+    when fitted on the other half, and the share of unseen history posts it catches."""
+    from plaudit.controller import TALK_THRESHOLD, fit_talk_head
+    from plaudit.learner import Policy, text_features
+
+    policy = Policy.load("smollm2", lr=1e-5)
+    reference = policy.reference if policy.reference is not None else policy.model
+    shuffled = random.Random(0).sample(history, sum(HEAD_HISTORY))
+    fit_on, scored_on = shuffled[: HEAD_HISTORY[0]], shuffled[HEAD_HISTORY[0] :]
+    x = text_features(reference, policy.tokenizer, [r["text"] for r in rows])
+    x_fit = text_features(reference, policy.tokenizer, fit_on)
+    x_scored = text_features(reference, policy.tokenizer, scored_on)
+    caught: dict[int, bool] = {}
+    history_caught = 0
+    half = len(rows) // 2
+    for fit_rows, scored_rows in ((range(half), range(half, len(rows))),
+                                  (range(half, len(rows)), range(half))):  # fmt: skip
+        head = fit_talk_head(
+            x[list(fit_rows)], [float(rows[i]["assistant"]) for i in fit_rows], x_fit
+        )
+        scores = head.predict(x[list(scored_rows)]).mean
+        caught |= {
+            rows[i]["id"]: v > TALK_THRESHOLD for i, v in zip(scored_rows, scores, strict=True)
+        }
+        history_caught += sum(v > TALK_THRESHOLD for v in head.predict(x_scored).mean)
+    return caught, history_caught / (2 * len(scored_on))
+
+
+def shares(chunk: list[dict[str, Any]], caught: dict[int, bool]) -> dict[str, Any]:
+    talk = [r for r in chunk if r["assistant"]]
+    posts = [r for r in chunk if not r["assistant"]]
+    return {
+        "candidates": len(chunk),
+        "assistant_talk": len(talk),
+        "talk_getting_through": round(sum(not caught[r["id"]] for r in talk) / len(talk), 4),
+        "posts_dropped": round(sum(caught[r["id"]] for r in posts) / len(posts), 4),
+    }
 
 
 def score(as_json: bool) -> None:
-    from plaudit.controller import talks_like_assistant
+    from plaudit.controller import TALK_EXAMPLES, TALK_THRESHOLD, talks_like_assistant
     from plaudit.faces.simulated import load_corpus
 
-    rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines()]
+    rows = [json.loads(line) for line in TALK_EXAMPLES.read_text(encoding="utf-8").splitlines()]
     unlabelled = [r["id"] for r in rows if r["assistant"] is None]
     if unlabelled:
         raise SystemExit(f"{len(unlabelled)} candidates have no label yet (ids {unlabelled[:10]})")
-    caught = {r["id"]: talks_like_assistant(r["text"], r["instruction"]) for r in rows}
+    phrases = {r["id"]: talks_like_assistant(r["text"], r["instruction"]) for r in rows}
     history = [p.text for p in load_corpus()]
     history_caught = [t for t in history if talks_like_assistant(t)]
     out: dict[str, Any] = {
@@ -84,14 +128,13 @@ def score(as_json: bool) -> None:
     # The filter's phrases were chosen looking at the first HELD_OUT: the rest is held out.
     parts = {"all": rows, "chosen_on": rows[:HELD_OUT], "held_out": rows[HELD_OUT:]}
     for part, chunk in parts.items():
-        talk = [r for r in chunk if r["assistant"]]
-        posts = [r for r in chunk if not r["assistant"]]
-        out[part] = {
-            "candidates": len(chunk),
-            "assistant_talk": len(talk),
-            "talk_getting_through": round(sum(not caught[r["id"]] for r in talk) / len(talk), 4),
-            "posts_dropped": round(sum(caught[r["id"]] for r in posts) / len(posts), 4),
-        }
+        out[part] = shares(chunk, phrases)
+    head, head_history = head_caught(rows, history)
+    caught = {i: phrases[i] or head[i] for i in phrases}
+    out["with_talk_head"] = shares(rows, caught) | {
+        "threshold": TALK_THRESHOLD,
+        "head_history_caught": round(head_history, 4),
+    }
     missed = [r for r in rows if r["assistant"] and not caught[r["id"]]]
     dropped = [r for r in rows if not r["assistant"] and caught[r["id"]]]
     out["missed_ids"] = [r["id"] for r in missed]
@@ -102,12 +145,21 @@ def score(as_json: bool) -> None:
     for part in parts:
         f = out[part]
         print(
-            f"{part}: {f['candidates']} candidates, {f['assistant_talk']} labelled assistant "
-            f"talk; {f['talk_getting_through']:.1%} of it gets through, "
+            f"phrases, {part}: {f['candidates']} candidates, {f['assistant_talk']} labelled "
+            f"assistant talk; {f['talk_getting_through']:.1%} of it gets through, "
             f"{f['posts_dropped']:.1%} of the posts are dropped"
         )
     n = len(history)
-    print(f"real history posts caught: {len(history_caught)}/{n} ({out['history_caught']:.2%})")
+    print(
+        f"phrases: real history posts caught: {len(history_caught)}/{n} ({out['history_caught']:.2%})"
+    )
+    f = out["with_talk_head"]
+    print(
+        f"phrases + talk head (two folds, threshold {TALK_THRESHOLD}): "
+        f"{f['talk_getting_through']:.1%} of the talk gets through, {f['posts_dropped']:.1%} "
+        f"of the posts are dropped; the head catches {f['head_history_caught']:.2%} of "
+        f"{HEAD_HISTORY[1]} unseen history posts"
+    )
     for r in missed:
         print(f"  missed {r['id']}: {r['text'][:120]!r}")
     for r in dropped:

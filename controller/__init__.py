@@ -20,11 +20,14 @@ from ._filters import REASONS as FILTER_REASONS
 from ._filters import talks_like_assistant
 from ._metrics import LoopMetrics, horizon_label
 from ._prompts import SYSTEM, TOPICLESS, instructions
+from ._reward_model import TALK_EXAMPLES, TALK_THRESHOLD, fit_talk_head, talk_examples
 from ._worker import TorchWorker
 
 __all__: list[str] = [
     "FILTER_REASONS",
     "SYSTEM",
+    "TALK_EXAMPLES",
+    "TALK_THRESHOLD",
     "TOPICLESS",
     "ApprovalConfig",
     "ApprovalRefused",
@@ -44,11 +47,13 @@ __all__: list[str] = [
     "SamplingConfig",
     "SetAside",
     "TorchWorker",
+    "fit_talk_head",
     "format_duration",
     "horizon_label",
     "instructions",
     "parse_duration",
     "reference_checkpoint",
     "resume_from_checkpoints",
+    "talk_examples",
     "talks_like_assistant",
 ]

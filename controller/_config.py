@@ -165,6 +165,10 @@ class RewardModelConfig(_Section):
     # does not choose the post (uniform among the survivors, as without a head). Off: measured
     # on bench/online.py it did not help (README, "Benchmark: online learning").
     trust: bool = False
+    # A second head on the same features filters the survivors that talk like a chat
+    # assistant ("assistant"), fitted on labelled candidates and the faces' history
+    # (controller/_reward_model.py `TALK_THRESHOLD`: what it catches and what it costs).
+    talk_filter: bool = True
 
 
 class OfflineConfig(BaseModel):

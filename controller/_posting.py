@@ -269,6 +269,10 @@ class Posting:
         choice = await self.reward_model.choose(
             [cand.text for cand in candidates], survivors, face=rt.name
         )
+        if choice and choice.talk:  # survivors the reward model's talk head caught
+            for i in choice.talk:
+                reasons[i] = "assistant"
+            survivors = [i for i in survivors if reasons[i] is None]
         # The reward model's choice; uniform among survivors without one.
         if choice:
             index, chance = choice.index, choice.chance

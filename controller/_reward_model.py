@@ -10,7 +10,12 @@
 - at posting time it predicts every candidate's reward (stored as `predicted_reward`, before
   the reward can be known) and chooses the survivor to publish (`reward_model.selection`);
 - when rewards arrive, the Spearman correlation of those stored predictions with them, over
-  the face's newest rewarded posts, is the metric that says whether to trust it.
+  the face's newest rewarded posts, is the metric that says whether to trust it;
+- a second head on the same features catches assistant talk the text filter's phrases miss
+  (`reward_model.talk_filter`): ridge on labelled candidates (`TALK_EXAMPLES`, 1 = talks
+  like a chat assistant) and the faces' history posts (0: people's posts), fitted with the
+  first; a survivor it scores above `TALK_THRESHOLD` is filtered ("assistant") before the
+  choice. bench/assistant_talk.py measures it (two folds of the labelled set).
 
 The features come from the frozen reference model, so a post's features are computed once
 (keyed by its text) and cached until the reference changes; after each checkpoint the cache
@@ -22,8 +27,11 @@ The torch work runs on the worker.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from plaudit.controller._checkpoints import REFERENCE_KEY
@@ -42,6 +50,46 @@ MAX_OWN = 2000
 CHANCE_DRAWS = 2000
 # In the state folder: the features and the head, for the next start (`RewardModel.save`).
 STATE_FILE = "reward_model.pt"
+# SmolLM2's posting candidates labelled by hand ("assistant": true when one talks like a chat
+# assistant or about its instructions rather than as a member of the community); the texts
+# teach any reference, whatever its features.
+TALK_EXAMPLES = Path(__file__).with_name("assistant_talk.jsonl")
+# A survivor the talk head scores above this (labels 1 / 0) is filtered. bench/assistant_talk.py
+# (two folds, SmolLM2): with the phrases, 12.8% of the held-out talk gets through (30.4% with
+# the phrases alone), 11.6% of the candidates labelled posts are dropped (6.0%); the head
+# catches 0.21% of real history posts it was not fitted on (the phrases 0.21%).
+TALK_THRESHOLD = 0.5
+# One history post (a person's, so labelled 0) against one labelled candidate.
+TALK_HISTORY_WEIGHT = 0.3
+
+
+def talk_examples(path: Path = TALK_EXAMPLES) -> tuple[list[str], list[float]]:
+    """The labelled candidates' texts and labels (1.0: assistant talk)."""
+    texts: list[str] = []
+    labels: list[float] = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            row = json.loads(line)
+            text, label = row["text"], row["assistant"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path} line {n} is not a labelled candidate: {exc}") from exc
+        if not isinstance(text, str) or not isinstance(label, bool):
+            raise ValueError(f"{path} line {n}: want a text and a true/false 'assistant' label")
+        texts.append(text)
+        labels.append(float(label))
+    return texts, labels
+
+
+def fit_talk_head(labelled: Tensor, labels: Sequence[float], history: Tensor) -> RewardHead:
+    """The talk head: ridge on the labelled candidates' features (their labels) and the
+    history posts' (label 0, each at `TALK_HISTORY_WEIGHT`)."""
+    import torch
+
+    from plaudit.learner import RewardHead
+
+    targets = [*labels, *([0.0] * len(history))]
+    weights = [1.0] * len(labels) + [TALK_HISTORY_WEIGHT] * len(history)
+    return RewardHead.fit(torch.cat([labelled, history]), targets, weights, n_own=len(labels))
 
 
 def _key(text: str) -> str:
@@ -56,12 +104,15 @@ class Choice:
     # The chance the chosen survivor had of being chosen by the rule (1 / survivors for a
     # uniform choice); None for greedy, which chooses with certainty and cannot be corrected.
     chance: float | None = None
+    # Survivors the talk head caught (`TALK_THRESHOLD`): filtered, not chosen among.
+    talk: tuple[int, ...] = field(default_factory=tuple)
 
 
 class RewardModel:
     def __init__(self, ctx: LoopContext) -> None:
         self.ctx = ctx
         self.head: RewardHead | None = None
+        self.talk: RewardHead | None = None  # the talk head (`reward_model.talk_filter`)
         self.stale = True  # refit before the next prediction
         self.correlation: dict[str, float] = {}  # face -> Spearman, where measured
         self._features: dict[str, Tensor] = {}  # a text's digest -> (C,)
@@ -119,14 +170,38 @@ class RewardModel:
         that holds it, or the base model."""
         return self.ctx.store.get_value(REFERENCE_KEY) or "base"
 
-    def _fit(self, texts: list[str], targets: list[float], weights: list[float],
-             n_own: int) -> RewardHead:  # fmt: skip
-        """On the worker: features of the texts not yet cached, then the head."""
+    def _talk_sets(self) -> tuple[list[str], list[float], list[str]] | None:
+        """The talk head's labelled texts, their labels and the history texts; None when
+        the talk filter is off."""
+        if not self.ctx.settings.reward_model.talk_filter:
+            return None
+        labelled, labels = talk_examples()
+        history_posts = self.ctx.settings.reward_model.history_posts
+        history = [t for rt in self.ctx.faces.values() for t in rt.history[:history_posts]]
+        return labelled, labels, history
+
+    def _fit(self, texts: list[str], targets: list[float], weights: list[float], n_own: int,
+             talk: tuple[list[str], list[float], list[str]] | None,
+             ) -> tuple[RewardHead, RewardHead | None]:  # fmt: skip
+        """On the worker: features of the texts not yet cached, then the head (and the talk
+        head, from ``talk``'s labelled and history texts)."""
+        from plaudit.learner import RewardHead
+
+        x = self._cached_features(texts)
+        head = RewardHead.fit(x, targets, weights, n_own=n_own)
+        if talk is None:
+            return head, None
+        labelled, labels, history = talk
+        return head, fit_talk_head(
+            self._cached_features(labelled), labels, self._cached_features(history)
+        )
+
+    def _cached_features(self, texts: list[str]) -> Tensor:
+        """On the worker: (N, C) features of ``texts``, read for those not cached yet."""
         import torch
 
-        from plaudit.learner import RewardHead, text_features
+        from plaudit.learner import text_features
 
-        policy = self.ctx.policy
         reference = self._frozen
         if reference is not self._reference:  # a new reference: every feature changes
             self._features.clear()
@@ -134,11 +209,12 @@ class RewardModel:
         keys = [_key(t) for t in texts]
         missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in self._features}
         if missing:
-            feats = text_features(reference, policy.tokenizer, list(missing.values()))
+            feats = text_features(reference, self.ctx.policy.tokenizer, list(missing.values()))
             for k, f in zip(missing, feats, strict=True):
                 self._features[k] = f
-        x = torch.stack([self._features[k] for k in keys])
-        return RewardHead.fit(x, targets, weights, n_own=n_own)
+        if not keys:
+            return torch.zeros(0, reference.config.n_embd)
+        return torch.stack([self._features[k] for k in keys])
 
     # -- kept across restarts --------------------------------------------------------------
 
@@ -185,13 +261,13 @@ class RewardModel:
         texts, targets, weights, n_own = self._examples()
         self.stale = False
         if len(texts) < 2:
-            self.head = None
+            self.head = self.talk = None
             return
         reference = self._frozen
-        head = await self.ctx.worker.run_soon(
-            "reward_model", self._fit, texts, targets, weights, n_own
+        head, talk = await self.ctx.worker.run_soon(
+            "reward_model", self._fit, texts, targets, weights, n_own, self._talk_sets()
         )
-        self.head = head
+        self.head, self.talk = head, talk
         self.ctx.log.info(
             "reward model fitted",
             own=head.n_own,
@@ -215,13 +291,13 @@ class RewardModel:
         reference = self._frozen
         if self.stale or reference is not self._reference:
             await self.refit()
-        head = self.head
+        head, talk_head = self.head, self.talk
         if head is None:
             return None
         selection = self.ctx.settings.reward_model.selection
         seed = self.ctx.rng.randrange(2**63)
 
-        def predict() -> tuple[list[float], list[float], list[float]]:
+        def predict() -> tuple[list[float], list[float], list[int], list[float]]:
             import torch
 
             from plaudit.learner import text_features
@@ -232,25 +308,33 @@ class RewardModel:
             mean = [max(-CLIP, min(CLIP, v)) for v in head.predict(x).mean]
             generator = torch.Generator().manual_seed(seed)
             draw = head.thompson(x, generator)
+            talk: list[int] = []
+            if talk_head is not None and survivors:
+                scores = talk_head.predict(x[survivors]).mean
+                talk = [i for i, v in zip(survivors, scores, strict=True) if v > TALK_THRESHOLD]
+            kept = [i for i in survivors if i not in talk]
             chances = (
-                head.thompson_chances(x[survivors], draws=CHANCE_DRAWS, generator=generator)
-                if selection == "thompson" and survivors
+                head.thompson_chances(x[kept], draws=CHANCE_DRAWS, generator=generator)
+                if selection == "thompson" and kept
                 else []
             )
-            return mean, draw, chances
+            return mean, draw, talk, chances
 
-        mean, draw, chances = await self.ctx.worker.run_soon("reward_model", predict)
+        mean, draw, talk, chances = await self.ctx.worker.run_soon("reward_model", predict)
+        survivors = [i for i in survivors if i not in talk]
+        caught = tuple(talk)
         if not survivors:
-            return Choice(index=-1, predicted=mean)
+            return Choice(index=-1, predicted=mean, talk=caught)
         if selection == "uniform" or self.trust(face) == 0.0:
             index = self.ctx.rng.choice(survivors)
-            return Choice(index=index, predicted=mean, chance=1.0 / len(survivors))
+            return Choice(index=index, predicted=mean, chance=1.0 / len(survivors), talk=caught)
         if selection == "greedy":
-            return Choice(index=max(survivors, key=lambda i: mean[i]), predicted=mean)
+            index = max(survivors, key=lambda i: mean[i])
+            return Choice(index=index, predicted=mean, talk=caught)
         index = max(survivors, key=lambda i: draw[i])
         # The chosen one won a draw, so its chance is not 0 whatever the estimate says.
         chance = max(chances[survivors.index(index)], 1.0 / CHANCE_DRAWS)
-        return Choice(index=index, predicted=mean, chance=chance)
+        return Choice(index=index, predicted=mean, chance=chance, talk=caught)
 
     # -- when rewards arrive ---------------------------------------------------------------
 
