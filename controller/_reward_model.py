@@ -368,5 +368,6 @@ class RewardModel:
             "own_posts": head.n_own if head else 0,
             "history_posts": head.n_history if head else 0,
             "loo_r2": head.loo_r2 if head else None,
+            "talk_filter": self.talk is not None,
             "spearman": dict(self.correlation),
         }

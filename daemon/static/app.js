@@ -205,7 +205,8 @@ function renderStatus(s) {
   const rm = s.reward_model;
   $("reward-model").textContent = !rm.enabled ? "off (posts chosen at random)"
     : !rm.fitted ? "waiting for history or rewards"
-    : `${rm.selection} · ${rm.own_posts} rewarded + ${rm.history_posts} history posts`;
+    : `${rm.selection} · ${rm.own_posts} rewarded + ${rm.history_posts} history posts`
+      + (rm.talk_filter ? " · talk filter on" : "");
   const rhos = Object.entries(rm.spearman);
   $("reward-model-rho").textContent = rhos.length
     ? rhos.map(([face, rho]) => `${face} ρ ${fmtNumber(rho, 2)}`).join(" · ")
