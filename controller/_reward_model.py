@@ -26,6 +26,7 @@ The torch work runs on the worker.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -63,8 +64,10 @@ TALK_THRESHOLD = 0.5
 TALK_HISTORY_WEIGHT = 0.3
 
 
-def talk_examples(path: Path = TALK_EXAMPLES) -> tuple[list[str], list[float]]:
-    """The labelled candidates' texts and labels (1.0: assistant talk)."""
+@functools.cache
+def talk_examples(path: Path = TALK_EXAMPLES) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """The labelled candidates' texts and labels (1.0: assistant talk); read once per path
+    (every refit fits the talk head again)."""
     texts: list[str] = []
     labels: list[float] = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -77,7 +80,7 @@ def talk_examples(path: Path = TALK_EXAMPLES) -> tuple[list[str], list[float]]:
             raise ValueError(f"{path} line {n}: want a text and a true/false 'assistant' label")
         texts.append(text)
         labels.append(float(label))
-    return texts, labels
+    return tuple(texts), tuple(labels)
 
 
 def fit_talk_head(labelled: Tensor, labels: Sequence[float], history: Tensor) -> RewardHead:
@@ -170,7 +173,7 @@ class RewardModel:
         that holds it, or the base model."""
         return self.ctx.store.get_value(REFERENCE_KEY) or "base"
 
-    def _talk_sets(self) -> tuple[list[str], list[float], list[str]] | None:
+    def _talk_sets(self) -> tuple[list[str], Sequence[float], list[str]] | None:
         """The talk head's labelled texts, their labels and the history texts; None when
         the talk filter is off."""
         if not self.ctx.settings.reward_model.talk_filter:
@@ -178,10 +181,10 @@ class RewardModel:
         labelled, labels = talk_examples()
         history_posts = self.ctx.settings.reward_model.history_posts
         history = [t for rt in self.ctx.faces.values() for t in rt.history[:history_posts]]
-        return labelled, labels, history
+        return list(labelled), labels, history
 
     def _fit(self, texts: list[str], targets: list[float], weights: list[float], n_own: int,
-             talk: tuple[list[str], list[float], list[str]] | None,
+             talk: tuple[list[str], Sequence[float], list[str]] | None,
              ) -> tuple[RewardHead, RewardHead | None]:  # fmt: skip
         """On the worker: features of the texts not yet cached, then the head (and the talk
         head, from ``talk``'s labelled and history texts)."""
@@ -276,6 +279,7 @@ class RewardModel:
             noise_sd=round(math.sqrt(head.noise_var), 3),
             lam=float(f"{head.lam:.3g}"),
             features=reference.config.n_embd,
+            talk_loo_r2=round(talk.loo_r2, 3) if talk is not None else None,
         )
 
     # -- posting ---------------------------------------------------------------------------
