@@ -1,6 +1,6 @@
 """The assistant-talk filter against labelled SmolLM2 candidates and real history posts.
 
-    .venv/bin/python bench/assistant_talk.py sample --n 500     # candidates to label
+    .venv/bin/python bench/assistant_talk.py sample --n 500 --force  # new candidates to label
     .venv/bin/python bench/assistant_talk.py score [--json]     # the filter against the labels
 
 `sample` draws candidates as the post cycle draws them (SmolLM2 as shipped, the posting prompt
@@ -35,11 +35,16 @@ HELD_OUT = 250  # candidates [0, 250) chose the filter's phrases; the rest measu
 HEAD_HISTORY = (1000, 1200)  # history posts the talk head is fitted on, then scored on
 
 
-def sample(n: int, seed: int) -> None:
+def sample(n: int, seed: int, *, force: bool) -> None:
     from plaudit.controller import SYSTEM, TALK_EXAMPLES, instructions
     from plaudit.faces.simulated import load_corpus
     from plaudit.learner import Policy, SamplingConfig
 
+    if TALK_EXAMPLES.is_file() and not force:
+        raise SystemExit(
+            f"{TALK_EXAMPLES} holds the labelled candidates the daemon fits its talk head on; "
+            "`sample --force` replaces them with new, unlabelled ones."
+        )
     policy = Policy.load("smollm2", lr=1e-5)
     history = [p.text for p in load_corpus()]
     rng = random.Random(seed)
@@ -172,11 +177,12 @@ def main() -> None:
     s = sub.add_parser("sample")
     s.add_argument("--n", type=int, default=500)
     s.add_argument("--seed", type=int, default=7)
+    s.add_argument("--force", action="store_true", help="replace the labelled set")
     c = sub.add_parser("score")
     c.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.command == "sample":
-        sample(args.n, args.seed)
+        sample(args.n, args.seed, force=args.force)
     else:
         score(args.json)
 
