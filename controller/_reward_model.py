@@ -31,7 +31,7 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,7 +108,7 @@ class Choice:
     # uniform choice); None for greedy, which chooses with certainty and cannot be corrected.
     chance: float | None = None
     # Survivors the talk head caught (`TALK_THRESHOLD`): filtered, not chosen among.
-    talk: tuple[int, ...] = field(default_factory=tuple)
+    talk: tuple[int, ...] = ()
 
 
 class RewardModel:

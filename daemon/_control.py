@@ -78,8 +78,7 @@ class RewardModelStatus(_Model):
     history_posts: int = Field(description="face history posts it was warm-started on")
     loo_r2: float | None = Field(description="share of reward variance its fit explains (LOO)")
     talk_filter: bool = Field(
-        default=False,
-        description="its talk head is fitted and filters survivors that talk like an assistant",
+        description="its talk head is fitted and filters survivors that talk like an assistant"
     )
     spearman: dict[str, float] = Field(
         description="per face: rank correlation of predictions (stored at posting time) with "

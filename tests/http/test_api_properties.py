@@ -53,6 +53,7 @@ STATUS = StatusView(
         own_posts=0,
         history_posts=0,
         loo_r2=None,
+        talk_filter=False,
         spearman={},
     ),
     uptime_seconds=1.0,
