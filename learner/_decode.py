@@ -50,14 +50,17 @@ def _cpu_vendor() -> str:
 
 @functools.cache
 def packed_kernel() -> PackedKernel | None:
-    """The packed GEMM for fp32 decoding on this CPU: MKL's on Intel, plaudit's native one
-    elsewhere (oneDNN's where it does not build). `bench/decode_kernels.py` (SmolLM2's 30
-    layers + head, 2 threads): on a Xeon (AVX-512) at 8 rows MKL 33.0 ms, oneDNN 42.5, plain
-    matmul 39.2 (the native kernel not measured there); on an AMD EPYC (AVX2), where MKL runs
-    slower code paths, one run of `--rows 1,8,12,16 --repeats 9`: native 57.0 ms, oneDNN
-    66.4, MKL 122.4, matmul 139.2 at 8 rows; native 34.6, oneDNN 57.0, matmul 58.5 at 1 row.
-    A fixed rule, not a timing at start-up, so a seed gives the same samples on every run of a
-    machine. PLAUDIT_DECODE_KERNEL=native|mkl|onednn|none overrides it."""
+    """The packed GEMM for fp32 decoding on this CPU: plaudit's native one wherever it builds
+    (with it, a llama-family model decodes a step in one native call: `_fused_decode.py`),
+    else MKL's on Intel, oneDNN's elsewhere. SmolLM2, decoding steps after the first token,
+    medians of 5 alternating runs (a throwaway script timing `Engine.stream`, 2 threads, 48 new
+    tokens): on the 2-core Xeon (AVX-512, AMX) native fused 53.2 tokens/s against MKL 35.6 at 1
+    row, 206.8 against 168.9 at 8 rows (native unfused: 35.1, 164.1). Before the fused step,
+    `bench/decode_kernels.py` (30 layers + head): on the Xeon at 8 rows MKL 33.0 ms, oneDNN
+    42.5, plain matmul 39.2; on an AMD EPYC (AVX2), where MKL runs slower code paths, native
+    57.0 ms, oneDNN 66.4, MKL 122.4, matmul 139.2 at 8 rows; native 34.6, oneDNN 57.0, matmul
+    58.5 at 1 row. A fixed rule, not a timing at start-up, so a seed gives the same samples on
+    every run of a machine. PLAUDIT_DECODE_KERNEL=native|mkl|onednn|none overrides it."""
     choice = os.environ.get(KERNEL_ENV, "").strip().lower()
     if choice == "none":
         return None
@@ -73,7 +76,7 @@ def packed_kernel() -> PackedKernel | None:
             )
         return choice  # type: ignore[return-value]
     preferred: list[PackedKernel] = (
-        ["mkl", "onednn"] if _cpu_vendor() == "GenuineIntel" else ["native", "onednn"]
+        ["native", "mkl", "onednn"] if _cpu_vendor() == "GenuineIntel" else ["native", "onednn"]
     )
     for kernel in preferred:
         if kernel in found:

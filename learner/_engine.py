@@ -25,6 +25,7 @@ from ._decode import (
     kernel_for_activations,
 )
 from ._errors import ContextLengthError, GenerationInterrupted
+from ._fused_decode import FusedBlocks
 from ._kv_cache import KVCache
 from ._model import Transformer
 from ._native import MAX_ROWS as NATIVE_MAX_ROWS
@@ -355,6 +356,7 @@ class Engine:
         steps = int(budget.max())
         # Packed weights for B rows (serving the prefill's P x T0 rows too where they can).
         kernel = self._pack(B)
+        fused = FusedBlocks.build(self.model, kernel)  # None: the model's forward decodes
         prefill = self._new_cache(batch_size=P, max_len=T0)
         prefill.set_padding(T0 - lengths)
         logits = self.model(idx, kv_cache=prefill, last_only=True)[:, -1]  # (P, V)
@@ -401,6 +403,8 @@ class Engine:
             if all_rows:
                 feed.index_copy_(0, live, tokens)
                 logits = self.model(feed[:, None], kv_cache=cache)[live, -1]  # (A, V)
+            elif fused is not None:
+                logits = fused.step(tokens, cache)  # (A, V)
             else:
                 logits = self.model(tokens[:, None], kv_cache=cache)[:, -1]  # (A, V)
 

@@ -1,4 +1,5 @@
-"""plaudit's own decoding GEMM (`_native_gemm.cpp`), compiled on first use and loaded with ctypes.
+"""plaudit's own decoding GEMM (`_native_gemm.cpp`), compiled on first use and loaded with ctypes,
+with the fused decoding step built on it (`_native_layers.cpp`, driven by `_fused_decode.py`).
 
 Decoding a few rows is bound by streaming the weights from memory; torch's kernels stream them
 at about half of what this CPU's memory gives (bench/decode_kernels.py). The C++ kernel reads
@@ -6,7 +7,7 @@ each weight once per call from panels packed for it (see the source for the layo
 a row's result does not depend on the batch).
 
 Built with the system C++ compiler (`$CXX`, else `c++`) into the user cache folder
-(`$XDG_CACHE_HOME/plaudit/native/<hash of source and flags>/`), once per machine; later processes
+(`$XDG_CACHE_HOME/plaudit/native/<hash of sources and flags>/`), once per machine; later processes
 load the cached library. Only x86-64 Linux with AVX2 and FMA: elsewhere, or when the compiler is
 missing or fails, `native_gemm()` returns None and says why in `native_gemm_unavailable()`, and
 the engine uses torch's kernels. No Python headers, no torch headers: the build takes a second.
@@ -36,8 +37,12 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("_native_gemm.cpp")
-ABI = 2  # plaudit_gemm_abi() of the source this module drives
+# The GEMM, and the fused decoding step built on it (driven by `_fused_decode.py`): one library.
+SOURCES = (
+    Path(__file__).with_name("_native_gemm.cpp"),
+    Path(__file__).with_name("_native_layers.cpp"),
+)
+ABI = 3  # plaudit_gemm_abi() of the sources this module drives
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
 MAX_ROWS = 12  # rows in one pass over the weights; above, oneDNN is as fast or faster
 _BUILD_TIMEOUT_S = 120
@@ -61,6 +66,13 @@ class NativeGemm:
         self._gemm_bf16.argtypes = [_ptr, _i64, _ptr, _i64, _i64, _ptr, _int]
         self._gemm_bf16.restype = None
         lib.plaudit_gemm_panel_width.restype = _i64
+        # `_fused_decode.FusedBlocks` calls it (see _native_layers.cpp for the arguments).
+        self.decode_blocks = lib.plaudit_decode_blocks
+        self.decode_blocks.argtypes = [
+            _ptr, _i64, _i64, _i64, _i64, _i64, _i64, _i64, _ptr, _int, _ptr, ctypes.c_float,
+            _ptr, _ptr, _ptr, _ptr, _i64, _i64, _ptr, _ptr, _int,
+        ]  # fmt: skip
+        self.decode_blocks.restype = None
         self.panel = int(lib.plaudit_gemm_panel_width())
 
     def pack(self, weight_t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -137,13 +149,14 @@ def build_dir() -> Path:
 
 
 def library_path(cxx: str) -> Path:
-    """Where the library built by `cxx` from this source with these flags is cached."""
-    key = hashlib.sha256(SOURCE.read_bytes() + "\0".join((cxx, *FLAGS)).encode()).hexdigest()
+    """Where the library built by `cxx` from these sources with these flags is cached."""
+    text = b"\0".join(source.read_bytes() for source in SOURCES)
+    key = hashlib.sha256(text + "\0".join((cxx, *FLAGS)).encode()).hexdigest()
     return build_dir() / key[:16] / "libplaudit_gemm.so"
 
 
 def _build(cxx: str) -> Path:
-    """The compiled library for this source, compiler and flags: cached, else built now (into a
+    """The compiled library for these sources, compiler and flags: cached, else built now (into a
     temporary file renamed into place, so concurrent builds and crashes leave no torn file)."""
     lib = library_path(cxx)
     folder = lib.parent
@@ -154,7 +167,7 @@ def _build(cxx: str) -> Path:
     os.close(fd)
     try:
         done = subprocess.run(
-            [cxx, *FLAGS, str(SOURCE), "-o", tmp],
+            [cxx, *FLAGS, *map(str, SOURCES), "-o", tmp],
             capture_output=True,
             text=True,
             timeout=_BUILD_TIMEOUT_S,

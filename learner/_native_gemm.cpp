@@ -189,7 +189,7 @@ void gemm(const float* x, int64_t M, const W* packed, int64_t N, int64_t K, floa
 extern "C" {
 
 // Bumped whenever a signature below changes; the loader checks it.
-int plaudit_gemm_abi(void) { return 2; }
+int plaudit_gemm_abi(void) { return 3; }
 
 int64_t plaudit_gemm_panel_width(void) { return kPanel; }
 

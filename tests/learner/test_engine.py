@@ -363,13 +363,13 @@ def test_top_p_rows_of_different_nucleus_sizes_in_one_batch() -> None:
 
 
 def test_packed_kernel_choice(monkeypatch: pytest.MonkeyPatch) -> None:
-    """MKL's on Intel, the native one elsewhere, else oneDNN's (bench/decode_kernels.py); the
-    variable overrides."""
+    """The native one wherever it builds, else MKL's on Intel and oneDNN's elsewhere
+    (`packed_kernel`'s figures); the variable overrides."""
     from plaudit.learner import _decode
 
     found = available_kernels()
     for vendor, want in (
-        ("GenuineIntel", ["mkl", "onednn"]),
+        ("GenuineIntel", ["native", "mkl", "onednn"]),
         ("AuthenticAMD", ["native", "onednn"]),
     ):
         monkeypatch.setattr(_decode, "_cpu_vendor", lambda v=vendor: v)
