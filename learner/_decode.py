@@ -93,7 +93,11 @@ def decode_precision(device: torch.device, dtype: torch.dtype) -> tuple[torch.dt
     (SmolLM2, loaded machine, medians of 7 alternating runs): batch-1 decoding 1.49x fp32 on
     one thread, 1.57x on two, where torch's own bf16 (bf16 activations too) was 0.92x; at
     batch 8 the three are within 10%. Greedy output equal to fp32's on 44 of 50 prompts,
-    mean absolute logprob drift 0.006. Everywhere else (CUDA, AMX, another kernel chosen by
+    mean absolute logprob drift 0.006. With the fused step (`_fused_decode.py`) on the 2-core
+    Xeon (AMX; `bench/decode_bf16.py --torch-bf16`, medians of 5): batch 1 bf16 weights 95.8
+    tokens/s, fp32 51.9 (1.85x), torch's bf16 27.4; batch 8 decoding 203.7, 212.1, 213.9, but
+    whole calls (the prefill in) 131.5, 134.8, 179.7: AMX's bf16 prefill is why a CPU with AMX
+    keeps torch's bf16. Everywhere else (CUDA, AMX, another kernel chosen by
     PLAUDIT_DECODE_KERNEL) `dtype` for both, as before."""
     if (
         device.type == "cpu"
