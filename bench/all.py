@@ -45,6 +45,12 @@ BENCHES = (
         ("generate.py", "--json", "--repeats", "1", "--models", "small"),
     ),
     Bench(
+        "decode_bf16",
+        "SmolLM2 decoding from bf16 weights against fp32, and the drift between them",
+        ("decode_bf16.py", "--json"),
+        ("decode_bf16.py", "--json", "--repeats", "1", "--prompts", "10"),
+    ),
+    Bench(
         "train",
         "offline training, plaudit's trainer against the Hugging Face Trainer (tokens/s)",
         ("train.py", "--json", "--models", "tiny", "small", "smollm2", "--repeats", "3"),

@@ -62,7 +62,7 @@ def decode_times(
 
 
 def linear_weights(engine: Engine) -> int:
-    return sum(m.weight_t.numel() for m in engine.model.modules() if isinstance(m, DecodeLinear))
+    return sum(m.weight.numel() for m in engine.model.modules() if isinstance(m, DecodeLinear))
 
 
 def speed(

@@ -1,5 +1,5 @@
 """The inference copy of a model: `decode_copy` snapshots a `Transformer` with every linear
-layer as a `DecodeLinear` (weights transposed, and packed for batched decoding), its weights
+layer as a `DecodeLinear` (weights copied, and packed for batched decoding), its weights
 optionally rounded to bf16 for the native kernel's half-size panels (`decode_precision`)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import os
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._model import Transformer
@@ -121,53 +122,51 @@ def kernel_for_activations(device: torch.device, dtype: torch.dtype) -> PackedKe
     return packed_kernel() if device.type == "cpu" and dtype == torch.float32 else None
 
 
-def transposed(weight: Tensor, rows: int = 128) -> Tensor:
-    """``weight.t().contiguous()``, the same values, a block of ``rows`` rows at a time:
-    torch's copy walks the transposed matrix column by column, a block of rows stays in
-    cache. SmolLM2's 121 weights on the 2-core Xeon (2 threads, medians of 5): 0.19 s
-    against 0.30 s, most of what building an engine adds to `plaudit generate`'s start-up
-    (bench/startup.py)."""
-    out = torch.empty(weight.shape[1], weight.shape[0], dtype=weight.dtype, device=weight.device)
-    if weight.device.type != "cpu":
-        return out.copy_(weight.t())
-    for lo in range(0, weight.shape[0], rows):
-        out[:, lo : lo + rows].copy_(weight[lo : lo + rows].t())
-    return out
-
-
 class DecodeLinear(nn.Module):
-    """A linear layer for inference whose weight is stored transposed, (in, out), contiguous:
-    MKL multiplies a few rows by it 2-4x faster than by the (out, in) layout of `nn.Linear`
-    (measured on a Xeon at 8 rows by 576 x 1728; 1 row: equal or faster).
+    """A linear layer for inference: its own contiguous copy of the weight, (out, in) as
+    `nn.Linear` keeps it (a straight copy, not a transpose: building an engine is one memcpy of
+    the weights, and the packings read this layout).
 
     `pack(rows, kernel)` adds a packed copy of the weight (see `packed_kernel` for which kernel
     and what it gains), at the cost of a second copy of the weight. Which inputs it serves:
     - native: any input of 1 to 12 rows (`rows` is irrelevant); a row's result has the same
       bits whatever the other rows are;
-    - MKL: inputs of exactly `rows` rows, with the same bits as `x @ weight_t`;
+    - MKL: inputs of exactly `rows` rows, with the same bits as `F.linear(x, weight)`;
     - oneDNN: any input of 2 rows or more (`rows` only guides its layout); on the AMD EPYC,
       small's 32 layers took 11.0 ms packed against 22.7 unpacked at 8 rows, 51.8 against
       59.1 at 96 rows (a prefill), 9.7 against 9.1 at 1 row, so a single row stays unpacked.
-    The packed kernels sum in another order than `x @ weight_t` (float rounding apart);
-    every other input goes unpacked.
+    The packed kernels sum in another order than `F.linear` (float rounding apart); every other
+    input goes unpacked (`F.linear`: on the 2-core Xeon over SmolLM2's 121 weights, a
+    throwaway timing, best of 3, 1.06x, 0.79x, 1.17x and 1.08x the time of the transposed
+    layout kept before at 1, 2, 8 and 110 rows, without its 0.14 s transpose per engine).
 
-    With `weight_dtype=torch.bfloat16` (fp32 weights only) `weight_t` holds the weight rounded
+    With `weight_dtype=torch.bfloat16` (fp32 weights only) `weight` holds the weight rounded
     to bf16 (in fp32) and the native kernel packs it as bf16: every path, packed or not,
     multiplies by the same bf16 values, so prefill, decoding and `Engine.logprobs` are one
-    model, and the native kernel streams half the bytes."""
+    model, and the native kernel streams half the bytes. With `copy=False` (fp32 weights) the
+    layer multiplies by ``weight`` itself, for a caller that drops it before that changes."""
 
     def __init__(
-        self, weight: Tensor, bias: Tensor | None, *, weight_dtype: torch.dtype | None = None
+        self,
+        weight: Tensor,
+        bias: Tensor | None,
+        *,
+        weight_dtype: torch.dtype | None = None,
+        copy: bool = True,
     ) -> None:
         super().__init__()
-        w = transposed(weight.detach())
+        w = weight.detach()
         self.weight_dtype = w.dtype if weight_dtype is None else weight_dtype
         if self.weight_dtype != w.dtype:
             assert (w.dtype, self.weight_dtype) == (torch.float32, torch.bfloat16), (
                 f"weights in {self.weight_dtype} go with fp32 activations, not {w.dtype}"
             )
-            w = bf16_round(w)
-        self.weight_t = nn.Parameter(w, requires_grad=False)
+            w = bf16_round(w).contiguous()
+        elif copy:  # a snapshot: the model's own weight may change after the engine is built
+            w = w.clone(memory_format=torch.contiguous_format)
+        else:
+            w = w.contiguous()
+        self.weight = nn.Parameter(w, requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         self.packed_rows = 0  # 0: not packed
         self.packed: Tensor | None = None
@@ -185,11 +184,11 @@ class DecodeLinear(nn.Module):
         if kernel == "native":
             native = native_gemm()
             assert native is not None, native_gemm_unavailable()
-            self.packed = native.pack(self.weight_t, dtype=self.weight_dtype)
+            self.packed = native.pack(self.weight.t(), dtype=self.weight_dtype)
         elif kernel == "mkl":
-            self.packed = torch.ops.mkl._mkl_reorder_linear_weight(self.weight_t.t(), rows)
+            self.packed = torch.ops.mkl._mkl_reorder_linear_weight(self.weight, rows)
         else:
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight_t.t(), rows)
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, rows)
         self.packed_rows, self.kernel = rows, kernel
 
     def forward(self, x: Tensor) -> Tensor:
@@ -198,7 +197,7 @@ class DecodeLinear(nn.Module):
             if self.kernel == "native" and rows <= NATIVE_MAX_ROWS:
                 native = native_gemm()
                 assert native is not None  # it packed this weight
-                y = native.linear(x, self.packed, self.weight_t.size(1))
+                y = native.linear(x, self.packed, self.weight.size(0))
                 return y if self.bias is None else y.add_(self.bias)
             if self.kernel == "onednn" and rows > 1:
                 return torch.ops.mkldnn._linear_pointwise(  # type: ignore[no-any-return]
@@ -206,12 +205,9 @@ class DecodeLinear(nn.Module):
                 )
             if self.kernel == "mkl" and rows == self.packed_rows:
                 return torch.ops.mkl._mkl_linear(  # type: ignore[no-any-return]
-                    x, self.packed, self.weight_t.t(), self.bias, self.packed_rows
+                    x, self.packed, self.weight, self.bias, self.packed_rows
                 )
-        if self.bias is None:
-            return x @ self.weight_t  # (..., out)
-        y = torch.addmm(self.bias, x.reshape(-1, x.size(-1)), self.weight_t)  # (N, out)
-        return y.view(*x.shape[:-1], -1)  # (..., out)
+        return F.linear(x, self.weight, self.bias)  # (..., out)
 
 
 def decode_copy(
@@ -220,12 +216,14 @@ def decode_copy(
     device: torch.device,
     dtype: torch.dtype,
     weight_dtype: torch.dtype | None = None,
+    copy: bool = True,
 ) -> Transformer:
     """An inference copy of `model` with every linear layer (the tied head too) as a
     `DecodeLinear`; norms and embeddings share the model's tensors when device and dtype match.
     Same arithmetic, so the same logits up to float rounding; with `weight_dtype=bfloat16`
     (`dtype` fp32) the linear layers' weights are rounded to bf16 (norms and the embedding
-    lookup stay fp32)."""
+    lookup stay fp32). `copy=False`: the linear layers share the model's weights too where
+    device and dtype match (no copy; the caller drops the copy before the weights change)."""
     fast = Transformer.uninitialised(model.config)  # every parameter is assigned below
     state = {k: v.detach().to(device=device, dtype=dtype) for k, v in model.state_dict().items()}
     fast.load_state_dict(state, strict=True, assign=True)
@@ -237,8 +235,8 @@ def decode_copy(
                 setattr(
                     module,
                     name,
-                    DecodeLinear(child.weight, child.bias, weight_dtype=weight_dtype),
+                    DecodeLinear(child.weight, child.bias, weight_dtype=weight_dtype, copy=copy),
                 )
     if fast.lm_head is None:
-        fast.lm_head = DecodeLinear(fast.tok_emb.weight, None, weight_dtype=weight_dtype)
+        fast.lm_head = DecodeLinear(fast.tok_emb.weight, None, weight_dtype=weight_dtype, copy=copy)
     return fast.eval().requires_grad_(False)

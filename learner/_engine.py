@@ -228,7 +228,10 @@ class Engine:
 
     Runs under `torch.inference_mode`, on a snapshot of the model's weights taken when the
     engine is built (`decode_copy`, in the given device and dtype): after changing the
-    weights, build a new engine (it takes a fraction of a second). A row ends on a stop token,
+    weights, build a new engine (it takes a fraction of a second). With ``snapshot=False``
+    the linear layers read the model's own fp32 weights, not a copy: for a caller that drops
+    the engine before they change (`generate_text`), one copy of the weights fewer per
+    engine. A row ends on a stop token,
     after `max_new_tokens`, or when its sequence fills the model's context (prompt + new
     tokens = max_seq_len).
 
@@ -245,6 +248,7 @@ class Engine:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         weight_dtype: torch.dtype | None = None,
+        snapshot: bool = True,
     ) -> None:
         param = next(model.parameters())
         self.device = torch.device(device) if device is not None else param.device
@@ -260,7 +264,11 @@ class Engine:
                 )
             self.dtype, self.weight_dtype = asked, weight_dtype
         self.model = decode_copy(
-            model, device=self.device, dtype=self.dtype, weight_dtype=self.weight_dtype
+            model,
+            device=self.device,
+            dtype=self.dtype,
+            weight_dtype=self.weight_dtype,
+            copy=snapshot,
         )
         self.config = model.config
         # fp32 decoding on CPU multiplies by packed weights (see DecodeLinear).
@@ -354,8 +362,9 @@ class Engine:
             idx[i, T0 - len(p) :] = torch.tensor(p, device=dev)
         budget = (self.config.max_seq_len - lengths).clamp(max=sampling.max_new_tokens)  # (P,)
         steps = int(budget.max())
-        # Packed weights for B rows (serving the prefill's P x T0 rows too where they can).
-        kernel = self._pack(B)
+        # Packed weights for B rows (serving the prefill's P x T0 rows too where they can);
+        # none when no step decodes (one new token: the prefill's logits give it).
+        kernel = self._pack(B) if steps > 1 else None
         fused = FusedBlocks.build(self.model, kernel)  # None: the model's forward decodes
         prefill = self._new_cache(batch_size=P, max_len=T0)
         prefill.set_padding(T0 - lengths)

@@ -98,7 +98,8 @@ def generate_text(
     if stop_at_eos:
         stops = tuple(dict.fromkeys((*sampling.stop_tokens, *tokenizer.stop_ids)))
         sampling = dataclasses.replace(sampling, stop_tokens=stops)
-    engine = Engine(model=model, dtype=dtype)
+    # Dropped on return, before anyone changes the weights: they need no copy.
+    engine = Engine(model=model, dtype=dtype, snapshot=False)
     stop_set = set(sampling.stop_tokens)
     out = []
     for s in engine.generate(ids, n=n, sampling=sampling, should_stop=should_stop):

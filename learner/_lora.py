@@ -99,12 +99,11 @@ class Adapters(nn.Module):
         """A `Transformer` computing what the adapted ``model`` computes, without hooks: the
         adapted layers' weights ``W + scale * B A`` (new tensors), every other tensor shared
         with ``model``. For `decode_copy`, which does not see hooks: each merged weight is
-        built transposed, (in, out) contiguous, and handed over as its (out, in) view, the
-        layout `DecodeLinear` keeps, so the engine's copy of it is no copy at all."""
+        (out, in) contiguous, the layout `DecodeLinear` copies straight."""
         state = dict(model.state_dict())
         for name, layer, a, b in self.pairs():
-            merged_t = torch.addmm(layer.weight.t(), a.t(), b.t(), alpha=self.config.scale)
-            state[f"{name}.weight"] = merged_t.t()  # (out, in) view of (in, out) memory
+            # (out, in) + (out, rank) @ (rank, in)
+            state[f"{name}.weight"] = torch.addmm(layer.weight, b, a, alpha=self.config.scale)
         return _sharing(model, state)
 
     @torch.no_grad()

@@ -59,6 +59,9 @@ class NativeGemm:
         self._pack = lib.plaudit_gemm_pack
         self._pack.argtypes = [_ptr, _i64, _i64, _ptr, _int]
         self._pack.restype = None
+        self._pack_rows = lib.plaudit_gemm_pack_rows
+        self._pack_rows.argtypes = [_ptr, _i64, _i64, _ptr, _int]
+        self._pack_rows.restype = None
         self._gemm = lib.plaudit_gemm
         self._gemm.argtypes = [_ptr, _i64, _ptr, _i64, _i64, _ptr, _int]
         self._gemm.restype = None
@@ -78,18 +81,29 @@ class NativeGemm:
     def pack(self, weight_t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
         """The panels of a weight given transposed, (K, N) = (in, out): fp32 (ceil(N / 8), K, 8),
         or with `dtype=torch.bfloat16` the weight rounded to bf16 (to nearest even) in panels
-        (ceil(N / 8), ceil(K / 2), 8, 2), rows k and k + 1 interleaved (see the C++ source)."""
+        (ceil(N / 8), ceil(K / 2), 8, 2), rows k and k + 1 interleaved (see the C++ source).
+        A transposed view of a contiguous (N, K) weight (`weight.t()`) packs from the weight's
+        rows, with no transposed copy first."""
         _check(weight_t, "weight_t", dim=2)
         assert dtype in (torch.float32, torch.bfloat16), f"packs fp32 or bf16, not {dtype}"
         K, N = weight_t.shape
         panels = (N + self.panel - 1) // self.panel
+        rows = weight_t.t().is_contiguous()  # (N, K) memory
         if dtype == torch.bfloat16:
             # Pure torch: padded to whole panels and an even K with zeros, then reordered.
+            if rows:
+                w = F.pad(weight_t.t().to(torch.bfloat16), (0, K % 2, 0, panels * self.panel - N))
+                pairs = w.view(panels, self.panel, (K + 1) // 2, 2)  # (P, 8, K/2, 2)
+                return pairs.permute(0, 2, 1, 3).contiguous()  # (P, K/2, 8, 2)
             wt = F.pad(weight_t.to(torch.bfloat16), (0, panels * self.panel - N, 0, K % 2))
             pairs = wt.view((K + 1) // 2, 2, panels, self.panel)  # (K/2, 2, P, 8)
             return pairs.permute(2, 0, 3, 1).contiguous()  # (P, K/2, 8, 2)
-        wt = weight_t.contiguous()
         packed = torch.empty(panels, K, self.panel)
+        if rows:
+            w = weight_t.t()
+            self._pack_rows(w.data_ptr(), K, N, packed.data_ptr(), torch.get_num_threads())
+            return packed
+        wt = weight_t.contiguous()
         self._pack(wt.data_ptr(), K, N, packed.data_ptr(), torch.get_num_threads())
         return packed
 

@@ -208,6 +208,22 @@ void plaudit_gemm_pack(const float* wt, int64_t K, int64_t N, float* packed, int
   }
 }
 
+// The same panels from W (N, K) row-major itself: panel p reads its 8 rows of W sequentially.
+void plaudit_gemm_pack_rows(const float* w, int64_t K, int64_t N, float* packed, int threads) {
+  const int64_t panels = (N + kPanel - 1) / kPanel;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t p = 0; p < panels; ++p) {
+    const int64_t n = p * kPanel;
+    const int64_t cols = N - n < kPanel ? N - n : kPanel;
+    float* dst = packed + p * K * kPanel;
+    if (cols < kPanel) memset(dst, 0, K * kPanel * sizeof(float));
+    for (int64_t j = 0; j < cols; ++j) {
+      const float* row = w + (n + j) * K;
+      for (int64_t k = 0; k < K; ++k) dst[k * kPanel + j] = row[k];
+    }
+  }
+}
+
 // y (M, N) = x (M, K) @ W^T, W packed by plaudit_gemm_pack; x and y row-major, contiguous.
 void plaudit_gemm(const float* x, int64_t M, const float* packed, int64_t N, int64_t K,
                   float* y, int threads) {

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from plaudit.learner._decode import DecodeLinear, available_kernels, transposed
+from plaudit.learner._decode import DecodeLinear, available_kernels
 from plaudit.learner._engine import (
     Engine,
     KVCache,
@@ -486,10 +486,3 @@ def test_bfloat16_means_bf16_weights_on_a_cpu_without_amx(monkeypatch: pytest.Mo
         _decode.packed_kernel.cache_clear()
     with pytest.raises(ValueError, match="give bfloat16 weights with float32 activations"):
         Engine(model=make_model("llama-gqa"), dtype=bf16, weight_dtype=fp32)
-
-
-@pytest.mark.parametrize("shape", [(3, 5), (300, 7), (129, 256), (1, 1)])
-def test_transposed_is_the_transpose_bit_for_bit(shape: tuple[int, int]) -> None:
-    w = torch.randn(*shape)
-    t = transposed(w, rows=128)
-    assert t.is_contiguous() and torch.equal(t, w.t())
