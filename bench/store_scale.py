@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import sqlite3
 import statistics
 import tempfile
@@ -101,6 +102,13 @@ def median_ms(fn: Callable[[], Any], *, runs: int) -> float:
 
 def scale(args: argparse.Namespace) -> None:
     folder = Path(args.db)
+    if any(folder.glob("*.sqlite3")):  # a store kept from an earlier run: of this size?
+        store = Store.open(folder)
+        kept = store._query("SELECT COUNT(*) FROM posts")[0][0]
+        store.close()
+        if kept != args.posts:
+            print(f"{folder} holds {kept:,} posts, not {args.posts:,}: built again")
+            shutil.rmtree(folder)
     if not any(folder.glob("*.sqlite3")):
         t = time.perf_counter()
         build(folder, posts=args.posts, snapshots=args.snapshots)
