@@ -131,7 +131,7 @@ class DecodeLinear(nn.Module):
     and what it gains), at the cost of a second copy of the weight. Which inputs it serves:
     - native: any input of 1 to 12 rows (`rows` is irrelevant); a row's result has the same
       bits whatever the other rows are;
-    - MKL: inputs of exactly `rows` rows, with the same bits as `F.linear(x, weight)`;
+    - MKL: inputs of exactly `rows` rows;
     - oneDNN: any input of 2 rows or more (`rows` only guides its layout); on the AMD EPYC,
       small's 32 layers took 11.0 ms packed against 22.7 unpacked at 8 rows, 51.8 against
       59.1 at 96 rows (a prefill), 9.7 against 9.1 at 1 row, so a single row stays unpacked.
