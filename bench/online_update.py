@@ -5,7 +5,9 @@ forward-backward over the rewarded posts' tokens + an AdamW step) and one forwar
 proximal logprobs), measured beside plaudit's update in the same process, alternating. plaudit's
 time is the whole `policy_update` call: the reference's pass, the KL penalty, the drift check
 after every step (on the probe of recent samples the daemon passes, or on the batch) and the
-snapshots that let a step be undone.
+snapshots that let a step be undone. The probe is built as the daemon's: the newest
+candidates, ``--candidates`` of them after each prompt (a post cycle's), so that their passes
+run each prompt once as the daemon's do.
 
 With ``--lora RANK`` (8 by default; 0: not run) the same update of a second policy that trains
 LoRA adapters (`online.lora_rank`) is timed beside them, and both policies' memory is reported
@@ -57,17 +59,18 @@ def policy_for(model: str, lora: LoRAConfig | None = None) -> Policy:
     return Policy.load(model, lr=1e-5, lora=lora)
 
 
-def trajectories(policy: Policy, n: int, seed: int) -> list[Trajectory]:
-    """``n`` posts sampled by the policy at the default posting settings, advantages in ±1."""
+def trajectories(policy: Policy, n: int, seed: int, *, per_prompt: int = 1) -> list[Trajectory]:
+    """``n`` posts sampled by the policy at the default posting settings, advantages in ±1,
+    ``per_prompt`` of them after each prompt (a post cycle's candidates share theirs)."""
     rng = random.Random(seed)
     history = [p.text for p in load_corpus()]
     prompts = [
         policy.render_prompt(text, system=SYSTEM)
-        for text in instructions(history=history, n=n, max_chars=280, rng=rng)
+        for text in instructions(history=history, n=-(-n // per_prompt), max_chars=280, rng=rng)
     ]
     sampling = SamplingConfig(temperature=1.0, top_p=0.95, max_new_tokens=60, seed=seed)
     out = []
-    for c in policy.generate(prompts, n=1, sampling=sampling):
+    for c in policy.generate(prompts, n=per_prompt, sampling=sampling)[:n]:
         out.append(
             Trajectory(
                 prompt=c.prompt_tokens,
@@ -159,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--model", default="smollm2", help="smollm2, a model folder, or tiny")
     ap.add_argument("--posts", type=int, default=8, help="rewarded posts in the update")
     ap.add_argument("--probe", type=int, default=32, help="recent samples the drift is measured on")
+    ap.add_argument(
+        "--candidates", type=int, default=8, help="the probe's posts per prompt (a cycle's)"
+    )
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -171,7 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(0)
     policy = policy_for(args.model)
     batch = trajectories(policy, args.posts, seed=1)
-    probe = trajectories(policy, args.probe, seed=2) if args.probe else []
+    # The probe as the daemon's: the newest candidates, each cycle's sharing a prompt.
+    probe = (
+        trajectories(policy, args.probe, seed=2, per_prompt=args.candidates) if args.probe else []
+    )
     snapshot = {k: v.clone() for k, v in policy.model.state_dict().items()}
 
     def plaudit(measured: list[Trajectory]) -> Callable[[], object]:
@@ -213,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "model": args.model,
         "posts": len(batch),
         "probe": len(probe),
+        "probe_prompts": len({tuple(t.prompt) for t in probe}),
         "epochs": args.epochs,
         "tokens": tokens,
         "completion_tokens": sum(len(t.completion) for t in batch),

@@ -421,34 +421,7 @@ class Transformer(nn.Module):
 
         With a KV cache the tokens continue what the cache holds: row b's token at cache column
         c sits at position c - pad[b] (left-padded rows), and attends to its own row only."""
-        T = idx.size(1)
-        cfg = self.config
-        assert idx.dtype == torch.long, f"token ids must be torch.long, got {idx.dtype}"
-        mask: Tensor | None = None
-        allowed: Tensor | None = None
-        if kv_cache is None:
-            assert cfg.max_seq_len >= T, (
-                f"sequence of {T} tokens is longer than the model's context "
-                f"(max_seq_len {cfg.max_seq_len}); shorten it"
-            )
-            pos = torch.arange(T, device=idx.device)[None, :]  # (1, T)
-        else:
-            pos = kv_cache.positions(T)  # (B, T)
-            assert int(pos.max()) < cfg.max_seq_len, (
-                f"position {int(pos.max())} is past the model's context "
-                f"(max_seq_len {cfg.max_seq_len}); shorten the prompt or generate fewer tokens"
-            )
-            allowed = kv_cache.attention_mask(T)  # (B, 1, T, Tk) bool or None
-
-        x, rope = self._embed(idx, pos)
-        if allowed is not None:
-            # Additive, built once for all layers: 0 where allowed, -inf elsewhere.
-            mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)
-            mask.masked_fill_(~allowed, float("-inf"))  # (B, 1, T, Tk)
-        for i, block in enumerate(self.blocks):
-            x = block(x, rope=rope, mask=mask, kv_cache=kv_cache, layer=i)  # (B, T, C)
-        if kv_cache is not None:
-            kv_cache.advance(T)
+        x = self._blocks(idx, kv_cache=kv_cache, layers=len(self.blocks))  # (B, T, C)
         if last_only:
             x = x[:, -1:, :]  # (B, 1, C)
         x = self.norm_f(x)
@@ -468,16 +441,46 @@ class Transformer(nn.Module):
         sin = self.rope_sin[pos].unsqueeze(2).to(x.dtype)  # (B or 1, T, 1, head_dim)
         return x, (cos, sin)
 
-    def hidden_states(self, idx: Tensor, *, layers: int) -> Tensor:
+    def hidden_states(self, idx: Tensor, *, layers: int, kv_cache: KVCache | None = None) -> Tensor:
         """The residual stream (B, T, C) after the first ``layers`` blocks of idx (B, T)
         (causal: a right-padded row's states do not see its padding): features for a head
-        on a frozen model."""
+        on a frozen model. With a KV cache (all layers only) the tokens continue what it
+        holds, as in `forward`: a shared prompt's keys and values are computed once."""
         assert 0 <= layers <= len(self.blocks), f"layers {layers} not in 0..{len(self.blocks)}"
+        return self._blocks(idx, kv_cache=kv_cache, layers=layers)
+
+    def _blocks(self, idx: Tensor, *, kv_cache: KVCache | None, layers: int) -> Tensor:
+        """idx (B, T) through the embedding and the first ``layers`` blocks: (B, T, C)."""
         T = idx.size(1)
-        assert self.config.max_seq_len >= T, f"{T} tokens > max_seq_len {self.config.max_seq_len}"
-        x, rope = self._embed(idx, torch.arange(T, device=idx.device)[None, :])
+        cfg = self.config
+        assert idx.dtype == torch.long, f"token ids must be torch.long, got {idx.dtype}"
+        mask: Tensor | None = None
+        allowed: Tensor | None = None
+        if kv_cache is None:
+            assert cfg.max_seq_len >= T, (
+                f"sequence of {T} tokens is longer than the model's context "
+                f"(max_seq_len {cfg.max_seq_len}); shorten it"
+            )
+            pos = torch.arange(T, device=idx.device)[None, :]  # (1, T)
+        else:
+            # the cache's columns are written by every layer: all of them run
+            assert layers == len(self.blocks), "a KV cache needs every block to run"
+            pos = kv_cache.positions(T)  # (B, T)
+            assert int(pos.max()) < cfg.max_seq_len, (
+                f"position {int(pos.max())} is past the model's context "
+                f"(max_seq_len {cfg.max_seq_len}); shorten the prompt or generate fewer tokens"
+            )
+            allowed = kv_cache.attention_mask(T)  # (B, 1, T, Tk) bool or None
+
+        x, rope = self._embed(idx, pos)
+        if allowed is not None:
+            # Additive, built once for all layers: 0 where allowed, -inf elsewhere.
+            mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)
+            mask.masked_fill_(~allowed, float("-inf"))  # (B, 1, T, Tk)
         for i, block in enumerate(self.blocks[:layers]):
-            x = block(x, rope=rope, mask=None, kv_cache=None, layer=i)
+            x = block(x, rope=rope, mask=mask, kv_cache=kv_cache, layer=i)  # (B, T, C)
+        if kv_cache is not None:
+            kv_cache.advance(T)
         return x
 
     def num_params(self, *, exclude_embeddings: bool = False) -> int:

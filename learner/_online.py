@@ -118,6 +118,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._kv_cache import KVCache
 from ._model import Transformer
 
 Method = Literal["clipped", "reinforce"]
@@ -221,10 +222,23 @@ def _temperature(t: Trajectory, config: OnlineUpdateConfig | None) -> float:
 
 
 @dataclass
+class _Prefix:
+    """The distinct prompts of a set of rows, each once: their keys and values are computed
+    once and every row that continues one attends to them (a post cycle's candidates share
+    their prompt, and the prompt is most of each sequence)."""
+
+    tokens: Tensor  # (P, Tp) each distinct prompt but its last token, left-padded
+    pad: Tensor  # (P,) leading padding columns of each
+    owner: Tensor  # (B,) the distinct prompt each row continues
+
+
+@dataclass
 class _Rows:
     """Trajectories padded into one forward: right-padded inputs (B, T) and the completion
     positions, a (B, T) mask whose True entries, read row by row, are the completion tokens in
-    order; per completion position its target token, its row and its row's temperature (N,)."""
+    order; per completion position its target token, its row and its row's temperature (N,).
+    With a ``prefix`` the inputs are each row's last prompt token and its completion (the
+    rest of the prompt is the prefix's)."""
 
     idx: Tensor
     mask: Tensor
@@ -232,6 +246,7 @@ class _Rows:
     rows: Tensor
     temps: Tensor
     lengths: list[int]  # completion tokens per row
+    prefix: _Prefix | None = None
 
     def per_row(self, values: Tensor) -> list[Tensor]:
         """(N,) values split into one tensor per row."""
@@ -244,17 +259,30 @@ class _Rows:
 
 
 def _rows(
-    trajectories: Sequence[Trajectory], config: OnlineUpdateConfig | None, device: torch.device
+    trajectories: Sequence[Trajectory],
+    config: OnlineUpdateConfig | None,
+    device: torch.device,
+    *,
+    share_prompts: bool = False,
 ) -> _Rows:
-    seqs = [t.prompt + t.completion for t in trajectories]
+    """``share_prompts``: rows with the same prompt run it once (a `_Prefix`) where that
+    computes fewer positions; for passes without gradient only (the KV cache's in-place
+    writes are not for autograd)."""
+    prefix = _prefix(trajectories, device) if share_prompts else None
+    if prefix is not None:
+        seqs = [t.prompt[-1:] + t.completion for t in trajectories]
+        starts = [0] * len(trajectories)
+    else:
+        seqs = [t.prompt + t.completion for t in trajectories]
+        starts = [len(t.prompt) - 1 for t in trajectories]
     T = max(len(s) for s in seqs) - 1
     B = len(seqs)
     idx = torch.zeros(B, T, dtype=torch.long)
     mask = torch.zeros(B, T, dtype=torch.bool)
-    for i, (t, s) in enumerate(zip(trajectories, seqs, strict=True)):
+    for i, (s, start) in enumerate(zip(seqs, starts, strict=True)):
         n = len(s) - 1
         idx[i, :n] = torch.tensor(s[:-1])
-        mask[i, len(t.prompt) - 1 : n] = True
+        mask[i, start:n] = True
     lengths = [len(t.completion) for t in trajectories]
     rows = torch.repeat_interleave(torch.arange(B), torch.tensor(lengths))
     temps = torch.tensor([_temperature(t, config) for t in trajectories])[rows]
@@ -266,6 +294,31 @@ def _rows(
         rows=rows.to(device),
         temps=temps.to(device),
         lengths=lengths,
+        prefix=prefix,
+    )
+
+
+def _prefix(trajectories: Sequence[Trajectory], device: torch.device) -> _Prefix | None:
+    """The rows' distinct prompts as a `_Prefix`, or None where sharing them computes no
+    fewer positions (every prompt distinct) or a prompt is a single token."""
+    if any(len(t.prompt) < 2 for t in trajectories):
+        return None
+    distinct: dict[tuple[int, ...], int] = {}
+    owner = [distinct.setdefault(tuple(t.prompt), len(distinct)) for t in trajectories]
+    B, P = len(trajectories), len(distinct)
+    Tp = max(len(p) for p in distinct) - 1
+    tail = max(len(t.completion) for t in trajectories)
+    plain = max(len(t.prompt) + len(t.completion) for t in trajectories) - 1
+    if P * Tp + B * tail >= B * plain:
+        return None
+    tokens = torch.zeros(P, Tp, dtype=torch.long)
+    pad = torch.zeros(P, dtype=torch.long)
+    for i, prompt in enumerate(distinct):
+        body = prompt[:-1]
+        pad[i] = Tp - len(body)
+        tokens[i, Tp - len(body) :] = torch.tensor(body)
+    return _Prefix(
+        tokens=tokens.to(device), pad=pad.to(device), owner=torch.tensor(owner, device=device)
     )
 
 
@@ -273,14 +326,45 @@ def _completion_logp(model: Transformer, rows: _Rows) -> Tensor:
     """(N, V) fp32 log-softmax at the completion positions only, each at its row's
     temperature. The final norm, the head and the softmax never see the prompts' positions
     (most of each sequence: a posting prompt shows two example posts), nor the padding; the
-    same numbers as the full forward's at those positions."""
-    h = model.hidden_states(rows.idx, layers=model.config.n_layer)  # (B, T, C)
+    same numbers as the full forward's at those positions (float rounding apart, with a
+    prefix)."""
+    if rows.prefix is None:
+        h = model.hidden_states(rows.idx, layers=model.config.n_layer)  # (B, T, C)
+    else:
+        h = _after_prefix(model, rows.idx, rows.prefix)
     h = model.norm_f(h[rows.mask])  # (N, C)
     head = model.tok_emb.weight if model.lm_head is None else model.lm_head.weight
     logits = F.linear(h, cast("Tensor", head)).float()  # (N, V)
     if bool((rows.temps != 1).any()):
         logits = logits / rows.temps[:, None]
     return F.log_softmax(logits, dim=-1)
+
+
+def _after_prefix(model: Transformer, idx: Tensor, prefix: _Prefix) -> Tensor:
+    """The residual stream (B, T, C) of idx continuing each row's prompt: the distinct
+    prompts run once into a KV cache, copied to the rows that continue them."""
+    cfg = model.config
+    dtype = model.tok_emb.weight.dtype
+    P, Tp = prefix.tokens.shape
+
+    def cache(rows: int, columns: int) -> KVCache:
+        return KVCache(
+            batch_size=rows,
+            n_layer=cfg.n_layer,
+            n_kv_head=cfg.n_kv_head,
+            head_dim=cfg.head_dim,
+            max_len=columns,
+            device=idx.device,
+            dtype=dtype,
+        )
+
+    prompts = cache(P, Tp)
+    prompts.set_padding(prefix.pad)
+    model.hidden_states(prefix.tokens, layers=cfg.n_layer, kv_cache=prompts)
+    rows = cache(idx.size(0), Tp + idx.size(1))
+    rows.prefill(prompts, rows=prefix.owner)
+    del prompts
+    return model.hidden_states(idx, layers=cfg.n_layer, kv_cache=rows)
 
 
 def sequence_logprobs(
@@ -303,7 +387,7 @@ def sequence_logprobs(
         for start in range(0, len(trajs), 8):
             chunk = [t for t in trajs[start : start + 8] if t.completion]
             if chunk:
-                rows = _rows(chunk, None, device)
+                rows = _rows(chunk, None, device, share_prompts=True)
                 logp = _completion_logp(model, rows)
                 picked = logp.gather(-1, rows.targets[:, None]).squeeze(-1)
                 lists = iter(x.tolist() for x in rows.per_row(picked))
@@ -386,18 +470,27 @@ class _Posts:
         self.trajectories = list(trajectories)
         self.reference = reference
         self.config = config
+        # Posts with the same prompt (a cycle's candidates) go in one chunk, which runs that
+        # prompt once; `order[k]` is the trajectory at the k-th place of the chunks.
+        n = len(self.trajectories)
+        self.order = sorted(range(n), key=lambda i: self.trajectories[i].prompt)
         self.chunks = [
-            _rows(self.trajectories[s : s + chunk_size], config, device)
-            for s in range(0, len(self.trajectories), chunk_size)
+            _rows(
+                [self.trajectories[i] for i in self.order[s : s + chunk_size]],
+                config,
+                device,
+                share_prompts=True,
+            )
+            for s in range(0, n, chunk_size)
         ]
         vocab = reference.config.vocab_size if reference is not None else 0
         tokens = sum(len(t.completion) for t in self.trajectories)
         self._keep = tokens * vocab * 4 <= REFERENCE_CACHE_BYTES
         self._ref: list[Tensor | None] = [None] * len(self.chunks)
-        # chunk and first row of each trajectory, for `reference_rows`
-        self._where = [
-            (c, r) for c, rows in enumerate(self.chunks) for r in range(len(rows.lengths))
-        ]
+        # chunk and row of each trajectory, for `reference_rows`
+        self._where = [(0, 0)] * n
+        for k, i in enumerate(self.order):
+            self._where[i] = (k // chunk_size, k % chunk_size)
 
     def reference_logp(self, c: int) -> Tensor | None:
         """(N_c, V) the reference's log-softmax at chunk c's completion positions."""
@@ -449,12 +542,17 @@ class _Posts:
                         kl_posts.append(rows.row_sums(kl).cpu())  # (B,)
         finally:
             model.train(was_training)
+        # back from the chunks' order to the trajectories'
+        inverse = [0] * len(self.order)
+        for k, i in enumerate(self.order):
+            inverse[i] = k
+        logprobs = [logprobs[k] for k in inverse]
         total: Tensor | None = None
         kl_se = 0.0
         if self.reference is None:
             kl_post = kl_token = math.nan
         else:
-            total = torch.cat(kl_posts)
+            total = torch.cat(kl_posts)[inverse]
             kl_post = float(total.mean())
             kl_se = float(total.std() / math.sqrt(len(total))) if len(total) > 1 else 0.0
             kl_token = float(total.sum()) / max(tokens, 1)

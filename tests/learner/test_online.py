@@ -411,3 +411,39 @@ def test_completion_logprobs_match_the_full_forward() -> None:
             logits = model(torch.tensor([p + c]))[0, len(p) - 1 : -1] / 0.7
         want = F.log_softmax(logits, -1).gather(-1, torch.tensor(c)[:, None]).squeeze(-1)
         assert torch.allclose(torch.tensor(lp), want, atol=1e-5)
+
+
+def test_shared_prompts_give_the_same_logprobs_kl_and_order() -> None:
+    """A set whose posts share prompts (a cycle's candidates) runs each prompt once; the
+    logprobs, each post's KL and entropy are those of running every post whole, in the
+    trajectories' own order, whatever the prompts' lengths (left padding), the completions'
+    (right padding) and temperatures."""
+    from plaudit.learner._online import _Posts
+
+    model, reference = tiny(0), tiny(1)
+    prompts = [[1, 5, 9, 4, 4], [1, 7], [1, 5, 9, 4, 4], [1, 3, 3], [1, 7], [1, 5, 9, 4, 4]]
+    completions = [[10, 11, 12], [20], [30, 31, 32, 33, 34], [40, 41], [50, 51, 52], [60, 2]]
+    batch = [
+        Trajectory(p, c, [0.0] * len(c), 0.0, temperature=t)
+        for p, c, t in zip(prompts, completions, [1.0, 0.7, 1.0, 1.3, 0.7, 1.0], strict=True)
+    ]
+    shared = _Posts(batch, reference, None, torch.device("cpu"), 8)
+    assert shared.chunks[0].prefix is not None  # 3 distinct prompts among 6 posts
+    got = shared.measure(model)
+    for t, lp in zip(batch, got.logprobs, strict=True):  # each post on its own
+        want = sequence_logprobs(model, [t.prompt], [t.completion], temperature=t.temperature)
+        assert torch.allclose(lp, torch.tensor(want[0]), atol=1e-5)
+    alone = [_Posts([t], reference, None, torch.device("cpu"), 8).measure(model) for t in batch]
+    assert all(a.kl_posts is not None for a in alone)
+    want_kl = torch.cat([a.kl_posts for a in alone if a.kl_posts is not None])
+    assert got.kl_posts is not None and torch.allclose(got.kl_posts, want_kl, atol=1e-5)
+    tokens = sum(len(c) for c in completions)
+    entropy = sum(a.entropy * len(t.completion) for a, t in zip(alone, batch, strict=True))
+    assert got.entropy == pytest.approx(entropy / tokens, abs=1e-5)
+    # the reference's rows as a training minibatch lays them out, in any order
+    mb = [4, 0, 2]
+    ref = shared.reference_rows(mb)
+    want_ref = torch.cat(
+        [_Posts([batch[i]], reference, None, torch.device("cpu"), 1).reference_logp(0) for i in mb]  # type: ignore[misc]
+    )
+    assert ref is not None and torch.allclose(ref, want_ref, atol=1e-5)
