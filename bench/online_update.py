@@ -7,7 +7,9 @@ time is the whole `policy_update` call: the reference's pass, the KL penalty, th
 after every step (on the probe of recent samples the daemon passes, or on the batch) and the
 snapshots that let a step be undone. The probe is built as the daemon's: the newest
 candidates, ``--candidates`` of them after each prompt (a post cycle's), so that their passes
-run each prompt once as the daemon's do.
+run each prompt once as the daemon's do. ``--batch-per-prompt 8`` builds the batch the same
+way: rewarded posts with their cycles' other candidates (`online.candidates_weight`), whose
+minibatches run each prompt once too.
 
 With ``--lora RANK`` (8 by default; 0: not run) the same update of a second policy that trains
 LoRA adapters (`online.lora_rank`) is timed beside them, and both policies' memory is reported
@@ -165,6 +167,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--candidates", type=int, default=8, help="the probe's posts per prompt (a cycle's)"
     )
+    ap.add_argument(
+        "--batch-per-prompt",
+        type=int,
+        default=1,
+        help="the batch's posts per prompt (1: rewarded posts; 8: as with candidates teaching)",
+    )
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -176,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     policy = policy_for(args.model)
-    batch = trajectories(policy, args.posts, seed=1)
+    batch = trajectories(policy, args.posts, seed=1, per_prompt=args.batch_per_prompt)
     # The probe as the daemon's: the newest candidates, each cycle's sharing a prompt.
     probe = (
         trajectories(policy, args.probe, seed=2, per_prompt=args.candidates) if args.probe else []
@@ -223,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "posts": len(batch),
         "probe": len(probe),
         "probe_prompts": len({tuple(t.prompt) for t in probe}),
+        "batch_prompts": len({tuple(t.prompt) for t in batch}),
         "epochs": args.epochs,
         "tokens": tokens,
         "completion_tokens": sum(len(t.completion) for t in batch),

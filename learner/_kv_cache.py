@@ -4,8 +4,37 @@ it) and the engine (which owns it) need it, and the engine imports the model."""
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import Tensor
+
+
+class KVStore(Protocol):
+    """What the model's forward needs of a cache: where new tokens sit, what they attend to,
+    and somewhere to put each layer's keys and values."""
+
+    def positions(self, T: int) -> Tensor: ...
+
+    def attention_mask(self, T: int) -> Tensor | None: ...
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def advance(self, T: int) -> None: ...
+
+
+def _attention_mask(pad: Tensor, pos: int, T: int) -> Tensor | None:
+    """Boolean mask (B, 1, T, pos + T) for T new tokens after ``pos`` filled columns of rows
+    left-padded by ``pad`` (B,), True = attend; None when a plain causal (fresh, unpadded) or
+    unmasked (one token, unpadded) attention is exact."""
+    if not bool(pad.any()) and (T == 1 or pos == 0):
+        return None
+    q = torch.arange(pos, pos + T, device=pad.device)[:, None]  # (T, 1)
+    k = torch.arange(pos + T, device=pad.device)[None, :]  # (1, Tk)
+    causal = k <= q  # (T, Tk)
+    # A padding query attends to itself only, so its (unused) output is finite, not NaN.
+    real = (k[None] >= pad[:, None, None]) | (k == q)[None]  # (B, T, Tk)
+    return (causal[None] & real).unsqueeze(1)  # (B, 1, T, Tk)
 
 
 class KVCache:
@@ -79,14 +108,7 @@ class KVCache:
     def attention_mask(self, T: int) -> Tensor | None:
         """Boolean mask (B, 1, T, pos + T) for T new tokens, True = attend; None when a plain
         causal (fresh, unpadded) or unmasked (one token, unpadded) attention is exact."""
-        if not bool(self.pad.any()) and (T == 1 or self.pos == 0):
-            return None
-        q = torch.arange(self.pos, self.pos + T, device=self.pad.device)[:, None]  # (T, 1)
-        k = torch.arange(self.pos + T, device=self.pad.device)[None, :]  # (1, Tk)
-        causal = k <= q  # (T, Tk)
-        # A padding query attends to itself only, so its (unused) output is finite, not NaN.
-        real = (k[None] >= self.pad[:, None, None]) | (k == q)[None]  # (B, T, Tk)
-        return (causal[None] & real).unsqueeze(1)  # (B, 1, T, Tk)
+        return _attention_mask(self.pad, self.pos, T)
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write k, v (B, n_kv_head, T, D) of `layer` at the fill point; return the filled
@@ -117,4 +139,47 @@ class KVCache:
         assert self.pos + T <= self.max_len, (
             f"cannot advance past capacity: {self.pos} + {T} > {self.max_len}"
         )
+        self.pos += T
+
+
+class PromptCache:
+    """Shared prompts, then the rows that continue them, with gradient: a forward over the
+    distinct prompts (left-padded by ``pad``) keeps each layer's keys and values as they are
+    (no buffer, no in-place write: autograd sees plain tensors); after `continue_rows`, a
+    forward of the continuations attends to its own prompt's (row b continues prompt
+    ``owner[b]``) and to itself. Each prompt runs once however many rows continue it."""
+
+    def __init__(self, pad: Tensor) -> None:
+        self.pad = pad  # (P,) until continue_rows, then (B,)
+        self.pos = 0
+        self._k: list[Tensor] = []
+        self._v: list[Tensor] = []
+        self._owner: Tensor | None = None
+
+    def continue_rows(self, owner: Tensor) -> None:
+        """From now on rows are continuations: row b continues prompt owner[b]."""
+        assert self._owner is None and self.pos > 0, "run the prompts first, once"
+        self._owner = owner
+        self.pad = self.pad[owner]
+
+    def positions(self, T: int) -> Tensor:
+        cols = torch.arange(self.pos, self.pos + T, device=self.pad.device)  # (T,)
+        return (cols[None, :] - self.pad[:, None]).clamp(min=0)  # (B, T)
+
+    def attention_mask(self, T: int) -> Tensor | None:
+        return _attention_mask(self.pad, self.pos, T)
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self._owner is None:  # the prompts: kept for their continuations
+            assert layer == len(self._k), "layers in order, once"
+            self._k.append(k)
+            self._v.append(v)
+            return k, v
+        owner = self._owner
+        return (
+            torch.cat((self._k[layer][owner], k), dim=2),
+            torch.cat((self._v[layer][owner], v), dim=2),
+        )
+
+    def advance(self, T: int) -> None:
         self.pos += T

@@ -32,7 +32,7 @@ from ._config import Family as Family
 from ._config import ModelConfig as ModelConfig
 
 if TYPE_CHECKING:
-    from ._kv_cache import KVCache
+    from ._kv_cache import KVStore
 
 # Attention over several positions runs in fp32 under CPU autocast (see Attention.forward);
 # a switch so the choice can be re-measured on another CPU.
@@ -104,7 +104,7 @@ class Attention(nn.Module):
         *,
         rope: tuple[Tensor, Tensor] | None,
         mask: Tensor | None,
-        kv_cache: KVCache | None,
+        kv_cache: KVStore | None,
         layer: int,
     ) -> Tensor:
         B, T, C = x.size()
@@ -185,7 +185,7 @@ class Block(nn.Module):
         *,
         rope: tuple[Tensor, Tensor] | None,
         mask: Tensor | None,
-        kv_cache: KVCache | None,
+        kv_cache: KVStore | None,
         layer: int,
     ) -> Tensor:
         x = x + self.attn(self.norm1(x), rope=rope, mask=mask, kv_cache=kv_cache, layer=layer)
@@ -411,7 +411,7 @@ class Transformer(nn.Module):
         self,
         idx: Tensor,
         *,
-        kv_cache: KVCache | None = None,
+        kv_cache: KVStore | None = None,
         last_only: bool = False,
         targets: Tensor | None = None,
     ) -> Tensor:
@@ -441,7 +441,7 @@ class Transformer(nn.Module):
         sin = self.rope_sin[pos].unsqueeze(2).to(x.dtype)  # (B or 1, T, 1, head_dim)
         return x, (cos, sin)
 
-    def hidden_states(self, idx: Tensor, *, layers: int, kv_cache: KVCache | None = None) -> Tensor:
+    def hidden_states(self, idx: Tensor, *, layers: int, kv_cache: KVStore | None = None) -> Tensor:
         """The residual stream (B, T, C) after the first ``layers`` blocks of idx (B, T)
         (causal: a right-padded row's states do not see its padding): features for a head
         on a frozen model. With a KV cache (all layers only) the tokens continue what it
@@ -449,7 +449,7 @@ class Transformer(nn.Module):
         assert 0 <= layers <= len(self.blocks), f"layers {layers} not in 0..{len(self.blocks)}"
         return self._blocks(idx, kv_cache=kv_cache, layers=layers)
 
-    def _blocks(self, idx: Tensor, *, kv_cache: KVCache | None, layers: int) -> Tensor:
+    def _blocks(self, idx: Tensor, *, kv_cache: KVStore | None, layers: int) -> Tensor:
         """idx (B, T) through the embedding and the first ``layers`` blocks: (B, T, C)."""
         T = idx.size(1)
         cfg = self.config

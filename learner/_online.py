@@ -77,9 +77,11 @@ positions only (the prompts, most of each sequence, never reach the (N, V) logit
 reference's log-softmax at the batch's and the probe's completion positions is computed once
 per update and kept (it is frozen; up to ``REFERENCE_CACHE_BYTES``); when the batch is one
 minibatch the proximal logprobs are read off the first step's own forward; the snapshots that
-undo a step are copied into the same buffers each step. Above the floor remain the reference's
-one forward over batch and probe, and the probe's policy forward after every step (the drift
-check): measured by bench/online_update.py.
+undo a step are copied into the same buffers each step; posts that share a prompt (a post
+cycle's candidates: the probe, and the batch when candidates teach) run it once in every pass,
+training's included (`PromptCache`: the prompt is most of each sequence). Above the floor
+remain the reference's one forward over batch and probe, and the probe's policy forward after
+every step (the drift check): measured by bench/online_update.py.
 
 Simplifications (kept on purpose):
 - the update's π (new and proximal) is the full softmax at each post's own temperature
@@ -118,7 +120,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._kv_cache import KVCache
+from ._kv_cache import PromptCache
 from ._model import Transformer
 
 Method = Literal["clipped", "reinforce"]
@@ -266,8 +268,7 @@ def _rows(
     share_prompts: bool = False,
 ) -> _Rows:
     """``share_prompts``: rows with the same prompt run it once (a `_Prefix`) where that
-    computes fewer positions; for passes without gradient only (the KV cache's in-place
-    writes are not for autograd)."""
+    computes fewer positions."""
     prefix = _prefix(trajectories, device) if share_prompts else None
     if prefix is not None:
         seqs = [t.prompt[-1:] + t.completion for t in trajectories]
@@ -342,29 +343,12 @@ def _completion_logp(model: Transformer, rows: _Rows) -> Tensor:
 
 def _after_prefix(model: Transformer, idx: Tensor, prefix: _Prefix) -> Tensor:
     """The residual stream (B, T, C) of idx continuing each row's prompt: the distinct
-    prompts run once into a KV cache, copied to the rows that continue them."""
-    cfg = model.config
-    dtype = model.tok_emb.weight.dtype
-    P, Tp = prefix.tokens.shape
-
-    def cache(rows: int, columns: int) -> KVCache:
-        return KVCache(
-            batch_size=rows,
-            n_layer=cfg.n_layer,
-            n_kv_head=cfg.n_kv_head,
-            head_dim=cfg.head_dim,
-            max_len=columns,
-            device=idx.device,
-            dtype=dtype,
-        )
-
-    prompts = cache(P, Tp)
-    prompts.set_padding(prefix.pad)
-    model.hidden_states(prefix.tokens, layers=cfg.n_layer, kv_cache=prompts)
-    rows = cache(idx.size(0), Tp + idx.size(1))
-    rows.prefill(prompts, rows=prefix.owner)
-    del prompts
-    return model.hidden_states(idx, layers=cfg.n_layer, kv_cache=rows)
+    prompts run once, their keys and values shared by the rows that continue them (with
+    gradient, when there is one)."""
+    cache = PromptCache(prefix.pad)
+    model.hidden_states(prefix.tokens, layers=model.config.n_layer, kv_cache=cache)
+    cache.continue_rows(prefix.owner)
+    return model.hidden_states(idx, layers=model.config.n_layer, kv_cache=cache)
 
 
 def sequence_logprobs(
@@ -854,7 +838,12 @@ class _Update:
                 if should_stop is not None and should_stop.is_set():  # type: ignore[attr-defined]
                     stop_reason = "interrupted"
                     break
-                rows = _rows([self.batch.trajectories[i] for i in mb], config, self.device)
+                rows = _rows(
+                    [self.batch.trajectories[i] for i in mb],
+                    config,
+                    self.device,
+                    share_prompts=True,
+                )
                 logp = _completion_logp(model, rows)  # (N, V)
                 new_lp = logp.gather(-1, rows.targets[:, None]).squeeze(-1)  # (N,)
                 if items is None:

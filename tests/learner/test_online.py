@@ -447,3 +447,33 @@ def test_shared_prompts_give_the_same_logprobs_kl_and_order() -> None:
         [_Posts([batch[i]], reference, None, torch.device("cpu"), 1).reference_logp(0) for i in mb]  # type: ignore[misc]
     )
     assert ref is not None and torch.allclose(ref, want_ref, atol=1e-5)
+
+
+def test_shared_prompts_give_the_same_gradient() -> None:
+    """A training minibatch whose posts share prompts runs each prompt once, with gradient:
+    the loss and every weight's gradient are those of running every post whole."""
+    from plaudit.learner._online import _completion_logp, _rows
+
+    model = tiny(0).train()
+    prompts = [[1, 5, 9, 4], [1, 7], [1, 5, 9, 4], [1, 7], [1, 5, 9, 4]]
+    completions = [[10, 11, 12], [20, 21, 22, 23], [30], [40, 41], [50, 51, 52, 53, 54]]
+    batch = [
+        Trajectory(p, c, [0.0] * len(c), 0.0, temperature=t)
+        for p, c, t in zip(prompts, completions, [1.0, 0.7, 1.0, 1.3, 1.0], strict=True)
+    ]
+    coef = torch.randn(sum(map(len, completions)), generator=torch.Generator().manual_seed(0))
+    grads, losses = [], []
+    for share in (False, True):
+        rows = _rows(batch, None, torch.device("cpu"), share_prompts=share)
+        assert (rows.prefix is not None) == share
+        logp = _completion_logp(model, rows)
+        picked = logp.gather(-1, rows.targets[:, None]).squeeze(-1)
+        loss = (coef * picked).sum() + logp.exp().mul(logp).sum()  # a policy and an entropy term
+        model.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        losses.append(float(loss.detach()))
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    assert len(grads[0]) == len(grads[1]) == len(list(model.parameters()))
+    for plain, shared in zip(*grads, strict=True):
+        assert torch.allclose(shared, plain, atol=1e-5, rtol=1e-4)
