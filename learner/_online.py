@@ -261,15 +261,11 @@ class _Rows:
 
 
 def _rows(
-    trajectories: Sequence[Trajectory],
-    config: OnlineUpdateConfig | None,
-    device: torch.device,
-    *,
-    share_prompts: bool = False,
+    trajectories: Sequence[Trajectory], config: OnlineUpdateConfig | None, device: torch.device
 ) -> _Rows:
-    """``share_prompts``: rows with the same prompt run it once (a `_Prefix`) where that
-    computes fewer positions."""
-    prefix = _prefix(trajectories, device) if share_prompts else None
+    """Rows with the same prompt run it once (a `_Prefix`) where that computes fewer
+    positions."""
+    prefix = _prefix(trajectories, device)
     if prefix is not None:
         seqs = [t.prompt[-1:] + t.completion for t in trajectories]
         starts = [0] * len(trajectories)
@@ -371,7 +367,7 @@ def sequence_logprobs(
         for start in range(0, len(trajs), 8):
             chunk = [t for t in trajs[start : start + 8] if t.completion]
             if chunk:
-                rows = _rows(chunk, None, device, share_prompts=True)
+                rows = _rows(chunk, None, device)
                 logp = _completion_logp(model, rows)
                 picked = logp.gather(-1, rows.targets[:, None]).squeeze(-1)
                 lists = iter(x.tolist() for x in rows.per_row(picked))
@@ -455,26 +451,22 @@ class _Posts:
         self.reference = reference
         self.config = config
         # Posts with the same prompt (a cycle's candidates) go in one chunk, which runs that
-        # prompt once; `order[k]` is the trajectory at the k-th place of the chunks.
+        # prompt once: `order[k]` is the trajectory at the k-th place of the chunks, and
+        # `place[i]` the place of trajectory i.
         n = len(self.trajectories)
-        self.order = sorted(range(n), key=lambda i: self.trajectories[i].prompt)
+        order = sorted(range(n), key=lambda i: self.trajectories[i].prompt)
+        self.place = [0] * n
+        for k, i in enumerate(order):
+            self.place[i] = k
+        self.chunk_size = chunk_size
         self.chunks = [
-            _rows(
-                [self.trajectories[i] for i in self.order[s : s + chunk_size]],
-                config,
-                device,
-                share_prompts=True,
-            )
+            _rows([self.trajectories[i] for i in order[s : s + chunk_size]], config, device)
             for s in range(0, n, chunk_size)
         ]
         vocab = reference.config.vocab_size if reference is not None else 0
         tokens = sum(len(t.completion) for t in self.trajectories)
         self._keep = tokens * vocab * 4 <= REFERENCE_CACHE_BYTES
         self._ref: list[Tensor | None] = [None] * len(self.chunks)
-        # chunk and row of each trajectory, for `reference_rows`
-        self._where = [(0, 0)] * n
-        for k, i in enumerate(self.order):
-            self._where[i] = (k // chunk_size, k % chunk_size)
 
     def reference_logp(self, c: int) -> Tensor | None:
         """(N_c, V) the reference's log-softmax at chunk c's completion positions."""
@@ -496,7 +488,7 @@ class _Posts:
             return None
         parts = []
         for i in indices:
-            c, r = self._where[i]
+            c, r = divmod(self.place[i], self.chunk_size)
             ref = self.reference_logp(c)
             assert ref is not None
             lengths = self.chunks[c].lengths
@@ -526,17 +518,13 @@ class _Posts:
                         kl_posts.append(rows.row_sums(kl).cpu())  # (B,)
         finally:
             model.train(was_training)
-        # back from the chunks' order to the trajectories'
-        inverse = [0] * len(self.order)
-        for k, i in enumerate(self.order):
-            inverse[i] = k
-        logprobs = [logprobs[k] for k in inverse]
+        logprobs = [logprobs[k] for k in self.place]  # back in the trajectories' order
         total: Tensor | None = None
         kl_se = 0.0
         if self.reference is None:
             kl_post = kl_token = math.nan
         else:
-            total = torch.cat(kl_posts)[inverse]
+            total = torch.cat(kl_posts)[self.place]
             kl_post = float(total.mean())
             kl_se = float(total.std() / math.sqrt(len(total))) if len(total) > 1 else 0.0
             kl_token = float(total.sum()) / max(tokens, 1)
@@ -838,12 +826,7 @@ class _Update:
                 if should_stop is not None and should_stop.is_set():  # type: ignore[attr-defined]
                     stop_reason = "interrupted"
                     break
-                rows = _rows(
-                    [self.batch.trajectories[i] for i in mb],
-                    config,
-                    self.device,
-                    share_prompts=True,
-                )
+                rows = _rows([self.batch.trajectories[i] for i in mb], config, self.device)
                 logp = _completion_logp(model, rows)  # (N, V)
                 new_lp = logp.gather(-1, rows.targets[:, None]).squeeze(-1)  # (N,)
                 if items is None:

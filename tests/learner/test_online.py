@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
 from typing import Any
 
@@ -462,16 +463,22 @@ def test_shared_prompts_give_the_same_gradient() -> None:
         for p, c, t in zip(prompts, completions, [1.0, 0.7, 1.0, 1.3, 1.0], strict=True)
     ]
     coef = torch.randn(sum(map(len, completions)), generator=torch.Generator().manual_seed(0))
+    # Each post on its own (nothing to share) against all of them in one minibatch.
+    offsets = [0, *itertools.accumulate(map(len, completions))]
+    parts = [([t], coef[offsets[i] : offsets[i + 1]]) for i, t in enumerate(batch)]
     grads, losses = [], []
-    for share in (False, True):
-        rows = _rows(batch, None, torch.device("cpu"), share_prompts=share)
-        assert (rows.prefix is not None) == share
-        logp = _completion_logp(model, rows)
-        picked = logp.gather(-1, rows.targets[:, None]).squeeze(-1)
-        loss = (coef * picked).sum() + logp.exp().mul(logp).sum()  # a policy and an entropy term
+    for share, sets in ((False, parts), (True, [(batch, coef)])):
         model.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        losses.append(float(loss.detach()))
+        total = 0.0
+        for posts, c in sets:
+            rows = _rows(posts, None, torch.device("cpu"))
+            assert (rows.prefix is not None) == share
+            logp = _completion_logp(model, rows)
+            picked = logp.gather(-1, rows.targets[:, None]).squeeze(-1)
+            loss = (c * picked).sum() + logp.exp().mul(logp).sum()  # policy and entropy terms
+            loss.backward()  # type: ignore[no-untyped-call]  # gradients add up over the posts
+            total += float(loss.detach())
+        losses.append(total)
         grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
     assert len(grads[0]) == len(grads[1]) == len(list(model.parameters()))
