@@ -3,11 +3,18 @@
 Each benchmark runs as its own process (its `--json` output is read back), one after the other,
 so they do not share the machine. The page names the machine, the commit, each command, its
 wall time, every ratio it reported (plaudit's figure over its peer's, measured in the same run)
-and its whole JSON.
+and its whole JSON. Beside the page, RESULTS.json keeps every section with the machine and date
+it was measured on.
+
+The `cuda_*` benchmarks need a CUDA GPU. Where torch sees none they are skipped, and the page
+keeps their last section from RESULTS.json, marked with the machine and date it came from. A run
+on a GPU machine adds them to the page with `--add`:
 
     .venv/bin/python bench/all.py                    # everything (about an hour on 2 cores)
     .venv/bin/python bench/all.py --only online_update,startup --out /tmp/RESULTS.md
     .venv/bin/python bench/all.py --quick            # fewer repeats, smaller models
+    PLAUDIT_COMMIT=abc1234 python bench/all.py --only cuda_train,cuda_generate --out /tmp/gpu/RESULTS.md
+    .venv/bin/python bench/all.py --add /tmp/gpu/RESULTS.json   # into this page; runs nothing
 """
 
 from __future__ import annotations
@@ -35,7 +42,23 @@ class Bench:
     what: str  # one line: what it measures against what
     args: tuple[str, ...]
     quick_args: tuple[str, ...]
+    cuda: bool = False  # needs a CUDA GPU
 
+
+CUDA_TRAIN = [
+    "train.py",
+    "--json",
+    "--device",
+    "cuda",
+    "--models",
+    "medium",
+    "--precision",
+    "bf16",
+    "--batch",
+    "32",
+]
+CUDA_TRAIN += ["--seq-len", "1024"]
+CUDA_GENERATE = ["generate.py", "--json", "--device", "cuda", "--models", "medium", "--bf16"]
 
 BENCHES = (
     Bench(
@@ -92,6 +115,20 @@ BENCHES = (
         ("online.py", "--quick", "--json"),
         ("online.py", "--quick", "--json"),
     ),
+    Bench(
+        "cuda_train",
+        "GPU: offline training of `medium` in bf16 against the HF Trainer (tokens/s), and MFU",
+        (*CUDA_TRAIN, "--warmup", "3", "--steps", "20", "--repeats", "2"),
+        (*CUDA_TRAIN, "--steps", "5", "--repeats", "1", "--no-compile"),
+        cuda=True,
+    ),
+    Bench(
+        "cuda_generate",
+        "GPU: generation at batch 1 and 32, plaudit's engine against transformers (tokens/s)",
+        (*CUDA_GENERATE, "--batches", "1,32", "--tokens", "128", "--repeats", "3"),
+        (*CUDA_GENERATE, "--batches", "32", "--tokens", "64", "--repeats", "1"),
+        cuda=True,
+    ),
 )
 
 
@@ -110,12 +147,17 @@ def machine() -> dict[str, Any]:
         mem = float("nan")
     import torch
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    except FileNotFoundError:  # no git
+        commit, dirty = "", ""
+    # A copy of the tree without its .git (a lent GPU machine's) names its commit by hand.
+    commit = commit or os.environ.get("PLAUDIT_COMMIT", "unknown")
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -143,10 +185,15 @@ def ratios(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
             yield from ratios(item, f"{path}[{i}]")
 
 
+def command_of(bench: Bench, quick: bool) -> str:
+    args = bench.quick_args if quick else bench.args
+    return " ".join(["python", f"bench/{args[0]}", *args[1:]])
+
+
 def run(bench: Bench, quick: bool) -> dict[str, Any]:
     argv = [sys.executable, str(HERE / (bench.quick_args if quick else bench.args)[0])]
     argv += list((bench.quick_args if quick else bench.args)[1:])
-    command = " ".join(["python", f"bench/{argv[1].rsplit('/', 1)[-1]}", *argv[2:]])
+    command = command_of(bench, quick)
     script = HERE / argv[1]
     if not script.exists():
         return {"command": command, "error": f"{script.name} is not in bench/"}
@@ -168,27 +215,48 @@ def run(bench: Bench, quick: bool) -> dict[str, Any]:
     return out
 
 
-def page(info: dict[str, Any], runs: dict[str, dict[str, Any]], quick: bool) -> str:
+def differs(machine: dict[str, Any], header: dict[str, Any]) -> str | None:
+    """A section measured apart from the page's run: one line naming where and when."""
+    if machine == header:
+        return None
+    cuda = f", {machine['cuda']}" if machine.get("cuda") else ""
+    return (
+        f"Measured apart from the rest of the page: {machine.get('date', '?')} on "
+        f"{machine.get('cpu')} ({machine.get('cores')} cores{cuda}), torch {machine.get('torch')}, "
+        f"commit {machine.get('commit')}."
+    )
+
+
+def page(results: dict[str, Any]) -> str:
+    header = results["machine"]
     lines = [
         "# plaudit: benchmark results",
         "",
-        f"Written by `python bench/all.py{' --quick' if quick else ''}` on "
-        f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}, every benchmark in one run, one "
-        "after the other. Each ratio is plaudit's figure over its peer's, both measured in the "
-        "same process or alternating in the same run (see each benchmark's docstring for what "
-        "the peer is).",
+        f"Written by `python bench/all.py{' --quick' if results['quick'] else ''}` on "
+        f"{header['date']}, every benchmark in one run, one after the other (a section measured "
+        "elsewhere, on a GPU say, names its machine and date). Each ratio is plaudit's figure "
+        "over its peer's, both measured in the same process or alternating in the same run (see "
+        "each benchmark's docstring for what the peer is).",
         "",
         "| machine | |",
         "|---|---|",
     ]
-    lines += [f"| {k} | {v} |" for k, v in info.items() if v is not None]
+    lines += [f"| {k} | {v} |" for k, v in header.items() if v is not None and k != "date"]
+    runs = results["runs"]
     for bench in BENCHES:
         if bench.name not in runs:
             continue
         r = runs[bench.name]
-        lines += ["", f"## {bench.name}: {bench.what}", "", f"`{r['command']}`"]
+        lines += ["", f"## {bench.name}: {bench.what}", ""]
+        apart = differs(r.get("machine", header), header)
+        if apart:
+            lines += [apart, ""]
+        lines += [f"`{r['command']}`"]
         if "seconds" in r:
             lines[-1] += f" ({r['seconds']} s)"
+        if "skipped" in r:
+            lines += ["", f"Skipped: {r['skipped']}"]
+            continue
         if "error" in r:
             lines += ["", f"Failed: {r['error']}"]
             continue
@@ -211,6 +279,27 @@ def page(info: dict[str, Any], runs: dict[str, dict[str, Any]], quick: bool) -> 
     return "\n".join(lines) + "\n"
 
 
+def write(results: dict[str, Any], out: Path) -> None:
+    out.write_text(page(results))
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+
+
+def load(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SystemExit(
+            f"{path} does not exist: give the RESULTS.json written beside a page"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise SystemExit(
+            f"{path} is not JSON ({e}): give the RESULTS.json written beside a page"
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), dict):
+        raise SystemExit(f"{path} has no 'runs': it is not a RESULTS.json written by bench/all.py")
+    return data
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -218,23 +307,64 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--quick", action="store_true", help="fewer repeats, smaller models")
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the sections of the benchmarks not run now from the page's RESULTS.json",
+    )
+    ap.add_argument(
+        "--add",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="RESULTS.json",
+        help="put another run's sections (a GPU machine's, say) into this page; runs nothing",
+    )
     args = ap.parse_args(argv)
     only = {x for x in args.only.split(",") if x}
     unknown = only - {b.name for b in BENCHES}
     if unknown:
         ap.error(f"unknown benchmark(s) {sorted(unknown)}; known: {[b.name for b in BENCHES]}")
+    sidecar = args.out.with_suffix(".json")
+    earlier = load(sidecar) if sidecar.exists() else None
+    if args.add:
+        if earlier is None:
+            ap.error(f"--add puts sections into an existing page, and {sidecar} does not exist")
+        for path in args.add:
+            earlier["runs"].update(load(path)["runs"])
+        write(earlier, args.out)
+        print(f"wrote {args.out}", file=sys.stderr)
+        return 0
+    import torch
+
     info = machine()
-    runs: dict[str, dict[str, Any]] = {}
+    info["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    results: dict[str, Any] = {"machine": info, "quick": args.quick, "runs": {}}
+    kept = earlier["runs"] if earlier is not None else {}
+    if args.keep:
+        results["runs"].update(kept)
     for bench in BENCHES:
         if only and bench.name not in only:
             continue
+        if bench.cuda and not torch.cuda.is_available():
+            if bench.name in kept:  # measured on a GPU machine before: keep it, marked so
+                results["runs"][bench.name] = kept[bench.name]
+            else:
+                results["runs"][bench.name] = {
+                    "command": command_of(bench, args.quick),
+                    "skipped": "torch sees no CUDA device here",
+                }
+            continue
         print(f"{bench.name} ...", file=sys.stderr, flush=True)
-        runs[bench.name] = run(bench, args.quick)
-        status = "failed" if "error" in runs[bench.name] else "done"
-        print(f"  {status} in {runs[bench.name].get('seconds', 0)} s", file=sys.stderr)
-        args.out.write_text(page(info, runs, args.quick))  # a page after each, should one hang
+        record = run(bench, args.quick)
+        record["machine"] = dict(info)
+        results["runs"][bench.name] = record
+        status = "failed" if "error" in record else "done"
+        print(f"  {status} in {record.get('seconds', 0)} s", file=sys.stderr)
+        write(results, args.out)  # a page after each, should one hang
+    write(results, args.out)
     print(f"wrote {args.out}", file=sys.stderr)
-    return 1 if any("error" in r for r in runs.values()) else 0
+    return 1 if any("error" in r for r in results["runs"].values()) else 0
 
 
 if __name__ == "__main__":

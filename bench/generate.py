@@ -8,7 +8,7 @@ that both produce the same tokens, i.e. that the comparison is between equal mod
 
     python bench/generate.py --json
     python bench/generate.py --models smollm2 --batches 8 --profile
-    python bench/generate.py --device cuda --models small,medium --bf16
+    python bench/generate.py --device cuda --models small,medium --batches 1,32 --bf16
 
 `--bf16` times `Engine(dtype=torch.bfloat16)` as the daemon builds it: on a CPU without AMX
 whose decoding kernel is plaudit's native one, fp32 activations over bf16 weights
@@ -51,6 +51,31 @@ PROMPTS = [
     "The weather here is",
     "New blog post! In it I explain why small models",
     "What is your favourite book and why?",
+    # Batch 1 and 8 use the eight above; batch 32 (the GPU's) these too.
+    "Unpopular opinion: pineapple on pizza is",
+    "My cat just knocked a glass off the table and",
+    "Today I finally fixed the bug that",
+    "If you could live in any city for a year, which one",
+    "The best advice I ever got from a teacher was",
+    "Weekend plans:",
+    "I tried baking bread for the first time and",
+    "Things nobody tells you about moving abroad:",
+    "Just watched the season finale and",
+    "A small thing that made my day:",
+    "Why does every meeting",
+    "Learning to play the guitar at forty is",
+    "Public service announcement:",
+    "Our team shipped the new release today, and",
+    "Is it just me, or",
+    "The train was late again this morning, so",
+    "Here is a thread about the history of",
+    "Five minutes into the concert and",
+    "Spring cleaning update:",
+    "The most underrated board game is",
+    "I asked my grandmother for her secret recipe and",
+    "First day at the new job:",
+    "Can we talk about how good",
+    "Late night thought:",
 ]
 
 

@@ -12,6 +12,11 @@ tokens/s counts input tokens (batch x seq_len) per optimizer step over the timed
 first `--warmup` steps of each are not timed; the compiled run's first steps include its
 compilation, so they are warm-up too); the runners alternate `--repeats` times and the ratio is
 that of their medians. Needs `transformers` and `accelerate`.
+
+On CUDA each runner's model FLOPs utilisation is reported too (`mfu_ratio`): 6 x the parameters that
+multiply (the tied head counted as a matrix product) + 12 x layers x width x sequence length
+(attention, as PaLM and nanoGPT count it) FLOPs per token, over the GPU's dense bf16 peak (its
+datasheet figure where known) and over a large bf16 matrix product measured in the same process.
 """
 
 from __future__ import annotations
@@ -100,6 +105,36 @@ def bench_plaudit(
     return len(timed) * a.batch * a.seq_len / seconds
 
 
+def train_flops_per_token(model: Any, seq_len: int) -> float:
+    """Forward and backward FLOPs per token (PaLM appendix B; nanoGPT's estimate_mfu)."""
+    c = model.config
+    n = model.num_params(exclude_embeddings=True)
+    if c.tie_embeddings:
+        n += model.tok_emb.weight.numel()  # the tied head is still a matrix product per token
+    return 6.0 * n + 12.0 * c.n_layer * c.n_embd * seq_len
+
+
+# Dense bf16 matrix peaks from the vendors' datasheets (FLOP/s, no sparsity), by device name.
+DATASHEET_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+
+
+def measured_matmul_flops(n: int = 8192, repeats: int = 10) -> float:
+    """A large bf16 matrix product's rate on this GPU, timed with CUDA events (random data)."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(repeats):
+        start.record()
+        a @ b
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * n**3 / statistics.median(times)
+
+
 def profile_run(label: str, run: Callable[[], float], a: Any) -> None:
     """One more run of a framework under torch.profiler: the operators by self time, then every
     matrix multiply by shape with its GFLOPS and the share of the run they took, to stderr.
@@ -152,6 +187,8 @@ def bench_hf(model: Any, tokenizer: Any, x: torch.Tensor, a: Any) -> float:
             self.t0 = time.perf_counter()
 
         def on_step_end(self, *args: Any, **kw: Any) -> None:
+            if a.device == "cuda":
+                torch.cuda.synchronize()  # a step's queued GPU work is part of its time
             self.times.append(time.perf_counter() - self.t0)
 
     class Rows(torch.utils.data.Dataset):  # type: ignore[type-arg]
@@ -216,6 +253,14 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "models": {},
     }
+    peaks: dict[str, float] = {}
+    if a.device == "cuda":
+        name = torch.cuda.get_device_name()
+        datasheet = next((v for k, v in DATASHEET_BF16.items() if k in name), None)
+        if datasheet is not None:
+            peaks["datasheet"] = datasheet
+        peaks["measured_matmul"] = measured_matmul_flops()
+        results["bf16_peak_tflops"] = {k: round(v / 1e12, 1) for k, v in peaks.items()}
     for name in a.models:
         model, tok = build(name)
         x, y = rows(tok, seq_len=a.seq_len, n_rows=a.batch * (a.warmup + a.steps))
@@ -246,6 +291,16 @@ def main() -> None:
         r["ratio"] = round(med["plaudit"] / hf, 3) if hf > 0 and math.isfinite(hf) else None
         if a.compile:
             r["compiled_ratio"] = round(med["plaudit_compiled"] / hf, 3) if hf > 0 else None
+        if peaks:
+            per_token = train_flops_per_token(model, a.seq_len)
+            r["train_flops_per_token"] = per_token
+            r["tflops"] = {k: round(med[k] * per_token / 1e12, 1) for k in runners}
+            # "mfu_ratio": each runner's model FLOPs over a peak (keys name runner and peak).
+            r["mfu_ratio"] = {
+                f"{k} / {peak}": round(med[k] * per_token / flops, 3)
+                for peak, flops in peaks.items()
+                for k in runners
+            }
         results["models"][name] = r
         if not a.json:
             compiled = (
@@ -258,6 +313,8 @@ def main() -> None:
                 f"ratio {r['ratio']}{compiled} (medians of {a.repeats})",
                 flush=True,
             )
+            for key, mfu in r.get("mfu_ratio", {}).items():
+                print(f"  MFU {key}: {mfu:.1%}", flush=True)
     if a.json:
         json.dump(results, sys.stdout, indent=2)
         print()
