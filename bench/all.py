@@ -156,8 +156,8 @@ def machine() -> dict[str, Any]:
         ).stdout.strip()
     except FileNotFoundError:  # no git
         commit, dirty = "", ""
-    # A copy of the tree without its .git (a lent GPU machine's) names its commit by hand.
-    commit = commit or os.environ.get("PLAUDIT_COMMIT", "unknown")
+    # A copy of the tree whose .git is missing or stale (a lent GPU machine's) names it by hand.
+    commit = os.environ.get("PLAUDIT_COMMIT") or commit or "unknown"
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
