@@ -56,8 +56,9 @@ CUDA_TRAIN = [
     "bf16",
     "--batch",
     "32",
+    "--seq-len",
+    "1024",
 ]
-CUDA_TRAIN += ["--seq-len", "1024"]
 CUDA_GENERATE = ["generate.py", "--json", "--device", "cuda", "--models", "medium", "--bf16"]
 
 BENCHES = (
