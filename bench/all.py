@@ -192,10 +192,10 @@ def command_of(bench: Bench, quick: bool) -> str:
 
 
 def run(bench: Bench, quick: bool) -> dict[str, Any]:
-    argv = [sys.executable, str(HERE / (bench.quick_args if quick else bench.args)[0])]
-    argv += list((bench.quick_args if quick else bench.args)[1:])
+    args = bench.quick_args if quick else bench.args
+    script = HERE / args[0]
+    argv = [sys.executable, str(script), *args[1:]]
     command = command_of(bench, quick)
-    script = HERE / argv[1]
     if not script.exists():
         return {"command": command, "error": f"{script.name} is not in bench/"}
     t0 = time.perf_counter()
@@ -336,8 +336,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         write(earlier, args.out)
         print(f"wrote {args.out}", file=sys.stderr)
         return 0
-    import torch
-
     info = machine()
     info["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     results: dict[str, Any] = {"machine": info, "quick": args.quick, "runs": {}}
@@ -347,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for bench in BENCHES:
         if only and bench.name not in only:
             continue
-        if bench.cuda and not torch.cuda.is_available():
+        if bench.cuda and info["cuda"] is None:  # torch sees no CUDA device
             if bench.name in kept:  # measured on a GPU machine before: keep it, marked so
                 results["runs"][bench.name] = kept[bench.name]
             else:

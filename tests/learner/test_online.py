@@ -414,6 +414,17 @@ def test_completion_logprobs_match_the_full_forward() -> None:
         assert torch.allclose(torch.tensor(lp), want, atol=1e-5)
 
 
+def shared_prompt_batch() -> list[Trajectory]:
+    """Six posts of three prompts (a cycle's candidates share theirs), prompts and completions
+    of different lengths, three temperatures."""
+    prompts = [[1, 5, 9, 4, 4], [1, 7], [1, 5, 9, 4, 4], [1, 3, 3], [1, 7], [1, 5, 9, 4, 4]]
+    completions = [[10, 11, 12], [20], [30, 31, 32, 33, 34], [40, 41], [50, 51, 52], [60, 2]]
+    return [
+        Trajectory(p, c, [0.0] * len(c), 0.0, temperature=t)
+        for p, c, t in zip(prompts, completions, [1.0, 0.7, 1.0, 1.3, 0.7, 1.0], strict=True)
+    ]
+
+
 def test_shared_prompts_give_the_same_logprobs_kl_and_order() -> None:
     """A set whose posts share prompts (a cycle's candidates) runs each prompt once; the
     logprobs, each post's KL and entropy are those of running every post whole, in the
@@ -422,12 +433,7 @@ def test_shared_prompts_give_the_same_logprobs_kl_and_order() -> None:
     from plaudit.learner._online import _Posts
 
     model, reference = tiny(0), tiny(1)
-    prompts = [[1, 5, 9, 4, 4], [1, 7], [1, 5, 9, 4, 4], [1, 3, 3], [1, 7], [1, 5, 9, 4, 4]]
-    completions = [[10, 11, 12], [20], [30, 31, 32, 33, 34], [40, 41], [50, 51, 52], [60, 2]]
-    batch = [
-        Trajectory(p, c, [0.0] * len(c), 0.0, temperature=t)
-        for p, c, t in zip(prompts, completions, [1.0, 0.7, 1.0, 1.3, 0.7, 1.0], strict=True)
-    ]
+    batch = shared_prompt_batch()
     shared = _Posts(batch, reference, None, torch.device("cpu"), 8)
     assert shared.chunks[0].prefix is not None  # 3 distinct prompts among 6 posts
     got = shared.measure(model)
@@ -438,7 +444,7 @@ def test_shared_prompts_give_the_same_logprobs_kl_and_order() -> None:
     assert all(a.kl_posts is not None for a in alone)
     want_kl = torch.cat([a.kl_posts for a in alone if a.kl_posts is not None])
     assert got.kl_posts is not None and torch.allclose(got.kl_posts, want_kl, atol=1e-5)
-    tokens = sum(len(c) for c in completions)
+    tokens = sum(len(t.completion) for t in batch)
     entropy = sum(a.entropy * len(t.completion) for a, t in zip(alone, batch, strict=True))
     assert got.entropy == pytest.approx(entropy / tokens, abs=1e-5)
     # the reference's rows as a training minibatch lays them out, in any order

@@ -9,9 +9,9 @@ import copy
 
 import pytest
 import torch
-from test_online import batch_for, tiny
+from test_online import batch_for, shared_prompt_batch, tiny
 
-from plaudit.learner._online import OnlineUpdateConfig, Trajectory, _Posts, policy_update
+from plaudit.learner._online import OnlineUpdateConfig, _Posts, policy_update
 
 pytestmark = [
     pytest.mark.gpu,
@@ -24,12 +24,7 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 def test_shared_prompt_passes_on_cuda_equal_the_cpu() -> None:
     """Prompts run once per set (keys and values kept on the GPU), every post's logprobs, KL
     and entropy as on the CPU."""
-    prompts = [[1, 5, 9, 4, 4], [1, 7], [1, 5, 9, 4, 4], [1, 3, 3], [1, 7], [1, 5, 9, 4, 4]]
-    completions = [[10, 11, 12], [20], [30, 31, 32, 33, 34], [40, 41], [50, 51, 52], [60, 2]]
-    batch = [
-        Trajectory(p, c, [0.0] * len(c), 0.0, temperature=t)
-        for p, c, t in zip(prompts, completions, [1.0, 0.7, 1.0, 1.3, 0.7, 1.0], strict=True)
-    ]
+    batch = shared_prompt_batch()
     got = {}
     for device in (CPU, CUDA):
         model, reference = tiny(0).to(device), tiny(1).to(device)
