@@ -69,10 +69,10 @@ BENCHES = (
         ("generate.py", "--json", "--repeats", "1", "--models", "small"),
     ),
     Bench(
-        "decode_bf16",
-        "SmolLM2 decoding from bf16 weights against fp32, and the drift between them",
-        ("decode_bf16.py", "--json"),
-        ("decode_bf16.py", "--json", "--repeats", "1", "--prompts", "10"),
+        "decode_half",
+        "SmolLM2 decoding from half-size (fp16) weights against fp32, and the drift between them",
+        ("decode_half.py", "--json"),
+        ("decode_half.py", "--json", "--repeats", "1", "--prompts", "10"),
     ),
     Bench(
         "train",

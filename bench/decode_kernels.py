@@ -2,7 +2,7 @@
 `DecodeLinear` unpacked (a matmul against the transposed weight) and packed with each kernel
 available here (plaudit's native GEMM, MKL's packed SGEMM, oneDNN's inner product), at a few rows, over SmolLM2-135M's
 shapes (30 layers of weights, cycled, so they stream from memory as in decoding); and the native
-GEMM over bf16-packed weights (`native_bf16_packed`, half the bytes).
+GEMM over fp16-packed weights (`native_half_packed`, half the bytes).
 
     python bench/decode_kernels.py --json
     python bench/decode_kernels.py --rows 1,8 --threads 2
@@ -30,8 +30,8 @@ def kernels(w: torch.Tensor, rows: int) -> dict[str, DecodeLinear]:
     for kernel in available_kernels():
         out[f"{kernel}_packed"] = packed = DecodeLinear(w, None)
         packed.pack(rows, kernel)
-    if "native" in available_kernels():  # fp32 activations over half-size bf16 panels
-        out["native_bf16_packed"] = packed = DecodeLinear(w, None, weight_dtype=torch.bfloat16)
+    if "native" in available_kernels():  # fp32 activations over half-size fp16 panels
+        out["native_half_packed"] = packed = DecodeLinear(w, None, weight_dtype=torch.float16)
         packed.pack(rows, "native")
     return out
 

@@ -11,8 +11,8 @@ that both produce the same tokens, i.e. that the comparison is between equal mod
     python bench/generate.py --device cuda --models small,medium --batches 1,32 --bf16
 
 `--bf16` times `Engine(dtype=torch.bfloat16)` as the daemon builds it: on a CPU without AMX
-whose decoding kernel is plaudit's native one, fp32 activations over bf16 weights
-(`decode_precision`; the report's `plaudit_bf16_dtypes` says which). bench/decode_bf16.py
+whose decoding kernel is plaudit's native one, fp32 activations over fp16 weights
+(`decode_precision`; the report's `plaudit_bf16_dtypes` says which). bench/decode_half.py
 compares that with fp32 in detail.
 """
 

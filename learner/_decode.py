@@ -1,6 +1,6 @@
 """The inference copy of a model: `decode_copy` snapshots a `Transformer` with every linear
 layer as a `DecodeLinear` (weights copied, and packed for batched decoding), its weights
-optionally rounded to bf16 for the native kernel's half-size panels (`decode_precision`)."""
+optionally rounded to fp16 for the native kernel's half-size panels (`decode_precision`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ._model import Transformer
 from ._native import MAX_ROWS as NATIVE_MAX_ROWS
-from ._native import _cpu_flags, bf16_round, native_gemm, native_gemm_unavailable
+from ._native import _cpu_flags, half_round, native_gemm, native_gemm_unavailable
 
 PackedKernel = Literal["native", "mkl", "onednn"]
 KERNEL_ENV = "PLAUDIT_DECODE_KERNEL"
@@ -88,17 +88,16 @@ def packed_kernel() -> PackedKernel | None:
 def decode_precision(device: torch.device, dtype: torch.dtype) -> tuple[torch.dtype, torch.dtype]:
     """(activations, weights): the dtypes an engine asked for `dtype` decodes with here.
 
-    bfloat16 on a CPU whose packed kernel is the native one (not Intel's default, see
-    `packed_kernel`) and that has no AMX: fp32 activations over bf16 weights in the native
-    kernel, which streams half the bytes per token. bench/decode_bf16.py on the AMD EPYC
-    (SmolLM2, loaded machine, medians of 7 alternating runs): batch-1 decoding 1.49x fp32 on
-    one thread, 1.57x on two, where torch's own bf16 (bf16 activations too) was 0.92x; at
-    batch 8 the three are within 10%. Greedy output equal to fp32's on 44 of 50 prompts,
-    mean absolute logprob drift 0.006. With the fused step (`_fused_decode.py`) on the 2-core
-    Xeon (AMX; `bench/decode_bf16.py --torch-bf16`, medians of 5): batch 1 bf16 weights 95.8
-    tokens/s, fp32 51.9 (1.85x), torch's bf16 27.4; batch 8 decoding 203.7, 212.1, 213.9, but
-    whole calls (the prefill in) 131.5, 134.8, 179.7: AMX's bf16 prefill is why a CPU with AMX
-    keeps torch's bf16. Everywhere else (CUDA, AMX, another kernel chosen by
+    bfloat16 (half precision, asked for speed) on a CPU whose packed kernel is the native one
+    (not Intel's default, see `packed_kernel`) and that has no AMX: fp32 activations over fp16
+    weights in the native kernel, which streams half the bytes per token of fp32 (SmolLM2's
+    batch-1 decoding is bound by them). The weights are fp16 there, not bf16: the same bytes,
+    a rounding error 8x smaller, and faster to widen (learner/_native.py; bench/decode_half.py
+    measures the speed and the drift against fp32, bench/RESULTS.md). torch's own bf16
+    (bf16 activations too) decoded at 0.92x fp32 on the AMD EPYC. On a Xeon with AMX, AMX's
+    bf16 prefill is why torch's bf16 stays (whole calls at batch 8: 179.7 tokens/s against
+    134.8 for half-size weights in the native kernel and 131.5 for fp32, medians of 5, when
+    those weights were bf16). Everywhere else (CUDA, AMX, another kernel chosen by
     PLAUDIT_DECODE_KERNEL) `dtype` for both, as before."""
     if (
         device.type == "cpu"
@@ -106,7 +105,7 @@ def decode_precision(device: torch.device, dtype: torch.dtype) -> tuple[torch.dt
         and "amx_bf16" not in _cpu_flags()
         and packed_kernel() == "native"
     ):
-        return torch.float32, torch.bfloat16
+        return torch.float32, torch.float16
     return dtype, dtype
 
 
@@ -140,9 +139,9 @@ class DecodeLinear(nn.Module):
     throwaway timing, best of 3, 1.06x, 0.79x, 1.17x and 1.08x the time of the transposed
     layout kept before at 1, 2, 8 and 110 rows, without its 0.14 s transpose per engine).
 
-    With `weight_dtype=torch.bfloat16` (fp32 weights only) `weight` holds the weight rounded
-    to bf16 (in fp32) and the native kernel packs it as bf16: every path, packed or not,
-    multiplies by the same bf16 values, so prefill, decoding and `Engine.logprobs` are one
+    With `weight_dtype=torch.float16` (fp32 weights only) `weight` holds the weight rounded
+    to fp16 (in fp32) and the native kernel packs it as fp16: every path, packed or not,
+    multiplies by the same fp16 values, so prefill, decoding and `Engine.logprobs` are one
     model, and the native kernel streams half the bytes. With `copy=False` (fp32 weights) the
     layer multiplies by ``weight`` itself, for a caller that drops it before that changes."""
 
@@ -158,10 +157,10 @@ class DecodeLinear(nn.Module):
         w = weight.detach()
         self.weight_dtype = w.dtype if weight_dtype is None else weight_dtype
         if self.weight_dtype != w.dtype:
-            assert (w.dtype, self.weight_dtype) == (torch.float32, torch.bfloat16), (
+            assert (w.dtype, self.weight_dtype) == (torch.float32, torch.float16), (
                 f"weights in {self.weight_dtype} go with fp32 activations, not {w.dtype}"
             )
-            w = bf16_round(w).contiguous()
+            w = half_round(w).contiguous()
         elif copy:  # a snapshot: the model's own weight may change after the engine is built
             w = w.clone(memory_format=torch.contiguous_format)
         else:
@@ -220,8 +219,8 @@ def decode_copy(
 ) -> Transformer:
     """An inference copy of `model` with every linear layer (the tied head too) as a
     `DecodeLinear`; norms and embeddings share the model's tensors when device and dtype match.
-    Same arithmetic, so the same logits up to float rounding; with `weight_dtype=bfloat16`
-    (`dtype` fp32) the linear layers' weights are rounded to bf16 (norms and the embedding
+    Same arithmetic, so the same logits up to float rounding; with `weight_dtype=float16`
+    (`dtype` fp32) the linear layers' weights are rounded to fp16 (norms and the embedding
     lookup stay fp32). `copy=False`: the linear layers share the model's weights too where
     device and dtype match (no copy; the caller drops the copy before the weights change)."""
     fast = Transformer.uninitialised(model.config)  # every parameter is assigned below

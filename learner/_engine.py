@@ -8,6 +8,7 @@ once and its cache rows are copied to its n samples.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -28,7 +29,10 @@ from ._errors import ContextLengthError, GenerationInterrupted
 from ._fused_decode import FusedBlocks
 from ._kv_cache import KVCache
 from ._model import Transformer
+from ._native import FP16_MAX, half_fits
 from ._native import MAX_ROWS as NATIVE_MAX_ROWS
+
+log = logging.getLogger(__name__)
 
 # --- sampling --------------------------------------------------------------------------------
 
@@ -236,8 +240,9 @@ class Engine:
     tokens = max_seq_len).
 
     `dtype` is the precision asked for; `decode_precision` turns bfloat16 on a CPU without AMX
-    into fp32 activations over bf16 weights (`self.dtype` is then fp32, `self.weight_dtype`
-    bf16). `weight_dtype` given sets the weights' dtype by hand (bf16 under fp32 activations,
+    into fp32 activations over fp16 weights (`self.dtype` is then fp32, `self.weight_dtype`
+    fp16; fp32 weights, with a warning, for a model with a weight beyond fp16's range).
+    `weight_dtype` given sets the weights' dtype by hand (fp16 under fp32 activations,
     or `dtype` itself). Either way the logits are fp32 and every logprob the engine returns
     is computed from the very logits its token was sampled from."""
 
@@ -256,13 +261,25 @@ class Engine:
         if weight_dtype is None:
             self.dtype, self.weight_dtype = decode_precision(self.device, asked)
         else:
-            ok = weight_dtype == asked or (asked, weight_dtype) == (torch.float32, torch.bfloat16)
+            ok = weight_dtype == asked or (asked, weight_dtype) == (torch.float32, torch.float16)
             if not ok:
                 raise ValueError(
-                    f"weight_dtype {weight_dtype} with dtype {asked}: give bfloat16 weights "
+                    f"weight_dtype {weight_dtype} with dtype {asked}: give float16 weights "
                     "with float32 activations, or the weights in the activations' dtype"
                 )
             self.dtype, self.weight_dtype = asked, weight_dtype
+        if (self.dtype, self.weight_dtype) == (torch.float32, torch.float16):
+            beyond = [n for n, w in model.named_parameters() if w.dim() > 1 and not half_fits(w)]
+            if beyond and weight_dtype is not None:
+                raise ValueError(
+                    f"{beyond[0]} has values beyond fp16's range (+-{FP16_MAX:g}): decode this "
+                    "model with float32 weights"
+                )
+            if beyond:
+                log.warning(
+                    "%s has values beyond fp16's range: decoding with float32 weights", beyond[0]
+                )
+                self.weight_dtype = torch.float32
         self.model = decode_copy(
             model,
             device=self.device,

@@ -5,7 +5,7 @@ and the model's own forward elsewhere.
 
 Why: the ops around a block's four GEMMs cost a few microseconds of dispatch each in eager
 PyTorch whatever their size, about 4 ms a token for SmolLM2 at one row; the fused step leaves
-the embedding lookup, the final norm, the head and sampling to PyTorch (bench/decode_bf16.py
+the embedding lookup, the final norm, the head and sampling to PyTorch (bench/decode_half.py
 measures both paths)."""
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ def _norms(block: Block) -> tuple[RMSNorm, RMSNorm]:
 class FusedBlocks:
     """The packed weights of a decode copy's blocks, gathered for `plaudit_decode_blocks`."""
 
-    def __init__(self, model: Transformer, *, bf16: bool) -> None:
+    def __init__(self, model: Transformer, *, half: bool) -> None:
         cfg = model.config
         self.model = model
-        self.bf16 = bf16
+        self.half = half  # fp16 panels
         self.dims = (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim)
         self.intermediate = cfg.intermediate_size
         weights: list[int] = []
@@ -87,7 +87,7 @@ class FusedBlocks:
             return None
         if len(dtypes) != 1:
             return None
-        return cls(model, bf16=dtypes == {torch.bfloat16})
+        return cls(model, half=dtypes == {torch.float16})
 
     def step(self, tokens: Tensor, cache: KVCache) -> Tensor:
         """Logits (A, V) fp32 of the next token for rows whose last tokens are ``tokens`` (A,),
@@ -110,7 +110,7 @@ class FusedBlocks:
         native = native_gemm()
         assert native is not None
         native.decode_blocks(
-            x.data_ptr(), A, L, C, H, Hkv, D, self.intermediate, self._weights, int(self.bf16),
+            x.data_ptr(), A, L, C, H, Hkv, D, self.intermediate, self._weights, int(self.half),
             self._norms, self.eps, cos.data_ptr(), sin.data_ptr(), cache.k.data_ptr(),
             cache.v.data_ptr(), cache.max_len, cache.pos, pad.data_ptr(),
             self._scratch.data_ptr(), torch.get_num_threads(),

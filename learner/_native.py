@@ -12,9 +12,12 @@ load the cached library. Only x86-64 Linux with AVX2 and FMA: elsewhere, or when
 missing or fails, `native_gemm()` returns None and says why in `native_gemm_unavailable()`, and
 the engine uses torch's kernels. No Python headers, no torch headers: the build takes a second.
 
-Weights pack in fp32 or in bf16 (`pack(..., dtype=torch.bfloat16)`): bf16 halves the bytes each
-token streams; the kernel widens them to fp32 in registers and multiplies and sums in fp32, so
-its result is that of fp32 arithmetic on the bf16-rounded weights (`bf16_round`).
+Weights pack in fp32 or in fp16 (`pack(..., dtype=torch.float16)`): fp16 halves the bytes each
+token streams; the kernel widens them to fp32 in registers (F16C, exact) and multiplies and sums
+in fp32, so its result is that of fp32 arithmetic on the fp16-rounded weights (`half_round`).
+fp16 rather than bf16 for these weights-only panels: the same bytes, a rounding error 8x
+smaller, and faster to widen (one instruction per 8 weights); trained weights sit far inside
+fp16's range, and `half_fits` says whether a model's do.
 """
 
 from __future__ import annotations
@@ -42,8 +45,8 @@ SOURCES = (
     Path(__file__).with_name("_native_gemm.cpp"),
     Path(__file__).with_name("_native_layers.cpp"),
 )
-ABI = 3  # plaudit_gemm_abi() of the sources this module drives
-FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
+ABI = 4  # plaudit_gemm_abi() of the sources this module drives
+FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
 MAX_ROWS = 12  # rows in one pass over the weights; above, oneDNN is as fast or faster
 _BUILD_TIMEOUT_S = 120
 
@@ -65,9 +68,9 @@ class NativeGemm:
         self._gemm = lib.plaudit_gemm
         self._gemm.argtypes = [_ptr, _i64, _ptr, _i64, _i64, _ptr, _int]
         self._gemm.restype = None
-        self._gemm_bf16 = lib.plaudit_gemm_bf16
-        self._gemm_bf16.argtypes = [_ptr, _i64, _ptr, _i64, _i64, _ptr, _int]
-        self._gemm_bf16.restype = None
+        self._gemm_f16 = lib.plaudit_gemm_f16
+        self._gemm_f16.argtypes = [_ptr, _i64, _ptr, _i64, _i64, _ptr, _int]
+        self._gemm_f16.restype = None
         lib.plaudit_gemm_panel_width.restype = _i64
         # `_fused_decode.FusedBlocks` calls it (see _native_layers.cpp for the arguments).
         self.decode_blocks = lib.plaudit_decode_blocks
@@ -79,25 +82,22 @@ class NativeGemm:
         self.panel = int(lib.plaudit_gemm_panel_width())
 
     def pack(self, weight_t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-        """The panels of a weight given transposed, (K, N) = (in, out): fp32 (ceil(N / 8), K, 8),
-        or with `dtype=torch.bfloat16` the weight rounded to bf16 (to nearest even) in panels
-        (ceil(N / 8), ceil(K / 2), 8, 2), rows k and k + 1 interleaved (see the C++ source).
-        A transposed view of a contiguous (N, K) weight (`weight.t()`) packs from the weight's
-        rows, with no transposed copy first."""
+        """The panels (ceil(N / 8), K, 8) of a weight given transposed, (K, N) = (in, out), in
+        fp32 or with `dtype=torch.float16` rounded to fp16 (to nearest even); the last panel's
+        missing columns are 0. A transposed view of a contiguous (N, K) weight (`weight.t()`)
+        packs from the weight's rows, with no transposed copy first."""
         _check(weight_t, "weight_t", dim=2)
-        assert dtype in (torch.float32, torch.bfloat16), f"packs fp32 or bf16, not {dtype}"
+        assert dtype in (torch.float32, torch.float16), f"packs fp32 or fp16, not {dtype}"
         K, N = weight_t.shape
         panels = (N + self.panel - 1) // self.panel
         rows = weight_t.t().is_contiguous()  # (N, K) memory
-        if dtype == torch.bfloat16:
-            # Pure torch: padded to whole panels and an even K with zeros, then reordered.
+        if dtype == torch.float16:
+            # Pure torch: padded to whole panels with zeros, then reordered.
             if rows:
-                w = F.pad(weight_t.t().to(torch.bfloat16), (0, K % 2, 0, panels * self.panel - N))
-                pairs = w.view(panels, self.panel, (K + 1) // 2, 2)  # (P, 8, K/2, 2)
-                return pairs.permute(0, 2, 1, 3).contiguous()  # (P, K/2, 8, 2)
-            wt = F.pad(weight_t.to(torch.bfloat16), (0, panels * self.panel - N, 0, K % 2))
-            pairs = wt.view((K + 1) // 2, 2, panels, self.panel)  # (K/2, 2, P, 8)
-            return pairs.permute(2, 0, 3, 1).contiguous()  # (P, K/2, 8, 2)
+                w = F.pad(weight_t.t().to(torch.float16), (0, 0, 0, panels * self.panel - N))
+                return w.view(panels, self.panel, K).transpose(1, 2).contiguous()  # (P, K, 8)
+            wt = F.pad(weight_t.to(torch.float16), (0, panels * self.panel - N))
+            return wt.view(K, panels, self.panel).transpose(0, 1).contiguous()  # (P, K, 8)
         packed = torch.empty(panels, K, self.panel)
         if rows:
             w = weight_t.t()
@@ -109,29 +109,36 @@ class NativeGemm:
 
     def linear(self, x: Tensor, packed: Tensor, out_features: int) -> Tensor:
         """x (..., K) @ W^T -> (..., out_features), W (out_features, K) packed by `pack` in fp32
-        or bf16 (the kernel follows the packed dtype). Lean: decoding calls it 121 times a token
+        or fp16 (the kernel follows the packed dtype). Lean: decoding calls it 121 times a token
         for SmolLM2, where each microsecond here is 0.5% of a token."""
         K = x.size(-1)
-        bf16 = packed.dtype == torch.bfloat16
         assert x.dtype == torch.float32 and not x.is_cuda, f"x is {x.dtype} on {x.device}"
-        length, panels = ((K + 1) // 2 if bf16 else K), -(-out_features // self.panel)
-        assert packed.shape[:2] == (panels, length), (
+        assert packed.shape[:2] == (-(-out_features // self.panel), K), (
             f"x has {K} features and y {out_features}; the packed weight is {tuple(packed.shape)}"
         )
         x2 = x if x.dim() == 2 and x.is_contiguous() else x.reshape(-1, K).contiguous()  # (M, K)
         M = x2.size(0)
         y = torch.empty(M, out_features)
         if M:
-            (self._gemm_bf16 if bf16 else self._gemm)(
+            (self._gemm_f16 if packed.dtype == torch.float16 else self._gemm)(
                 x2.data_ptr(), M, packed.data_ptr(), out_features, K, y.data_ptr(),
                 torch.get_num_threads(),
             )  # fmt: skip
         return y if x.dim() == 2 else y.view(*x.shape[:-1], out_features)
 
 
-def bf16_round(t: Tensor) -> Tensor:
-    """fp32 `t` rounded to bf16 and back: the weights a bf16-packed GEMM multiplies by."""
-    return t.to(torch.bfloat16).to(torch.float32)
+FP16_MAX = 65504.0  # the largest finite fp16
+
+
+def half_round(t: Tensor) -> Tensor:
+    """fp32 `t` rounded to fp16 and back: the weights an fp16-packed GEMM multiplies by."""
+    return t.to(torch.float16).to(torch.float32)
+
+
+def half_fits(t: Tensor) -> bool:
+    """Whether every value of `t` rounds to a finite fp16 (none beyond +-65504; no copy)."""
+    t = t.detach()
+    return not t.numel() or bool(t.amax() <= FP16_MAX and t.amin() >= -FP16_MAX)
 
 
 def _check(t: Tensor, name: str, *, dim: int | None) -> None:
@@ -213,7 +220,7 @@ def _try_load() -> NativeGemm | str:
             "the native GEMM is built for x86-64 Linux only, "
             f"this is {platform.system()} {platform.machine()}"
         )
-    missing = {"avx2", "fma"} - _cpu_flags()
+    missing = {"avx2", "fma", "f16c"} - _cpu_flags()
     if missing:
         return f"this CPU lacks {', '.join(sorted(missing))}, which the native GEMM needs"
     cxx = _compiler()

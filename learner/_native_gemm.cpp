@@ -1,4 +1,4 @@
-// plaudit's decoding GEMM for x86-64 CPUs with AVX2 and FMA: y (M, N) = x (M, K) @ W^T for
+// plaudit's decoding GEMM for x86-64 CPUs with AVX2, FMA and F16C: y (M, N) = x (M, K) @ W^T for
 // the few rows of batched decoding (up to 12 per pass over the weights). Built and loaded by
 // learner/_native.py.
 //
@@ -10,19 +10,21 @@
 // chain over k = 0..K-1 starting from 0, in every code path below: a row's result has the same
 // bits whatever M and the other rows are.
 //
-// Threads: an OpenMP loop over groups of panels. Loaded into a process where torch has already
-// loaded its libgomp.so.1, this library binds to that same runtime (one thread pool, no fight);
-// the caller passes torch's thread count.
+// Threads: each takes one contiguous run of groups of 4 panels, as even as the groups allow
+// (fixed groups of 8 fp16 panels left SmolLM2's 72-panel layers split 5:4 over two threads).
+// Loaded into a process where torch has already loaded its libgomp.so.1, this library binds to
+// that same runtime (one thread pool, no fight); the caller passes torch's thread count.
 //
-// bf16 weights (plaudit_gemm_bf16) halve the bytes per token: the same panels, with each pair of
-// rows k, k+1 of a panel interleaved column by column, so one 32-byte load holds both rows' 8
-// columns as 32-bit words (row k in the low half, row k+1 in the high half). A bf16 is the top
-// half of an fp32, so a shift left by 16 (row k) and an AND that clears the low half (row k+1,
-// already in place) give two fp32 vectors with no shuffle and no F16C or AVX-512 BF16: AVX2
-// only. Activations and accumulation stay fp32, one FMA chain per output in k order as in the
-// fp32 kernel, so a row's result does not depend on the batch here either.
+// fp16 weights (plaudit_gemm_f16) halve the bytes per token: the same panels in IEEE half
+// precision, each 16-byte row of a panel widened to 8 fp32 lanes by F16C (exact) as it is loaded.
+// Activations and accumulation stay fp32, one FMA chain per output in k order as in the fp32
+// kernel, so a row's result does not depend on the batch here either. Why fp16 and not bf16 for
+// weights that are multiplied in fp32: the same bytes, 3 more bits of mantissa (a weight's
+// rounding error 8x smaller) and one conversion instruction per 8 weights; trained weights sit
+// far inside fp16's range (learner/_native.py checks it when packing).
 
 #include <immintrin.h>
+#include <omp.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -43,11 +45,18 @@ inline void store_columns(float* y, __m256 acc, int64_t cols) {
   memcpy(y, tmp, cols * sizeof(float));
 }
 
+// 8 weights of a panel row as fp32: fp32 as they are, fp16 widened by F16C (exact).
+inline __m256 load8(const float* src) { return _mm256_loadu_ps(src); }
+inline __m256 load8(const uint16_t* src) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+}
+
 // ROWS rows of x against PANELS consecutive panels; ROWS * PANELS accumulators (<= 12 of the
 // 16 AVX registers). Several panels per pass give few-row inputs enough independent chains to
-// hide the FMA latency, without changing any output's summation order.
-template <int ROWS, int PANELS>
-inline void block(const float* x, int64_t ldx, const float* panels, int64_t K, float* y,
+// hide the FMA latency, without changing any output's summation order. W: float for fp32
+// panels, uint16_t for fp16 ones (the same layout at half the bytes).
+template <int ROWS, int PANELS, typename W>
+inline void block(const float* x, int64_t ldx, const W* panels, int64_t K, float* y,
                   int64_t ldy, int64_t n0, int64_t N) {
   __m256 acc[ROWS][PANELS];
   for (int r = 0; r < ROWS; ++r)
@@ -55,9 +64,9 @@ inline void block(const float* x, int64_t ldx, const float* panels, int64_t K, f
   for (int64_t k = 0; k < K; ++k) {
     __m256 w[PANELS];
     for (int p = 0; p < PANELS; ++p) {
-      const float* src = panels + (p * K + k) * kPanel;
-      _mm_prefetch(reinterpret_cast<const char*>(src + kPrefetch), _MM_HINT_T0);
-      w[p] = _mm256_loadu_ps(src);
+      const W* src = panels + (p * K + k) * kPanel;
+      _mm_prefetch(reinterpret_cast<const char*>(src) + kPrefetch * sizeof(float), _MM_HINT_T0);
+      w[p] = load8(src);
     }
     for (int r = 0; r < ROWS; ++r) {
       const __m256 xv = _mm256_broadcast_ss(x + r * ldx + k);
@@ -71,96 +80,42 @@ inline void block(const float* x, int64_t ldx, const float* panels, int64_t K, f
   }
 }
 
-// Up to kGroup panels starting at panel p0, for ROWS rows: as many panels per pass as fit.
-template <int ROWS>
-inline void rows_by_group(const float* x, int64_t ldx, const float* packed, int64_t K,
-                          float* y, int64_t ldy, int64_t p0, int64_t p1, int64_t N) {
-  constexpr int kWide = ROWS == 1 ? 4 : ROWS == 2 ? 4 : ROWS <= 4 ? 2 : 1;
+// Panels p0 to p1 for ROWS rows: passes over as many panels as fit, then narrower passes for
+// the tail (a single panel per pass is one FMA chain, bound by its latency). fp16 at one row:
+// 8 panels per pass, about 7% faster than 4 over SmolLM2's shapes (AMD EPYC, 2 threads).
+template <int ROWS, typename W>
+inline void rows_by_group(const float* x, int64_t ldx, const W* packed, int64_t K, float* y,
+                          int64_t ldy, int64_t p0, int64_t p1, int64_t N) {
+  constexpr int kOne = sizeof(W) == 2 ? 8 : 4;
+  constexpr int kWide = ROWS == 1 ? kOne : ROWS == 2 ? 4 : ROWS <= 4 ? 2 : 1;
+  constexpr int kHalf = kWide > 1 ? kWide / 2 : 1;
   int64_t p = p0;
   for (; p + kWide <= p1; p += kWide)
     block<ROWS, kWide>(x, ldx, packed + p * K * kPanel, K, y, ldy, p * kPanel, N);
+  for (; p + kHalf <= p1; p += kHalf)
+    block<ROWS, kHalf>(x, ldx, packed + p * K * kPanel, K, y, ldy, p * kPanel, N);
   for (; p < p1; ++p) block<ROWS, 1>(x, ldx, packed + p * K * kPanel, K, y, ldy, p * kPanel, N);
 }
 
-// The bf16 twin of `block`: panels of (ceil(K/2), 8, 2) bf16, pairs of rows interleaved (see
-// the top of the file). Each output is still one FMA chain over k = 0..K-1 in order.
-template <int ROWS, int PANELS>
-inline void block_bf16(const float* x, int64_t ldx, const uint16_t* panels, int64_t K, float* y,
-                       int64_t ldy, int64_t n0, int64_t N) {
-  const int64_t pairs = (K + 1) / 2;  // the panel's length in pairs (the last one may be half)
-  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
-  __m256 acc[ROWS][PANELS];
-  for (int r = 0; r < ROWS; ++r)
-    for (int p = 0; p < PANELS; ++p) acc[r][p] = _mm256_setzero_ps();
-  for (int64_t j = 0; j < pairs; ++j) {
-    const int64_t k = 2 * j;
-    __m256i v[PANELS];
-    for (int p = 0; p < PANELS; ++p) {
-      const uint16_t* src = panels + (p * pairs + j) * 2 * kPanel;
-      _mm_prefetch(reinterpret_cast<const char*>(src) + kPrefetch * sizeof(float), _MM_HINT_T0);
-      v[p] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
-    }
-    for (int r = 0; r < ROWS; ++r) {
-      const __m256 xv = _mm256_broadcast_ss(x + r * ldx + k);
-      for (int p = 0; p < PANELS; ++p)
-        acc[r][p] =
-            _mm256_fmadd_ps(xv, _mm256_castsi256_ps(_mm256_slli_epi32(v[p], 16)), acc[r][p]);
-    }
-    if (k + 1 == K) break;  // odd K: the last pair's high half is padding
-    for (int r = 0; r < ROWS; ++r) {
-      const __m256 xv = _mm256_broadcast_ss(x + r * ldx + k + 1);
-      for (int p = 0; p < PANELS; ++p)
-        acc[r][p] = _mm256_fmadd_ps(xv, _mm256_castsi256_ps(_mm256_and_si256(v[p], high)),
-                                    acc[r][p]);
-    }
-  }
-  for (int p = 0; p < PANELS; ++p) {
-    const int64_t n = n0 + p * kPanel;
-    const int64_t cols = N - n < kPanel ? N - n : kPanel;
-    for (int r = 0; r < ROWS; ++r) store_columns(y + r * ldy + n, acc[r][p], cols);
-  }
-}
-
-template <int ROWS>
-inline void rows_by_group_bf16(const float* x, int64_t ldx, const uint16_t* packed, int64_t K,
-                               float* y, int64_t ldy, int64_t p0, int64_t p1, int64_t N) {
-  // One row: 8 panels per pass (8 chains), as each chain takes two dependent FMAs per load;
-  // 6% faster than 4 on the AMD EPYC for SmolLM2's shapes (one thread, alternating).
-  constexpr int kWide = ROWS == 1 ? 8 : ROWS == 2 ? 4 : ROWS <= 4 ? 2 : 1;
-  const int64_t stride = (K + 1) / 2 * 2 * kPanel;  // one panel, in bf16 values
-  int64_t p = p0;
-  for (; p + kWide <= p1; p += kWide)
-    block_bf16<ROWS, kWide>(x, ldx, packed + p * stride, K, y, ldy, p * kPanel, N);
-  for (; p < p1; ++p)
-    block_bf16<ROWS, 1>(x, ldx, packed + p * stride, K, y, ldy, p * kPanel, N);
-}
-
+// ROWS as a template argument, for the 1 to 12 rows of a pass.
 template <typename W>
 inline void rows(const float* x, int64_t ldx, const W* packed, int64_t K, float* y, int64_t ldy,
-                 int64_t p0, int64_t p1, int64_t N, int64_t count);
-
-#define PLAUDIT_ROWS(fn, W)                                                                 \
-  template <>                                                                              \
-  inline void rows<W>(const float* x, int64_t ldx, const W* packed, int64_t K, float* y,   \
-                      int64_t ldy, int64_t p0, int64_t p1, int64_t N, int64_t count) {     \
-    switch (count) {                                                                       \
-      case 1: fn<1>(x, ldx, packed, K, y, ldy, p0, p1, N); break;                          \
-      case 2: fn<2>(x, ldx, packed, K, y, ldy, p0, p1, N); break;                          \
-      case 3: fn<3>(x, ldx, packed, K, y, ldy, p0, p1, N); break;                          \
-      case 4: fn<4>(x, ldx, packed, K, y, ldy, p0, p1, N); break;                          \
-      case 5: fn<5>(x, ldx, packed, K, y, ldy, p0, p1, N); break;                          \
-      case 6: fn<6>(x, ldx, packed, K, y, ldy, p0, p1, N); break;                          \
-      case 7: fn<7>(x, ldx, packed, K, y, ldy, p0, p1, N); break;                          \
-      case 8: fn<8>(x, ldx, packed, K, y, ldy, p0, p1, N); break;                          \
-      case 9: fn<9>(x, ldx, packed, K, y, ldy, p0, p1, N); break;                          \
-      case 10: fn<10>(x, ldx, packed, K, y, ldy, p0, p1, N); break;                        \
-      case 11: fn<11>(x, ldx, packed, K, y, ldy, p0, p1, N); break;                        \
-      default: fn<12>(x, ldx, packed, K, y, ldy, p0, p1, N); break;                        \
-    }                                                                                      \
+                 int64_t p0, int64_t p1, int64_t N, int64_t count) {
+  switch (count) {
+    case 1: rows_by_group<1>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
+    case 2: rows_by_group<2>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
+    case 3: rows_by_group<3>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
+    case 4: rows_by_group<4>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
+    case 5: rows_by_group<5>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
+    case 6: rows_by_group<6>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
+    case 7: rows_by_group<7>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
+    case 8: rows_by_group<8>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
+    case 9: rows_by_group<9>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
+    case 10: rows_by_group<10>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
+    case 11: rows_by_group<11>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
+    default: rows_by_group<12>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
   }
-PLAUDIT_ROWS(rows_by_group, float)
-PLAUDIT_ROWS(rows_by_group_bf16, uint16_t)
-#undef PLAUDIT_ROWS
+}
 
 template <typename W>
 void group(const float* x, int64_t M, const W* packed, int64_t N, int64_t K, float* y,
@@ -173,14 +128,14 @@ void group(const float* x, int64_t M, const W* packed, int64_t N, int64_t K, flo
 template <typename W>
 void gemm(const float* x, int64_t M, const W* packed, int64_t N, int64_t K, float* y,
           int threads) {
-  constexpr int64_t G = sizeof(W) == 2 ? 2 * kGroup : kGroup;  // bf16: room for 8 panels
   const int64_t panels = (N + kPanel - 1) / kPanel;
-  const int64_t groups = (panels + G - 1) / G;
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-  for (int64_t g = 0; g < groups; ++g) {
-    const int64_t p0 = g * G;
-    const int64_t p1 = p0 + G < panels ? p0 + G : panels;
-    group<W>(x, M, packed, N, K, y, p0, p1);
+  const int64_t groups = (panels + kGroup - 1) / kGroup;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+    const int64_t p0 = groups * t / T * kGroup;
+    const int64_t end = groups * (t + 1) / T * kGroup;
+    group<W>(x, M, packed, N, K, y, p0, end < panels ? end : panels);
   }
 }
 
@@ -189,7 +144,7 @@ void gemm(const float* x, int64_t M, const W* packed, int64_t N, int64_t K, floa
 extern "C" {
 
 // Bumped whenever a signature below changes; the loader checks it.
-int plaudit_gemm_abi(void) { return 3; }
+int plaudit_gemm_abi(void) { return 4; }
 
 int64_t plaudit_gemm_panel_width(void) { return kPanel; }
 
@@ -230,11 +185,9 @@ void plaudit_gemm(const float* x, int64_t M, const float* packed, int64_t N, int
   gemm<float>(x, M, packed, N, K, y, threads);
 }
 
-// The same with bf16 weights packed (ceil(N/8), ceil(K/2), 8, 2) by learner/_native.py: pair j
-// of panel p holds W^T[2j, 8p + c] at [p, j, c, 0] and W^T[2j + 1, 8p + c] at [p, j, c, 1];
-// padding (columns past N, the row past an odd K) is 0.
-void plaudit_gemm_bf16(const float* x, int64_t M, const uint16_t* packed, int64_t N, int64_t K,
-                       float* y, int threads) {
+// The same with fp16 weights packed (ceil(N/8), K, 8) by learner/_native.py, the fp32 layout.
+void plaudit_gemm_f16(const float* x, int64_t M, const uint16_t* packed, int64_t N, int64_t K,
+                      float* y, int threads) {
   gemm<uint16_t>(x, M, packed, N, K, y, threads);
 }
 

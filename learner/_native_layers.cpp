@@ -6,7 +6,7 @@
 // Why: decoding a token runs ~25 small tensor ops per block around the four GEMMs (norms, RoPE,
 // the cache write, attention, SiLU, residual adds). Each costs a few microseconds of dispatch in
 // eager PyTorch whatever its size, about 4 ms a token for SmolLM2's 30 blocks at one row: a
-// quarter of a bf16 token. Here they are plain loops over a few rows.
+// quarter of an fp16-weight token. Here they are plain loops over a few rows.
 //
 // The arithmetic is that of the PyTorch path (learner/_model.py), in fp32, float rounding apart:
 // RMSNorm x * rsqrt(mean(x^2) + eps) * w; RoPE x * cos + rotate_half(x) * sin on the query and
@@ -24,8 +24,8 @@
 extern "C" {
 void plaudit_gemm(const float* x, int64_t M, const float* packed, int64_t N, int64_t K, float* y,
                   int threads);
-void plaudit_gemm_bf16(const float* x, int64_t M, const uint16_t* packed, int64_t N, int64_t K,
-                       float* y, int threads);
+void plaudit_gemm_f16(const float* x, int64_t M, const uint16_t* packed, int64_t N, int64_t K,
+                      float* y, int threads);
 }
 
 namespace {
@@ -157,14 +157,14 @@ extern "C" {
 
 // Every block of a llama-family model for one decoding step of `rows` rows, in place on the
 // residual stream x (rows, C). Per block l, weights[4 l .. 4 l + 3] are the packed qkv, attention
-// output, fc (gate and up fused) and down projections (fp32 panels, or bf16 with bf16 != 0) and
+// output, fc (gate and up fused) and down projections (fp32 panels, or fp16 with f16 != 0) and
 // norms[2 l], norms[2 l + 1] the two RMSNorm weights. cos and sin_signed (rows, D) hold each
 // row's RoPE tables at its position. k_cache and v_cache are (n_layer, rows, Hkv, max_len, D):
 // this step's keys and values go to column pos, and row r attends to columns pad[r]..pos.
 // scratch holds at least rows * (2 C + (H + 2 Hkv) D + 3 I + H max_len) + threads * D floats.
 void plaudit_decode_blocks(float* x, int64_t rows, int64_t n_layer, int64_t C, int64_t H,
                            int64_t Hkv, int64_t D, int64_t I, const void* const* weights,
-                           int bf16, const float* const* norms, float eps, const float* cos,
+                           int f16, const float* const* norms, float eps, const float* cos,
                            const float* sin_signed, float* k_cache, float* v_cache,
                            int64_t max_len, int64_t pos, const int64_t* pad, float* scratch,
                            int threads) {
@@ -179,8 +179,8 @@ void plaudit_decode_blocks(float* x, int64_t rows, int64_t n_layer, int64_t C, i
   float* out = qkv;  // (rows, C): a projection's output, once qkv is spent
   const float scale = 1.0f / sqrtf(static_cast<float>(D));
   auto gemm = [&](const float* in, const void* w, int64_t N, int64_t K, float* y) {
-    if (bf16)
-      plaudit_gemm_bf16(in, rows, static_cast<const uint16_t*>(w), N, K, y, threads);
+    if (f16)
+      plaudit_gemm_f16(in, rows, static_cast<const uint16_t*>(w), N, K, y, threads);
     else
       plaudit_gemm(in, rows, static_cast<const float*>(w), N, K, y, threads);
   };

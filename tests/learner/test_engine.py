@@ -19,7 +19,7 @@ from plaudit.learner._engine import (
 )
 from plaudit.learner._errors import ContextLengthError
 from plaudit.learner._model import ModelConfig, Transformer
-from plaudit.learner._native import bf16_round, native_gemm
+from plaudit.learner._native import half_round, native_gemm
 
 CONFIGS = {
     "gpt2": ModelConfig(
@@ -387,18 +387,18 @@ def test_packed_kernel_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     _decode.packed_kernel.cache_clear()
 
 
-def bf16_weights(model: Transformer) -> Transformer:
-    """A copy of `model` whose linear layers' weights (the tied head's too) are rounded to bf16:
-    the model an engine with bf16 weights decodes with."""
+def half_weights(model: Transformer) -> Transformer:
+    """A copy of `model` whose linear layers' weights (the tied head's too) are rounded to fp16:
+    the model an engine with fp16 weights decodes with."""
     out = Transformer(model.config).eval()
     out.load_state_dict(model.state_dict())
     with torch.no_grad():
         for module in out.modules():
             if isinstance(module, torch.nn.Linear):
-                module.weight.copy_(bf16_round(module.weight))
+                module.weight.copy_(half_round(module.weight))
         if out.lm_head is None:  # tied: the head multiplies by the embedding's rounded values
             out.lm_head = torch.nn.Linear(out.config.n_embd, out.config.vocab_size, bias=False)
-            out.lm_head.weight.copy_(bf16_round(out.tok_emb.weight))
+            out.lm_head.weight.copy_(half_round(out.tok_emb.weight))
     return out
 
 
@@ -411,18 +411,18 @@ def bf16_weights(model: Transformer) -> Transformer:
     ],
     ids=["greedy", "top_p"],
 )
-def test_bf16_weight_logprobs_are_those_of_the_logits_sampled(
+def test_half_weight_logprobs_are_those_of_the_logits_sampled(
     name: str, sampling: SamplingConfig
 ) -> None:
-    """With bf16 weights (the native kernel's half-size panels where it builds), the behaviour
-    logprobs are those of the bf16-weight model the tokens were sampled from, the same in
+    """With fp16 weights (the native kernel's half-size panels where it builds), the behaviour
+    logprobs are those of the fp16-weight model the tokens were sampled from, the same in
     prefill, packed decoding and `Engine.logprobs`; not those of the fp32 model."""
     model = make_model(name)
-    engine = Engine(model=model, dtype=torch.float32, weight_dtype=torch.bfloat16)
-    assert engine.dtype == torch.float32 and engine.weight_dtype == torch.bfloat16
+    engine = Engine(model=model, dtype=torch.float32, weight_dtype=torch.float16)
+    assert engine.dtype == torch.float32 and engine.weight_dtype == torch.float16
     if native_gemm() is not None:
         engine.kernel = "native"
-    rounded = bf16_weights(model)
+    rounded = half_weights(model)
     prompts = prompts_for(5, [3, 9])
     samples = engine.generate(prompts, n=3, sampling=dataclasses.replace(sampling, seed=4))
     drift = []
@@ -439,37 +439,35 @@ def test_bf16_weight_logprobs_are_those_of_the_logits_sampled(
         torch.testing.assert_close(again, want.squeeze(-1), atol=1e-4, rtol=0)
         other = F.log_softmax(reference_transform(fp32, sampling), -1).gather(-1, target)
         drift.append((other - want).abs().max().item())
-    assert max(drift) > 1e-3, "the bf16-weight logprobs should differ from fp32's"
+    assert max(drift) > 1e-4, "the fp16-weight logprobs should differ from fp32's"
     if sampling.temperature == 0:
         for s in samples:
             assert s.tokens == naive_greedy(rounded, prompts[s.prompt_index], 8)
     if engine.kernel == "native":
         assert any(
-            isinstance(m, DecodeLinear)
-            and m.packed is not None
-            and m.packed.dtype == torch.bfloat16
+            isinstance(m, DecodeLinear) and m.packed is not None and m.packed.dtype == torch.float16
             for m in engine.model.modules()
         )
 
 
-def test_bfloat16_means_bf16_weights_on_a_cpu_without_amx(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bfloat16_means_half_weights_on_a_cpu_without_amx(monkeypatch: pytest.MonkeyPatch) -> None:
     """dtype=bfloat16 on a CPU whose packed kernel is the native one and that has no AMX: fp32
-    activations over bf16 weights; with AMX, another kernel, or on CUDA: bf16 throughout."""
+    activations over fp16 weights; with AMX, another kernel, or on CUDA: bf16 throughout."""
     from plaudit.learner import _decode
 
     if native_gemm() is None:
         pytest.skip("no native GEMM here")
-    cpu, bf16, fp32 = torch.device("cpu"), torch.bfloat16, torch.float32
+    cpu, bf16, fp32, fp16 = torch.device("cpu"), torch.bfloat16, torch.float32, torch.float16
     monkeypatch.setattr(_decode, "_cpu_vendor", lambda: "AuthenticAMD")
     monkeypatch.setattr(_decode, "_cpu_flags", lambda: {"avx2", "fma"})
     _decode.packed_kernel.cache_clear()
     try:
-        assert _decode.decode_precision(cpu, bf16) == (fp32, bf16)
+        assert _decode.decode_precision(cpu, bf16) == (fp32, fp16)
         assert _decode.decode_precision(cpu, fp32) == (fp32, fp32)
         assert _decode.decode_precision(torch.device("cuda"), bf16) == (bf16, bf16)
         assert _decode.decode_kernel(cpu, bf16) == "native"
         engine = Engine(model=make_model("llama-gqa"), dtype=bf16)
-        assert (engine.dtype, engine.weight_dtype, engine.kernel) == (fp32, bf16, "native")
+        assert (engine.dtype, engine.weight_dtype, engine.kernel) == (fp32, fp16, "native")
         # bf16 throughout asked by hand: torch's kernels, not the native (fp32-only) one.
         by_hand = Engine(model=make_model("llama-gqa"), dtype=bf16, weight_dtype=bf16)
         assert (by_hand.dtype, by_hand.weight_dtype, by_hand.kernel) == (bf16, bf16, None)
@@ -484,5 +482,29 @@ def test_bfloat16_means_bf16_weights_on_a_cpu_without_amx(monkeypatch: pytest.Mo
         assert _decode.decode_precision(cpu, bf16) == (bf16, bf16)
     finally:
         _decode.packed_kernel.cache_clear()
-    with pytest.raises(ValueError, match="give bfloat16 weights with float32 activations"):
+    with pytest.raises(ValueError, match="give float16 weights with float32 activations"):
         Engine(model=make_model("llama-gqa"), dtype=bf16, weight_dtype=fp32)
+
+
+def test_a_weight_beyond_fp16s_range_keeps_fp32_weights(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Half-size weights chosen for the machine fall back to fp32 weights, with a warning, for
+    a model whose weights fp16 cannot hold; asked for by hand, they are refused."""
+    from plaudit.learner import _engine
+
+    model = make_model("llama-gqa")
+    with torch.no_grad():
+        model.blocks[1].mlp.fc.weight[0, 0] = 1e5
+    monkeypatch.setattr(
+        _engine, "decode_precision", lambda device, dtype: (torch.float32, torch.float16)
+    )
+    engine = Engine(model=model, dtype=torch.bfloat16)
+    assert (engine.dtype, engine.weight_dtype) == (torch.float32, torch.float32)
+    assert "blocks.1.mlp.fc.weight has values beyond fp16's range" in caplog.text
+    out = engine.generate(prompts_for(2, [4]), sampling=SamplingConfig(max_new_tokens=3))
+    assert len(out[0].tokens) == 3
+    with pytest.raises(
+        ValueError, match=r"blocks\.1\.mlp\.fc\.weight has values beyond fp16.s range"
+    ):
+        Engine(model=model, dtype=torch.float32, weight_dtype=torch.float16)

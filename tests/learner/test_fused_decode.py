@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 # GQA (3 query heads per key/value head); head_dim 12 and an odd intermediate size exercise
-# the kernels' tails past whole vectors (and an odd K for bf16's pairs).
+# the kernels' tails past whole vectors (and an odd K).
 CONFIG = ModelConfig(
     family="llama", vocab_size=97, max_seq_len=64, n_layer=3, n_head=6, n_kv_head=2,
     n_embd=72, intermediate_size=101, tie_embeddings=True, rope_theta=500.0,
@@ -39,7 +39,7 @@ def engine(model: Transformer, weight_dtype: torch.dtype) -> Engine:
     return e
 
 
-@pytest.mark.parametrize("weight_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("weight_dtype", [torch.float32, torch.float16])
 def test_fused_decoding_samples_what_the_forward_samples(
     weight_dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -83,7 +83,7 @@ def test_a_fused_step_gives_the_forward_logits_and_cache() -> None:
     e = engine(model, torch.float32)
     e._pack(2)
     fused = FusedBlocks.build(e.model, e.kernel)
-    assert fused is not None and not fused.bf16
+    assert fused is not None and not fused.half
     caches = []
     for _ in range(2):
         cache = KVCache(batch_size=2, n_layer=3, n_kv_head=2, head_dim=12, max_len=20)
@@ -105,10 +105,10 @@ def test_a_fused_step_gives_the_forward_logits_and_cache() -> None:
 def test_where_the_fused_step_applies(monkeypatch: pytest.MonkeyPatch) -> None:
     """Llama without biases, packed by the native kernel; not gpt2, biases, another kernel,
     or PLAUDIT_FUSED_DECODE=0."""
-    e = engine(make_model(), torch.bfloat16)
+    e = engine(make_model(), torch.float16)
     e._pack(1)
     built = FusedBlocks.build(e.model, "native")
-    assert built is not None and built.bf16
+    assert built is not None and built.half
     assert FusedBlocks.build(e.model, "mkl") is None
     monkeypatch.setenv(FUSED_ENV, "0")
     assert FusedBlocks.build(e.model, "native") is None

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from plaudit.learner import _decode, _native
-from plaudit.learner._native import MAX_ROWS, bf16_round, native_gemm, native_gemm_unavailable
+from plaudit.learner._native import (
+    FP16_MAX,
+    MAX_ROWS,
+    half_fits,
+    half_round,
+    native_gemm,
+    native_gemm_unavailable,
+)
 
 needs_native = pytest.mark.skipif(
     native_gemm() is None, reason=f"no native GEMM here: {native_gemm_unavailable()}"
@@ -74,31 +81,33 @@ def test_a_rows_result_does_not_depend_on_the_batch() -> None:
 
 @needs_native
 @pytest.mark.parametrize(("n", "k"), [(1, 1), (13, 37), (48, 32), (200, 64), (1000, 129)])
-def test_bf16_weights_give_fp32_arithmetic_on_the_rounded_weights(n: int, k: int) -> None:
-    """bf16-packed panels (half the bytes; odd K and a partial last panel too), any rows: the
-    fp32 product with the weights rounded to bf16, not with the fp32 weights."""
+def test_fp16_weights_give_fp32_arithmetic_on_the_rounded_weights(n: int, k: int) -> None:
+    """fp16-packed panels (half the bytes; odd K and a partial last panel too), any rows, from
+    a weight's rows or from a transposed copy: the fp32 product with the weights rounded to
+    fp16, not with the fp32 weights."""
     native = native_gemm()
     assert native is not None
     g = torch.Generator().manual_seed(n * 1000 + k + 7)
     w = torch.randn(n, k, generator=g)
-    packed = native.pack(w.t(), dtype=torch.bfloat16)
-    assert packed.dtype == torch.bfloat16 and packed.shape == ((n + 7) // 8, (k + 1) // 2, 8, 2)
+    packed = native.pack(w.t(), dtype=torch.float16)
+    assert packed.dtype == torch.float16 and packed.shape == ((n + 7) // 8, k, 8)
+    assert torch.equal(native.pack(w.t().contiguous(), dtype=torch.float16), packed)
     for m in [*range(1, MAX_ROWS + 1), 2 * MAX_ROWS + 5]:
         x = torch.randn(m, k, generator=g)
         y = native.linear(x, packed, n)
-        torch.testing.assert_close(y, x @ bf16_round(w).t(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(y, x @ half_round(w).t(), rtol=1e-5, atol=1e-5)
         if k > 8:  # enough terms that rounding the weights shows
             assert not torch.allclose(y, x @ w.t(), rtol=1e-5, atol=1e-5)
 
 
 @needs_native
-def test_bf16_a_rows_result_does_not_depend_on_the_batch() -> None:
-    """The bf16 kernel keeps one chain per output in k order too (odd K included)."""
+def test_fp16_a_rows_result_does_not_depend_on_the_batch() -> None:
+    """The fp16 kernel keeps one chain per output in k order too (odd K included)."""
     native = native_gemm()
     assert native is not None
     g = torch.Generator().manual_seed(3)
     w = torch.randn(300, 97, generator=g)
-    packed = native.pack(w.t(), dtype=torch.bfloat16)
+    packed = native.pack(w.t(), dtype=torch.float16)
     row = torch.randn(1, 97, generator=g)
     alone = native.linear(row, packed, 300)
     threads = torch.get_num_threads()
@@ -117,9 +126,19 @@ def test_bf16_a_rows_result_does_not_depend_on_the_batch() -> None:
 def test_a_packed_weight_of_other_shape_is_refused() -> None:
     native = native_gemm()
     assert native is not None
-    packed = native.pack(torch.randn(33, 16), dtype=torch.bfloat16)  # K = 33: 17 pairs
+    packed = native.pack(torch.randn(33, 16), dtype=torch.float16)  # K = 33
     with pytest.raises(AssertionError, match="the packed weight is"):
         native.linear(torch.randn(2, 32), packed, 16)
+
+
+def test_half_fits_says_whether_a_weight_stays_finite_in_fp16() -> None:
+    """Subnormal-small and range-edge values fit (fp16 holds them, the small ones coarsely);
+    one value past the largest finite fp16 does not."""
+    w = torch.tensor([[1e-7, -3e-5, 0.02], [FP16_MAX, -FP16_MAX, 1.0]])
+    assert half_fits(w) and torch.isfinite(half_round(w)).all()
+    w[0, 1] = -70000.0
+    assert not half_fits(w) and not torch.isfinite(half_round(w)).all()
+    assert half_fits(torch.empty(0, 4))
 
 
 @pytest.fixture
@@ -173,7 +192,7 @@ def test_a_failing_compiler_is_reported_and_decoding_falls_back(
 
 def test_no_compiler_is_reported(fresh_build: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_native, "_compiler", lambda: None)
-    monkeypatch.setattr(_native, "_cpu_flags", lambda: {"avx2", "fma", "sse2"})
+    monkeypatch.setattr(_native, "_cpu_flags", lambda: {"avx2", "fma", "f16c", "sse2"})
     monkeypatch.setattr(_native.platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(_native.platform, "system", lambda: "Linux")
     assert native_gemm() is None
@@ -185,7 +204,7 @@ def test_a_cpu_without_avx2_is_reported(fresh_build: Path, monkeypatch: pytest.M
     monkeypatch.setattr(_native.platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(_native.platform, "system", lambda: "Linux")
     assert native_gemm() is None
-    assert "lacks avx2" in (native_gemm_unavailable() or "")
+    assert "lacks avx2, f16c" in (native_gemm_unavailable() or "")
 
 
 @needs_native
