@@ -97,7 +97,7 @@ class ModelConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Precision of generation (candidates, playground); training stays float32. bfloat16: on
     # CPUs without AMX where plaudit's native kernel decodes (AVX2), fp32 activations over
-    # half-size (fp16) weights (batch-1 decoding about 1.8x fp32, bench/decode_half.py); with
+    # half-size (fp16) weights (batch-1 decoding 1.7-1.8x fp32, bench/decode_half.py); with
     # AMX, on CUDA, torch's bf16 throughout (pays from about 8 candidates up, bench/generate.py).
     # The behaviour logprobs are those of the logits sampled from, so the online update
     # corrects for it.
