@@ -8,9 +8,10 @@ a row's result does not depend on the batch).
 
 Built with the system C++ compiler (`$CXX`, else `c++`) into the user cache folder
 (`$XDG_CACHE_HOME/plaudit/native/<hash of sources and flags>/`), once per machine; later processes
-load the cached library. Only x86-64 Linux with AVX2 and FMA: elsewhere, or when the compiler is
-missing or fails, `native_gemm()` returns None and says why in `native_gemm_unavailable()`, and
-the engine uses torch's kernels. No Python headers, no torch headers: the build takes a second.
+load the cached library. Only x86-64 Linux with AVX2, FMA and F16C: elsewhere, or when the
+compiler is missing or fails, `native_gemm()` returns None and says why in
+`native_gemm_unavailable()`, and the engine uses torch's kernels. No Python headers, no torch
+headers: the build takes a second.
 
 Weights pack in fp32 or in fp16 (`pack(..., dtype=torch.float16)`): fp16 halves the bytes each
 token streams; the kernel widens them to fp32 in registers (F16C, exact) and multiplies and sums
