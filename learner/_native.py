@@ -49,7 +49,6 @@ SOURCES = (
 ABI = 4  # plaudit_gemm_abi() of the sources this module drives
 FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
 MAX_ROWS = 12  # rows in one pass over the weights; above, oneDNN is as fast or faster
-SUPER = 4  # fp16 panels side by side (kSuper in the C++ source)
 _BUILD_TIMEOUT_S = 120
 
 _i64, _int, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
@@ -85,24 +84,21 @@ class NativeGemm:
 
     def pack(self, weight_t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
         """The panels (ceil(N / 8), K, 8) of a weight given transposed, (K, N) = (in, out), in
-        fp32; with `dtype=torch.float16` rounded to fp16 (to nearest even), 4 panels side by
-        side: (ceil(N / 32), K, 32) (see the C++ source). Missing columns are 0. A transposed
-        view of a contiguous (N, K) weight (`weight.t()`) packs from the weight's rows, with no
-        transposed copy first."""
+        fp32 or with `dtype=torch.float16` rounded to fp16 (to nearest even); the last panel's
+        missing columns are 0. A transposed view of a contiguous (N, K) weight (`weight.t()`)
+        packs from the weight's rows, with no transposed copy first."""
         _check(weight_t, "weight_t", dim=2)
         assert dtype in (torch.float32, torch.float16), f"packs fp32 or fp16, not {dtype}"
         K, N = weight_t.shape
         panels = (N + self.panel - 1) // self.panel
         rows = weight_t.t().is_contiguous()  # (N, K) memory
         if dtype == torch.float16:
-            # Pure torch: padded to whole super-panels with zeros, then reordered.
-            width = SUPER * self.panel
-            supers = (N + width - 1) // width
+            # Pure torch: padded to whole panels with zeros, then reordered.
             if rows:
-                w = F.pad(weight_t.t().to(torch.float16), (0, 0, 0, supers * width - N))
-                return w.view(supers, width, K).transpose(1, 2).contiguous()  # (S, K, 32)
-            wt = F.pad(weight_t.to(torch.float16), (0, supers * width - N))
-            return wt.view(K, supers, width).transpose(0, 1).contiguous()  # (S, K, 32)
+                w = F.pad(weight_t.t().to(torch.float16), (0, 0, 0, panels * self.panel - N))
+                return w.view(panels, self.panel, K).transpose(1, 2).contiguous()  # (P, K, 8)
+            wt = F.pad(weight_t.to(torch.float16), (0, panels * self.panel - N))
+            return wt.view(K, panels, self.panel).transpose(0, 1).contiguous()  # (P, K, 8)
         packed = torch.empty(panels, K, self.panel)
         if rows:
             w = weight_t.t()
@@ -118,8 +114,7 @@ class NativeGemm:
         for SmolLM2, where each microsecond here is 0.5% of a token."""
         K = x.size(-1)
         assert x.dtype == torch.float32 and not x.is_cuda, f"x is {x.dtype} on {x.device}"
-        width = self.panel * (SUPER if packed.dtype == torch.float16 else 1)
-        assert packed.shape[:2] == (-(-out_features // width), K), (
+        assert packed.shape[:2] == (-(-out_features // self.panel), K), (
             f"x has {K} features and y {out_features}; the packed weight is {tuple(packed.shape)}"
         )
         x2 = x if x.dim() == 2 and x.is_contiguous() else x.reshape(-1, K).contiguous()  # (M, K)

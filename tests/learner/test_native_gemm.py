@@ -90,7 +90,7 @@ def test_fp16_weights_give_fp32_arithmetic_on_the_rounded_weights(n: int, k: int
     g = torch.Generator().manual_seed(n * 1000 + k + 7)
     w = torch.randn(n, k, generator=g)
     packed = native.pack(w.t(), dtype=torch.float16)
-    assert packed.dtype == torch.float16 and packed.shape == ((n + 31) // 32, k, 32)
+    assert packed.dtype == torch.float16 and packed.shape == ((n + 7) // 8, k, 8)
     assert torch.equal(native.pack(w.t().contiguous(), dtype=torch.float16), packed)
     for m in [*range(1, MAX_ROWS + 1), 2 * MAX_ROWS + 5]:
         x = torch.randn(m, k, generator=g)
