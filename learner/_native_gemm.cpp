@@ -93,25 +93,23 @@ inline void by_quads(const float* x, int64_t ldx, const W* panels, int64_t K, fl
 // Panels p0 to p1 for ROWS rows: passes over as many panels as fit, then narrower passes for
 // the tail (a single panel per pass is one FMA chain, bound by its latency). fp16 at one row:
 // 8 panels per pass, about 7% faster than 4 over SmolLM2's shapes (AMD EPYC, 2 threads).
+// fp32 at 5-8 rows: 3 panels in passes of 4 rows (`by_quads`), 11-14% faster than all rows
+// over one panel at 6 and 8 rows (SmolLM2's shapes, AMD EPYC, 2 threads, alternating); slower
+// at 12 rows and for fp16 panels (12%), which keep the plain passes.
 template <int ROWS, typename W>
 inline void rows_by_group(const float* x, int64_t ldx, const W* packed, int64_t K, float* y,
                           int64_t ldy, int64_t p0, int64_t p1, int64_t N) {
-  if constexpr (sizeof(W) == 4 && ROWS > 4 && ROWS <= 8) {
-    // fp32 at 5-8 rows: 3 panels in passes of 4 rows, 11-14% faster than all rows over one
-    // panel at 6 and 8 rows (SmolLM2's shapes, AMD EPYC, 2 threads, alternating); slower at 12
-    // rows and for fp16 panels (12%), which keep the plain passes.
-    int64_t p = p0;
-    for (; p + 3 <= p1; p += 3)
-      by_quads<ROWS, 3>(x, ldx, packed + p * K * kPanel, K, y, ldy, p * kPanel, N);
-    for (; p < p1; ++p) block<ROWS, 1>(x, ldx, packed + p * K * kPanel, K, y, ldy, p * kPanel, N);
-    return;
-  }
+  constexpr bool kQuads = sizeof(W) == 4 && ROWS > 4 && ROWS <= 8;
   constexpr int kOne = sizeof(W) == 2 ? 8 : 4;
-  constexpr int kWide = ROWS == 1 ? kOne : ROWS == 2 ? 4 : ROWS <= 4 ? 2 : 1;
+  constexpr int kWide = kQuads ? 3 : ROWS == 1 ? kOne : ROWS == 2 ? 4 : ROWS <= 4 ? 2 : 1;
   constexpr int kHalf = kWide > 1 ? kWide / 2 : 1;
   int64_t p = p0;
-  for (; p + kWide <= p1; p += kWide)
-    block<ROWS, kWide>(x, ldx, packed + p * K * kPanel, K, y, ldy, p * kPanel, N);
+  for (; p + kWide <= p1; p += kWide) {
+    if constexpr (kQuads)
+      by_quads<ROWS, kWide>(x, ldx, packed + p * K * kPanel, K, y, ldy, p * kPanel, N);
+    else
+      block<ROWS, kWide>(x, ldx, packed + p * K * kPanel, K, y, ldy, p * kPanel, N);
+  }
   for (; p + kHalf <= p1; p += kHalf)
     block<ROWS, kHalf>(x, ldx, packed + p * K * kPanel, K, y, ldy, p * kPanel, N);
   for (; p < p1; ++p) block<ROWS, 1>(x, ldx, packed + p * K * kPanel, K, y, ldy, p * kPanel, N);
