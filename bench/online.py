@@ -832,6 +832,11 @@ def final_value(key: str) -> Callable[[RunResult], float]:
     return lambda r: float(getattr(r.evals[-1], key))
 
 
+def start_value(key: str) -> Callable[[RunResult], float]:
+    """A figure of a run's first fresh-sample evaluation (the frozen start)."""
+    return lambda r: float(getattr(r.evals[0], key))
+
+
 def over_seeds(runs: Sequence[RunResult], get: Callable[[RunResult], float]) -> dict[str, float]:
     values = [get(r) for r in runs]
     return {"mean": statistics.fmean(values), "spread": spread(values)}
@@ -876,6 +881,12 @@ def summarise(runs: dict[str, list[RunResult]], posts: int) -> dict[str, Any]:
                     spread([r.evals[i].kl_post for r in rs]) for i in range(len(xs))
                 ],
                 "start_reward": statistics.fmean(r.evals[0].reward for r in rs),
+                # the frozen start's samples, to read the final ones against (shorter? less
+                # varied?)
+                "start": {
+                    key: over_seeds(rs, start_value(key))
+                    for key in ("tokens", "chars", "distinct_2", "assistant")
+                },
                 # the share of fresh samples naming a topic word, at each evaluation
                 **(
                     {
@@ -909,6 +920,9 @@ def summarise(runs: dict[str, list[RunResult]], posts: int) -> dict[str, Any]:
                     {
                         "reward": round(r.evals[-1].reward, 4),
                         "kl_post": round(r.evals[-1].kl_post, 3),
+                        "tokens": round(r.evals[-1].tokens, 1),
+                        "start_tokens": round(r.evals[0].tokens, 1),
+                        "distinct_2": round(r.evals[-1].distinct_2, 3),
                     }
                     for r in rs
                 ],

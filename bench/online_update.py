@@ -4,8 +4,9 @@ The floor is what any policy-gradient update on the same posts must do: ``epochs
 forward-backward over the rewarded posts' tokens + an AdamW step) and one forward over them (the
 proximal logprobs), measured beside plaudit's update in the same process, alternating. plaudit's
 time is the whole `policy_update` call: the reference's pass, the KL penalty, the drift check
-after every step (on the probe of recent samples the daemon passes, or on the batch) and the
-snapshots that let a step be undone. The probe is built as the daemon's: the newest
+after every step (on the probe of recent samples the daemon passes, or on the batch), any
+scaling back of the move into the budget and the snapshot that puts a failed update back. The
+probe is built as the daemon's: the newest
 candidates, ``--candidates`` of them after each prompt (a post cycle's), so that their passes
 run each prompt once as the daemon's do. ``--batch-per-prompt 8`` builds the batch the same
 way: rewarded posts with their cycles' other candidates (`online.candidates_weight`), whose

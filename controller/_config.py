@@ -101,9 +101,9 @@ class OnlineConfig(_Section):
     method: Literal["clipped", "reinforce"] = "clipped"
     lr: float = Field(default=1e-5, gt=0)
     # The drift budget: KL(policy || reference) in nats per post (summed over a post's
-    # tokens). A step that would cross it is undone, and an update that starts over it (a
-    # new probe of recent samples sees drift the last one missed) first scales the policy's
-    # move from the reference back inside it (clipped only).
+    # tokens). A step that crosses it, or an update that starts over it (a new probe of
+    # recent samples sees drift the last one missed), scales the policy's whole move from the
+    # reference back inside it, and the steps to come by the same factor (clipped only).
     max_kl: float | None = Field(default=5.0, gt=0)
     # Weight of the exact per-token KL(policy || reference) in the clipped update's loss.
     kl_coef: float = Field(default=0.05, ge=0)

@@ -289,38 +289,20 @@ class Learning:
             "ratio_max": stats.ratio_max,
             "is_weight_mean": stats.is_weight_mean,
             "steps": stats.steps,
-            "steps_undone": stats.steps_undone,
             "tokens": stats.tokens,
             "stop_reason": stats.stop_reason,
             "pulled_back": stats.pulled_back,
         }
-        ctx.metrics.online_steps_undone.inc(stats.steps_undone)
         if stats.steps == 0 and stats.stop_reason == "interrupted":
             # A shutdown before the first step: the rewards stay pending. (A pull-back it made
             # is a new version in memory; the next checkpoint writes it, or the next update
             # makes it again.)
             store.finish_run(run_id, status="interrupted", metrics=metrics)
             return "skipped"
-        if not stats.changed:
-            # At the drift budget (the only other way to keep no step): every step these
-            # rewards ask for would cross it. They are spent (each reward trains at most once),
-            # the weights stay as they are.
-            used.mark(store, ctx.policy.version, spent)
-            store.set_value("reward_baseline", repr(baseline.value))
-            store.finish_run(run_id, status="completed", metrics=metrics)
-            ctx.log.warning(
-                "policy update undone: at the drift budget",
-                **counts,
-                kl_per_post=round(stats.kl_per_post, 3),
-                max_kl=o.max_kl,
-            )
-            return "skipped"
         # The rewards are spent on the weights in memory now. Should the checkpoint below fail
         # (a full disk), they are not trained on again by the next update; should the process
         # die before any later checkpoint, start-up returns them to pending
         # (`Store.release_rewards_after`), since the weights they trained are lost with it.
-        # A pull-back whose steps were all undone at the budget lands here too: its rewards
-        # are spent as at the budget, and its weights are a new version to checkpoint.
         used.mark(store, ctx.policy.version, spent)
         store.set_value("reward_baseline", repr(baseline.value))
         store.finish_run(run_id, status="completed", metrics=metrics)
@@ -344,7 +326,8 @@ class Learning:
             by_label.setdefault(lag_label(lag), []).append(fraction)
         for label, fractions in by_label.items():
             m.online_clip_fraction.labels(label).set(sum(fractions) / len(fractions))
-        m.train_learning_rate.labels("online").set(o.lr)
+        m.online_move_scale.set(ctx.policy.move_scale)
+        m.train_learning_rate.labels("online").set(o.lr * ctx.policy.move_scale)
         m.train_tokens_per_second.labels("online").set(
             stats.tokens * max(stats.steps, 1) / max(duration, 1e-9)
         )
@@ -353,10 +336,10 @@ class Learning:
             "policy update",
             **counts,
             steps=stats.steps,
-            steps_undone=stats.steps_undone,
             loss=round(stats.loss, 4),
             kl_per_post=round(stats.kl_per_post, 4),
             kl_per_token=round(stats.kl_per_token, 5),
+            kl_se=round(stats.kl_se, 4),
             entropy=round(stats.entropy, 3),
             clip_fraction=round(stats.clip_fraction, 3),
             clip_fraction_by_lag={k: round(v, 3) for k, v in stats.clip_fraction_by_lag.items()},
@@ -364,6 +347,7 @@ class Learning:
             is_weight_mean=round(stats.is_weight_mean, 3),
             stop_reason=stats.stop_reason,
             pulled_back=round(stats.pulled_back, 4),
+            move_scale=round(ctx.policy.move_scale, 4),
             policy_version=ctx.policy.version,
             duration_s=round(duration, 2),
         )

@@ -62,7 +62,7 @@ class LoopMetrics(Protocol):
     train_entropy: Gauge  # [mode]
     online_clip_fraction: Gauge  # [lag]: "0", "1", "2", "3+"
     online_importance_weight: Gauge
-    online_steps_undone: Counter
+    online_move_scale: Gauge
     reward_model_spearman: Gauge  # [face]
     approval_waiting: Gauge  # [face]: posts held for a human's decision
     approval_decisions: Counter  # [face, decision]: approved, edited, rejected, expired

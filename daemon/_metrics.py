@@ -243,9 +243,11 @@ class Metrics:
             "how far the policy moved since the posts were sampled (1 = not at all).",
             registry=registry,
         )
-        self.online_steps_undone = Counter(
-            "plaudit_online_steps_undone_total",
-            "Online update steps undone because they crossed the drift budget (online.max_kl).",
+        self.online_move_scale: Gauge = _AbsentUntilSet(
+            "plaudit_online_move_scale",
+            "The factor every online step is scaled by: the product of the pull-backs of the "
+            "policy's move from its reference that kept it inside the drift budget "
+            "(online.max_kl) since the reference was set (1 = none).",
             registry=registry,
         )
         self.train_learning_rate = Gauge(

@@ -32,9 +32,17 @@ with temperature and top-p/top-k truncation) that is no longer the current one. 
   self-normalised importance weight π(post) / π_start(post) of the update's own move (the
   probe was sampled before it). A step that takes the upper end of its one-sided 95% interval
   (``KL_CONFIDENCE`` standard errors above the estimate) above ``max_kl`` (and above where it
-  was before the step) is undone: the weights and the optimizer state go back to before that
-  step and the update stops. An update that starts with the estimate itself above ``max_kl``
-  (a new probe sees drift the last one missed) first pulls the policy back: its move from the
+  was before the step) is kept, and the policy's whole move from the reference is scaled back
+  until that upper end is inside (the pull-back below, aimed at the upper end); the update goes
+  on. From then on every step, in this update and the later ones, is taken at the learning
+  rate times the product of all pull-backs so far (`scale_steps`), so the policy is always
+  ``ref + s * (the sum of its steps at the configured rate)``: each reward keeps an equal
+  share of the move and the budget sets only its length. Undoing the step (the rule before)
+  spent its rewards for nothing, and scaling back without shrinking the steps to come weighed
+  each new reward 1/s times the older ones, a policy held at the budget forgetting its older
+  rewards geometrically (both measured, `scale_steps`). An update that starts with the
+  estimate itself above ``max_kl`` (a new probe sees drift the last one missed) first pulls
+  the policy back: its move from the
   reference is scaled down, weights ``ref + α (θ - ref)`` (with LoRA the adapters' ``B``
   times α, the same thing), α chosen from KL's quadratic growth near the reference to land
   the estimate at ``PULL_BACK_TARGET`` of the budget, measured again (a few tries). Without
@@ -69,15 +77,16 @@ with temperature and top-p/top-k truncation) that is no longer the current one. 
 - reported (`UpdateStats`): KL per post and per token after (and per post before) the update,
   the policy's mean per-token entropy on the batch, the ratio π / π_prox (mean, max), the
   clip fraction (tokens with |ratio - 1| > clip) overall and by version lag, the mean
-  truncated IS weight, steps kept and undone.
+  truncated IS weight, the steps and the factor the move was scaled back by.
 
 What it costs (the floor is ``epochs`` forward-backward-steps and one forward over the
 batch): every forward takes the final norm, the head and the softmax at the completion
 positions only (the prompts, most of each sequence, never reach the (N, V) logits); the
 reference's log-softmax at the batch's and the probe's completion positions is computed once
 per update and kept (it is frozen; up to ``REFERENCE_CACHE_BYTES``); when the batch is one
-minibatch the proximal logprobs are read off the first step's own forward; the snapshots that
-undo a step are copied into the same buffers each step; posts that share a prompt (a post
+minibatch the proximal logprobs are read off the first step's own forward; a step is never
+undone, so no snapshot is taken between steps (only the update's start, all-or-nothing);
+posts that share a prompt (a post
 cycle's candidates: the probe, and the batch when candidates teach) run it once in every pass,
 training's included (`PromptCache`: the prompt is most of each sequence). Above the floor
 remain the reference's one forward over batch and probe, and the probe's policy forward after
@@ -114,6 +123,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, cast
 
 import torch
@@ -133,6 +143,9 @@ KL_CONFIDENCE = 1.645
 # PULL_BACK_TRIES times.
 PULL_BACK_TARGET = 0.95
 PULL_BACK_TRIES = 4
+# The optimizer's param groups carry the product of every pull-back since the reference was
+# set under this key; an update steps at the configured lr times it (`scale_steps`).
+MOVE_SCALE = "move_scale"
 
 
 @dataclass(frozen=True)
@@ -171,8 +184,8 @@ class OnlineUpdateConfig:
     clip: float = 0.2  # PPO clip of the ratio π / π_prox
     kl_coef: float = 0.05  # weight of the KL(policy || reference) cost (clipped only)
     # Drift budget: KL(policy || reference) in nats per post (summed over a post's tokens,
-    # averaged over the batch's posts); a step that crosses it is undone and the update
-    # stops (clipped only). None: no budget.
+    # averaged over the probe's posts); a step that crosses it is kept and the whole move
+    # scaled back inside it (clipped only). None: no budget.
     max_kl: float | None = 5.0
     grad_clip: float = 1.0
     temperature: float = 1.0  # for trajectories that carry no temperature of their own
@@ -197,13 +210,12 @@ class UpdateStats:
     # Truncated π_prox / π_behaviour, mean over the batch's tokens (reinforce: not used by
     # its loss, reported as a measure of how stale the batch is).
     is_weight_mean: float
-    steps: int  # optimizer steps kept
-    steps_undone: int  # steps undone because they crossed max_kl
+    steps: int  # optimizer steps taken
     tokens: int  # completion tokens in the batch
-    early_stopped: bool  # stopped before its last step (max_kl or should_stop)
-    stop_reason: Literal["max_kl", "interrupted"] | None
-    # The factor the policy's move from the reference was scaled by before the steps, to bring
-    # a drift over max_kl back inside it (1.0: none).
+    early_stopped: bool  # stopped before its last step (should_stop)
+    stop_reason: Literal["interrupted"] | None
+    # The factor the policy's move from the reference was scaled by in this update (at its
+    # start, and after steps that crossed max_kl) to keep it inside the budget (1.0: none).
     pulled_back: float = 1.0
 
     @property
@@ -620,31 +632,19 @@ def _loss(
 
 
 class _Snapshot:
-    """The trained weights (the optimizer's parameters: every weight, or LoRA's adapters) and
-    the optimizer state at one moment, to go back to. `capture` copies into the buffers of an
-    earlier capture (no new memory per step: for SmolLM2 the weights and AdamW's moments are
-    1.6 GB, and fresh pages cost more than the copy)."""
+    """The trained weights (the optimizer's parameters: every weight, or LoRA's adapters), the
+    optimizer state and each param group's rate and move scale, to go back to."""
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
-        self.weights: list[Tensor] = []
-        self.state: dict[Tensor, dict[str, Any]] = {}
-        self.capture(optimizer)
-
-    def capture(self, optimizer: torch.optim.Optimizer) -> None:
         with torch.no_grad():
-            params = _trained(optimizer)
-            if len(self.weights) != len(params):
-                self.weights = [p.detach().clone() for p in params]
-            else:
-                for kept, p in zip(self.weights, params, strict=True):
-                    kept.copy_(p)
-            state: dict[Tensor, dict[str, Any]] = {}
+            self.weights = [p.detach().clone() for p in _trained(optimizer)]
+            self.state: dict[Tensor, dict[str, Any]] = {}
             for param, per_param in optimizer.state.items():
-                kept_state = self.state.get(param, {})
+                kept: dict[str, Any] = {}
                 for key, value in per_param.items():
-                    _copy_into(kept_state, key, value)
-                state[param] = kept_state
-            self.state = state
+                    _copy_into(kept, key, value)
+                self.state[param] = kept
+        self.groups = [(g["lr"], g.get(MOVE_SCALE)) for g in optimizer.param_groups]
 
     def restore(self, optimizer: torch.optim.Optimizer) -> None:
         with torch.no_grad():
@@ -657,6 +657,42 @@ class _Snapshot:
                 live = optimizer.state[param]
                 for key, value in kept_state.items():
                     _copy_into(live, key, value)
+            for group, (lr, scale) in zip(optimizer.param_groups, self.groups, strict=True):
+                group["lr"] = lr
+                if scale is None:
+                    group.pop(MOVE_SCALE, None)
+                else:
+                    group[MOVE_SCALE] = scale
+
+
+def _lerp_toward(model: Transformer, reference: Transformer, alpha: float) -> None:
+    """``model``'s weights become ``ref + alpha (θ - ref)``."""
+    for p, ref in zip(model.parameters(), reference.parameters(), strict=True):
+        p.lerp_(ref, 1.0 - alpha)
+
+
+def scale_steps(optimizer: torch.optim.Optimizer, alpha: float) -> None:
+    """Shrink the steps to come by ``alpha``, as a pull-back shrinks the move made so far.
+
+    The policy is then always ``ref + s * (sum of every step at the configured lr)``, s the
+    product of the pull-backs (`MOVE_SCALE`): every reward keeps an equal share of the move,
+    and the budget sets only its length. Steps taken at the full lr after a pull-back would
+    weigh each new reward 1/s times an old one, so a policy held at the budget would forget
+    its older rewards geometrically. Measured (`bench/online.py`, `tiny`, the update alone,
+    lr 5e-5, 300 posts, 2-core AMD EPYC), fresh-sample reward at post 300 on seeds 0-2:
+    0.1028, 0.0976, 0.0988 with crossing steps undone (18 of 71 updates on seed 2: their
+    rewards spent); 0.1104, 0.1033, 0.1019 and 0.1028, 0.1063, 0.1072 (two runs) with them
+    kept and the move scaled back this way. Kept and scaled back with the steps to come at
+    the full rate (lr 2.5e-5): 0.1078, 0.0934, 0.1079, below undoing them (0.1094, 0.0961,
+    0.1165)."""
+    for group in optimizer.param_groups:
+        group["lr"] *= alpha
+        group[MOVE_SCALE] = group.get(MOVE_SCALE, 1.0) * alpha
+
+
+def move_scale(optimizer: torch.optim.Optimizer) -> float:
+    """The product of the pull-backs since this optimizer started (1.0: none)."""
+    return float(optimizer.param_groups[0].get(MOVE_SCALE, 1.0))
 
 
 def _trained(optimizer: torch.optim.Optimizer) -> list[Tensor]:
@@ -693,9 +729,9 @@ def policy_update(
     docstring for the method).
 
     ``toward_reference(α)``: scales the policy's move from the reference by α in (0, 1), its
-    trained weights becoming ``ref + α (θ - ref)``; given, an update that starts over
-    ``max_kl`` pulls the policy back inside it first (the weights it changes must be the
-    optimizer's, so that a failure restores them).
+    trained weights becoming ``ref + α (θ - ref)``, under ``max_kl`` (the weights it changes
+    must be the optimizer's, so that a failure restores them); default: ``model``'s weights
+    toward ``reference``'s (full fine-tuning; LoRA passes its adapters' own).
 
     ``probe``: recent samples of the policy (their advantages are not used) on which KL and
     entropy are measured and ``max_kl`` is enforced; empty: measured on the batch.
@@ -716,6 +752,8 @@ def policy_update(
             f"{len(t.behaviour_logprobs)} behaviour logprobs for {len(t.completion)} tokens"
         )
     probe = [t for t in probe if t.completion]
+    if toward_reference is None and reference is not None:
+        toward_reference = partial(_lerp_toward, model, reference)
     initial = _Snapshot(optimizer)
     was_training = model.training
     try:
@@ -774,20 +812,30 @@ class _Update:
         return [order[s : s + self.chunk] for s in range(0, n, self.chunk)]
 
     def _pull_back(
-        self, measured: _Posts, sampled: _Pass, toward_reference: Callable[[float], None]
+        self,
+        measured: _Posts,
+        sampled: _Pass,
+        now: _Pass,
+        toward_reference: Callable[[float], None] | None,
+        *,
+        upper: bool,
     ) -> tuple[_Pass, float]:
-        """Scale the policy's move from the reference until the drift's estimate is inside
-        ``max_kl`` (nothing when it is already): near the reference KL grows as α², so
-        α = sqrt(target / estimate). Returns the pass at the weights left and the factor
-        applied in all."""
-        assert self.bound is not None
-        now, factor = sampled, 1.0
+        """Scale the policy's move from the reference until the drift is inside ``max_kl``
+        (nothing when it is already): its estimate (``upper``: the upper end of its interval)
+        measured by ``now``. Near the reference KL grows as α², so α = sqrt(target / KL).
+        The steps to come shrink by the same factor (`scale_steps`). Returns the pass at the
+        weights left and the factor applied in all."""
+        # policy_update's default way back exists wherever there is a reference (a bound)
+        assert self.bound is not None and toward_reference is not None
+        factor = 1.0
         for _ in range(PULL_BACK_TRIES):
-            if now.kl_per_post <= self.bound:
+            kl = now.kl_upper if upper else now.kl_per_post
+            if kl <= self.bound:
                 break
-            alpha = math.sqrt(PULL_BACK_TARGET * self.bound / now.kl_per_post)
+            alpha = math.sqrt(PULL_BACK_TARGET * self.bound / kl)
             with torch.no_grad():
                 toward_reference(alpha)
+            scale_steps(self.optimizer, alpha)
             factor *= alpha
             now = measured.measure(self.model).moved_from(sampled)
         return now, factor
@@ -805,8 +853,10 @@ class _Update:
         # At the weights that sampled the probe (its importance weights are relative to them).
         sampled = measured.measure(model)
         first, pulled_back = sampled, 1.0  # the pass at the weights the steps start from
-        if self.bound is not None and toward_reference is not None:
-            first, pulled_back = self._pull_back(measured, sampled, toward_reference)
+        if self.bound is not None:
+            first, pulled_back = self._pull_back(
+                measured, sampled, sampled, toward_reference, upper=False
+            )
         if self.clipped_method and (self.measured is None or n > self.chunk):
             # The proximal logprobs: the batch's own pass at the starting weights. (With a
             # probe and one minibatch, the first step's forward is at those weights, so they
@@ -815,9 +865,8 @@ class _Update:
             items = _prepare(self.batch.trajectories, start.logprobs)
         current = first  # the pass that measured the weights as they are now
         epochs = config.epochs if self.clipped_method else 1
-        steps, undone, losses = 0, 0, []
-        stop_reason: Literal["max_kl", "interrupted"] | None = None
-        before: _Snapshot | None = None
+        steps, losses = 0, []
+        stop_reason: Literal["interrupted"] | None = None
         if between_steps is not None:  # the passes above took about as long as a step
             between_steps()
         model.train()
@@ -841,15 +890,6 @@ class _Update:
                         "online update: the loss is not finite (NaN/inf); the weights were not "
                         "changed. Lower online.lr or check the rewards for NaN"
                     )
-                if self.bound is not None:
-                    # The state to go back to should this step cross the budget: before the
-                    # first step that is the update's own start (unless it pulled back).
-                    if steps == 0 and pulled_back == 1.0:
-                        before = self.initial
-                    elif before is None or before is self.initial:
-                        before = _Snapshot(self.optimizer)
-                    else:
-                        before.capture(self.optimizer)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
                 torch.nn.utils.clip_grad_norm_(_trained(self.optimizer), config.grad_clip)
@@ -863,11 +903,12 @@ class _Update:
                             "step; the weights were not changed. Lower online.lr"
                         )
                     if after.kl_upper > self.bound and after.kl_upper > current.kl_upper:
-                        assert before is not None
-                        before.restore(self.optimizer)
-                        undone += 1
-                        stop_reason = "max_kl"
-                        break
+                        # Keep the step's direction, shrink the whole move: its rewards are
+                        # not lost, and every reward so far keeps its share of the move.
+                        after, factor = self._pull_back(
+                            measured, sampled, after, toward_reference, upper=True
+                        )
+                        pulled_back *= factor
                     current = after
                 steps += 1
                 losses.append(float(loss.detach()))
@@ -902,7 +943,6 @@ class _Update:
             ratio_max=self.ratio_max if self.ratio_n else math.nan,
             is_weight_mean=float(sum(float(it.weight.sum()) for it in items)) / max(n_weights, 1),
             steps=steps,
-            steps_undone=undone,
             tokens=sum(len(t.completion) for t in self.batch.trajectories),
             early_stopped=stop_reason is not None,
             stop_reason=stop_reason,

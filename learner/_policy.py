@@ -31,7 +31,14 @@ from ._load import (
 )
 from ._lora import ADAPTERS_FILE, Adapters, LoRAConfig, base_view
 from ._model import Transformer
-from ._online import OnlineUpdateConfig, Trajectory, UpdateStats, policy_update
+from ._online import (
+    MOVE_SCALE,
+    OnlineUpdateConfig,
+    Trajectory,
+    UpdateStats,
+    move_scale,
+    policy_update,
+)
 from ._step_record import StepRecord
 from ._tokenizer import Tokenizer
 from ._train import FitResult, OfflineTrainConfig, train_in_memory
@@ -276,6 +283,12 @@ class Policy:
             self._optimizer = self._new_optimizer()
         return self._optimizer
 
+    @property
+    def move_scale(self) -> float:
+        """The factor online steps are taken at, times ``lr``: the product of the pull-backs
+        since the reference was set (`scale_steps`; 1.0: none, or no update yet)."""
+        return 1.0 if self._optimizer is None else move_scale(self._optimizer)
+
     def _new_optimizer(self) -> torch.optim.Optimizer:
         """The online update's AdamW: over every weight, or with LoRA over the adapters."""
         if self.adapters is None:
@@ -412,7 +425,7 @@ class Policy:
         optimizer = self.optimizer
         lrs = [group["lr"] for group in optimizer.param_groups]
         for group in optimizer.param_groups:
-            group["lr"] = self.lr
+            group["lr"] = self.lr * group.get(MOVE_SCALE, 1.0)
         try:
             stats = policy_update(
                 model=self.model,
@@ -424,7 +437,9 @@ class Policy:
                 current_version=self.version,
                 probe=probe,
                 between_steps=between_steps,
-                toward_reference=self._toward_reference if self.reference is not None else None,
+                # With LoRA the move from the reference is the adapters' (their B scaled); else
+                # every weight's, policy_update's own way.
+                toward_reference=self.adapters.shrink if self.adapters is not None else None,
             )
         except BaseException:
             for group, lr in zip(optimizer.param_groups, lrs, strict=True):
@@ -435,17 +450,6 @@ class Policy:
         if stats.changed:
             self.version += 1
         return stats
-
-    def _toward_reference(self, alpha: float) -> None:
-        """Scale the policy's move from the reference by ``alpha``: the weights become
-        ``ref + alpha (θ - ref)`` (with LoRA, the adapters' term times ``alpha``). Called by
-        the update under no_grad."""
-        if self.adapters is not None:
-            self.adapters.shrink(alpha)
-            return
-        assert self.reference is not None
-        for p, ref in zip(self.model.parameters(), self.reference.parameters(), strict=True):
-            p.lerp_(ref, 1.0 - alpha)
 
     def save(self, folder: Path) -> None:
         """A plaudit model folder plus the online optimizer state, written atomically as one
