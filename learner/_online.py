@@ -757,9 +757,9 @@ def policy_update(
     initial = _Snapshot(optimizer)
     was_training = model.training
     try:
-        return _Update(
-            model, reference, optimizer, batch, config, current_version, probe, initial
-        ).run(should_stop, between_steps, toward_reference)
+        return _Update(model, reference, optimizer, batch, config, current_version, probe).run(
+            should_stop, between_steps, toward_reference
+        )
     except BaseException:
         initial.restore(optimizer)
         raise
@@ -781,13 +781,11 @@ class _Update:
         config: OnlineUpdateConfig,
         current_version: int | None,
         probe: list[Trajectory],
-        initial: _Snapshot,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
         self.config = config
         self.current_version = current_version
-        self.initial = initial
         self.clipped_method = config.method == "clipped"
         self.chunk = max(config.minibatch_size, 1)
         self.device = next(model.parameters()).device

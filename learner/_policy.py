@@ -32,7 +32,6 @@ from ._load import (
 from ._lora import ADAPTERS_FILE, Adapters, LoRAConfig, base_view
 from ._model import Transformer
 from ._online import (
-    MOVE_SCALE,
     OnlineUpdateConfig,
     Trajectory,
     UpdateStats,
@@ -425,7 +424,7 @@ class Policy:
         optimizer = self.optimizer
         lrs = [group["lr"] for group in optimizer.param_groups]
         for group in optimizer.param_groups:
-            group["lr"] = self.lr * group.get(MOVE_SCALE, 1.0)
+            group["lr"] = self.lr * move_scale(optimizer)
         try:
             stats = policy_update(
                 model=self.model,
