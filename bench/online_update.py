@@ -3,9 +3,13 @@
 The floor is what any policy-gradient update on the same posts must do: ``epochs`` x (one
 forward-backward over the rewarded posts' tokens + an AdamW step) and one forward over them (the
 proximal logprobs), measured beside plaudit's update in the same process, alternating. plaudit's
-time is the whole `policy_update` call: the reference's pass, the KL penalty, the drift check
-after every step (on the probe of recent samples the daemon passes, or on the batch), any
-scaling back of the move into the budget and the snapshot that puts a failed update back. The
+time is the whole `policy_update` call: the reference's head (or its pass), the KL penalty,
+the drift check after every step (on the probe of recent samples the daemon passes, or on the
+batch), any scaling back of the move into the budget and the snapshot that puts a failed
+update back. The reference's forward over a post runs once, when the daemon's post cycle
+samples it (`Policy.remember_reference`): the sides start from that state (untimed), and
+"posts new to the reference" from none of it (a restarted daemon's first update);
+`remember_reference_cycle_s` is what it costs a post cycle. The
 probe is built as the daemon's: the newest
 candidates, ``--candidates`` of them after each prompt (a post cycle's), so that their passes
 run each prompt once as the daemon's do. ``--batch-per-prompt 8`` builds the batch the same
@@ -192,22 +196,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     snapshot = {k: v.clone() for k, v in policy.model.state_dict().items()}
 
-    def plaudit(measured: list[Trajectory]) -> Callable[[], object]:
+    def remember(p: Policy) -> None:
+        """What the daemon's post cycles did when these posts were sampled."""
+        for posts in (batch, probe):
+            p.remember_reference([t.prompt for t in posts], [t.completion for t in posts])
+
+    def plaudit(p: Policy, measured: list[Trajectory]) -> Callable[[], object]:
         # max_kl far away: every step is taken and checked, none undone (the timed path).
         config = OnlineUpdateConfig(epochs=args.epochs, max_kl=1e9, kl_coef=0.05)
-        return lambda: policy.update(batch, config=config, probe=measured)
+        return lambda: p.update(batch, config=config, probe=measured)
 
     sides: dict[str, Callable[[], object]] = {
         "floor": lambda: floor(policy, batch, args.epochs),
-        f"plaudit (probe {len(probe)})": plaudit(probe),
-        "plaudit (batch measured)": plaudit([]),
+        f"plaudit (probe {len(probe)})": plaudit(policy, probe),
+        f"plaudit (probe {len(probe)}, posts new to the reference)": plaudit(policy, probe),
+        "plaudit (batch measured)": plaudit(policy, []),
     }
     adapted = policy_for(args.model, LoRAConfig(rank=args.lora)) if args.lora else None
     if adapted is not None:
-        config = OnlineUpdateConfig(epochs=args.epochs, max_kl=1e9, kl_coef=0.05)
-        sides[f"plaudit LoRA r{args.lora} (probe {len(probe)})"] = lambda: adapted.update(
-            batch, config=config, probe=probe
-        )
+        sides[f"plaudit LoRA r{args.lora} (probe {len(probe)})"] = plaudit(adapted, probe)
+
+    def prepare(name: str) -> None:
+        """Untimed, before each side: the reference's work on the posts as the daemon has it
+        when it updates (remembered when its post cycles sampled them), or none."""
+        for p in (policy, adapted):
+            if p is not None:
+                p.reference_cache.clear()
+                if "new to the reference" not in name:
+                    remember(p)
 
     def reset() -> None:
         policy.model.load_state_dict(snapshot)
@@ -216,13 +232,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             adapted.adapters.zero()
 
     times: dict[str, list[float]] = {k: [] for k in sides}
-    for fn in sides.values():  # warm-up: allocator, packed weights, optimizer state
+    for name, fn in sides.items():  # warm-up: allocator, packed weights, optimizer state
+        prepare(name)
         fn()
         reset()
     for _ in range(args.repeats):
         for name, fn in sides.items():
+            prepare(name)
             times[name].append(timed(fn))
             reset()
+    # What remembering the reference costs a post cycle: its candidates, after one prompt.
+    cycle = probe[: args.candidates]
+    remembering = []
+    for _ in range(args.repeats):
+        policy.reference_cache.clear()
+        remembering.append(
+            timed(
+                lambda: policy.remember_reference(
+                    [t.prompt for t in cycle], [t.completion for t in cycle]
+                )
+            )
+        )
     medians = {k: statistics.median(v) for k, v in times.items()}
     latency = posting_latency(policy, batch, probe, args.epochs)
     policy.model.load_state_dict(snapshot)
@@ -241,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ratio_to_floor": {k: round(v / medians["floor"], 3) for k, v in medians.items()},
         "runs": {k: [round(x, 4) for x in v] for k, v in times.items()},
         "posting_latency": latency,
+        # Per post cycle, outside the update: the reference over its candidates.
+        "remember_reference_cycle_s": round(statistics.median(remembering), 4),
         "memory_mb": {
             name: {k: round(v / 2**20, 1) for k, v in p.memory().items()}
             for name, p in (("full", policy), ("lora", adapted))

@@ -21,7 +21,7 @@ from plaudit.controller._metrics import failure_reason
 from plaudit.controller._prompts import SYSTEM, instructions
 from plaudit.controller._reward_model import RewardModel
 from plaudit.faces import AuthFailed, Draft, FaceError, RateLimited, Rejected, Transient
-from plaudit.state import NewCandidate, Post
+from plaudit.state import NewCandidate, Post, TrainingMode, TrainingState
 
 # A rate limit longer than this is not waited out inside a cycle: the intent stays recorded and
 # a later cycle retries the post (with the same idempotency key).
@@ -203,6 +203,10 @@ class Posting:
         backoff = min(KEPT_RETRY_MAX, KEPT_RETRY_FIRST * 2.0**tries)
         rt.next_post_at = max(self.ctx.clock.now() + backoff, result.retry_at or 0.0)
 
+    def _learning_online(self) -> bool:
+        control = self.ctx.store.control()
+        return control.training is TrainingState.RUNNING and control.mode is TrainingMode.ONLINE
+
     async def _cycle(self, rt: FaceRuntime) -> Outcome:
         # The learner (torch) is imported when first needed: reading the config stays light.
         from plaudit.learner import GenerationInterrupted, SamplingConfig
@@ -308,6 +312,16 @@ class Posting:
                 for i, cand in enumerate(candidates)
             ],
         )
+        if ctx.policy.reference is not None and self._learning_online():
+            # The reference's work on this cycle's candidates, done once here: the updates
+            # that measure their drift on them (the probe), and train on them once rewarded,
+            # skip its forward (about a second for SmolLM2's eight).
+            await ctx.worker.run(
+                "reference",
+                ctx.policy.remember_reference,
+                [cand.prompt_tokens for cand in candidates],
+                [cand.tokens for cand in candidates],
+            )
         filtered: dict[str, int] = {}
         for post_id, reason in zip(ids, reasons, strict=True):
             if reason is not None:

@@ -83,14 +83,17 @@ What it costs (the floor is ``epochs`` forward-backward-steps and one forward ov
 batch): every forward takes the final norm, the head and the softmax at the completion
 positions only (the prompts, most of each sequence, never reach the (N, V) logits); the
 reference's log-softmax at the batch's and the probe's completion positions is computed once
-per update and kept (it is frozen; up to ``REFERENCE_CACHE_BYTES``); when the batch is one
-minibatch the proximal logprobs are read off the first step's own forward; a step is never
-undone, so no snapshot is taken between steps (only the update's start, all-or-nothing);
-posts that share a prompt (a post
-cycle's candidates: the probe, and the batch when candidates teach) run it once in every pass,
+per update and kept (it is frozen; up to ``REFERENCE_CACHE_BYTES``), and with a
+`ReferenceCache` (the policy keeps one) the reference's final hidden states at a post's
+completion positions are kept across updates, so a post an earlier update met costs the
+reference's head alone; when the batch is one minibatch the proximal logprobs are read off
+the first step's own forward; a step is never undone, so no snapshot is taken between steps
+(only the update's start, all-or-nothing); posts that share a prompt (a post cycle's
+candidates: the probe, and the batch when candidates teach) run it once in every pass,
 training's included (`PromptCache`: the prompt is most of each sequence). Above the floor
-remain the reference's one forward over batch and probe, and the probe's policy forward after
-every step (the drift check): measured by bench/online_update.py.
+remain the reference's forward over the posts no update met before (the head over the
+others), and the probe's policy forward at the start and after every step (the drift check):
+measured by bench/online_update.py.
 
 Simplifications (kept on purpose):
 - the update's π (new and proximal) is the full softmax at each post's own temperature
@@ -132,6 +135,7 @@ from torch import Tensor
 
 from ._kv_cache import PromptCache
 from ._model import Transformer
+from ._reference_cache import ReferenceCache, post_key
 
 Method = Literal["clipped", "reinforce"]
 
@@ -337,15 +341,24 @@ def _completion_logp(model: Transformer, rows: _Rows) -> Tensor:
     (most of each sequence: a posting prompt shows two example posts), nor the padding; the
     same numbers as the full forward's at those positions (float rounding apart, with a
     prefix)."""
+    return _head_logp(model, _completion_hidden(model, rows), rows.temps)
+
+
+def _completion_hidden(model: Transformer, rows: _Rows) -> Tensor:
+    """(N, C) the final norm's output at the completion positions: what the head reads."""
     if rows.prefix is None:
         h = model.hidden_states(rows.idx, layers=model.config.n_layer)  # (B, T, C)
     else:
         h = _after_prefix(model, rows.idx, rows.prefix)
-    h = model.norm_f(h[rows.mask])  # (N, C)
+    return cast("Tensor", model.norm_f(h[rows.mask]))  # (N, C)
+
+
+def _head_logp(model: Transformer, hidden: Tensor, temps: Tensor) -> Tensor:
+    """(N, V) fp32 log-softmax of the head over final-norm outputs (N, C), row i at temps[i]."""
     head = model.tok_emb.weight if model.lm_head is None else model.lm_head.weight
-    logits = F.linear(h, cast("Tensor", head)).float()  # (N, V)
-    if bool((rows.temps != 1).any()):
-        logits = logits / rows.temps[:, None]
+    logits = F.linear(hidden, cast("Tensor", head)).float()  # (N, V)
+    if bool((temps != 1).any()):
+        logits = logits / temps[:, None]
     return F.log_softmax(logits, dim=-1)
 
 
@@ -449,7 +462,9 @@ class _Posts:
     at their completion positions computed once for the whole update: the reference is
     frozen, so however many steps measure these posts or train on them, each post costs one
     reference forward (before, every step ran the reference again over its minibatch and over
-    the probe)."""
+    the probe). With a `ReferenceCache` (bound to the reference) a post an earlier update met
+    costs the head alone: the reference's hidden states at its completion positions are
+    kept across updates."""
 
     def __init__(
         self,
@@ -458,10 +473,13 @@ class _Posts:
         config: OnlineUpdateConfig | None,
         device: torch.device,
         chunk_size: int,
+        cache: ReferenceCache | None = None,
     ) -> None:
         self.trajectories = list(trajectories)
         self.reference = reference
         self.config = config
+        self.device = device
+        self.cache = cache if reference is not None else None
         # Posts with the same prompt (a cycle's candidates) go in one chunk, which runs that
         # prompt once: `order[k]` is the trajectory at the k-th place of the chunks, and
         # `place[i]` the place of trajectory i.
@@ -470,6 +488,7 @@ class _Posts:
         self.place = [0] * n
         for k, i in enumerate(order):
             self.place[i] = k
+        self.order = order
         self.chunk_size = chunk_size
         self.chunks = [
             _rows([self.trajectories[i] for i in order[s : s + chunk_size]], config, device)
@@ -488,10 +507,30 @@ class _Posts:
         if cached is not None:
             return cached
         with torch.inference_mode():
-            ref = _completion_logp(self.reference, self.chunks[c])
+            ref = _head_logp(self.reference, self.reference_hidden(c), self.chunks[c].temps)
         if self._keep:
             self._ref[c] = ref
         return ref
+
+    def reference_hidden(self, c: int) -> Tensor:
+        """(N_c, C) the reference's final-norm outputs at chunk c's completion positions: from
+        the cache where an earlier update met the post, the rest from one forward over them."""
+        assert self.reference is not None
+        rows = self.chunks[c]
+        if self.cache is None:
+            return _completion_hidden(self.reference, rows)
+        s = self.chunk_size
+        trajs = [self.trajectories[i] for i in self.order[c * s : (c + 1) * s]]
+        keys = [post_key(t.prompt, t.completion) for t in trajs]
+        parts: list[Tensor | None] = [self.cache.get(k) for k in keys]
+        missing = [j for j, part in enumerate(parts) if part is None]
+        if missing:
+            todo = _rows([trajs[j] for j in missing], self.config, self.device)
+            computed = torch.split(_completion_hidden(self.reference, todo), todo.lengths)
+            for j, h in zip(missing, computed, strict=True):
+                self.cache.put(keys[j], h)
+                parts[j] = h
+        return torch.cat(cast("list[Tensor]", parts))
 
     def reference_rows(self, indices: Sequence[int]) -> Tensor | None:
         """(N, V) the reference's log-softmax at the completion positions of the trajectories
@@ -548,6 +587,32 @@ class _Posts:
             kl_per_token=kl_token,
             entropy=entropy_sum / max(tokens, 1),
         )
+
+
+def remember_reference(
+    reference: Transformer,
+    cache: ReferenceCache,
+    prompts: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    *,
+    chunk_size: int = 8,
+) -> None:
+    """Run the reference over these posts now and keep in ``cache`` what online updates need
+    of it: a post cycle's candidates, which the next updates measure their drift on and, once
+    rewarded, train on. Posts already kept are skipped; empty completions have nothing."""
+    trajectories = [
+        Trajectory(list(p), list(c), [0.0] * len(c), 0.0)
+        for p, c in zip(prompts, completions, strict=True)
+        if c
+    ]
+    if not trajectories:
+        return
+    cache.bind(reference)
+    device = next(reference.parameters()).device
+    posts = _Posts(trajectories, reference, None, device, chunk_size, cache)
+    with torch.inference_mode():
+        for c in range(len(posts.chunks)):
+            posts.reference_hidden(c)
 
 
 def measure_kl(
@@ -724,6 +789,7 @@ def policy_update(
     probe: Sequence[Trajectory] = (),
     between_steps: Callable[[], object] | None = None,
     toward_reference: Callable[[float], None] | None = None,
+    reference_cache: ReferenceCache | None = None,
 ) -> UpdateStats:
     """Improve ``model`` on a batch of rewarded posts; returns what happened (see the module
     docstring for the method).
@@ -743,6 +809,8 @@ def policy_update(
     runs waiting generation there, so posting waits at most one step behind an update. It may
     use the model (eval mode, inference); the update sets training mode again after it.
     ``current_version``: the policy's version, for the clip fraction by version lag.
+    ``reference_cache``: the reference's work on posts kept across updates (bound to
+    ``reference`` here; a post an earlier update met costs the reference's head alone).
     All-or-nothing: on any exception the weights and the optimizer state are restored to
     those of before the call and the exception is re-raised."""
     batch = [t for t in batch if t.completion]
@@ -754,12 +822,14 @@ def policy_update(
     probe = [t for t in probe if t.completion]
     if toward_reference is None and reference is not None:
         toward_reference = partial(_lerp_toward, model, reference)
+    if reference_cache is not None and reference is not None:
+        reference_cache.bind(reference)
     initial = _Snapshot(optimizer)
     was_training = model.training
     try:
-        return _Update(model, reference, optimizer, batch, config, current_version, probe).run(
-            should_stop, between_steps, toward_reference
-        )
+        return _Update(
+            model, reference, optimizer, batch, config, current_version, probe, reference_cache
+        ).run(should_stop, between_steps, toward_reference)
     except BaseException:
         initial.restore(optimizer)
         raise
@@ -781,6 +851,7 @@ class _Update:
         config: OnlineUpdateConfig,
         current_version: int | None,
         probe: list[Trajectory],
+        cache: ReferenceCache | None = None,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -789,8 +860,10 @@ class _Update:
         self.clipped_method = config.method == "clipped"
         self.chunk = max(config.minibatch_size, 1)
         self.device = next(model.parameters()).device
-        self.batch = _Posts(batch, reference, config, self.device, self.chunk)
-        self.measured = _Posts(probe, reference, config, self.device, self.chunk) if probe else None
+        self.batch = _Posts(batch, reference, config, self.device, self.chunk, cache)
+        self.measured = (
+            _Posts(probe, reference, config, self.device, self.chunk, cache) if probe else None
+        )
         self.bound = config.max_kl if self.clipped_method and reference is not None else None
         # The policy-gradient terms are a weighted mean per token: the batch's weighted tokens
         # shared among its minibatches, so a minibatch of light trajectories (candidates

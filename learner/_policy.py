@@ -37,7 +37,9 @@ from ._online import (
     UpdateStats,
     move_scale,
     policy_update,
+    remember_reference,
 )
+from ._reference_cache import ReferenceCache
 from ._step_record import StepRecord
 from ._tokenizer import Tokenizer
 from ._train import FitResult, OfflineTrainConfig, train_in_memory
@@ -109,6 +111,9 @@ class Policy:
         self.lr = lr
         self._weight_decay = weight_decay
         self._optimizer: torch.optim.Optimizer | None = None
+        # The reference's work on posts, kept across online updates (dropped by itself when
+        # the reference changes).
+        self.reference_cache = ReferenceCache()
         self.lora = lora
         self.adapters: Adapters | None = None
         if lora is not None:  # the base weights, frozen, are the reference
@@ -300,7 +305,8 @@ class Policy:
     def memory(self) -> dict[str, int]:
         """Bytes the learner holds, each tensor counted once: ``weights`` (the model's),
         ``reference`` (the KL reference's beyond memory it shares with the model: a full copy
-        without LoRA, none with it), ``adapters``, ``optimizer`` (its moments)."""
+        without LoRA, none with it), ``adapters``, ``optimizer`` (its moments),
+        ``reference_cache`` (the reference's hidden states kept across online updates)."""
         seen: set[int] = set()
 
         def fresh(tensors: Iterable[torch.Tensor]) -> int:
@@ -323,6 +329,7 @@ class Policy:
             "reference": fresh(self.reference.state_dict().values()) if self.reference else 0,
             "adapters": fresh(self.adapters.parameters()) if self.adapters is not None else 0,
             "optimizer": fresh(moments),
+            "reference_cache": self.reference_cache.nbytes,
         }
 
     # -- generation -----------------------------------------------------------------------
@@ -439,6 +446,7 @@ class Policy:
                 # With LoRA the move from the reference is the adapters' (their B scaled); else
                 # every weight's, policy_update's own way.
                 toward_reference=self.adapters.shrink if self.adapters is not None else None,
+                reference_cache=self.reference_cache,
             )
         except BaseException:
             for group, lr in zip(optimizer.param_groups, lrs, strict=True):
@@ -449,6 +457,16 @@ class Policy:
         if stats.changed:
             self.version += 1
         return stats
+
+    def remember_reference(
+        self, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]]
+    ) -> None:
+        """Run the KL reference over these posts (token ids) now and keep what online updates
+        need of it (`reference_cache`): for a post cycle's candidates, so that the updates that
+        measure their drift on them, or train on them once rewarded, skip its forward. Nothing
+        without a reference."""
+        if self.reference is not None:
+            remember_reference(self.reference, self.reference_cache, prompts, completions)
 
     def save(self, folder: Path) -> None:
         """A plaudit model folder plus the online optimizer state, written atomically as one
