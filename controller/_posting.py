@@ -51,6 +51,8 @@ class Posting:
         self.ctx = ctx
         self.own_posts = NoveltyIndex(n=6)
         self.training_posts = NoveltyIndex(n=6)
+        # Per face, the (prompt, completion) tokens its running cycle sampled.
+        self._sampled: dict[str, list[tuple[list[int], list[int]]]] = {}
 
     # -- when ------------------------------------------------------------------------------
 
@@ -163,10 +165,34 @@ class Posting:
             return "skipped"
         rt.next_post_at = None
         try:
-            return await self._cycle(rt)
+            outcome = await self._cycle(rt)
         finally:
             if rt.next_post_at is None:
                 rt.next_post_at = self.ctx.clock.now() + self.interval(rt)
+        await self._remember_reference(rt)
+        return outcome
+
+    async def _remember_reference(self, rt: FaceRuntime) -> None:
+        """The reference's work on the cycle's candidates, done once, after the cycle published
+        (so posting never waits for it): the updates that measure their drift on them (the
+        probe), and train on them once rewarded, skip its forward (about a second for
+        SmolLM2's eight). Only while online learning runs; a step boundary of a running update
+        is soon enough (the reference is frozen)."""
+        sampled = self._sampled.pop(rt.name, [])
+        ctx = self.ctx
+        if not sampled or ctx.policy.reference is None or ctx.worker.shutting_down.is_set():
+            return
+        if not self._learning_online():
+            return
+        try:
+            await ctx.worker.run_soon(
+                "reference",
+                ctx.policy.remember_reference,
+                [prompt for prompt, _ in sampled],
+                [tokens for _, tokens in sampled],
+            )
+        except Exception as exc:  # a saving only: an update runs the reference where needed
+            ctx.log.warning("reference not remembered", face=rt.name, error=repr(exc))
 
     async def _retry_kept(self, rt: FaceRuntime, post: Post) -> Outcome:
         log = self.ctx.log.bind(face=rt.name, post_id=post.id)
@@ -246,6 +272,7 @@ class Posting:
             log.info("post cycle abandoned: shutting down during generation")
             return "skipped"
         gen_s = time.monotonic() - t0
+        self._sampled[rt.name] = [(cand.prompt_tokens, cand.tokens) for cand in candidates]
         ctx.metrics.generation_duration.observe(gen_s)
         ctx.metrics.posts_generated.labels(rt.name).inc(len(candidates))
         version = ctx.policy.version
@@ -312,16 +339,6 @@ class Posting:
                 for i, cand in enumerate(candidates)
             ],
         )
-        if ctx.policy.reference is not None and self._learning_online():
-            # The reference's work on this cycle's candidates, done once here: the updates
-            # that measure their drift on them (the probe), and train on them once rewarded,
-            # skip its forward (about a second for SmolLM2's eight).
-            await ctx.worker.run(
-                "reference",
-                ctx.policy.remember_reference,
-                [cand.prompt_tokens for cand in candidates],
-                [cand.tokens for cand in candidates],
-            )
         filtered: dict[str, int] = {}
         for post_id, reason in zip(ids, reasons, strict=True):
             if reason is not None:

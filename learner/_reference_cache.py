@@ -15,7 +15,7 @@ hundred floats each, where the (n, V) log-softmax they give would be a hundred t
 head alone, at the post's own temperature. Entries are dropped oldest-used first beyond
 ``max_bytes``, and all of them when the reference changes: another reference object (an
 offline fit, a new LoRA anchor), or the same one with a weight written in place (a parameter's
-version counter moved).
+version counter moved) or replaced (its storage moved).
 """
 
 from __future__ import annotations
@@ -45,18 +45,20 @@ class ReferenceCache:
         self._entries: OrderedDict[PostKey, Tensor] = OrderedDict()
         self._bytes = 0
         self._owner: weakref.ref[nn.Module] | None = None
-        self._versions: tuple[int, ...] = ()
+        self._state: tuple[tuple[int, int], ...] = ()
         self.hits = 0
         self.misses = 0
 
     def bind(self, reference: nn.Module) -> None:
         """Serve ``reference``: what was kept for another reference, or for this one before a
         weight of it was written in place, is dropped."""
-        versions = tuple(p._version for p in reference.parameters())
-        if self._owner is None or self._owner() is not reference or versions != self._versions:
+        # A write in place moves a tensor's version counter; new storage (a move to another
+        # device or dtype, weights assigned whole) moves its address.
+        state = tuple((p._version, p.data_ptr()) for p in reference.parameters())
+        if self._owner is None or self._owner() is not reference or state != self._state:
             self.clear()
             self._owner = weakref.ref(reference)
-            self._versions = versions
+            self._state = state
 
     def get(self, key: PostKey) -> Tensor | None:
         found = self._entries.get(key)

@@ -161,6 +161,9 @@ def test_another_reference_or_one_written_in_place_empties_the_cache() -> None:
     cache.bind(reference)
     assert len(cache) == 0
     cache.put(post_key([1], [2, 3]), torch.ones(2, 4))
+    cache.bind(reference.to(torch.float64))  # the same object, its weights in new storage
+    assert len(cache) == 0
+    cache.put(post_key([1], [2, 3]), torch.ones(2, 4))
     cache.bind(tiny(0))  # equal weights, another model: a new reference all the same
     assert len(cache) == 0
 
