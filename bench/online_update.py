@@ -285,6 +285,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.model}: {len(batch)} posts ({tokens} tokens), epochs {args.epochs}")
         for k, v in medians.items():
             print(f"  {k:28s} {v:8.3f} s  {v / medians['floor']:5.2f}x floor")
+        print(
+            f"  the reference over a post cycle's {len(cycle)} candidates, when it samples them: "
+            f"{result['remember_reference_cycle_s']:.3f} s"
+        )
         for name, mem in result["memory_mb"].items():
             print(f"  memory, {name}: " + ", ".join(f"{k} {v:.0f} MB" for k, v in mem.items()))
         print(

@@ -76,7 +76,8 @@ class ReferenceCache:
         old = self._entries.pop(key, None)
         if old is not None:
             self._bytes -= old.numel() * old.element_size()
-        self._entries[key] = hidden.detach()
+        # Its own storage: a view would keep the whole batch it was cut from alive.
+        self._entries[key] = hidden.detach().clone()
         self._bytes += size
         while self._bytes > self.max_bytes:
             _, dropped = self._entries.popitem(last=False)
