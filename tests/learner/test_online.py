@@ -494,3 +494,21 @@ def test_shared_prompts_give_the_same_gradient() -> None:
     assert len(grads[0]) == len(grads[1]) == len(list(model.parameters()))
     for plain, shared in zip(*grads, strict=True):
         assert torch.allclose(shared, plain, atol=1e-5, rtol=1e-4)
+
+
+def test_the_drift_error_stays_honest_when_the_weights_fall_on_one_post() -> None:
+    """A move that puts nearly all the importance weight on one post: the delta method's
+    standard error goes to 0, the bound's is floored by the probe's spread over the effective
+    sample size; with no move both are the plain standard error."""
+    from plaudit.learner._online import _Pass
+
+    kl = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    start = _Pass(logprobs=[torch.zeros(3)] * 4, kl_per_post=2.5, kl_per_token=0.8, entropy=1.0)
+    moved = dataclasses.replace(start, logprobs=[torch.full((3,), 10.0)] + [torch.zeros(3)] * 3)
+    moved.kl_posts = kl
+    far = moved.moved_from(start)
+    assert far.kl_per_post == pytest.approx(1.0, abs=1e-9)
+    assert far.kl_se >= float(kl.std()) * 0.99  # an effective sample of one post
+    still = dataclasses.replace(start, kl_posts=kl).moved_from(start)
+    assert still.kl_per_post == pytest.approx(2.5)
+    assert still.kl_se == pytest.approx(float(kl.std()) / 2)
