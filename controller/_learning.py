@@ -29,7 +29,7 @@ from plaudit.controller._checkpoints import Checkpoints
 from plaudit.controller._context import LoopContext, Outcome, Progress
 from plaudit.controller._reward_model import RewardModel
 from plaudit.controller._rewards import Baseline
-from plaudit.state import EarlyScore, Post, PostStatus, Reward, Store, TrainingMode, TrainingState
+from plaudit.state import EarlyScore, Post, PostStatus, Reward, Store
 
 if TYPE_CHECKING:
     from plaudit.learner import Trajectory, UpdateStats
@@ -178,7 +178,7 @@ class Learning:
         ctx = self.ctx
         store = ctx.store
         control = store.control()
-        if control.training is not TrainingState.RUNNING or control.mode is not TrainingMode.ONLINE:
+        if not control.learning_online:
             return "skipped"
         o = ctx.settings.online
         pending = store.rewards(unused_only=True, limit=MAX_BATCH)

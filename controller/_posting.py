@@ -21,7 +21,7 @@ from plaudit.controller._metrics import failure_reason
 from plaudit.controller._prompts import SYSTEM, instructions
 from plaudit.controller._reward_model import RewardModel
 from plaudit.faces import AuthFailed, Draft, FaceError, RateLimited, Rejected, Transient
-from plaudit.state import NewCandidate, Post, TrainingMode, TrainingState
+from plaudit.state import NewCandidate, Post
 
 # A rate limit longer than this is not waited out inside a cycle: the intent stays recorded and
 # a later cycle retries the post (with the same idempotency key).
@@ -180,9 +180,11 @@ class Posting:
         is soon enough (the reference is frozen)."""
         sampled = self._sampled.pop(rt.name, [])
         ctx = self.ctx
-        if not sampled or ctx.policy.reference is None or ctx.worker.shutting_down.is_set():
-            return
-        if not self._learning_online():
+        if (
+            not sampled
+            or ctx.worker.shutting_down.is_set()
+            or not ctx.store.control().learning_online
+        ):
             return
         try:
             await ctx.worker.run_soon(
@@ -228,10 +230,6 @@ class Posting:
         rt.retries[post_id] = tries + 1
         backoff = min(KEPT_RETRY_MAX, KEPT_RETRY_FIRST * 2.0**tries)
         rt.next_post_at = max(self.ctx.clock.now() + backoff, result.retry_at or 0.0)
-
-    def _learning_online(self) -> bool:
-        control = self.ctx.store.control()
-        return control.training is TrainingState.RUNNING and control.mode is TrainingMode.ONLINE
 
     async def _cycle(self, rt: FaceRuntime) -> Outcome:
         # The learner (torch) is imported when first needed: reading the config stays light.

@@ -443,6 +443,11 @@ class ControlState:
     training: TrainingState = TrainingState.RUNNING
     mode: TrainingMode = TrainingMode.ONLINE
 
+    @property
+    def learning_online(self) -> bool:
+        """Online updates run (training on, in online mode)."""
+        return self.training is TrainingState.RUNNING and self.mode is TrainingMode.ONLINE
+
 
 @dataclass(frozen=True)
 class PostStory:

@@ -8,47 +8,13 @@ import copy
 
 import pytest
 import torch
+from test_online import COMPLETIONS, PROMPTS, batch_for, tiny
 
-from plaudit.learner import ModelConfig, Transformer
-from plaudit.learner._online import (
-    OnlineUpdateConfig,
-    Trajectory,
-    UpdateStats,
-    policy_update,
-    sequence_logprobs,
-)
+from plaudit.learner import Transformer
+from plaudit.learner._online import OnlineUpdateConfig, Trajectory, UpdateStats, policy_update
 from plaudit.learner._reference_cache import ReferenceCache, post_key
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-PROMPTS = [[1, 5, 9], [1, 7], [1, 3, 3, 3], [1, 2]]
-COMPLETIONS = [[10, 11, 12, 13], [20, 21], [30, 31, 32], [40, 41, 42, 43, 44]]
-
-
-def tiny(seed: int, *, scale: float = 1.0) -> Transformer:
-    torch.manual_seed(seed)
-    model = Transformer(
-        ModelConfig(
-            vocab_size=64, max_seq_len=32, n_layer=2, n_head=2, n_kv_head=1, n_embd=32,
-            intermediate_size=64,
-        )
-    )  # fmt: skip
-    model.init_weights()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(scale)
-    return model.eval()
-
-
-def batch_for(model: Transformer, advantages: list[float]) -> list[Trajectory]:
-    """The four posts above, their behaviour logprobs the model's own."""
-    lps = sequence_logprobs(model, PROMPTS, COMPLETIONS)
-    return [
-        Trajectory(p, c, lp, a)
-        for p, c, lp, a in zip(PROMPTS, COMPLETIONS, lps, advantages, strict=True)
-    ]
-
 
 CONFIG = OnlineUpdateConfig(max_kl=50.0)  # a bound far off: every step checked, none scaled
 
