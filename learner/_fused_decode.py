@@ -42,10 +42,10 @@ def _norms(block: Block) -> tuple[RMSNorm, RMSNorm]:
 class FusedBlocks:
     """The packed weights of a decode copy's blocks, gathered for `plaudit_decode_blocks`."""
 
-    def __init__(self, model: Transformer, *, half: bool) -> None:
+    def __init__(self, model: Transformer, *, half_run: int) -> None:
         cfg = model.config
         self.model = model
-        self.half = half  # fp16 panels
+        self.half_run = half_run  # 0: fp32 panels; fp16 ones in runs of this many
         self.dims = (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim)
         self.intermediate = cfg.intermediate_size
         weights: list[int] = []
@@ -64,7 +64,7 @@ class FusedBlocks:
     def build(cls, model: Transformer, kernel: str | None) -> FusedBlocks | None:
         """The fused step for a decode copy whose linear layers the native kernel packed, when
         the model is one it computes: llama family, no biases, fp32 activations on the CPU,
-        one packed dtype throughout. None otherwise (or with PLAUDIT_FUSED_DECODE=0)."""
+        one packed dtype and layout throughout. None otherwise (or with PLAUDIT_FUSED_DECODE=0)."""
         cfg = model.config
         if os.environ.get(FUSED_ENV, "").strip() == "0" or kernel != "native":
             return None
@@ -72,7 +72,7 @@ class FusedBlocks:
             return None
         if cfg.n_head * cfg.head_dim != cfg.n_embd or cfg.n_head % cfg.n_kv_head:
             return None
-        dtypes: set[torch.dtype] = set()
+        layouts: set[tuple[torch.dtype, int]] = set()
         for block in _blocks(model):
             for norm in (block.norm1, block.norm2):
                 if not isinstance(norm, RMSNorm) or norm.weight.dtype != torch.float32:
@@ -82,12 +82,13 @@ class FusedBlocks:
                     return None
                 if linear.kernel != "native" or linear.bias is not None:
                     return None
-                dtypes.add(linear.packed.dtype)
+                layouts.add((linear.packed.dtype, linear.run))
         if model.tok_emb.weight.dtype != torch.float32 or model.tok_emb.weight.is_cuda:
             return None
-        if len(dtypes) != 1:
+        if len(layouts) != 1:
             return None
-        return cls(model, half=dtypes == {torch.float16})
+        ((dtype, run),) = layouts
+        return cls(model, half_run=run if dtype == torch.float16 else 0)
 
     def step(self, tokens: Tensor, cache: KVCache) -> Tensor:
         """Logits (A, V) fp32 of the next token for rows whose last tokens are ``tokens`` (A,),
@@ -110,7 +111,7 @@ class FusedBlocks:
         native = native_gemm()
         assert native is not None
         native.decode_blocks(
-            x.data_ptr(), A, L, C, H, Hkv, D, self.intermediate, self._weights, int(self.half),
+            x.data_ptr(), A, L, C, H, Hkv, D, self.intermediate, self._weights, self.half_run,
             self._norms, self.eps, cos.data_ptr(), sin.data_ptr(), cache.k.data_ptr(),
             cache.v.data_ptr(), cache.max_len, cache.pos, pad.data_ptr(),
             self._scratch.data_ptr(), torch.get_num_threads(),

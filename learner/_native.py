@@ -41,12 +41,15 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-# The GEMM, and the fused decoding step built on it (driven by `_fused_decode.py`): one library.
+# The GEMM, the fused decoding step built on it (driven by `_fused_decode.py`) and the sampler
+# (`_engine.sample_tokens`): one library.
 SOURCES = (
     Path(__file__).with_name("_native_gemm.cpp"),
     Path(__file__).with_name("_native_layers.cpp"),
+    Path(__file__).with_name("_native_sample.cpp"),
 )
-ABI = 4  # plaudit_gemm_abi() of the sources this module drives
+HEADERS = (Path(__file__).with_name("_native_simd.h"),)  # included by the sources
+ABI = 5  # plaudit_gemm_abi() of the sources this module drives
 FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
 MAX_ROWS = 12  # rows in one pass over the weights; above, oneDNN is as fast or faster
 _BUILD_TIMEOUT_S = 120
@@ -70,35 +73,49 @@ class NativeGemm:
         self._gemm.argtypes = [_ptr, _i64, _ptr, _i64, _i64, _ptr, _int]
         self._gemm.restype = None
         self._gemm_f16 = lib.plaudit_gemm_f16
-        self._gemm_f16.argtypes = [_ptr, _i64, _ptr, _i64, _i64, _ptr, _int]
+        self._gemm_f16.argtypes = [_ptr, _i64, _ptr, _i64, _i64, _ptr, _int, _i64]
         self._gemm_f16.restype = None
         lib.plaudit_gemm_panel_width.restype = _i64
+        lib.plaudit_gemm_half_run.restype = _i64
         # `_fused_decode.FusedBlocks` calls it (see _native_layers.cpp for the arguments).
         self.decode_blocks = lib.plaudit_decode_blocks
         self.decode_blocks.argtypes = [
-            _ptr, _i64, _i64, _i64, _i64, _i64, _i64, _i64, _ptr, _int, _ptr, ctypes.c_float,
+            _ptr, _i64, _i64, _i64, _i64, _i64, _i64, _i64, _ptr, _i64, _ptr, ctypes.c_float,
             _ptr, _ptr, _ptr, _ptr, _i64, _i64, _ptr, _ptr, _int,
         ]  # fmt: skip
         self.decode_blocks.restype = None
+        self._sample = lib.plaudit_sample
+        self._sample.argtypes = [
+            _ptr, _i64, _i64, ctypes.c_float, _i64, ctypes.c_float, _ptr, _ptr, _ptr, _int,
+        ]  # fmt: skip
+        self._sample.restype = None
         self.panel = int(lib.plaudit_gemm_panel_width())
+        self.half_run = int(lib.plaudit_gemm_half_run())  # fp16 panels interleaved in runs
 
-    def pack(self, weight_t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-        """The panels (ceil(N / 8), K, 8) of a weight given transposed, (K, N) = (in, out), in
-        fp32 or with `dtype=torch.float16` rounded to fp16 (to nearest even); the last panel's
-        missing columns are 0. A transposed view of a contiguous (N, K) weight (`weight.t()`)
-        packs from the weight's rows, with no transposed copy first."""
+    def pack(self, weight_t: Tensor, dtype: torch.dtype = torch.float32, *, run: int = 1) -> Tensor:
+        """The panels of a weight given transposed, (K, N) = (in, out): (ceil(N / 8), K, 8) in
+        fp32, or with `dtype=torch.float16` rounded to fp16 (to nearest even), and then with
+        `run=self.half_run` in runs of that many panels interleaved, (ceil(N / 8 run), K, 8 run)
+        (see _native_gemm.cpp; `half_run_for` says which serves a row count best); missing
+        columns are 0. A transposed view of a contiguous (N, K) weight (`weight.t()`) packs
+        from the weight's rows, with no transposed copy first."""
         _check(weight_t, "weight_t", dim=2)
         assert dtype in (torch.float32, torch.float16), f"packs fp32 or fp16, not {dtype}"
+        assert run == 1 or (run == self.half_run and dtype == torch.float16), (
+            f"panels in runs of {run}: only fp16 ones, in runs of 1 or {self.half_run}"
+        )
         K, N = weight_t.shape
-        panels = (N + self.panel - 1) // self.panel
         rows = weight_t.t().is_contiguous()  # (N, K) memory
         if dtype == torch.float16:
-            # Pure torch: padded to whole panels with zeros, then reordered.
+            # Pure torch: padded to whole runs of panels with zeros, then reordered.
+            width = self.panel * run
+            runs = (N + width - 1) // width
             if rows:
-                w = F.pad(weight_t.t().to(torch.float16), (0, 0, 0, panels * self.panel - N))
-                return w.view(panels, self.panel, K).transpose(1, 2).contiguous()  # (P, K, 8)
-            wt = F.pad(weight_t.to(torch.float16), (0, panels * self.panel - N))
-            return wt.view(K, panels, self.panel).transpose(0, 1).contiguous()  # (P, K, 8)
+                w = F.pad(weight_t.t().to(torch.float16), (0, 0, 0, runs * width - N))
+                return w.view(runs, width, K).transpose(1, 2).contiguous()  # (S, K, 8 run)
+            wt = F.pad(weight_t.to(torch.float16), (0, runs * width - N))
+            return wt.view(K, runs, width).transpose(0, 1).contiguous()  # (S, K, 8 run)
+        panels = (N + self.panel - 1) // self.panel
         packed = torch.empty(panels, K, self.panel)
         if rows:
             w = weight_t.t()
@@ -108,24 +125,64 @@ class NativeGemm:
         self._pack(wt.data_ptr(), K, N, packed.data_ptr(), torch.get_num_threads())
         return packed
 
+    def half_run_for(self, rows: int) -> int:
+        """The fp16 layout for decoding `rows` rows: runs of `half_run` panels at 1 and 2 rows,
+        where the kernel waits on memory (SmolLM2's blocks and head, AMD EPYC, 2 threads,
+        alternating: 5-14% and 10-20% faster at one row, 8% and 10-15% at two); single panels
+        above, where it computes (runs: 3% slower at 4 rows, 13% at 8)."""
+        return self.half_run if rows <= 2 else 1
+
     def linear(self, x: Tensor, packed: Tensor, out_features: int) -> Tensor:
         """x (..., K) @ W^T -> (..., out_features), W (out_features, K) packed by `pack` in fp32
         or fp16 (the kernel follows the packed dtype). Lean: decoding calls it 121 times a token
         for SmolLM2, where each microsecond here is 0.5% of a token."""
         K = x.size(-1)
         assert x.dtype == torch.float32 and not x.is_cuda, f"x is {x.dtype} on {x.device}"
-        assert packed.shape[:2] == (-(-out_features // self.panel), K), (
+        width = packed.size(-1)
+        assert packed.shape == (-(-out_features // width), K, width), (
             f"x has {K} features and y {out_features}; the packed weight is {tuple(packed.shape)}"
         )
         x2 = x if x.dim() == 2 and x.is_contiguous() else x.reshape(-1, K).contiguous()  # (M, K)
         M = x2.size(0)
         y = torch.empty(M, out_features)
         if M:
-            (self._gemm_f16 if packed.dtype == torch.float16 else self._gemm)(
-                x2.data_ptr(), M, packed.data_ptr(), out_features, K, y.data_ptr(),
-                torch.get_num_threads(),
-            )  # fmt: skip
+            if packed.dtype == torch.float16:
+                self._gemm_f16(
+                    x2.data_ptr(), M, packed.data_ptr(), out_features, K, y.data_ptr(),
+                    torch.get_num_threads(), width // self.panel,
+                )  # fmt: skip
+            else:
+                self._gemm(
+                    x2.data_ptr(), M, packed.data_ptr(), out_features, K, y.data_ptr(),
+                    torch.get_num_threads(),
+                )  # fmt: skip
         return y if x.dim() == 2 else y.view(*x.shape[:-1], out_features)
+
+    def sample(
+        self,
+        logits: Tensor,
+        *,
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
+        uniform: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """One token per row of fp32 logits (R, V) and its logprob (R,) each, drawn with the
+        uniforms (R, 1) from the distribution `_engine.transform_logits` defines (temperature
+        > 0; see _native_sample.cpp)."""
+        _check(logits, "logits", dim=2)
+        assert temperature > 0, "greedy decoding takes the argmax, not a draw"
+        R, V = logits.shape
+        x = logits.contiguous()
+        u = uniform.reshape(R).to(torch.float32).contiguous()
+        tokens = torch.empty(R, dtype=torch.long)
+        logprobs = torch.empty(R)
+        self._sample(
+            x.data_ptr(), R, V, temperature, top_k if top_k is not None else 0,
+            top_p if top_p is not None else 1.0, u.data_ptr(), tokens.data_ptr(),
+            logprobs.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        return tokens, logprobs
 
 
 FP16_MAX = 65504.0  # the largest finite fp16
@@ -172,7 +229,7 @@ def build_dir() -> Path:
 
 def library_path(cxx: str) -> Path:
     """Where the library built by `cxx` from these sources with these flags is cached."""
-    text = b"\0".join(source.read_bytes() for source in SOURCES)
+    text = b"\0".join(source.read_bytes() for source in (*SOURCES, *HEADERS))
     key = hashlib.sha256(text + "\0".join((cxx, *FLAGS)).encode()).hexdigest()
     return build_dir() / key[:16] / "libplaudit_gemm.so"
 

@@ -51,21 +51,40 @@ inline __m256 load8(const uint16_t* src) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
 }
 
-// ROWS rows of x against PANELS consecutive panels; ROWS * PANELS accumulators (<= 12 of the
-// 16 AVX registers). Several panels per pass give few-row inputs enough independent chains to
-// hide the FMA latency, without changing any output's summation order. W: float for fp32
-// panels, uint16_t for fp16 ones (the same layout at half the bytes).
-template <int ROWS, int PANELS, typename W>
-inline void block(const float* x, int64_t ldx, const W* panels, int64_t K, float* y,
-                  int64_t ldy, int64_t n0, int64_t N) {
+// Where panel q's row k = 0 starts, and the step from one k to the next: panels (K, 8) one after
+// another (RUN 1), or in runs of RUN interleaved, (K, 8 RUN) (fp16 RUN 4: one k of four
+// panels is one 64-byte cache line, 2 memory streams where 8 separate fp16 panels made 8, each
+// line prefetched once; learner/_native.py packs so for decoding 1 or 2 rows, see `HALF_RUN`).
+template <int RUN>
+constexpr int64_t kStride = RUN * kPanel;
+template <int RUN, typename W>
+inline const W* panel_start(const W* packed, int64_t K, int64_t q) {
+  return packed + (q / RUN) * K * kStride<RUN> + (q % RUN) * kPanel;
+}
+
+// ROWS rows of x against PANELS consecutive panels from panel q0; ROWS * PANELS accumulators
+// (<= 12 of the 16 AVX registers). Several panels per pass give few-row inputs enough
+// independent chains to hide the FMA latency, without changing any output's summation order.
+// W: float for fp32 panels, uint16_t for fp16 ones.
+template <int ROWS, int PANELS, int RUN, typename W>
+inline void block(const float* x, int64_t ldx, const W* packed, int64_t q0, int64_t K, float* y,
+                  int64_t ldy, int64_t N) {
+  constexpr int64_t stride = kStride<RUN>;
+  const W* start[PANELS];
+  bool fetch[PANELS];  // the first panel of a pass in each run prefetches the run's line
+  for (int p = 0; p < PANELS; ++p) {
+    start[p] = panel_start<RUN>(packed, K, q0 + p);
+    fetch[p] = RUN == 1 || p == 0 || (q0 + p) % RUN == 0;
+  }
   __m256 acc[ROWS][PANELS];
   for (int r = 0; r < ROWS; ++r)
     for (int p = 0; p < PANELS; ++p) acc[r][p] = _mm256_setzero_ps();
   for (int64_t k = 0; k < K; ++k) {
     __m256 w[PANELS];
     for (int p = 0; p < PANELS; ++p) {
-      const W* src = panels + (p * K + k) * kPanel;
-      _mm_prefetch(reinterpret_cast<const char*>(src) + kPrefetch * sizeof(float), _MM_HINT_T0);
+      const W* src = start[p] + k * stride;
+      if (fetch[p])
+        _mm_prefetch(reinterpret_cast<const char*>(src) + kPrefetch * sizeof(float), _MM_HINT_T0);
       w[p] = load8(src);
     }
     for (int r = 0; r < ROWS; ++r) {
@@ -74,7 +93,7 @@ inline void block(const float* x, int64_t ldx, const W* panels, int64_t K, float
     }
   }
   for (int p = 0; p < PANELS; ++p) {
-    const int64_t n = n0 + p * kPanel;
+    const int64_t n = (q0 + p) * kPanel;
     const int64_t cols = N - n < kPanel ? N - n : kPanel;
     for (int r = 0; r < ROWS; ++r) store_columns(y + r * ldy + n, acc[r][p], cols);
   }
@@ -82,12 +101,12 @@ inline void block(const float* x, int64_t ldx, const W* panels, int64_t K, float
 
 // ROWS rows in passes of at most 4 over the same PANELS panels: after the first pass the panels
 // come from cache, and 4 rows x PANELS panels of accumulators stay in registers.
-template <int ROWS, int PANELS, typename W>
-inline void by_quads(const float* x, int64_t ldx, const W* panels, int64_t K, float* y,
-                     int64_t ldy, int64_t n0, int64_t N) {
-  block<(ROWS < 4 ? ROWS : 4), PANELS>(x, ldx, panels, K, y, ldy, n0, N);
+template <int ROWS, int PANELS, int RUN, typename W>
+inline void by_quads(const float* x, int64_t ldx, const W* packed, int64_t q0, int64_t K,
+                     float* y, int64_t ldy, int64_t N) {
+  block<(ROWS < 4 ? ROWS : 4), PANELS, RUN>(x, ldx, packed, q0, K, y, ldy, N);
   if constexpr (ROWS > 4)
-    by_quads<ROWS - 4, PANELS>(x + 4 * ldx, ldx, panels, K, y + 4 * ldy, ldy, n0, N);
+    by_quads<ROWS - 4, PANELS, RUN>(x + 4 * ldx, ldx, packed, q0, K, y + 4 * ldy, ldy, N);
 }
 
 // Panels p0 to p1 for ROWS rows: passes over as many panels as fit, then narrower passes for
@@ -96,7 +115,7 @@ inline void by_quads(const float* x, int64_t ldx, const W* panels, int64_t K, fl
 // fp32 at 5-8 rows: 3 panels in passes of 4 rows (`by_quads`), 11-14% faster than all rows
 // over one panel at 6 and 8 rows (SmolLM2's shapes, AMD EPYC, 2 threads, alternating); slower
 // at 12 rows and for fp16 panels (12%), which keep the plain passes.
-template <int ROWS, typename W>
+template <int ROWS, int RUN, typename W>
 inline void rows_by_group(const float* x, int64_t ldx, const W* packed, int64_t K, float* y,
                           int64_t ldy, int64_t p0, int64_t p1, int64_t N) {
   constexpr bool kQuads = sizeof(W) == 4 && ROWS > 4 && ROWS <= 8;
@@ -106,44 +125,43 @@ inline void rows_by_group(const float* x, int64_t ldx, const W* packed, int64_t 
   int64_t p = p0;
   for (; p + kWide <= p1; p += kWide) {
     if constexpr (kQuads)
-      by_quads<ROWS, kWide>(x, ldx, packed + p * K * kPanel, K, y, ldy, p * kPanel, N);
+      by_quads<ROWS, kWide, RUN>(x, ldx, packed, p, K, y, ldy, N);
     else
-      block<ROWS, kWide>(x, ldx, packed + p * K * kPanel, K, y, ldy, p * kPanel, N);
+      block<ROWS, kWide, RUN>(x, ldx, packed, p, K, y, ldy, N);
   }
-  for (; p + kHalf <= p1; p += kHalf)
-    block<ROWS, kHalf>(x, ldx, packed + p * K * kPanel, K, y, ldy, p * kPanel, N);
-  for (; p < p1; ++p) block<ROWS, 1>(x, ldx, packed + p * K * kPanel, K, y, ldy, p * kPanel, N);
+  for (; p + kHalf <= p1; p += kHalf) block<ROWS, kHalf, RUN>(x, ldx, packed, p, K, y, ldy, N);
+  for (; p < p1; ++p) block<ROWS, 1, RUN>(x, ldx, packed, p, K, y, ldy, N);
 }
 
 // ROWS as a template argument, for the 1 to 12 rows of a pass.
-template <typename W>
+template <int RUN, typename W>
 inline void rows(const float* x, int64_t ldx, const W* packed, int64_t K, float* y, int64_t ldy,
                  int64_t p0, int64_t p1, int64_t N, int64_t count) {
   switch (count) {
-    case 1: rows_by_group<1>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
-    case 2: rows_by_group<2>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
-    case 3: rows_by_group<3>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
-    case 4: rows_by_group<4>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
-    case 5: rows_by_group<5>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
-    case 6: rows_by_group<6>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
-    case 7: rows_by_group<7>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
-    case 8: rows_by_group<8>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
-    case 9: rows_by_group<9>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
-    case 10: rows_by_group<10>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
-    case 11: rows_by_group<11>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
-    default: rows_by_group<12>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
+    case 1: rows_by_group<1, RUN>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
+    case 2: rows_by_group<2, RUN>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
+    case 3: rows_by_group<3, RUN>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
+    case 4: rows_by_group<4, RUN>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
+    case 5: rows_by_group<5, RUN>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
+    case 6: rows_by_group<6, RUN>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
+    case 7: rows_by_group<7, RUN>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
+    case 8: rows_by_group<8, RUN>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
+    case 9: rows_by_group<9, RUN>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
+    case 10: rows_by_group<10, RUN>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
+    case 11: rows_by_group<11, RUN>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
+    default: rows_by_group<12, RUN>(x, ldx, packed, K, y, ldy, p0, p1, N); break;
   }
 }
 
-template <typename W>
+template <int RUN, typename W>
 void group(const float* x, int64_t M, const W* packed, int64_t N, int64_t K, float* y,
            int64_t p0, int64_t p1) {
   for (int64_t m = 0; m < M; m += kRowBlock)
-    rows<W>(x + m * K, K, packed, K, y + m * N, N, p0, p1, N,
+    rows<RUN>(x + m * K, K, packed, K, y + m * N, N, p0, p1, N,
             M - m < kRowBlock ? M - m : kRowBlock);
 }
 
-template <typename W>
+template <int RUN, typename W>
 void gemm(const float* x, int64_t M, const W* packed, int64_t N, int64_t K, float* y,
           int threads) {
   const int64_t panels = (N + kPanel - 1) / kPanel;
@@ -153,7 +171,7 @@ void gemm(const float* x, int64_t M, const W* packed, int64_t N, int64_t K, floa
     const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
     const int64_t p0 = groups * t / T * kGroup;
     const int64_t end = groups * (t + 1) / T * kGroup;
-    group<W>(x, M, packed, N, K, y, p0, end < panels ? end : panels);
+    group<RUN>(x, M, packed, N, K, y, p0, end < panels ? end : panels);
   }
 }
 
@@ -162,9 +180,12 @@ void gemm(const float* x, int64_t M, const W* packed, int64_t N, int64_t K, floa
 extern "C" {
 
 // Bumped whenever a signature below changes; the loader checks it.
-int plaudit_gemm_abi(void) { return 4; }
+int plaudit_gemm_abi(void) { return 5; }
 
 int64_t plaudit_gemm_panel_width(void) { return kPanel; }
+
+// The panels per run of a layout for fp16 weights (`panel_start`), besides 1.
+int64_t plaudit_gemm_half_run(void) { return kGroup; }
 
 // packed (ceil(N/8), K, 8) from wt = W^T (K, N) row-major; the last panel's missing columns 0.
 void plaudit_gemm_pack(const float* wt, int64_t K, int64_t N, float* packed, int threads) {
@@ -200,13 +221,17 @@ void plaudit_gemm_pack_rows(const float* w, int64_t K, int64_t N, float* packed,
 // y (M, N) = x (M, K) @ W^T, W packed by plaudit_gemm_pack; x and y row-major, contiguous.
 void plaudit_gemm(const float* x, int64_t M, const float* packed, int64_t N, int64_t K,
                   float* y, int threads) {
-  gemm<float>(x, M, packed, N, K, y, threads);
+  gemm<1>(x, M, packed, N, K, y, threads);
 }
 
-// The same with fp16 weights packed (ceil(N/8), K, 8) by learner/_native.py, the fp32 layout.
+// The same with fp16 weights packed (ceil(N / 8 run), K, 8 run) by learner/_native.py: panels
+// in runs of `run` interleaved, run 1 (the fp32 layout) or plaudit_gemm_half_run().
 void plaudit_gemm_f16(const float* x, int64_t M, const uint16_t* packed, int64_t N, int64_t K,
-                      float* y, int threads) {
-  gemm<uint16_t>(x, M, packed, N, K, y, threads);
+                      float* y, int threads, int64_t run) {
+  if (run == kGroup)
+    gemm<kGroup>(x, M, packed, N, K, y, threads);
+  else
+    gemm<1>(x, M, packed, N, K, y, threads);
 }
 
 }  // extern "C"

@@ -21,44 +21,19 @@
 
 #include <vector>
 
+#include "_native_simd.h"
+
 extern "C" {
 void plaudit_gemm(const float* x, int64_t M, const float* packed, int64_t N, int64_t K, float* y,
                   int threads);
 void plaudit_gemm_f16(const float* x, int64_t M, const uint16_t* packed, int64_t N, int64_t K,
-                      float* y, int threads);
+                      float* y, int threads, int64_t run);
 }
 
 namespace {
 
-// exp(x) for 8 floats (Cephes' expf: range reduction by ln 2, degree-5 polynomial; relative
-// error about 2e-7 over the range used here). Inputs below -87.3 give 0.
-inline __m256 exp8(__m256 x) {
-  const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-87.3365478515625f);
-  const __m256 below = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-  x = _mm256_max_ps(_mm256_min_ps(x, hi), lo);
-  __m256 fx = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f));
-  fx = _mm256_floor_ps(fx);
-  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
-  __m256 y = _mm256_set1_ps(1.9875691500E-4f);
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
-  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
-  const __m256i e = _mm256_slli_epi32(
-      _mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(0x7f)), 23);
-  y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-  return _mm256_andnot_ps(below, y);
-}
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
+using plaudit_simd::exp8;
+using plaudit_simd::hsum;
 
 inline float dot(const float* a, const float* b, int64_t n) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
@@ -157,14 +132,14 @@ extern "C" {
 
 // Every block of a llama-family model for one decoding step of `rows` rows, in place on the
 // residual stream x (rows, C). Per block l, weights[4 l .. 4 l + 3] are the packed qkv, attention
-// output, fc (gate and up fused) and down projections (fp32 panels, or fp16 with f16 != 0) and
-// norms[2 l], norms[2 l + 1] the two RMSNorm weights. cos and sin_signed (rows, D) hold each
+// output, fc (gate and up fused) and down projections (fp32 panels with f16_run 0, fp16 ones in
+// runs of f16_run panels otherwise) and norms[2 l], norms[2 l + 1] the two RMSNorm weights. cos and sin_signed (rows, D) hold each
 // row's RoPE tables at its position. k_cache and v_cache are (n_layer, rows, Hkv, max_len, D):
 // this step's keys and values go to column pos, and row r attends to columns pad[r]..pos.
 // scratch holds at least rows * (2 C + (H + 2 Hkv) D + 3 I + H max_len) + threads * D floats.
 void plaudit_decode_blocks(float* x, int64_t rows, int64_t n_layer, int64_t C, int64_t H,
                            int64_t Hkv, int64_t D, int64_t I, const void* const* weights,
-                           int f16, const float* const* norms, float eps, const float* cos,
+                           int64_t f16_run, const float* const* norms, float eps, const float* cos,
                            const float* sin_signed, float* k_cache, float* v_cache,
                            int64_t max_len, int64_t pos, const int64_t* pad, float* scratch,
                            int threads) {
@@ -179,8 +154,8 @@ void plaudit_decode_blocks(float* x, int64_t rows, int64_t n_layer, int64_t C, i
   float* out = qkv;  // (rows, C): a projection's output, once qkv is spent
   const float scale = 1.0f / sqrtf(static_cast<float>(D));
   auto gemm = [&](const float* in, const void* w, int64_t N, int64_t K, float* y) {
-    if (f16)
-      plaudit_gemm_f16(in, rows, static_cast<const uint16_t*>(w), N, K, y, threads);
+    if (f16_run)
+      plaudit_gemm_f16(in, rows, static_cast<const uint16_t*>(w), N, K, y, threads, f16_run);
     else
       plaudit_gemm(in, rows, static_cast<const float*>(w), N, K, y, threads);
   };

@@ -43,6 +43,8 @@ def test_the_wheel_builds_without_warnings_and_holds_the_data_files(tmp_path: Pa
         "plaudit/daemon/static/app.css",
         "plaudit/learner/_native_gemm.cpp",
         "plaudit/learner/_native_layers.cpp",
+        "plaudit/learner/_native_sample.cpp",
+        "plaudit/learner/_native_simd.h",
         "plaudit/faces/simulated/tweets_GroundTruth.txt.gz",
         *(f"plaudit/{name}/py.typed" for name in PACKAGES),
     ):

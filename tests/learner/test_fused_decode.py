@@ -83,7 +83,7 @@ def test_a_fused_step_gives_the_forward_logits_and_cache() -> None:
     e = engine(model, torch.float32)
     e._pack(2)
     fused = FusedBlocks.build(e.model, e.kernel)
-    assert fused is not None and not fused.half
+    assert fused is not None and fused.half_run == 0
     caches = []
     for _ in range(2):
         cache = KVCache(batch_size=2, n_layer=3, n_kv_head=2, head_dim=12, max_len=20)
@@ -108,7 +108,11 @@ def test_where_the_fused_step_applies(monkeypatch: pytest.MonkeyPatch) -> None:
     e = engine(make_model(), torch.float16)
     e._pack(1)
     built = FusedBlocks.build(e.model, "native")
-    assert built is not None and built.half
+    native = native_gemm()
+    assert native is not None and built is not None and built.half_run == native.half_run
+    e._pack(8)  # fp16 panels laid out anew for 8 rows
+    built = FusedBlocks.build(e.model, "native")
+    assert built is not None and built.half_run == 1
     assert FusedBlocks.build(e.model, "mkl") is None
     monkeypatch.setenv(FUSED_ENV, "0")
     assert FusedBlocks.build(e.model, "native") is None

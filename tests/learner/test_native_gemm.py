@@ -89,35 +89,40 @@ def test_fp16_weights_give_fp32_arithmetic_on_the_rounded_weights(n: int, k: int
     assert native is not None
     g = torch.Generator().manual_seed(n * 1000 + k + 7)
     w = torch.randn(n, k, generator=g)
-    packed = native.pack(w.t(), dtype=torch.float16)
-    assert packed.dtype == torch.float16 and packed.shape == ((n + 7) // 8, k, 8)
-    assert torch.equal(native.pack(w.t().contiguous(), dtype=torch.float16), packed)
-    for m in [*range(1, MAX_ROWS + 1), 2 * MAX_ROWS + 5]:
-        x = torch.randn(m, k, generator=g)
-        y = native.linear(x, packed, n)
-        torch.testing.assert_close(y, x @ half_round(w).t(), rtol=1e-5, atol=1e-5)
-        if k > 8:  # enough terms that rounding the weights shows
-            assert not torch.allclose(y, x @ w.t(), rtol=1e-5, atol=1e-5)
+    for run in (1, native.half_run):  # single panels; runs of panels interleaved
+        packed = native.pack(w.t(), dtype=torch.float16, run=run)
+        width = 8 * run
+        assert packed.dtype == torch.float16 and packed.shape == (-(-n // width), k, width)
+        assert torch.equal(native.pack(w.t().contiguous(), dtype=torch.float16, run=run), packed)
+        for m in [*range(1, MAX_ROWS + 1), 2 * MAX_ROWS + 5]:
+            x = torch.randn(m, k, generator=g)
+            y = native.linear(x, packed, n)
+            torch.testing.assert_close(y, x @ half_round(w).t(), rtol=1e-5, atol=1e-5)
+            if k > 8:  # enough terms that rounding the weights shows
+                assert not torch.allclose(y, x @ w.t(), rtol=1e-5, atol=1e-5)
 
 
 @needs_native
 def test_fp16_a_rows_result_does_not_depend_on_the_batch() -> None:
-    """The fp16 kernel keeps one chain per output in k order too (odd K included)."""
+    """The fp16 kernel keeps one chain per output in k order too (odd K included), in either
+    layout of its panels."""
     native = native_gemm()
     assert native is not None
     g = torch.Generator().manual_seed(3)
     w = torch.randn(300, 97, generator=g)
-    packed = native.pack(w.t(), dtype=torch.float16)
     row = torch.randn(1, 97, generator=g)
-    alone = native.linear(row, packed, 300)
+    alone = native.linear(row, native.pack(w.t(), dtype=torch.float16), 300)
     threads = torch.get_num_threads()
     try:
-        for m in [*range(2, MAX_ROWS + 1), 2 * MAX_ROWS + 5]:
-            batch = torch.randn(m, 97, generator=g)
-            batch[m // 2] = row[0]
-            for t in (1, 2):
-                torch.set_num_threads(t)
-                assert torch.equal(native.linear(batch, packed, 300)[m // 2], alone[0]), (m, t)
+        for run in (1, native.half_run):  # and the same bits from either layout
+            packed = native.pack(w.t(), dtype=torch.float16, run=run)
+            for m in [*range(1, MAX_ROWS + 1), 2 * MAX_ROWS + 5]:
+                batch = torch.randn(m, 97, generator=g)
+                batch[m // 2] = row[0]
+                for t in (1, 2):
+                    torch.set_num_threads(t)
+                    got = native.linear(batch, packed, 300)[m // 2]
+                    assert torch.equal(got, alone[0]), (run, m, t)
     finally:
         torch.set_num_threads(threads)
 

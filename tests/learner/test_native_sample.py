@@ -1,0 +1,104 @@
+"""The native sampler (_native_sample.cpp) against the tensor-op path it stands in for."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from plaudit.learner._engine import (
+    SamplingConfig,
+    sample_tokens,
+    sample_tokens_torch,
+    transform_logits,
+)
+from plaudit.learner._native import native_gemm
+
+pytestmark = pytest.mark.skipif(native_gemm() is None, reason="no native library here")
+
+SETTINGS = [
+    SamplingConfig(temperature=0.9, top_p=0.95),
+    SamplingConfig(temperature=1.0, top_p=0.5, top_k=300),
+    SamplingConfig(temperature=1.3, top_k=7),
+    SamplingConfig(temperature=0.7),
+    SamplingConfig(temperature=0.8, top_p=0.999),
+]
+
+
+def peaked(rows: int, vocab: int, seed: int) -> torch.Tensor:
+    """Logits like a trained model's: a long tail far below a few likely tokens."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(rows, vocab, generator=g) * 2.0
+    top = torch.randint(vocab, (rows, 12), generator=g)
+    return logits.scatter_add(1, top, torch.rand(rows, 12, generator=g) * 12.0)
+
+
+@pytest.mark.parametrize(
+    "sampling", SETTINGS, ids=lambda s: f"T{s.temperature}k{s.top_k}p{s.top_p}"
+)
+def test_the_same_tokens_and_logprobs_as_the_tensor_path(sampling: SamplingConfig) -> None:
+    """Where the tensor path draws over candidates most likely first (or, with neither top-k
+    nor top-p, over the vocabulary in id order), the native one draws the same token for the
+    same uniform, with its logprob under the distribution `transform_logits` defines."""
+    native = native_gemm()
+    assert native is not None
+    logits = peaked(64, 3000, seed=1)
+    uniform = torch.rand(64, 1, generator=torch.Generator().manual_seed(2))
+    want_t, want_lp = sample_tokens_torch(logits, sampling, uniform)
+    got_t, got_lp = native.sample(
+        logits,
+        temperature=sampling.temperature,
+        top_k=sampling.top_k,
+        top_p=sampling.top_p,
+        uniform=uniform,
+    )
+    assert torch.equal(got_t, want_t)
+    torch.testing.assert_close(got_lp, want_lp, rtol=0, atol=2e-5)
+    full = F.log_softmax(transform_logits(logits, sampling), dim=-1)
+    torch.testing.assert_close(got_lp, full.gather(1, got_t[:, None]).squeeze(1), rtol=0, atol=2e-5)
+
+
+def test_sample_tokens_takes_the_native_path_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import plaudit.learner._engine as engine
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("the tensor path ran")
+
+    monkeypatch.setattr(engine, "sample_tokens_torch", refuse)
+    tokens, _ = sample_tokens(peaked(2, 500, seed=3), SETTINGS[0], torch.rand(2, 1))
+    assert tokens.shape == (2,)
+
+
+@pytest.mark.parametrize("scale", [0.3, 2.0], ids=["flat", "medium"])
+def test_flat_rows_follow_the_distribution(scale: float) -> None:
+    """Rows so flat that the tensor path cuts the nucleus over the whole vocabulary in id
+    order: the native sampler draws over it most likely first, the same distribution."""
+    g = torch.Generator().manual_seed(4)
+    row = torch.randn(1, 40, generator=g) * scale
+    s = SamplingConfig(temperature=0.9, top_p=0.8)
+    probs = F.softmax(transform_logits(row, s), dim=-1)[0]
+    n = 60000
+    tokens, logprobs = sample_tokens(row.expand(n, -1), s, torch.rand(n, 1, generator=g))
+    freq = torch.bincount(tokens, minlength=40).float() / n
+    torch.testing.assert_close(freq, probs, atol=0.006, rtol=0)
+    assert bool((probs[tokens] > 0).all())
+    torch.testing.assert_close(logprobs, probs.log()[tokens])
+
+
+def test_rows_drawn_alike_alone_or_in_a_batch_and_garbage_survived() -> None:
+    """A row's token does not depend on the rows beside it (the rows run on several threads);
+    a row of NaN or infinities gives some token of the vocabulary, not a crash."""
+    native = native_gemm()
+    assert native is not None
+    logits = peaked(9, 2000, seed=5)
+    uniform = torch.rand(9, 1, generator=torch.Generator().manual_seed(6))
+    s = SETTINGS[0]
+    batch, _ = sample_tokens(logits, s, uniform)
+    alone = torch.cat(
+        [sample_tokens(logits[i : i + 1], s, uniform[i : i + 1])[0] for i in range(9)]
+    )
+    assert torch.equal(batch, alone)
+    bad = torch.stack([torch.full((2000,), float("nan")), torch.full((2000,), float("inf"))])
+    for setting in SETTINGS:
+        tokens, _ = sample_tokens(bad, setting, torch.rand(2, 1))
+        assert bool(((tokens >= 0) & (tokens < 2000)).all())
