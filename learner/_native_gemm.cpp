@@ -16,7 +16,8 @@
 // that same runtime (one thread pool, no fight); the caller passes torch's thread count.
 //
 // fp16 weights (plaudit_gemm_f16) halve the bytes per token: the same panels in IEEE half
-// precision, each 16-byte row of a panel widened to 8 fp32 lanes by F16C (exact) as it is loaded.
+// precision (for 1-2 rows in runs of four interleaved, see `panel_start`), each 16-byte row of a
+// panel widened to 8 fp32 lanes by F16C (exact) as it is loaded.
 // Activations and accumulation stay fp32, one FMA chain per output in k order as in the fp32
 // kernel, so a row's result does not depend on the batch here either. Why fp16 and not bf16 for
 // weights that are multiplied in fp32: the same bytes, 3 more bits of mantissa (a weight's
@@ -54,7 +55,7 @@ inline __m256 load8(const uint16_t* src) {
 // Where panel q's row k = 0 starts, and the step from one k to the next: panels (K, 8) one after
 // another (RUN 1), or in runs of RUN interleaved, (K, 8 RUN) (fp16 RUN 4: one k of four
 // panels is one 64-byte cache line, 2 memory streams where 8 separate fp16 panels made 8, each
-// line prefetched once; learner/_native.py packs so for decoding 1 or 2 rows, see `HALF_RUN`).
+// line prefetched once; learner/_native.py packs so for decoding 1 or 2 rows, `half_run_for`).
 template <int RUN>
 constexpr int64_t kStride = RUN * kPanel;
 template <int RUN, typename W>

@@ -6,16 +6,19 @@
 // Why: the PyTorch path runs about 25 tensor ops a row and a top-k over the vocabulary (a
 // second, wider one where the 256 most likely tokens hold less than top-p), about 0.7 ms a
 // token for SmolLM2's 49,152 logits at one row: 8% of a token decoded from fp16 weights.
-// Here: two vector passes over the row (its maximum, then its log-sum-exp), a third that
-// files each token's probability into a histogram by how far below the maximum its logit is
-// (buckets of 1/8 nat), so that the nucleus is cut among the tokens of the first buckets alone;
-// those are sorted (largest first, lower id first at a tie) and cut and drawn from exactly as
-// the PyTorch path does: prefix masses summed in double and rounded to fp32 (torch's CPU
-// cumsum), a token dropped once the mass before it reaches top_p (compared in fp32), then an
-// inverse-CDF draw with the row's uniform. Same candidates in the same order, so the same token
-// for the same uniform, float rounding apart; one difference: where a row is so flat that the
-// PyTorch path cuts its nucleus over the whole vocabulary in id order, this draws over it in
-// sorted order (the same distribution, another token for a given uniform).
+// Here: vector passes over the row (its maximum and minimum, then its log-sum-exp), and one
+// that files each token's probability into a histogram by how far below the maximum its logit
+// is (256 buckets over the row's range, at most 1/8 nat wide), so that the nucleus's cut is
+// decided among the tokens of the few buckets where the running mass crosses top_p. Those are
+// sorted (largest first, lower id first at a tie) and cut exactly as the PyTorch path cuts:
+// prefix masses summed in double and rounded to fp32 (torch's CPU cumsum), a token dropped
+// once the mass before it reaches top_p (compared in fp32); the tokens of the buckets before
+// them are in whatever the order. Then an inverse-CDF draw with the row's uniform over the
+// candidates, most likely first: the same candidates in the same order as the PyTorch path,
+// so the same token for the same uniform, float rounding apart. Where a row's nucleus holds
+// more than `kSortedCandidates` tokens (a flat row, as an untrained model's), its surely-kept
+// tokens stay in id order rather than being sorted: the same distribution, another token for a
+// given uniform (the PyTorch path then draws over the whole vocabulary in id order).
 
 #include <immintrin.h>
 #include <math.h>
@@ -32,11 +35,14 @@ namespace {
 using plaudit_simd::exp8;
 using plaudit_simd::hsum;
 
-constexpr int kBuckets = 256;   // by distance below the row's maximum logit...
-constexpr float kPerNat = 8.0f;  // ...in steps of 1/8 nat; the last takes everything beyond 32
-// The nucleus's last bucket is the first whose running mass reaches top_p by this margin, so
-// that fp32 rounding of the exact cut (within ~1e-7 of the mass) never needs a later bucket.
+constexpr int kBuckets = 256;   // by distance below the row's maximum logit, over its range...
+constexpr float kMaxRange = 32.0f;  // ...or the top 32 nats of it, the last bucket taking the rest
+// The cut is decided among the buckets where the running mass goes from top_p - kMargin to
+// top_p + kMargin, so that fp32 rounding of the exact cut (within ~1e-7 of the mass) never
+// concerns a token outside them.
 constexpr double kMargin = 1e-5;
+// Surely-kept tokens are sorted (the PyTorch path's order) up to this many.
+constexpr size_t kSortedCandidates = 4096;
 
 struct Candidate {
   float value;
@@ -51,18 +57,26 @@ struct Scratch {
   std::vector<float> x;          // the row divided by the temperature
   std::vector<uint8_t> bucket;   // each token's histogram bucket
   std::vector<Candidate> cands;  // the tokens the draw is over
+  std::vector<Candidate> edge;   // the tokens of the buckets where the cut falls
 };
 
-float row_max(const float* x, int64_t n) {
-  __m256 m = _mm256_set1_ps(-INFINITY);
+// The row's largest and smallest logits.
+void row_range(const float* x, int64_t n, float* mx, float* mn) {
+  __m256 hi = _mm256_set1_ps(-INFINITY), lo = _mm256_set1_ps(INFINITY);
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, m);
-  float out = lanes[0];
-  for (int j = 1; j < 8; ++j) out = std::max(out, lanes[j]);
-  for (; i < n; ++i) out = std::max(out, x[i]);
-  return out;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    hi = _mm256_max_ps(hi, v);
+    lo = _mm256_min_ps(lo, v);
+  }
+  alignas(32) float h[8], l[8];
+  _mm256_store_ps(h, hi);
+  _mm256_store_ps(l, lo);
+  float a = h[0], b = l[0];
+  for (int j = 1; j < 8; ++j) a = std::max(a, h[j]), b = std::min(b, l[j]);
+  for (; i < n; ++i) a = std::max(a, x[i]), b = std::min(b, x[i]);
+  *mx = a;
+  *mn = b;
 }
 
 // log(sum(exp(x - mx))) + mx: fp32 lanes over blocks of 256, the blocks summed in double (one
@@ -82,14 +96,21 @@ float row_logsumexp(const float* x, int64_t n, float mx) {
   return mx + static_cast<float>(log(total));
 }
 
-// Candidates c[0..n) sorted largest first: mask (to -inf) each one the mass before it (prefix
-// sums in double rounded to fp32, minus its own probability, in fp32) reaches top_p.
-void cut_nucleus(Candidate* c, int64_t n, float lse, float top_p) {
-  double prefix = 0.0;
+// Candidates c[0..n) sorted largest first, after tokens of mass `ahead` more likely than all
+// of them: mask (to -inf) each one the mass before it (prefix sums in double rounded to fp32,
+// minus its own probability, in fp32) reaches top_p, except one tied with the last kept (as
+// `_nucleus` keeps every token tied with its cut-off where it cuts over all candidates: a
+// flat row, or a top-k of at most 256).
+void cut_nucleus(Candidate* c, int64_t n, float lse, float top_p, double ahead = 0.0) {
+  double prefix = ahead;
+  float last_kept = NAN;
   for (int64_t i = 0; i < n; ++i) {
     const float p = expf(c[i].value - lse);
     prefix += p;
-    if (static_cast<float>(prefix) - p >= top_p) c[i].value = -INFINITY;
+    if (static_cast<float>(prefix) - p >= top_p && c[i].value != last_kept)
+      c[i].value = -INFINITY;
+    else
+      last_kept = c[i].value;
   }
 }
 
@@ -118,6 +139,30 @@ void draw(const Candidate* c, int64_t n, float u01, int64_t* token, float* logp)
   *logp = c[pick].value - mx - log_total;
 }
 
+// Whether a row can be drawn from: no NaN, no +inf, and some value above -inf (tokens at -inf,
+// masked, are fine).
+bool drawable(const float* x, int64_t n) {
+  const __m256 inf = _mm256_set1_ps(INFINITY);
+  __m256 bad = _mm256_setzero_ps(), hi = _mm256_set1_ps(-INFINITY);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(v, inf, _CMP_EQ_OQ));
+    hi = _mm256_max_ps(hi, v);
+  }
+  bool ok = _mm256_movemask_ps(bad) == 0;
+  alignas(32) float h[8];
+  _mm256_store_ps(h, hi);
+  float top = h[0];
+  for (int j = 1; j < 8; ++j) top = std::max(top, h[j]);
+  for (; i < n; ++i) {
+    ok = ok && x[i] == x[i] && x[i] != INFINITY;
+    top = std::max(top, x[i]);
+  }
+  return ok && top > -INFINITY;
+}
+
 void sample_row(const float* logits, int64_t V, float temperature, int64_t top_k, float top_p,
                 float u01, int64_t* token, float* logp, Scratch& s) {
   s.x.resize(V);
@@ -126,6 +171,14 @@ void sample_row(const float* logits, int64_t V, float temperature, int64_t top_k
     std::copy(logits, logits + V, x);
   } else {
     for (int64_t i = 0; i < V; ++i) x[i] = logits[i] / temperature;
+  }
+  if (!drawable(x, V)) {  // no distribution to draw from (a NaN model): its first largest
+    int64_t best = 0;
+    for (int64_t i = 1; i < V; ++i)
+      if (x[i] > x[best] || x[best] != x[best]) best = i;
+    *token = best;
+    *logp = NAN;
+    return;
   }
   std::vector<Candidate>& c = s.cands;
   const bool cut = top_p < 1.0f;
@@ -150,25 +203,28 @@ void sample_row(const float* logits, int64_t V, float temperature, int64_t top_k
     draw(c.data(), V, u01, token, logp);
     return;
   }
-  const float mx = row_max(x, V);
+  float mx, mn;
+  row_range(x, V, &mx, &mn);
   const float lse = row_logsumexp(x, V, mx);
-  // Each token's probability filed by its distance below the maximum.
+  // Each token's probability filed by its distance below the maximum, in buckets spanning the
+  // row's range (at most its top 32 nats).
+  const float range = std::min(mx - mn, kMaxRange);
+  const float per = range > 0.0f ? (kBuckets - 1) / range : 0.0f;
   s.bucket.resize(V);
   uint8_t* bucket = s.bucket.data();
   double mass[kBuckets] = {};
-  const __m256 mv = _mm256_set1_ps(mx), lv = _mm256_set1_ps(lse);
+  const __m256 mv = _mm256_set1_ps(mx), lv = _mm256_set1_ps(lse), pv = _mm256_set1_ps(per);
   alignas(32) float p8[8], d8[8];
-  int64_t i = 0;
-  for (; i < V; i += 8) {
+  for (int64_t i = 0; i < V; i += 8) {
     const int64_t m = V - i < 8 ? V - i : 8;
     if (m == 8) {
       const __m256 xv = _mm256_loadu_ps(x + i);
       _mm256_store_ps(p8, exp8(_mm256_sub_ps(xv, lv)));
-      _mm256_store_ps(d8, _mm256_mul_ps(_mm256_sub_ps(mv, xv), _mm256_set1_ps(kPerNat)));
+      _mm256_store_ps(d8, _mm256_mul_ps(_mm256_sub_ps(mv, xv), pv));
     } else {
       for (int64_t j = 0; j < m; ++j) {
         p8[j] = expf(x[i + j] - lse);
-        d8[j] = (mx - x[i + j]) * kPerNat;
+        d8[j] = (mx - x[i + j]) * per;
       }
     }
     for (int64_t j = 0; j < m; ++j) {
@@ -178,20 +234,34 @@ void sample_row(const float* logits, int64_t V, float temperature, int64_t top_k
       mass[b] += p8[j];
     }
   }
-  int last = kBuckets - 1;
+  // Buckets before `first` hold tokens surely kept (all of them together hold less than
+  // top_p); those after `last` tokens surely dropped (the mass before them reaches top_p).
+  int first = -1, last = kBuckets - 1;
   double running = 0.0;
   for (int b = 0; b < kBuckets; ++b) {
     running += mass[b];
+    if (first < 0 && running >= top_p - kMargin) first = b;
     if (running >= top_p + kMargin) {
       last = b;
       break;
     }
   }
+  if (first < 0) first = last;
   c.clear();
-  for (int64_t t = 0; t < V; ++t)
-    if (bucket[t] <= last) c.push_back({x[t], t});
-  std::sort(c.begin(), c.end(), before);
-  cut_nucleus(c.data(), static_cast<int64_t>(c.size()), lse, top_p);
+  s.edge.clear();
+  double kept = 0.0;  // the mass of the surely-kept tokens
+  for (int64_t t = 0; t < V; ++t) {
+    if (bucket[t] < first) {
+      c.push_back({x[t], t});
+    } else if (bucket[t] <= last) {
+      s.edge.push_back({x[t], t});
+    }
+  }
+  if (c.size() <= kSortedCandidates) std::sort(c.begin(), c.end(), before);
+  for (const Candidate& k : c) kept += expf(k.value - lse);
+  std::sort(s.edge.begin(), s.edge.end(), before);
+  cut_nucleus(s.edge.data(), static_cast<int64_t>(s.edge.size()), lse, top_p, kept);
+  c.insert(c.end(), s.edge.begin(), s.edge.end());
   draw(c.data(), static_cast<int64_t>(c.size()), u01, token, logp);
 }
 

@@ -85,9 +85,28 @@ def test_flat_rows_follow_the_distribution(scale: float) -> None:
     torch.testing.assert_close(logprobs, probs.log()[tokens])
 
 
+@pytest.mark.parametrize("spread", [0.0, 1e-4, 0.05], ids=["equal", "nearly", "untrained"])
+def test_a_nucleus_of_thousands_is_cut_where_the_tensor_path_cuts(spread: float) -> None:
+    """An untrained model's row (thousands of tokens in the nucleus, their surely-kept part
+    left unsorted): every token drawn is in the tensor path's nucleus, with its logprob, and
+    the nucleus's edge falls where that path's does (its least likely tokens are drawn too)."""
+    g = torch.Generator().manual_seed(7)
+    row = torch.randn(1, 8192, generator=g) * spread
+    s = SamplingConfig(temperature=1.0, top_p=0.95)
+    logp = F.log_softmax(transform_logits(row, s), dim=-1)[0]
+    n = 20000
+    tokens, logprobs = sample_tokens(row.expand(n, -1), s, torch.rand(n, 1, generator=g))
+    assert bool(torch.isfinite(logp[tokens]).all())
+    torch.testing.assert_close(logprobs, logp[tokens], rtol=0, atol=1e-5)
+    kept = torch.isfinite(logp)
+    edge = row[0][kept].min()
+    assert bool((row[0][tokens] <= edge + 0.2 * spread).any())  # the edge is reached
+
+
 def test_rows_drawn_alike_alone_or_in_a_batch_and_garbage_survived() -> None:
     """A row's token does not depend on the rows beside it (the rows run on several threads);
-    a row of NaN or infinities gives some token of the vocabulary, not a crash."""
+    a row of NaN or infinities gives some token of the vocabulary, not a crash; tokens masked
+    to -inf are never drawn."""
     native = native_gemm()
     assert native is not None
     logits = peaked(9, 2000, seed=5)
@@ -102,3 +121,8 @@ def test_rows_drawn_alike_alone_or_in_a_batch_and_garbage_survived() -> None:
     for setting in SETTINGS:
         tokens, _ = sample_tokens(bad, setting, torch.rand(2, 1))
         assert bool(((tokens >= 0) & (tokens < 2000)).all())
+    masked = logits[:1].clone()
+    masked[0, 1000:] = float("-inf")  # tokens a caller banned: never drawn
+    for setting in SETTINGS:
+        tokens, logprobs = sample_tokens(masked.expand(50, -1), setting, torch.rand(50, 1))
+        assert bool((tokens < 1000).all()) and bool(torch.isfinite(logprobs).all())
