@@ -60,23 +60,35 @@ struct Scratch {
   std::vector<Candidate> edge;   // the tokens of the buckets where the cut falls
 };
 
-// The row's largest and smallest logits.
-void row_range(const float* x, int64_t n, float* mx, float* mn) {
-  __m256 hi = _mm256_set1_ps(-INFINITY), lo = _mm256_set1_ps(INFINITY);
+// One pass over a row: its largest and smallest logits, and whether it can be drawn from (no
+// NaN, no +inf, and some value above -inf; tokens at -inf, masked, are fine).
+struct RowStats {
+  float max, min;
+  bool drawable;
+};
+
+RowStats row_stats(const float* x, int64_t n) {
+  const __m256 inf = _mm256_set1_ps(INFINITY);
+  __m256 hi = _mm256_set1_ps(-INFINITY), lo = _mm256_set1_ps(INFINITY), bad = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m256 v = _mm256_loadu_ps(x + i);
     hi = _mm256_max_ps(hi, v);
     lo = _mm256_min_ps(lo, v);
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(v, inf, _CMP_EQ_OQ));
   }
+  bool ok = _mm256_movemask_ps(bad) == 0;
   alignas(32) float h[8], l[8];
   _mm256_store_ps(h, hi);
   _mm256_store_ps(l, lo);
   float a = h[0], b = l[0];
   for (int j = 1; j < 8; ++j) a = std::max(a, h[j]), b = std::min(b, l[j]);
-  for (; i < n; ++i) a = std::max(a, x[i]), b = std::min(b, x[i]);
-  *mx = a;
-  *mn = b;
+  for (; i < n; ++i) {
+    ok = ok && x[i] == x[i] && x[i] != INFINITY;
+    a = std::max(a, x[i]), b = std::min(b, x[i]);
+  }
+  return {a, b, ok && a > -INFINITY};
 }
 
 // log(sum(exp(x - mx))) + mx: fp32 lanes over blocks of 256, the blocks summed in double (one
@@ -139,30 +151,6 @@ void draw(const Candidate* c, int64_t n, float u01, int64_t* token, float* logp)
   *logp = c[pick].value - mx - log_total;
 }
 
-// Whether a row can be drawn from: no NaN, no +inf, and some value above -inf (tokens at -inf,
-// masked, are fine).
-bool drawable(const float* x, int64_t n) {
-  const __m256 inf = _mm256_set1_ps(INFINITY);
-  __m256 bad = _mm256_setzero_ps(), hi = _mm256_set1_ps(-INFINITY);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 v = _mm256_loadu_ps(x + i);
-    bad = _mm256_or_ps(bad, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-    bad = _mm256_or_ps(bad, _mm256_cmp_ps(v, inf, _CMP_EQ_OQ));
-    hi = _mm256_max_ps(hi, v);
-  }
-  bool ok = _mm256_movemask_ps(bad) == 0;
-  alignas(32) float h[8];
-  _mm256_store_ps(h, hi);
-  float top = h[0];
-  for (int j = 1; j < 8; ++j) top = std::max(top, h[j]);
-  for (; i < n; ++i) {
-    ok = ok && x[i] == x[i] && x[i] != INFINITY;
-    top = std::max(top, x[i]);
-  }
-  return ok && top > -INFINITY;
-}
-
 void sample_row(const float* logits, int64_t V, float temperature, int64_t top_k, float top_p,
                 float u01, int64_t* token, float* logp, Scratch& s) {
   s.x.resize(V);
@@ -172,7 +160,8 @@ void sample_row(const float* logits, int64_t V, float temperature, int64_t top_k
   } else {
     for (int64_t i = 0; i < V; ++i) x[i] = logits[i] / temperature;
   }
-  if (!drawable(x, V)) {  // no distribution to draw from (a NaN model): its first largest
+  const RowStats stats = row_stats(x, V);
+  if (!stats.drawable) {  // no distribution to draw from (a NaN model): its first largest
     int64_t best = 0;
     for (int64_t i = 1; i < V; ++i)
       if (x[i] > x[best] || x[best] != x[best]) best = i;
@@ -203,8 +192,7 @@ void sample_row(const float* logits, int64_t V, float temperature, int64_t top_k
     draw(c.data(), V, u01, token, logp);
     return;
   }
-  float mx, mn;
-  row_range(x, V, &mx, &mn);
+  const float mx = stats.max, mn = stats.min;
   const float lse = row_logsumexp(x, V, mx);
   // Each token's probability filed by its distance below the maximum, in buckets spanning the
   // row's range (at most its top 32 nats).

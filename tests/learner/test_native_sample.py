@@ -33,6 +33,16 @@ def peaked(rows: int, vocab: int, seed: int) -> torch.Tensor:
     return logits.scatter_add(1, top, torch.rand(rows, 12, generator=g) * 12.0)
 
 
+def draw_many(
+    row: torch.Tensor, sampling: SamplingConfig, n: int, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n draws from one row (1, V) through `sample_tokens`: their tokens and logprobs, and the
+    row's log-probabilities (V,) under the distribution `transform_logits` defines."""
+    logp = F.log_softmax(transform_logits(row, sampling), dim=-1)[0]
+    tokens, logprobs = sample_tokens(row.expand(n, -1), sampling, torch.rand(n, 1, generator=g))
+    return tokens, logprobs, logp
+
+
 @pytest.mark.parametrize(
     "sampling", SETTINGS, ids=lambda s: f"T{s.temperature}k{s.top_k}p{s.top_p}"
 )
@@ -75,10 +85,9 @@ def test_flat_rows_follow_the_distribution(scale: float) -> None:
     order: the native sampler draws over it most likely first, the same distribution."""
     g = torch.Generator().manual_seed(4)
     row = torch.randn(1, 40, generator=g) * scale
-    s = SamplingConfig(temperature=0.9, top_p=0.8)
-    probs = F.softmax(transform_logits(row, s), dim=-1)[0]
     n = 60000
-    tokens, logprobs = sample_tokens(row.expand(n, -1), s, torch.rand(n, 1, generator=g))
+    tokens, logprobs, logp = draw_many(row, SamplingConfig(temperature=0.9, top_p=0.8), n, g)
+    probs = logp.exp()
     freq = torch.bincount(tokens, minlength=40).float() / n
     torch.testing.assert_close(freq, probs, atol=0.006, rtol=0)
     assert bool((probs[tokens] > 0).all())
@@ -92,10 +101,7 @@ def test_a_nucleus_of_thousands_is_cut_where_the_tensor_path_cuts(spread: float)
     the nucleus's edge falls where that path's does (its least likely tokens are drawn too)."""
     g = torch.Generator().manual_seed(7)
     row = torch.randn(1, 8192, generator=g) * spread
-    s = SamplingConfig(temperature=1.0, top_p=0.95)
-    logp = F.log_softmax(transform_logits(row, s), dim=-1)[0]
-    n = 20000
-    tokens, logprobs = sample_tokens(row.expand(n, -1), s, torch.rand(n, 1, generator=g))
+    tokens, logprobs, logp = draw_many(row, SamplingConfig(temperature=1.0, top_p=0.95), 20000, g)
     assert bool(torch.isfinite(logp[tokens]).all())
     torch.testing.assert_close(logprobs, logp[tokens], rtol=0, atol=1e-5)
     kept = torch.isfinite(logp)
