@@ -885,11 +885,14 @@ class _Update:
         self.ratio_sum, self.ratio_max, self.ratio_n, self.clipped_n = 0.0, 0.0, 0, 0
         self.lag_clipped: dict[int, int] = defaultdict(int)
         self.lag_tokens: dict[int, int] = defaultdict(int)
+        # The minibatch order is drawn from the policy version: the same batch at the same
+        # weights trains the same way, so a run (and the learning test) can be replayed.
+        self.shuffle = torch.Generator().manual_seed(current_version or 0)
 
     def _minibatches(self, n: int) -> list[list[int]]:
         if not self.clipped_method:
             return [list(range(n))]  # REINFORCE: one step on the whole batch
-        order = torch.randperm(n).tolist()
+        order = torch.randperm(n, generator=self.shuffle).tolist()
         return [order[s : s + self.chunk] for s in range(0, n, self.chunk)]
 
     def _pull_back(

