@@ -48,6 +48,7 @@ from plaudit.learner import (
     LoRAConfig,
     OnlineUpdateConfig,
     Policy,
+    PromptCache,
     SamplingConfig,
     Trajectory,
     configure_torch,
@@ -92,23 +93,58 @@ def trajectories(policy: Policy, n: int, seed: int, *, per_prompt: int = 1) -> l
 
 
 def floor(policy: Policy, batch: Sequence[Trajectory], epochs: int) -> None:
-    """epochs x (forward-backward + AdamW step) and one forward over the batch's tokens."""
+    """epochs x (forward-backward + AdamW step) and one forward over the batch's tokens, done
+    as lean as plaudit's own passes (else the ratio flatters it): the head and the loss at the
+    completion positions only, and posts that share a prompt (a cycle's candidates) run it
+    once in every pass."""
     model = policy.model
-    seqs = [t.prompt + t.completion for t in batch]
+    head = model.tok_emb.weight if model.lm_head is None else model.lm_head.weight
+    distinct: dict[tuple[int, ...], int] = {}
+    owner = [distinct.setdefault(tuple(t.prompt), len(distinct)) for t in batch]
+    # As plaudit's passes do: only where it computes fewer positions.
+    tail = max(len(t.completion) for t in batch)
+    plain = max(len(t.prompt) + len(t.completion) for t in batch) - 1
+    shared = (
+        min(len(t.prompt) for t in batch) > 1
+        and len(distinct) * (max(len(p) for p in distinct) - 1) + len(batch) * tail
+        < len(batch) * plain
+    )
+    # Shared: the distinct prompts (but their last token) left-padded, then each post's last
+    # prompt token and completion; else each post whole. Right-padded; the loss at the
+    # positions that predict a completion token.
+    seqs = [list(t.prompt[-1:] if shared else t.prompt) + list(t.completion) for t in batch]
     T = max(len(s) for s in seqs) - 1
     idx = torch.zeros(len(seqs), T, dtype=torch.long)
-    tgt = torch.full((len(seqs), T), -100, dtype=torch.long)
+    mask = torch.zeros(len(seqs), T, dtype=torch.bool)
     for i, (t, s) in enumerate(zip(batch, seqs, strict=True)):
         idx[i, : len(s) - 1] = torch.tensor(s[:-1])
-        tgt[i, len(t.prompt) - 1 : len(s) - 1] = torch.tensor(t.completion)
+        mask[i, len(s) - 1 - len(t.completion) : len(s) - 1] = True
+    targets = torch.tensor([tok for t in batch for tok in t.completion])
+    Tp = max(len(p) for p in distinct) - 1
+    prompts = torch.zeros(len(distinct), Tp, dtype=torch.long)
+    pad = torch.zeros(len(distinct), dtype=torch.long)
+    for i, p in enumerate(distinct):
+        pad[i] = Tp - (len(p) - 1)
+        prompts[i, int(pad[i]) :] = torch.tensor(p[:-1])
+    layers = model.config.n_layer
+
+    def loss() -> torch.Tensor:
+        cache = None
+        if shared:
+            cache = PromptCache(pad)
+            model.hidden_states(prompts, layers=layers, kv_cache=cache)
+            cache.continue_rows(torch.tensor(owner))
+        h = model.hidden_states(idx, layers=layers, kv_cache=cache)
+        logits = F.linear(model.norm_f(h[mask]), head)
+        return F.cross_entropy(logits.float(), targets)
+
     with torch.no_grad():
-        model(idx)
+        loss()
     opt = policy.optimizer
     for _ in range(epochs):
-        logits = model(idx)
-        loss = F.cross_entropy(logits.flatten(0, 1), tgt.flatten())
+        value = loss()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
         opt.step()
 
 

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from ._grow import logit_difference
     from ._grow import target_config as grow_target_config
     from ._hf import export_hf
-    from ._kv_cache import KVCache
+    from ._kv_cache import KVCache, PromptCache
     from ._load import LoadedModel, default_cache_dir, load_model, save_model, verify_model_folder
     from ._lora import LoRAConfig
     from ._model import Transformer
@@ -97,6 +97,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "logit_difference": ("._grow", "logit_difference"),
     "export_hf": ("._hf", "export_hf"),
     "KVCache": ("._kv_cache", "KVCache"),
+    "PromptCache": ("._kv_cache", "PromptCache"),
     "LoadedModel": ("._load", "LoadedModel"),
     "default_cache_dir": ("._load", "default_cache_dir"),
     "load_model": ("._load", "load_model"),
@@ -163,6 +164,7 @@ __all__: list[str] = [
     "OnlineUpdateConfig",
     "Policy",
     "Prediction",
+    "PromptCache",
     "Restored",
     "RewardHead",
     "RewardModelState",

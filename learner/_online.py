@@ -888,6 +888,7 @@ class _Update:
         # The minibatch order is drawn from the policy version: the same batch at the same
         # weights trains the same way, so a run (and the learning test) can be replayed.
         self.shuffle = torch.Generator().manual_seed(current_version or 0)
+        self.pulled_back = 1.0  # the factor the move was scaled back by, in all
 
     def _minibatches(self, n: int) -> list[list[int]]:
         if not self.clipped_method:
@@ -924,6 +925,31 @@ class _Update:
             now = measured.measure(self.model).moved_from(sampled)
         return now, factor
 
+    def _check(
+        self,
+        measured: _Posts,
+        sampled: _Pass,
+        current: _Pass,
+        toward_reference: Callable[[float], None] | None,
+        after: _Pass | None = None,
+    ) -> _Pass:
+        """The drift check after an epoch: measured anew (unless ``after`` is that
+        measurement), and a move whose upper end crossed ``max_kl`` (and rose) scaled back
+        inside it. Returns the pass at the weights left."""
+        if after is None:
+            after = measured.measure(self.model).moved_from(sampled)
+        if not math.isfinite(after.kl_per_post):
+            raise FloatingPointError(
+                "online update: the KL to the reference is not finite after a step; the "
+                "weights were not changed. Lower online.lr"
+            )
+        if after.kl_upper > cast(float, self.bound) and after.kl_upper > current.kl_upper:
+            # Keep the steps' direction, shrink the whole move: their rewards are not lost,
+            # and every reward so far keeps its share of the move.
+            after, factor = self._pull_back(measured, sampled, after, toward_reference, upper=True)
+            self.pulled_back *= factor
+        return after
+
     def run(
         self,
         should_stop: object,
@@ -936,9 +962,9 @@ class _Update:
         measured = self.measured or self.batch
         # At the weights that sampled the probe (its importance weights are relative to them).
         sampled = measured.measure(model)
-        first, pulled_back = sampled, 1.0  # the pass at the weights the steps start from
+        first = sampled  # the pass at the weights the steps start from
         if self.bound is not None:
-            first, pulled_back = self._pull_back(
+            first, self.pulled_back = self._pull_back(
                 measured, sampled, sampled, toward_reference, upper=False
             )
         if self.clipped_method and (self.measured is None or n > self.chunk):
@@ -949,13 +975,14 @@ class _Update:
             items = _prepare(self.batch.trajectories, start.logprobs)
         current = first  # the pass that measured the weights as they are now
         epochs = config.epochs if self.clipped_method else 1
-        steps, losses = 0, []
+        steps, checked, losses = 0, 0, []
         stop_reason: Literal["interrupted"] | None = None
         if between_steps is not None:  # the passes above took about as long as a step
             between_steps()
         model.train()
         for _epoch in range(epochs):
-            for mb in self._minibatches(n):
+            minibatches = self._minibatches(n)
+            for j, mb in enumerate(minibatches):
                 if should_stop is not None and should_stop.is_set():  # type: ignore[attr-defined]
                     stop_reason = "interrupted"
                     break
@@ -979,31 +1006,22 @@ class _Update:
                 torch.nn.utils.clip_grad_norm_(_trained(self.optimizer), config.grad_clip)
                 self.optimizer.step()
                 self._count(ratio, rows, mb_items)
-                if self.bound is not None:
-                    after = measured.measure(model).moved_from(sampled)
-                    if not math.isfinite(after.kl_per_post):
-                        raise FloatingPointError(
-                            "online update: the KL to the reference is not finite after a "
-                            "step; the weights were not changed. Lower online.lr"
-                        )
-                    if after.kl_upper > self.bound and after.kl_upper > current.kl_upper:
-                        # Keep the step's direction, shrink the whole move: its rewards are
-                        # not lost, and every reward so far keeps its share of the move.
-                        after, factor = self._pull_back(
-                            measured, sampled, after, toward_reference, upper=True
-                        )
-                        pulled_back *= factor
-                    current = after
                 steps += 1
                 losses.append(float(loss.detach()))
+                if self.bound is not None and j == len(minibatches) - 1:
+                    current = self._check(measured, sampled, current, toward_reference)
+                    checked = steps
                 if between_steps is not None:
                     self.optimizer.zero_grad(set_to_none=True)
                     between_steps()
                     model.train()
             if stop_reason is not None:
                 break
-        if current is first and steps > 0:  # not measured after the steps (no max_kl)
-            current = measured.measure(model).moved_from(sampled)
+        if steps > checked:  # steps not measured yet (no max_kl, or stopped mid-epoch)
+            after = measured.measure(model).moved_from(sampled)
+            if self.bound is not None:
+                after = self._check(measured, sampled, current, toward_reference, after)
+            current = after
         if not math.isfinite(current.entropy):
             raise FloatingPointError(
                 "online update: the policy's entropy is not finite after the update; the "
@@ -1030,7 +1048,7 @@ class _Update:
             tokens=sum(len(t.completion) for t in self.batch.trajectories),
             early_stopped=stop_reason is not None,
             stop_reason=stop_reason,
-            pulled_back=pulled_back,
+            pulled_back=self.pulled_back,
         )
 
     def _count(self, ratio: Tensor, rows: _Rows, items: Sequence[_Prepared]) -> None:

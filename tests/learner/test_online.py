@@ -536,3 +536,54 @@ def test_an_update_is_reproducible_whatever_the_global_generator() -> None:
     first = weights_after(1, version=7)
     assert torch.equal(first, weights_after(2, version=7))
     assert not torch.equal(first, weights_after(1, version=8)), "the order follows the version"
+
+
+def test_the_drift_is_checked_after_each_epoch_and_where_an_update_stops() -> None:
+    """The probe is measured at the update's start and after each epoch's last step, not after
+    every minibatch (a probe pass costs a forward as large as a step's); an update stopped
+    mid-epoch measures the weights it leaves, so its figures are theirs."""
+    import threading
+
+    import plaudit.learner._online as online
+
+    model = tiny()
+    reference = copy.deepcopy(model).requires_grad_(False)
+    batch = batch_for(model, [3.0, -3.0, 3.0, -3.0])
+    probe = [
+        Trajectory(t.prompt, [c + 1 for c in t.completion], [0.0] * len(t.completion), 0.0)
+        for t in batch
+    ]
+    cfg = OnlineUpdateConfig(epochs=3, minibatch_size=1, kl_coef=0.0, max_kl=1e6)
+    opt = model.configure_optimizer(lr=1e-2, weight_decay=0.0)
+    passes = 0
+    measure = online._Posts.measure
+
+    def counted(self: Any, m: Transformer) -> Any:
+        nonlocal passes
+        passes += int(self.trajectories[0] is probe[0])
+        return measure(self, m)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(online._Posts, "measure", counted)
+        stats = policy_update(
+            model=model, reference=reference, optimizer=opt, batch=batch, config=cfg, probe=probe
+        )
+    assert stats.steps == 12 and passes == 1 + 3, "the start, then each epoch's end"
+
+    stop, boundaries = threading.Event(), 0
+
+    def stop_after_two() -> None:
+        nonlocal boundaries
+        boundaries += 1
+        if boundaries == 3:  # the boundary before the first step, then one after each
+            stop.set()
+
+    start = copy.deepcopy(model)
+    stats = policy_update(
+        model=model, reference=reference, optimizer=opt, batch=batch, config=cfg,
+        probe=probe, should_stop=stop, between_steps=stop_after_two,
+    )  # fmt: skip
+    assert stats.steps == 2 and stats.stop_reason == "interrupted"
+    assert stats.kl_per_post == pytest.approx(
+        measure_kl(model, reference, probe, start=start), rel=1e-4
+    )
