@@ -2,9 +2,11 @@
 
 The floor is what any policy-gradient update on the same posts must do: ``epochs`` x (one
 forward-backward over the rewarded posts' tokens + an AdamW step) and one forward over them (the
-proximal logprobs), measured beside plaudit's update in the same process, alternating. plaudit's
+proximal logprobs), as lean as plaudit's passes (the head at the completion positions only, a
+prompt that posts share run once), measured beside plaudit's update in the same process,
+alternating. plaudit's
 time is the whole `policy_update` call: the reference's head (or its pass), the KL penalty,
-the drift check after every step (on the probe of recent samples the daemon passes, or on the
+the drift check after each epoch (on the probe of recent samples the daemon passes, or on the
 batch), any scaling back of the move into the budget and the snapshot that puts a failed
 update back. The reference's forward over a post runs once, when the daemon's post cycle
 samples it (`Policy.remember_reference`): the sides start from that state (untimed), and

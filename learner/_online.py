@@ -26,15 +26,21 @@ with temperature and top-p/top-k truncation) that is no longer the current one. 
   whose expected gradient is that of KL(π_ref || π), the reverse direction, and on stale
   samples that of neither. It costs a reference forward per step and one more (B, T, V)
   tensor.
-- ``max_kl``, a drift budget in nats per post: after each optimizer step the exact KL(π ||
-  π_ref) over the whole vocabulary at each post's temperature is summed over each post's
+- ``max_kl``, a drift budget in nats per post: after each epoch's last step (and where an
+  update stops) the exact KL(π || π_ref) over the whole vocabulary at each post's temperature is summed over each post's
   completion positions and averaged over the posts of the *probe*, each post weighted by the
   self-normalised importance weight π(post) / π_start(post) of the update's own move (the
-  probe was sampled before it). A step that takes the upper end of its one-sided 95% interval
+  probe was sampled before it). Steps that take the upper end of its one-sided 95% interval
   (``KL_CONFIDENCE`` standard errors above the estimate) above ``max_kl`` (and above where it
-  was before the step) is kept, and the policy's whole move from the reference is scaled back
+  was at the last check) are kept, and the policy's whole move from the reference is scaled back
   until that upper end is inside (the pull-back below, aimed at the upper end); the update goes
-  on. From then on every step, in this update and the later ones, is taken at the learning
+  on. Why each epoch and not each minibatch step: a check is a forward over the probe, as
+  large as the batch (a post cycle's candidates per cycle since the last update), so a check
+  after each of an epoch's steps would cost as much as the epoch again (measured,
+  bench/online_update.py, `tiny`, 8 rewarded posts with their candidates: 1.93x the floor
+  against 1.30x); between checks a few steps of the configured size run unchecked, and the
+  posts the torch worker samples there (``between_steps``) make the next update's probe,
+  whose check at its start pulls back what they show. From then on every step, in this update and the later ones, is taken at the learning
   rate times the product of all pull-backs so far (`scale_steps`), so the policy is always
   ``ref + s * (the sum of its steps at the configured rate)``: each reward keeps an equal
   share of the move and the budget sets only its length. Undoing the step (the rule before)
@@ -92,7 +98,7 @@ the first step's own forward; a step is never undone, so no snapshot is taken be
 candidates: the probe, and the batch when candidates teach) run it once in every pass,
 training's included (`PromptCache`: the prompt is most of each sequence). Above the floor
 remain the reference's forward over the posts no update met before (the head over the
-others), and the probe's policy forward at the start and after every step (the drift check):
+others), and the probe's policy forward at the start and after each epoch (the drift check):
 measured by bench/online_update.py.
 
 Simplifications (kept on purpose):
@@ -116,7 +122,7 @@ Simplifications (kept on purpose):
   credited); the prompt is context.
 - the probe is fresh at the update's start only: its samples are those of the policy before
   the update's own steps (a few small steps; the next update measures on newer samples).
-  Measuring after every step costs a forward pass of the policy and of the reference over it.
+  Sampling a new probe at every check would cost generation on top of the forward.
 """
 
 from __future__ import annotations
