@@ -33,6 +33,7 @@ from typing import Any
 
 HELD_OUT = 250  # candidates [0, 250) chose the filter's phrases; the rest measure it
 HEAD_HISTORY = (1000, 1200)  # history posts the talk head is fitted on, then scored on
+SWEEP = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)  # talk head thresholds shown
 
 
 def sample(n: int, seed: int, *, force: bool) -> None:
@@ -75,10 +76,12 @@ def sample(n: int, seed: int, *, force: bool) -> None:
     print(f"wrote {len(rows)} candidates to {TALK_EXAMPLES}; label them (assistant: true|false)")
 
 
-def head_caught(rows: list[dict[str, Any]], history: list[str]) -> tuple[dict[int, bool], float]:
-    """Two folds of the talk head on SmolLM2's features: which labelled candidates it catches
-    when fitted on the other half, and the share of unseen history posts it catches."""
-    from plaudit.controller import TALK_THRESHOLD, fit_talk_head
+def head_scores(
+    rows: list[dict[str, Any]], history: list[str]
+) -> tuple[dict[int, float], list[float]]:
+    """Two folds of the talk head on SmolLM2's features: each labelled candidate's score from
+    the head fitted on the other half, and the scores of unseen history posts (both folds)."""
+    from plaudit.controller import fit_talk_head
     from plaudit.learner import Policy, text_features
 
     policy = Policy.load("smollm2", lr=1e-5)
@@ -88,20 +91,18 @@ def head_caught(rows: list[dict[str, Any]], history: list[str]) -> tuple[dict[in
     x = text_features(reference, policy.tokenizer, [r["text"] for r in rows])
     x_fit = text_features(reference, policy.tokenizer, fit_on)
     x_scored = text_features(reference, policy.tokenizer, scored_on)
-    caught: dict[int, bool] = {}
-    history_caught = 0
+    scores: dict[int, float] = {}
+    history_scores: list[float] = []
     half = len(rows) // 2
     for fit_rows, scored_rows in ((range(half), range(half, len(rows))),
                                   (range(half, len(rows)), range(half))):  # fmt: skip
         head = fit_talk_head(
             x[list(fit_rows)], [float(rows[i]["assistant"]) for i in fit_rows], x_fit
         )
-        scores = head.predict(x[list(scored_rows)]).mean
-        caught |= {
-            rows[i]["id"]: v > TALK_THRESHOLD for i, v in zip(scored_rows, scores, strict=True)
-        }
-        history_caught += sum(v > TALK_THRESHOLD for v in head.predict(x_scored).mean)
-    return caught, history_caught / (2 * len(scored_on))
+        predicted = head.predict(x[list(scored_rows)]).mean
+        scores |= {rows[i]["id"]: float(v) for i, v in zip(scored_rows, predicted, strict=True)}
+        history_scores += [float(v) for v in head.predict(x_scored).mean]
+    return scores, history_scores
 
 
 def shares(chunk: list[dict[str, Any]], caught: dict[int, bool]) -> dict[str, Any]:
@@ -134,12 +135,20 @@ def score(as_json: bool) -> None:
     parts = {"all": rows, "chosen_on": rows[:HELD_OUT], "held_out": rows[HELD_OUT:]}
     for part, chunk in parts.items():
         out[part] = shares(chunk, phrases)
-    head, head_history = head_caught(rows, history)
-    caught = {i: phrases[i] or head[i] for i in phrases}
-    out["with_talk_head"] = shares(rows, caught) | {
-        "threshold": TALK_THRESHOLD,
-        "head_history_caught": round(head_history, 4),
-    }
+    head, head_history = head_scores(rows, history)
+
+    def with_head(threshold: float) -> dict[str, Any]:
+        caught = {i: phrases[i] or head[i] > threshold for i in phrases}
+        share = sum(v > threshold for v in head_history) / len(head_history)
+        return shares(rows, caught) | {
+            "threshold": threshold,
+            "head_history_caught": round(share, 4),
+        }
+
+    out["with_talk_head"] = with_head(TALK_THRESHOLD)
+    # The trade the threshold makes: talk through against posts dropped and history caught.
+    out["thresholds"] = [with_head(t) for t in SWEEP]
+    caught = {i: phrases[i] or head[i] > TALK_THRESHOLD for i in phrases}
     missed = [r for r in rows if r["assistant"] and not caught[r["id"]]]
     dropped = [r for r in rows if not r["assistant"] and caught[r["id"]]]
     out["missed_ids"] = [r["id"] for r in missed]
@@ -165,6 +174,12 @@ def score(as_json: bool) -> None:
         f"of the posts are dropped; the head catches {f['head_history_caught']:.2%} of "
         f"{HEAD_HISTORY[1]} unseen history posts"
     )
+    print("threshold  talk through  posts dropped  history caught")
+    for f in out["thresholds"]:
+        print(
+            f"{f['threshold']:9.2f}  {f['talk_getting_through']:12.1%}  "
+            f"{f['posts_dropped']:13.1%}  {f['head_history_caught']:14.2%}"
+        )
     for r in missed:
         print(f"  missed {r['id']}: {r['text'][:120]!r}")
     for r in dropped:

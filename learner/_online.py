@@ -27,25 +27,20 @@ with temperature and top-p/top-k truncation) that is no longer the current one. 
   samples that of neither. It costs a reference forward per step and one more (B, T, V)
   tensor.
 - ``max_kl``, a drift budget in nats per post: after each epoch's last step (and where an
-  update stops) the exact KL(π || π_ref) over the whole vocabulary at each post's temperature is summed over each post's
-  completion positions and averaged over the posts of the *probe*, each post weighted by the
-  self-normalised importance weight π(post) / π_start(post) of the update's own move (the
-  probe was sampled before it). Steps that take the upper end of its one-sided 95% interval
-  (``KL_CONFIDENCE`` standard errors above the estimate) above ``max_kl`` (and above where it
-  was at the last check) are kept, and the policy's whole move from the reference is scaled back
-  until that upper end is inside (the pull-back below, aimed at the upper end); the update goes
-  on. Why each epoch and not each minibatch step: a check is a forward over the probe, as
-  large as the batch (a post cycle's candidates per cycle since the last update), so a check
-  after each of an epoch's steps would cost as much as the epoch again (measured,
-  bench/online_update.py, `tiny`, 8 rewarded posts with their candidates: 1.93x the floor
-  against 1.30x); between checks a few steps of the configured size run unchecked, and the
-  posts the torch worker samples there (``between_steps``) make the next update's probe,
-  whose check at its start pulls back what they show. From then on every step, in this update and the later ones, is taken at the learning
-  rate times the product of all pull-backs so far (`scale_steps`), so the policy is always
-  ``ref + s * (the sum of its steps at the configured rate)``: each reward keeps an equal
-  share of the move and the budget sets only its length. Undoing the step (the rule before)
-  spent its rewards for nothing, and scaling back without shrinking the steps to come weighed
-  each new reward 1/s times the older ones, a policy held at the budget forgetting its older
+  update stops) the exact KL(π || π_ref) over the whole vocabulary at each post's
+  temperature is summed over each post's completion positions and averaged over the posts of
+  the *probe*, each post weighted by the self-normalised importance weight π(post) /
+  π_start(post) of the update's own move (the probe was sampled before it). Steps that take
+  the upper end of its one-sided 95% interval (``KL_CONFIDENCE`` standard errors above the
+  estimate) above ``max_kl`` (and above where it was at the last check) are kept, and the
+  policy's whole move from the reference is scaled back until that upper end is inside (the
+  pull-back below, aimed at the upper end); the update goes on. From then on every step, in
+  this update and the later ones, is taken at the learning rate times the product of all
+  pull-backs so far (`scale_steps`), so the policy is always ``ref + s * (the sum of its
+  steps at the configured rate)``: each reward keeps an equal share of the move and the
+  budget sets only its length. Undoing the step (the rule before) spent its rewards for
+  nothing, and scaling back without shrinking the steps to come weighed each new reward 1/s
+  times the older ones, a policy held at the budget forgetting its older
   rewards geometrically (both measured, `scale_steps`). An update that starts with the
   estimate itself above ``max_kl`` (a new probe sees drift the last one missed) first pulls
   the policy back: its move from the
@@ -65,6 +60,13 @@ with temperature and top-p/top-k truncation) that is no longer the current one. 
   rewarded batch is a poor stand-in: its prefixes were sampled by older policies, away from
   where the policy has since moved (bounded at 5 nats per post on its batches, a run's fresh
   samples ended at 5.08). Without a probe, the batch is measured.
+  Why each epoch and not each minibatch step: a check is a forward over the probe, about as
+  large as the batch (the candidates of the cycles since the last update), so a check after
+  each of an epoch's steps costs as much as the epoch again (bench/online_update.py, `tiny`,
+  8 rewarded posts with their candidates: 1.93x the floor against 1.30x). Between checks a
+  few steps of the configured size run unchecked; the posts the torch worker samples there
+  (``between_steps``) join the next update's probe, whose check at its start pulls back what
+  they show.
 - ``reinforce``: the baseline to beat: plain REINFORCE, one optimizer step on the whole batch,
   ``-A * log π(a_t)``; no KL, no clipping, no IS weights, no ``max_kl`` (its advantage is the
   reward minus a moving-average baseline, computed by the controller).
@@ -897,9 +899,22 @@ class _Update:
         self.pulled_back = 1.0  # the factor the move was scaled back by, in all
 
     def _minibatches(self, n: int) -> list[list[int]]:
+        """Minibatches of ``minibatch_size`` posts in a random order of their prompt groups:
+        posts that share a prompt (a cycle's candidates) stay together, so each minibatch runs
+        a prompt or two once (`PromptCache`) instead of most of the batch's prompts (the
+        prompt is most of a post's tokens). Where no prompt is shared the order is that of
+        the posts themselves."""
         if not self.clipped_method:
             return [list(range(n))]  # REINFORCE: one step on the whole batch
-        order = torch.randperm(n, generator=self.shuffle).tolist()
+        groups: dict[tuple[int, ...] | int, list[int]] = {}
+        for i, t in enumerate(self.batch.trajectories):
+            # a one-token prompt is never shared (`_prefix`): such posts are groups of one
+            groups.setdefault(tuple(t.prompt) if len(t.prompt) > 1 else i, []).append(i)
+        grouped = list(groups.values())
+        order = [
+            i for g in torch.randperm(len(grouped), generator=self.shuffle).tolist()
+            for i in grouped[g]
+        ]  # fmt: skip
         return [order[s : s + self.chunk] for s in range(0, n, self.chunk)]
 
     def _pull_back(

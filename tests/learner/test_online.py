@@ -587,3 +587,35 @@ def test_the_drift_is_checked_after_each_epoch_and_where_an_update_stops() -> No
     assert stats.kl_per_post == pytest.approx(
         measure_kl(model, reference, probe, start=start), rel=1e-4
     )
+
+
+def test_minibatches_keep_the_posts_of_a_prompt_together() -> None:
+    """Posts that share a prompt (a cycle's candidates) train in the same minibatch, whatever
+    their order in the batch, so each step runs one prompt, not most of the batch's."""
+    import plaudit.learner._online as online
+
+    model = tiny()
+    prompts = [[1, 5, 9], [1, 7, 7], [1, 3, 3, 3], [1, 2, 6]]
+    batch = [
+        Trajectory(prompts[i % 4], [10 + i, 11 + i, 12], [-3.0] * 3, (-1.0) ** i)
+        for i in range(8)
+    ]  # interleaved: posts 0 and 4 share a prompt, 1 and 5, ...
+    steps: list[set[tuple[int, ...]]] = []
+    rows = online._rows
+
+    def recorded(trajectories: Any, *args: Any) -> Any:  # the steps' and the measurements'
+        steps.append({tuple(t.prompt) for t in trajectories})
+        return rows(trajectories, *args)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(online, "_rows", recorded)
+        stats = policy_update(
+            model=model,
+            reference=copy.deepcopy(model).requires_grad_(False),
+            optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3),
+            batch=batch,
+            config=OnlineUpdateConfig(epochs=2, minibatch_size=2, max_kl=None),
+            current_version=3,
+        )
+    assert stats.steps == 8 and len(steps) > 8
+    assert all(len(s) == 1 for s in steps), steps
