@@ -59,6 +59,8 @@ CUDA_TRAIN = [
     "--seq-len",
     "1024",
 ]
+# The 8 rewarded posts with their cycles' 56 other candidates, each cycle sharing a prompt.
+WITH_CANDIDATES = ("--batch-per-prompt", "8", "--posts", "64", "--lora", "0")
 CUDA_GENERATE = ["generate.py", "--json", "--device", "cuda", "--models", "medium", "--bf16"]
 
 BENCHES = (
@@ -85,6 +87,14 @@ BENCHES = (
         "one online update on 8 rewarded posts against its floor (seconds)",
         ("online_update.py", "--json", "--model", "smollm2"),
         ("online_update.py", "--json", "--model", "tiny", "--repeats", "1"),
+    ),
+    Bench(
+        "online_update_candidates",
+        "one online update on 8 rewarded posts with their cycles' candidates (the daemon's "
+        "default with a trusted reward model: 64 posts, 8 minibatches an epoch) against its "
+        "floor (seconds)",
+        ("online_update.py", "--json", "--model", "smollm2", *WITH_CANDIDATES, "--repeats", "2"),
+        ("online_update.py", "--json", "--model", "tiny", *WITH_CANDIDATES, "--repeats", "1"),
     ),
     Bench(
         "startup",

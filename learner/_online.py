@@ -565,16 +565,20 @@ class _Posts:
             parts.append(ref[start : start + lengths[r]])
         return torch.cat(parts)
 
-    def measure(self, model: Transformer) -> _Pass:
-        """The policy's logprobs, exact KL to the reference and entropy on these posts."""
+    def measure(self, model: Transformer, between: Callable[[], object] | None = None) -> _Pass:
+        """The policy's logprobs, exact KL to the reference and entropy on these posts;
+        ``between`` is called between its chunks (the weights unchanged, nothing in flight), so
+        waiting generation runs there rather than behind the whole pass."""
         was_training = model.training
-        model.eval()
         logprobs: list[Tensor] = []
         kl_posts: list[Tensor] = []
         entropy_sum, tokens = 0.0, 0
         try:
-            with torch.inference_mode():
-                for c, rows in enumerate(self.chunks):
+            for c, rows in enumerate(self.chunks):
+                if c and between is not None:
+                    between()
+                model.eval()
+                with torch.inference_mode():
                     logp = _completion_logp(model, rows)  # (N, V)
                     picked = logp.gather(-1, rows.targets[:, None]).squeeze(-1)  # (N,)
                     p = logp.exp()
@@ -822,9 +826,11 @@ def policy_update(
 
     ``should_stop``: an object with ``is_set()`` (a threading.Event) checked between steps, so
     a shutdown interrupts the update at a step boundary (the steps taken are kept).
-    ``between_steps``: called before the first step and after every step kept, where nothing
-    of the update is in flight (no graph, the weights those of a kept step): the torch worker
-    runs waiting generation there, so posting waits at most one step behind an update. It may
+    ``between_steps``: called before the first step, after every step kept and between the
+    chunks of the update's measuring passes (the probe's, the proximal logprobs'), where
+    nothing of the update is in flight (no graph, the weights those of a kept step): the
+    torch worker runs waiting generation there, so posting waits at most about one step
+    behind an update (a batch's proximal pass alone is as long as several steps). It may
     use the model (eval mode, inference); the update sets training mode again after it.
     ``current_version``: the policy's version, for the clip fraction by version lag.
     ``reference_cache``: the reference's work on posts kept across updates (bound to
@@ -897,6 +903,7 @@ class _Update:
         # weights trains the same way, so a run (and the learning test) can be replayed.
         self.shuffle = torch.Generator().manual_seed(current_version or 0)
         self.pulled_back = 1.0  # the factor the move was scaled back by, in all
+        self.between: Callable[[], object] | None = None  # run()'s between_steps
 
     def _minibatches(self, n: int) -> list[list[int]]:
         """Minibatches of ``minibatch_size`` posts in a random order of their prompt groups:
@@ -958,7 +965,7 @@ class _Update:
         measurement), and a move whose upper end crossed ``max_kl`` (and rose) scaled back
         inside it. Returns the pass at the weights left."""
         if after is None:
-            after = measured.measure(self.model).moved_from(sampled)
+            after = measured.measure(self.model, self.between).moved_from(sampled)
         if not math.isfinite(after.kl_per_post):
             raise FloatingPointError(
                 "online update: the KL to the reference is not finite after a step; the "
@@ -982,7 +989,8 @@ class _Update:
         items: list[_Prepared] | None = None
         measured = self.measured or self.batch
         # At the weights that sampled the probe (its importance weights are relative to them).
-        sampled = measured.measure(model)
+        self.between = between_steps
+        sampled = measured.measure(model, between_steps)
         first = sampled  # the pass at the weights the steps start from
         if self.bound is not None:
             first, self.pulled_back = self._pull_back(
@@ -992,7 +1000,7 @@ class _Update:
             # The proximal logprobs: the batch's own pass at the starting weights. (With a
             # probe and one minibatch, the first step's forward is at those weights, so they
             # come from it, at no pass of their own; REINFORCE has no proximal policy.)
-            start = first if self.measured is None else self.batch.measure(model)
+            start = first if self.measured is None else self.batch.measure(model, between_steps)
             items = _prepare(self.batch.trajectories, start.logprobs)
         current = first  # the pass that measured the weights as they are now
         epochs = config.epochs if self.clipped_method else 1
@@ -1039,7 +1047,7 @@ class _Update:
             if stop_reason is not None:
                 break
         if steps > checked:  # steps not measured yet (no max_kl, or stopped mid-epoch)
-            after = measured.measure(model).moved_from(sampled)
+            after = measured.measure(model, between_steps).moved_from(sampled)
             if self.bound is not None:
                 after = self._check(measured, sampled, current, toward_reference, after)
             current = after

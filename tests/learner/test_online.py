@@ -378,7 +378,8 @@ def test_clip_fraction_by_version_lag() -> None:
 
 def test_between_steps_runs_after_each_kept_step_and_changes_nothing() -> None:
     """Generation between the steps (the worker's step boundary) sees the weights of a kept
-    step, may put the model in eval mode, and leaves the update's result as it was."""
+    step, may put the model in eval mode, and leaves the update's result as it was; it runs
+    between the chunks of the measuring passes too (here the start's and the end's)."""
     reference = tiny(1).requires_grad_(False)
     results = []
     for hook in (False, True):
@@ -400,8 +401,11 @@ def test_between_steps_runs_after_each_kept_step_and_changes_nothing() -> None:
             between_steps=between if hook else None,
         )
         if hook:
-            assert len(seen) == stats.steps + 1 == 7
-            assert len(set(seen)) == 7, "each boundary sees the weights of a new step"
+            # before the first step, after each of the 6, and between the two chunks of the
+            # batch's pass at the start and at the end (measured there: no max_kl)
+            assert len(seen) == 1 + stats.steps + 2 == 9
+            assert len(set(seen)) == 7, "each step's weights, and the start's"
+            assert seen[0] == seen[1] and seen[-2] == seen[-1]
         results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.equal(results[0], results[1])
 
@@ -558,10 +562,10 @@ def test_the_drift_is_checked_after_each_epoch_and_where_an_update_stops() -> No
     passes = 0
     measure = online._Posts.measure
 
-    def counted(self: Any, m: Transformer) -> Any:
+    def counted(self: Any, m: Transformer, between: Any = None) -> Any:
         nonlocal passes
         passes += int(self.trajectories[0] is probe[0])
-        return measure(self, m)
+        return measure(self, m, between)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(online._Posts, "measure", counted)
@@ -570,18 +574,20 @@ def test_the_drift_is_checked_after_each_epoch_and_where_an_update_stops() -> No
         )
     assert stats.steps == 12 and passes == 1 + 3, "the start, then each epoch's end"
 
-    stop, boundaries = threading.Event(), 0
+    stop, taken, step = threading.Event(), 0, opt.step
 
-    def stop_after_two() -> None:
-        nonlocal boundaries
-        boundaries += 1
-        if boundaries == 3:  # the boundary before the first step, then one after each
+    def stop_after_two(*args: Any, **kwargs: Any) -> Any:
+        nonlocal taken
+        taken += 1
+        if taken == 2:
             stop.set()
+        return step(*args, **kwargs)
 
+    opt.step = stop_after_two  # type: ignore[method-assign]
     start = copy.deepcopy(model)
     stats = policy_update(
         model=model, reference=reference, optimizer=opt, batch=batch, config=cfg,
-        probe=probe, should_stop=stop, between_steps=stop_after_two,
+        probe=probe, should_stop=stop,
     )  # fmt: skip
     assert stats.steps == 2 and stats.stop_reason == "interrupted"
     assert stats.kl_per_post == pytest.approx(
