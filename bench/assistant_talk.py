@@ -20,7 +20,9 @@ posts), scored on the other half (and on 1,200 other history posts), then the ha
 Figures: the share of assistant talk that gets through (goal under 1%), the share of the
 candidates labelled as posts that are dropped, and the share of the simulated face's real
 history posts caught (goal under 2%; the phrases alone on all 4,200, the head on the 1,200 it
-was not fitted on); for the phrases alone also by half (the first 250 chose the phrases).
+was not fitted on); for the phrases alone also by half (the first 250 chose the phrases); and
+the trade the head's threshold makes, at each threshold of `SWEEP`: talk through, posts dropped,
+history caught.
 """
 
 from __future__ import annotations
