@@ -603,8 +603,7 @@ def test_minibatches_keep_the_posts_of_a_prompt_together() -> None:
     model = tiny()
     prompts = [[1, 5, 9], [1, 7, 7], [1, 3, 3, 3], [1, 2, 6]]
     batch = [
-        Trajectory(prompts[i % 4], [10 + i, 11 + i, 12], [-3.0] * 3, (-1.0) ** i)
-        for i in range(8)
+        Trajectory(prompts[i % 4], [10 + i, 11 + i, 12], [-3.0] * 3, (-1.0) ** i) for i in range(8)
     ]  # interleaved: posts 0 and 4 share a prompt, 1 and 5, ...
     steps: list[set[tuple[int, ...]]] = []
     rows = online._rows
