@@ -64,9 +64,9 @@ with temperature and top-p/top-k truncation) that is no longer the current one. 
   large as the batch (the candidates of the cycles since the last update), so a check after
   each of an epoch's steps costs as much as the epoch again (bench/online_update.py, `tiny`,
   8 rewarded posts with their candidates: 1.93x the floor against 1.30x). Between checks a
-  few steps of the configured size run unchecked; the posts the torch worker samples there
-  (``between_steps``) join the next update's probe, whose check at its start pulls back what
-  they show.
+  few steps of the configured size run unchecked, and posts the torch worker samples there
+  (``between_steps``) come from weights the next check may scale back: the budget holds at
+  each check, so at every update's end, not at every step.
 - ``reinforce``: the baseline to beat: plain REINFORCE, one optimizer step on the whole batch,
   ``-A * log π(a_t)``; no KL, no clipping, no IS weights, no ``max_kl`` (its advantage is the
   reward minus a moving-average baseline, computed by the controller).
