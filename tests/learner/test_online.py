@@ -68,6 +68,14 @@ def batch_for(
     ]
 
 
+def probe_for(batch: list[Trajectory]) -> list[Trajectory]:
+    """A probe: other completions of the batch's prompts, as the policy's recent samples."""
+    return [
+        Trajectory(t.prompt, [c + 1 for c in t.completion], [0.0] * len(t.completion), 0.0)
+        for t in batch
+    ]
+
+
 def logprob_sums(model: Transformer, batch: list[Trajectory]) -> list[float]:
     lps = sequence_logprobs(model, [t.prompt for t in batch], [t.completion for t in batch])
     return [sum(x) for x in lps]
@@ -203,11 +211,7 @@ def test_max_kl_is_enforced_on_the_probe_of_recent_samples() -> None:
     model = tiny()
     reference = copy.deepcopy(model).requires_grad_(False)
     batch = batch_for(model, [3.0, -3.0, 3.0, -3.0])
-    # the probe: other completions of the same prompts, as the policy's recent samples
-    probe = [
-        Trajectory(t.prompt, [c + 1 for c in t.completion], [0.0] * len(t.completion), 0.0)
-        for t in batch
-    ]
+    probe = probe_for(batch)
     cfg = OnlineUpdateConfig(epochs=50, minibatch_size=2, kl_coef=0.0, max_kl=0.5, clip=10.0)
 
     def run(with_probe: bool) -> tuple[Transformer, Any]:
@@ -553,10 +557,7 @@ def test_the_drift_is_checked_after_each_epoch_and_where_an_update_stops() -> No
     model = tiny()
     reference = copy.deepcopy(model).requires_grad_(False)
     batch = batch_for(model, [3.0, -3.0, 3.0, -3.0])
-    probe = [
-        Trajectory(t.prompt, [c + 1 for c in t.completion], [0.0] * len(t.completion), 0.0)
-        for t in batch
-    ]
+    probe = probe_for(batch)
     cfg = OnlineUpdateConfig(epochs=3, minibatch_size=1, kl_coef=0.0, max_kl=1e6)
     opt = model.configure_optimizer(lr=1e-2, weight_decay=0.0)
     passes = 0
