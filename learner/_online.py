@@ -902,6 +902,12 @@ class _Update:
         # The minibatch order is drawn from the policy version: the same batch at the same
         # weights trains the same way, so a run (and the learning test) can be replayed.
         self.shuffle = torch.Generator().manual_seed(current_version or 0)
+        # The batch's posts by prompt, for the minibatches (`_minibatches`); a one-token prompt
+        # is never shared (`_prefix`), so such posts are groups of one.
+        groups: dict[tuple[int, ...] | int, list[int]] = {}
+        for i, t in enumerate(batch):
+            groups.setdefault(tuple(t.prompt) if len(t.prompt) > 1 else i, []).append(i)
+        self.groups = list(groups.values())
         self.pulled_back = 1.0  # the factor the move was scaled back by, in all
         self.between: Callable[[], object] | None = None  # run()'s between_steps
 
@@ -913,14 +919,9 @@ class _Update:
         the posts themselves."""
         if not self.clipped_method:
             return [list(range(n))]  # REINFORCE: one step on the whole batch
-        groups: dict[tuple[int, ...] | int, list[int]] = {}
-        for i, t in enumerate(self.batch.trajectories):
-            # a one-token prompt is never shared (`_prefix`): such posts are groups of one
-            groups.setdefault(tuple(t.prompt) if len(t.prompt) > 1 else i, []).append(i)
-        grouped = list(groups.values())
         order = [
-            i for g in torch.randperm(len(grouped), generator=self.shuffle).tolist()
-            for i in grouped[g]
+            i for g in torch.randperm(len(self.groups), generator=self.shuffle).tolist()
+            for i in self.groups[g]
         ]  # fmt: skip
         return [order[s : s + self.chunk] for s in range(0, n, self.chunk)]
 
