@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import importlib.util
 import itertools
 import json
 import logging
@@ -294,6 +295,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         raise SystemExit(f"--methods {a.methods!r}: name each method once")
     if a.posts < 1 or a.eval_every < 1 or a.eval_samples < 2:
         raise SystemExit("--posts and --eval-every must be positive, --eval-samples at least 2")
+    if a.out is not None and importlib.util.find_spec("matplotlib") is None:
+        # Refused before the runs, not after them: a run takes minutes to hours.
+        raise SystemExit(
+            f"--out {a.out} writes online.png with matplotlib, which is not installed: "
+            "`.venv/bin/pip install -e '.[bench]'`, or leave --out out (--json prints the results)"
+        )
     preset = a.model in PRESETS
     return Options(
         face_type=a.face,
