@@ -3,22 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "online.py"
-
-
-def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("plaudit_bench_online_args", BENCH)
-    assert spec is not None and spec.loader is not None, f"cannot load {BENCH}"
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
+from bench_helpers import load_bench
 
 
 def test_out_without_matplotlib_is_refused_before_any_run(

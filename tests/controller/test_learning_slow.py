@@ -84,20 +84,17 @@ what is measured is the learning itself, not the filters or the choice among can
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import multiprocessing
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from bench_helpers import load_bench
 
 from plaudit.controller import OnlineConfig, RewardModelConfig
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "online.py"
 SEEDS = (0, 1, 2, 3, 4)
 POSTS = 192  # 16 simulated days; the first rewards arrive after 12 posts
 SAMPLES = 200  # fresh samples at the start and at the end
@@ -107,15 +104,6 @@ LR = 5e-5  # swept: 1e-4 and 5e-5 (the docstring's figures)
 # preset (the default 1e-5 is sized for SmolLM2), the post chosen at random: the test is about
 # the update, apart from the reward model's choice.
 ONLINE = OnlineConfig(lr=LR)
-
-
-def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("plaudit_bench_online", BENCH)
-    assert spec is not None and spec.loader is not None, f"cannot load {BENCH}"
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_seed(seed: int, model: Path, state_dir: Path) -> Any:
