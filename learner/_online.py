@@ -914,7 +914,6 @@ class _Update:
             groups.setdefault(tuple(t.prompt) if len(t.prompt) > 1 else i, []).append(i)
         self.groups = list(groups.values())
         self.pulled_back = 1.0  # the factor the move was scaled back by, in all
-        self.between: Callable[[], object] | None = None  # run()'s between_steps
 
     def _minibatches(self, n: int) -> list[list[int]]:
         """Minibatches of ``minibatch_size`` posts in a random order of their prompt groups:
@@ -965,13 +964,14 @@ class _Update:
         sampled: _Pass,
         current: _Pass,
         toward_reference: Callable[[float], None] | None,
+        between: Callable[[], object] | None,
         after: _Pass | None = None,
     ) -> _Pass:
         """The drift check after an epoch: measured anew (unless ``after`` is that
-        measurement), and a move whose upper end crossed ``max_kl`` (and rose) scaled back
-        inside it. Returns the pass at the weights left."""
+        measurement; ``between`` runs between its chunks), and a move whose upper end crossed
+        ``max_kl`` (and rose) scaled back inside it. Returns the pass at the weights left."""
         if after is None:
-            after = measured.measure(self.model, self.between).moved_from(sampled)
+            after = measured.measure(self.model, between).moved_from(sampled)
         if not math.isfinite(after.kl_per_post):
             raise FloatingPointError(
                 "online update: the KL to the reference is not finite after a step; the "
@@ -995,7 +995,6 @@ class _Update:
         items: list[_Prepared] | None = None
         measured = self.measured or self.batch
         # At the weights that sampled the probe (its importance weights are relative to them).
-        self.between = between_steps
         sampled = measured.measure(model, between_steps)
         first = sampled  # the pass at the weights the steps start from
         if self.bound is not None:
@@ -1044,7 +1043,9 @@ class _Update:
                 steps += 1
                 losses.append(float(loss.detach()))
                 if self.bound is not None and j == len(minibatches) - 1:
-                    current = self._check(measured, sampled, current, toward_reference)
+                    current = self._check(
+                        measured, sampled, current, toward_reference, between_steps
+                    )
                     checked = steps
                 if between_steps is not None:
                     self.optimizer.zero_grad(set_to_none=True)
@@ -1055,7 +1056,9 @@ class _Update:
         if steps > checked:  # steps not measured yet (no max_kl, or stopped mid-epoch)
             after = measured.measure(model, between_steps).moved_from(sampled)
             if self.bound is not None:
-                after = self._check(measured, sampled, current, toward_reference, after)
+                after = self._check(
+                    measured, sampled, current, toward_reference, between_steps, after
+                )
             current = after
         if not math.isfinite(current.entropy):
             raise FloatingPointError(
