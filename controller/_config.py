@@ -163,7 +163,7 @@ class RewardModelConfig(_Section):
     # Give the head a say in proportion to that correlation, once measured: candidates teach
     # with their share times it (none below 0), and a head whose correlation is not positive
     # does not choose the post (uniform among the survivors, as without a head). Off: measured
-    # on bench/online.py it did not help (README, "Benchmark: online learning").
+    # on bench/online.py it did not help (docs/online-learning.md).
     trust: bool = False
     # A second head on the same features filters the survivors that talk like a chat
     # assistant ("assistant"), fitted on labelled candidates and the faces' history
