@@ -22,20 +22,30 @@ candidates labelled as posts that are dropped, and the share of the simulated fa
 history posts caught (goal under 2%; the phrases alone on all 4,200, the head on the 1,200 it
 was not fitted on); for the phrases alone also by half (the first 250 chose the phrases); and
 the trade the head's threshold makes, at each threshold of `SWEEP`: talk through, posts dropped,
-history caught.
+history caught, and at the threshold where the head catches the goal's 2% of history.
+
+How sure the labels are: `SECOND_READING` holds the same 500 candidates read again, blind to
+the first labels, by a second reader given the question above (a helper session, 2026-12-05).
+`score` reports the two readers' agreement (raw and Cohen's kappa), the share of one reader's
+talk the other calls a post (a floor under "talk through" for any filter judged by one reader
+and as good as the other), and the filter judged on the candidates both readers label alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
+from pathlib import Path
 from typing import Any
 
 HELD_OUT = 250  # candidates [0, 250) chose the filter's phrases; the rest measure it
 HEAD_HISTORY = (1000, 1200)  # history posts the talk head is fitted on, then scored on
 SWEEP = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)  # talk head thresholds shown
+HISTORY_ALLOWED = 0.02  # the goal: under 2% of real history posts caught
+SECOND_READING = Path(__file__).with_name("assistant_talk_second_reading.jsonl")
 
 
 def sample(n: int, seed: int, *, force: bool) -> None:
@@ -54,7 +64,7 @@ def sample(n: int, seed: int, *, force: bool) -> None:
     texts = instructions(history=history, n=n, max_chars=280, rng=rng)
     prompts = [policy.render_prompt(t, system=SYSTEM) for t in texts]
     sampling = SamplingConfig(temperature=0.9, top_p=0.95, max_new_tokens=60, seed=seed)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for lo in range(0, n, 50):
         for c, instruction in zip(
             policy.generate(prompts[lo : lo + 50], n=1, sampling=sampling),
@@ -118,6 +128,25 @@ def shares(chunk: list[dict[str, Any]], caught: dict[int, bool]) -> dict[str, An
     }
 
 
+def agreement(first: dict[int, bool], second: dict[int, bool]) -> dict[str, Any]:
+    """How far two readings of the same candidates agree."""
+    ids = sorted(first)
+    n = len(ids)
+    same = sum(first[i] == second[i] for i in ids) / n
+    p1, p2 = sum(first.values()) / n, sum(second[i] for i in ids) / n
+    chance = p1 * p2 + (1 - p1) * (1 - p2)
+    talk1 = [i for i in ids if first[i]]
+    talk2 = [i for i in ids if second[i]]
+    return {
+        "candidates": n,
+        "agree": round(same, 4),
+        "cohen_kappa": round((same - chance) / (1 - chance), 3),
+        "talk_first_second": [len(talk1), len(talk2)],
+        "first_talk_second_calls_post": round(sum(not second[i] for i in talk1) / len(talk1), 4),
+        "second_talk_first_calls_post": round(sum(not first[i] for i in talk2) / len(talk2), 4),
+    }
+
+
 def score(as_json: bool) -> None:
     from plaudit.controller import TALK_EXAMPLES, TALK_THRESHOLD, talks_like_assistant
     from plaudit.faces.simulated import load_corpus
@@ -150,6 +179,20 @@ def score(as_json: bool) -> None:
     out["with_talk_head"] = with_head(TALK_THRESHOLD)
     # The trade the threshold makes: talk through against posts dropped and history caught.
     out["thresholds"] = [with_head(t) for t in SWEEP]
+    # The least talk through that the goal's allowance of history caught permits.
+    allowed = sorted(head_history)[math.ceil(len(head_history) * (1 - HISTORY_ALLOWED)) - 1]
+    out["at_history_allowed"] = with_head(allowed) | {"history_allowed": HISTORY_ALLOWED}
+    second = {
+        r["id"]: r["assistant"]
+        for r in map(json.loads, SECOND_READING.read_text(encoding="utf-8").splitlines())
+    }
+    first = {r["id"]: r["assistant"] for r in rows}
+    if set(second) != set(first):
+        raise SystemExit(f"{SECOND_READING} reads other candidates than {TALK_EXAMPLES}")
+    out["readers"] = agreement(first, second)
+    alike = [r for r in rows if second[r["id"]] == r["assistant"]]
+    caught_head = {i: phrases[i] or head[i] > TALK_THRESHOLD for i in phrases}
+    out["readers_alike"] = shares(alike, caught_head)
     caught = {i: phrases[i] or head[i] > TALK_THRESHOLD for i in phrases}
     missed = [r for r in rows if r["assistant"] and not caught[r["id"]]]
     dropped = [r for r in rows if not r["assistant"] and caught[r["id"]]]
@@ -182,6 +225,26 @@ def score(as_json: bool) -> None:
             f"{f['threshold']:9.2f}  {f['talk_getting_through']:12.1%}  "
             f"{f['posts_dropped']:13.1%}  {f['head_history_caught']:14.2%}"
         )
+    f = out["at_history_allowed"]
+    print(
+        f"at the goal's {HISTORY_ALLOWED:.0%} of history caught (threshold "
+        f"{f['threshold']:.3f}): {f['talk_getting_through']:.1%} of the talk gets through, "
+        f"{f['posts_dropped']:.1%} of the posts are dropped"
+    )
+    r = out["readers"]
+    print(
+        f"two readers: agree on {r['agree']:.1%} of {r['candidates']} (Cohen's kappa "
+        f"{r['cohen_kappa']}); talk {r['talk_first_second'][0]} and "
+        f"{r['talk_first_second'][1]}; the second calls {r['first_talk_second_calls_post']:.1%} "
+        f"of the first's talk a post, the first {r['second_talk_first_calls_post']:.1%} of the "
+        "second's"
+    )
+    f = out["readers_alike"]
+    print(
+        f"on the {f['candidates']} candidates both readers label alike ({f['assistant_talk']} "
+        f"talk), phrases + head at {TALK_THRESHOLD}: {f['talk_getting_through']:.1%} of the talk "
+        f"gets through, {f['posts_dropped']:.1%} of the posts are dropped"
+    )
     for r in missed:
         print(f"  missed {r['id']}: {r['text'][:120]!r}")
     for r in dropped:
