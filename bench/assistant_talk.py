@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Any
 
 HELD_OUT = 250  # candidates [0, 250) chose the filter's phrases; the rest measure it
-HEAD_HISTORY = (1000, 1200)  # history posts the talk head is fitted on, then scored on
 SWEEP = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)  # talk head thresholds shown
+HISTORY_SCORED = 1200  # history posts the talk head was not fitted on, that it is scored on
 HISTORY_ALLOWED = 0.02  # the goal: under 2% of real history posts caught
 SECOND_READING = Path(__file__).with_name("assistant_talk_second_reading.jsonl")
 
@@ -93,13 +93,14 @@ def head_scores(
 ) -> tuple[dict[int, float], list[float]]:
     """Two folds of the talk head on SmolLM2's features: each labelled candidate's score from
     the head fitted on the other half, and the scores of unseen history posts (both folds)."""
-    from plaudit.controller import fit_talk_head
+    from plaudit.controller import TALK_HISTORY_POSTS, fit_talk_head
     from plaudit.learner import Policy, text_features
 
     policy = Policy.load("smollm2", lr=1e-5)
     reference = policy.reference if policy.reference is not None else policy.model
-    shuffled = random.Random(0).sample(history, sum(HEAD_HISTORY))
-    fit_on, scored_on = shuffled[: HEAD_HISTORY[0]], shuffled[HEAD_HISTORY[0] :]
+    # fitted on as many history posts as the daemon fits it on, scored on HISTORY_SCORED others
+    shuffled = random.Random(0).sample(history, TALK_HISTORY_POSTS + HISTORY_SCORED)
+    fit_on, scored_on = shuffled[:TALK_HISTORY_POSTS], shuffled[TALK_HISTORY_POSTS:]
     x = text_features(reference, policy.tokenizer, [r["text"] for r in rows])
     x_fit = text_features(reference, policy.tokenizer, fit_on)
     x_scored = text_features(reference, policy.tokenizer, scored_on)
@@ -217,7 +218,7 @@ def score(as_json: bool) -> None:
         f"phrases + talk head (two folds, threshold {TALK_THRESHOLD}): "
         f"{f['talk_getting_through']:.1%} of the talk gets through, {f['posts_dropped']:.1%} "
         f"of the posts are dropped; the head catches {f['head_history_caught']:.2%} of "
-        f"{HEAD_HISTORY[1]} unseen history posts"
+        f"{HISTORY_SCORED} unseen history posts"
     )
     print("threshold  talk through  posts dropped  history caught")
     for f in out["thresholds"]:

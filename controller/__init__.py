@@ -20,13 +20,20 @@ from ._filters import REASONS as FILTER_REASONS
 from ._filters import talks_like_assistant
 from ._metrics import LoopMetrics, horizon_label
 from ._prompts import SYSTEM, TOPICLESS, instructions
-from ._reward_model import TALK_EXAMPLES, TALK_THRESHOLD, fit_talk_head, talk_examples
+from ._reward_model import (
+    TALK_EXAMPLES,
+    TALK_HISTORY_POSTS,
+    TALK_THRESHOLD,
+    fit_talk_head,
+    talk_examples,
+)
 from ._worker import TorchWorker
 
 __all__: list[str] = [
     "FILTER_REASONS",
     "SYSTEM",
     "TALK_EXAMPLES",
+    "TALK_HISTORY_POSTS",
     "TALK_THRESHOLD",
     "TOPICLESS",
     "ApprovalConfig",

@@ -62,6 +62,10 @@ TALK_EXAMPLES = Path(__file__).with_name("assistant_talk.jsonl")
 TALK_THRESHOLD = 0.5
 # One history post (a person's, so labelled 0) against one labelled candidate.
 TALK_HISTORY_WEIGHT = 0.3
+# History posts per face the talk head is fitted on (the newest; fewer than the reward head's
+# `history_posts`): the 1,000 its figures above were measured with, so that more of them do not
+# outweigh the 500 labelled candidates.
+TALK_HISTORY_POSTS = 1000
 
 
 @functools.cache
@@ -179,7 +183,7 @@ class RewardModel:
         if not self.ctx.settings.reward_model.talk_filter:
             return None
         labelled, labels = talk_examples()
-        history_posts = self.ctx.settings.reward_model.history_posts
+        history_posts = min(self.ctx.settings.reward_model.history_posts, TALK_HISTORY_POSTS)
         history = [t for rt in self.ctx.faces.values() for t in rt.history[:history_posts]]
         return list(labelled), labels, history
 
