@@ -37,8 +37,8 @@ from typing import Any
 
 import torch
 
-from plaudit.controller import SYSTEM, instructions
-from plaudit.learner import Policy, SamplingConfig
+from plaudit.controller import instructions
+from plaudit.learner import Policy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import online  # the sibling benchmark: its face, starting model and settings
@@ -95,25 +95,13 @@ async def start_rewards(opts: online.Options, samples: int, seed: int) -> tuple[
         try:
             history = await online.read_history(face)
             policy = Policy.load(model, lr=settings.online.lr)
-            s = settings.sampling
             texts = instructions(
                 history=history,
                 n=samples,
                 max_chars=face.limits.max_length,
                 rng=random.Random(seed),
             )
-            prompts = [policy.render_prompt(t, system=SYSTEM) for t in texts]
-            chunk = online.EVAL_CHUNK
-            cands = []
-            for i, lo in enumerate(range(0, samples, chunk)):
-                sampling = SamplingConfig(
-                    temperature=s.temperature,
-                    top_p=s.top_p,
-                    top_k=s.top_k,
-                    max_new_tokens=s.max_new_tokens,
-                    seed=seed * 1000 + i,
-                )
-                cands += policy.generate(prompts[lo : lo + chunk], n=1, sampling=sampling)
+            cands = online.sample_fresh(policy, texts, settings, seed)
             assert isinstance(face, online.SimulatedAudience)
             return await face.appeal([c.text for c in cands]), str(model)
         finally:

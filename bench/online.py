@@ -600,6 +600,26 @@ class FreshEval:
     topic: float | None = None
 
 
+def sample_fresh(
+    policy: Policy, texts: Sequence[str], settings: LoopSettings, seed: int
+) -> list[Candidate]:
+    """One sample of the policy per posting instruction, prompted and sampled as posting does,
+    `EVAL_CHUNK` prompts a generate call (each chunk its own seed, from ``seed``)."""
+    s = settings.sampling
+    prompts = [policy.render_prompt(t, system=SYSTEM) for t in texts]
+    cands: list[Candidate] = []
+    for i, start in enumerate(range(0, len(prompts), EVAL_CHUNK)):
+        sampling = SamplingConfig(
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            max_new_tokens=s.max_new_tokens,
+            seed=seed * 1000 + i,
+        )
+        cands += policy.generate(prompts[start : start + EVAL_CHUNK], n=1, sampling=sampling)
+    return cands
+
+
 async def evaluate_fresh(
     *,
     policy: Policy,
@@ -617,7 +637,6 @@ async def evaluate_fresh(
     keep every sample, and score them with the face's `appeal`. The same prompts and sampling
     seed at every point of a run (common random numbers: differences are the policy's)."""
     assert isinstance(face, SimulatedAudience)
-    s = settings.sampling
     texts = instructions(
         history=history,
         n=samples,
@@ -626,20 +645,10 @@ async def evaluate_fresh(
         scores=scores,
         liked_share=settings.controller.liked_examples,
     )
-    prompts = [policy.render_prompt(t, system=SYSTEM) for t in texts]
-    temperature = s.temperature or 1.0
+    temperature = settings.sampling.temperature or 1.0
 
     def sample_and_measure() -> tuple[list[Candidate], list[float], list[float], list[int]]:
-        cands: list[Candidate] = []
-        for i, start in enumerate(range(0, samples, EVAL_CHUNK)):
-            sampling = SamplingConfig(
-                temperature=s.temperature,
-                top_p=s.top_p,
-                top_k=s.top_k,
-                max_new_tokens=s.max_new_tokens,
-                seed=seed * 1000 + i,
-            )
-            cands += policy.generate(prompts[start : start + EVAL_CHUNK], n=1, sampling=sampling)
+        cands = sample_fresh(policy, texts, settings, seed)
         pairs = [(c.prompt_tokens, c.tokens) for c in cands]
         assert policy.reference is not None, "the policy is loaded with its KL reference"
         kl, kl_sampled = fresh_kl(policy.model, policy.reference, pairs, temperature=temperature)
