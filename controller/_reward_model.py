@@ -56,9 +56,10 @@ STATE_FILE = "reward_model.pt"
 # teach any reference, whatever its features.
 TALK_EXAMPLES = Path(__file__).with_name("assistant_talk.jsonl")
 # A survivor the talk head scores above this (labels 1 / 0) is filtered. bench/assistant_talk.py
-# (two folds, SmolLM2): with the phrases, 12.8% of the held-out talk gets through (30.4% with
-# the phrases alone), 11.6% of the candidates labelled posts are dropped (6.0%); the head
-# catches 0.21% of real history posts it was not fitted on (the phrases 0.21%).
+# (two folds, SmolLM2, the words beside the hidden state): with the phrases, 11.6% of the
+# held-out talk gets through (30.4% with the phrases alone), 11.6% of the candidates labelled
+# posts are dropped (6.0%); the head catches 0.21% of real history posts it was not fitted on
+# (the phrases 0.21%).
 TALK_THRESHOLD = 0.5
 # One history post (a person's, so labelled 0) against one labelled candidate.
 TALK_HISTORY_WEIGHT = 0.3
@@ -92,11 +93,12 @@ def fit_talk_head(labelled: Tensor, labels: Sequence[float], history: Tensor) ->
     history posts' (label 0, each at `TALK_HISTORY_WEIGHT`)."""
     import torch
 
-    from plaudit.learner import RewardHead
+    from plaudit.learner import WORD_FEATURES, RewardHead
 
     targets = [*labels, *([0.0] * len(history))]
     weights = [1.0] * len(labels) + [TALK_HISTORY_WEIGHT] * len(history)
-    return RewardHead.fit(torch.cat([labelled, history]), targets, weights, n_own=len(labels))
+    x = torch.cat([labelled, history])
+    return RewardHead.fit(x, targets, weights, n_own=len(labels), indicators=WORD_FEATURES)
 
 
 def _key(text: str) -> str:
@@ -120,6 +122,9 @@ class RewardModel:
         self.ctx = ctx
         self.head: RewardHead | None = None
         self.talk: RewardHead | None = None  # the talk head (`reward_model.talk_filter`)
+        # What the talk head was fitted for: its inputs (the labelled candidates, the faces'
+        # history) do not change with rewards, so a refit fits it again only when these do.
+        self._talk_for: tuple[object, tuple[tuple[str, int], ...]] | None = None
         self.stale = True  # refit before the next prediction
         self.correlation: dict[str, float] = {}  # face -> Spearman, where measured
         self._features: dict[str, Tensor] = {}  # a text's digest -> (C,)
@@ -192,10 +197,10 @@ class RewardModel:
              ) -> tuple[RewardHead, RewardHead | None]:  # fmt: skip
         """On the worker: features of the texts not yet cached, then the head (and the talk
         head, from ``talk``'s labelled and history texts)."""
-        from plaudit.learner import RewardHead
+        from plaudit.learner import WORD_FEATURES, RewardHead
 
         x = self._cached_features(texts)
-        head = RewardHead.fit(x, targets, weights, n_own=n_own)
+        head = RewardHead.fit(x, targets, weights, n_own=n_own, indicators=WORD_FEATURES)
         if talk is None:
             return head, None
         labelled, labels, history = talk
@@ -207,7 +212,7 @@ class RewardModel:
         """On the worker: (N, C) features of ``texts``, read for those not cached yet."""
         import torch
 
-        from plaudit.learner import text_features
+        from plaudit.learner import feature_width, text_features
 
         reference = self._frozen
         if reference is not self._reference:  # a new reference: every feature changes
@@ -220,7 +225,7 @@ class RewardModel:
             for k, f in zip(missing, feats, strict=True):
                 self._features[k] = f
         if not keys:
-            return torch.zeros(0, reference.config.n_embd)
+            return torch.zeros(0, feature_width(reference))
         return torch.stack([self._features[k] for k in keys])
 
     # -- kept across restarts --------------------------------------------------------------
@@ -246,7 +251,7 @@ class RewardModel:
         """On the worker, at start: the features (and head) the last run kept, when they were
         read from the reference this run anchors to. A cache: a file that cannot be read is
         reported and passed over (the features are read again). Returns how many it took."""
-        from plaudit.learner import RewardModelState
+        from plaudit.learner import RewardModelState, feature_width
 
         path = self.ctx.state_dir / STATE_FILE
         if not path.is_file():
@@ -258,6 +263,8 @@ class RewardModel:
             return 0
         if state.reference != self._reference_tag():
             return 0  # kept before an offline fit: another reference's features
+        if state.features.shape[1] != feature_width(self._frozen):
+            return 0  # kept by a version of plaudit that read other features
         self._reference = self._frozen
         self._features = dict(zip(state.keys, state.features, strict=True))
         self.head = state.head  # until the refit at the first post cycle (features cached)
@@ -265,16 +272,28 @@ class RewardModel:
 
     async def refit(self) -> None:
         """Fit the head on what the store and the faces' history hold now (on the worker)."""
+        from plaudit.learner import feature_width
+
         texts, targets, weights, n_own = self._examples()
         self.stale = False
         if len(texts) < 2:
             self.head = self.talk = None
             return
         reference = self._frozen
+        histories = tuple((name, len(rt.history)) for name, rt in self.ctx.faces.items())
+        talk_for = (reference, histories)  # (a model compares by identity)
+        talk_sets = self._talk_sets()
+        fit_talk = talk_sets is not None and (self.talk is None or self._talk_for != talk_for)
         head, talk = await self.ctx.worker.run_soon(
-            "reward_model", self._fit, texts, targets, weights, n_own, self._talk_sets()
-        )
-        self.head, self.talk = head, talk
+            "reward_model", self._fit, texts, targets, weights, n_own,
+            talk_sets if fit_talk else None,
+        )  # fmt: skip
+        self.head = head
+        if talk_sets is None:  # the talk filter is off
+            self.talk = self._talk_for = None
+        elif fit_talk:
+            self.talk, self._talk_for = talk, talk_for
+        talk = self.talk
         self.ctx.log.info(
             "reward model fitted",
             own=head.n_own,
@@ -282,7 +301,7 @@ class RewardModel:
             loo_r2=round(head.loo_r2, 3),
             noise_sd=round(math.sqrt(head.noise_var), 3),
             lam=float(f"{head.lam:.3g}"),
-            features=reference.config.n_embd,
+            features=feature_width(reference),
             talk_loo_r2=round(talk.loo_r2, 3) if talk is not None else None,
         )
 

@@ -55,7 +55,15 @@ if TYPE_CHECKING:
     from ._model import Transformer
     from ._online import OnlineUpdateConfig, Trajectory, UpdateStats
     from ._policy import Candidate, Policy, Restored, drop_optimizer_state, strip_to_adapters
-    from ._reward_model import Prediction, RewardHead, RewardModelState, text_features
+    from ._reward_model import (
+        WORD_FEATURES,
+        Prediction,
+        RewardHead,
+        RewardModelState,
+        feature_width,
+        text_features,
+        word_features,
+    )
     from ._runtime import configure_torch
     from ._step_record import StepRecord
     from ._tokenizer import Tokenizer
@@ -117,6 +125,9 @@ _LAZY: dict[str, tuple[str, str]] = {
     "RewardHead": ("._reward_model", "RewardHead"),
     "RewardModelState": ("._reward_model", "RewardModelState"),
     "text_features": ("._reward_model", "text_features"),
+    "word_features": ("._reward_model", "word_features"),
+    "feature_width": ("._reward_model", "feature_width"),
+    "WORD_FEATURES": ("._reward_model", "WORD_FEATURES"),
     "configure_torch": ("._runtime", "configure_torch"),
     "StepRecord": ("._step_record", "StepRecord"),
     "Tokenizer": ("._tokenizer", "Tokenizer"),
@@ -141,6 +152,7 @@ def __getattr__(name: str) -> Any:
 __all__: list[str] = [
     "PRESETS",
     "TRAINER_STATE",
+    "WORD_FEATURES",
     "Candidate",
     "CheckpointError",
     "ChecksumError",
@@ -190,6 +202,7 @@ __all__: list[str] = [
     "examples_from_pairs",
     "examples_from_texts",
     "export_hf",
+    "feature_width",
     "fit",
     "generate_text",
     "grow_model",
@@ -209,4 +222,5 @@ __all__: list[str] = [
     "transform_logits",
     "use_chat_template",
     "verify_model_folder",
+    "word_features",
 ]

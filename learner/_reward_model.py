@@ -21,8 +21,10 @@ on an Intel Xeon), which the first post after a restart would otherwise wait for
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,11 +41,39 @@ from ._tokenizer import Tokenizer
 _LAMBDAS = tuple(10.0**e for e in (-3, -2.5, -2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2, 3))
 # Features of a post read at most this many of its tokens.
 FEATURE_TOKENS = 96
+# Hashed word-presence columns after the hidden features (`word_features`).
+WORD_FEATURES = 1024
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 
 
 def feature_layer(model: Transformer) -> int:
     """The block after which features are read: the middle of the model."""
     return max(1, len(model.blocks) // 2)
+
+
+def feature_width(model: Transformer) -> int:
+    """Columns of `text_features`: the hidden state's, then `WORD_FEATURES`."""
+    return model.config.n_embd + WORD_FEATURES
+
+
+def word_features(texts: Sequence[str], dim: int = WORD_FEATURES) -> Tensor:
+    """(N, dim) float32 of 0/1: which words (lower-cased, hashed into ``dim`` buckets with a
+    digest, so the same in every process) a text contains.
+
+    Why next to the hidden states: the head is fitted on a few thousand posts, and what an
+    audience reacts to is often a word (a topic, a name, a feeling) that a mean over the
+    residual stream blurs. Measured on the `tiny` reference and the simulated face's 4,200
+    history posts, against 2,400 samples of the start in cycles of 8 (their noise-free
+    appeal): leave-one-out R² 0.231 -> 0.334, the correlation within a cycle 0.493 -> 0.605,
+    the gain of the head's best of 8 over a random one 0.0406 -> 0.0544. Words alone: 0.0477.
+    Word pairs as well did worse (0.0480); 2,048 buckets did about the same (0.0549) for
+    twice the columns, whose ridge costs grow with their square."""
+    out = torch.zeros(len(texts), dim)
+    for i, text in enumerate(texts):
+        for word in set(_WORD.findall(text.lower())):
+            digest = hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest()
+            out[i, int.from_bytes(digest, "little") % dim] = 1.0
+    return out
 
 
 @torch.inference_mode()
@@ -54,8 +84,10 @@ def text_features(
     *,
     chunk_size: int = 32,
 ) -> Tensor:
-    """(N, C) float32: per text, the mean over its tokens (BOS first when the tokenizer has
-    one, at most `FEATURE_TOKENS`) of the residual stream after `feature_layer(model)`."""
+    """(N, `feature_width(model)`) float32: per text, the mean over its tokens (BOS first when
+    the tokenizer has one, at most `FEATURE_TOKENS`) of the residual stream after
+    `feature_layer(model)`, then its `word_features` (0/1 indicators: `RewardHead.fit`'s
+    ``indicators``)."""
     device = next(model.parameters()).device
     layers = feature_layer(model)
     limit = min(FEATURE_TOKENS, model.config.max_seq_len)
@@ -80,8 +112,21 @@ def text_features(
     finally:
         model.train(was_training)
     if not out:
-        return torch.zeros(0, model.config.n_embd)
-    return torch.cat(out)
+        return torch.zeros(0, feature_width(model))
+    return torch.cat([torch.cat(out), word_features(texts)], dim=1)
+
+
+def _eigh_gram(z: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigenvalues and eigenvectors of z' diag(w) z; by the SVD of diag(sqrt w) z where the
+    eigensolver does not converge (it can fail on many nearly repeated eigenvalues)."""
+    try:
+        eig, basis = torch.linalg.eigh(z.T @ (w[:, None] * z))
+        return eig, basis
+    except RuntimeError:  # torch.linalg.LinAlgError (its subclass, not exported to mypy)
+        _, sv, vh = torch.linalg.svd(w.sqrt()[:, None] * z)  # vh: (K, K), sv: min(N, K)
+        eig = torch.zeros(z.shape[1], dtype=z.dtype)
+        eig[: sv.shape[0]] = sv**2
+        return eig, vh.T
 
 
 @dataclass
@@ -98,9 +143,10 @@ class RewardHead:
     scale: Tensor  # (C,)
     weights: Tensor  # (C,)
     bias: float
-    # The posterior covariance's factor: cov = noise_var * basis diag(1/(eig + lam)) basis'.
-    basis: Tensor  # (C, C)
-    inv_eig: Tensor  # (C,) 1 / (eigenvalue + lambda)
+    # The posterior covariance's factor: cov = noise_var * basis diag(1/(eig + lam)) basis',
+    # over the K columns that varied in the examples (the others' rows are 0).
+    basis: Tensor  # (C, K)
+    inv_eig: Tensor  # (K,) 1 / (eigenvalue + lambda)
     noise_var: float  # leave-one-out mean squared error (weighted)
     lam: float
     loo_r2: float  # 1 - LOO MSE / variance of the targets: how much the head explains
@@ -115,8 +161,13 @@ class RewardHead:
         weights: Sequence[float],
         *,
         n_own: int,
+        indicators: int = 0,
     ) -> RewardHead:
-        """Weighted ridge on (features, targets), shrinkage by leave-one-out error."""
+        """Weighted ridge on (features, targets), shrinkage by leave-one-out error. Columns
+        are centred and scaled to unit spread, but for the last ``indicators`` (0/1 columns,
+        such as `word_features`), which are centred only: scaled, a word in a handful of posts
+        would weigh as much as a common one and fit their noise (the same measurement as
+        `word_features`: within-cycle correlation 0.564 scaled, 0.605 not)."""
         x = features.double()
         y = torch.tensor(list(targets), dtype=torch.float64)
         w = torch.tensor(list(weights), dtype=torch.float64)
@@ -125,22 +176,34 @@ class RewardHead:
             raise ValueError(f"a reward head needs 2 or more finite examples, got {n}")
         w = w / w.mean()
         center = (w[:, None] * x).sum(0) / w.sum()
-        scale = ((w[:, None] * (x - center) ** 2).sum(0) / w.sum()).sqrt().clamp(min=1e-6)
+        spread = ((w[:, None] * (x - center) ** 2).sum(0) / w.sum()).sqrt()
+        scale = spread.clamp(min=1e-6)
+        if indicators:
+            scale[x.shape[1] - indicators :] = 1.0
+        # Columns the same in every example (a word none of them holds) say nothing: they
+        # are left out of the solve (a fitted weight of 0, no posterior spread), which also
+        # keeps the eigensolver off a large block of exactly repeated zero eigenvalues (on
+        # which LAPACK's divide-and-conquer failed to converge).
+        varied = spread > 0
+        varied[0] |= not bool(varied.any())
         z = (x - center) / scale
+        zv = z[:, varied]
         bias = float((w * y).sum() / w.sum())
         yc = y - bias
-        gram = z.T @ (w[:, None] * z)  # (C, C)
-        eig, basis = torch.linalg.eigh(gram)
+        eig, basis_v = _eigh_gram(zv, w)
         eig = eig.clamp(min=0.0)
-        proj = z @ basis  # (N, C)
-        wy = basis.T @ (z.T @ (w * yc))  # (C,)
+        proj = zv @ basis_v  # (N, K)
+        wy = basis_v.T @ (zv.T @ (w * yc))  # (K,)
+        basis = torch.zeros(x.shape[1], basis_v.shape[1], dtype=basis_v.dtype)
+        basis[varied] = basis_v  # (C, K): rows of 0 for the columns left out
         unit = max(float(eig.mean()), 1e-12)
+        proj2 = proj**2
         best: tuple[float, float, Tensor] | None = None
         for mult in _LAMBDAS:
             lam = mult * unit
             inv = 1.0 / (eig + lam)
             fitted = proj @ (inv * wy)  # (N,)
-            lever = w * (proj**2 @ inv)  # (N,) diagonal of the weighted hat matrix
+            lever = w * (proj2 @ inv)  # (N,) diagonal of the weighted hat matrix
             loo = (yc - fitted) / (1.0 - lever).clamp(min=1e-6)
             mse = float((w * loo**2).sum() / w.sum())
             if best is None or mse < best[0]:

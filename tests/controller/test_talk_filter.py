@@ -75,3 +75,29 @@ async def test_without_the_talk_filter_no_head_is_fitted(make_loop: Any) -> None
     await ctl.start(schedule=False)
     await ctl.run_until(loop.clock.now() + DAY)
     assert ctl.reward_model.head is not None and ctl.reward_model.talk is None
+
+
+async def test_the_talk_head_is_fitted_again_only_when_its_inputs_change(
+    make_loop: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its inputs (the labelled candidates, the faces' history, the reference's features) do
+    # not change with rewards: refits as rewards arrive fit the reward head alone.
+    fits: list[int] = []
+    real = reward_model.fit_talk_head
+
+    def counting(labelled: Any, labels: Any, history: Any) -> Any:
+        fits.append(len(history))
+        return real(labelled, labels, history)
+
+    monkeypatch.setattr(reward_model, "fit_talk_head", counting)
+    loop = make_loop(settings(learn_min_rewards=10_000))
+    ctl = loop.controller()
+    await ctl.start(schedule=False)
+    await ctl.run_until(loop.clock.now() + 2 * DAY)
+    rm = ctl.reward_model
+    assert rm.head is not None and rm.talk is not None
+    assert rm.head.n_own >= 2 and len(fits) == 1  # refitted with rewards; the talk head once
+    talk = rm.talk
+    ctl.ctx.policy.reset_reference()  # as an offline fit does: other features
+    await rm.refit()
+    assert len(fits) == 2 and rm.talk is not talk

@@ -15,7 +15,9 @@ from plaudit.learner import (
     RewardModelState,
     Tokenizer,
     Transformer,
+    feature_width,
     text_features,
+    word_features,
 )
 
 TEXTS = ["the cat sat on the mat", "a dog ran in the park", "coffee in the morning"] * 20
@@ -54,10 +56,41 @@ def test_text_features_do_not_depend_on_the_batch() -> None:
     model = tiny(tok.vocab_size)
     alone = text_features(model, tok, ["a dog"])
     batched = text_features(model, tok, ["a dog", "coffee in the morning with the cat"])
-    assert alone.shape == (1, 32) and batched.shape == (2, 32)
+    width = feature_width(model)
+    assert alone.shape == (1, width) and batched.shape == (2, width)
     assert torch.allclose(alone[0], batched[0], atol=1e-5)  # right padding is not read
-    assert not torch.allclose(batched[0], batched[1])
-    assert text_features(model, tok, []).shape == (0, 32)
+    assert not torch.allclose(batched[0, :32], batched[1, :32])
+    assert text_features(model, tok, []).shape == (0, width)
+    # the hidden state's columns, then the words'
+    torch.testing.assert_close(
+        batched[:, 32:], word_features(["a dog", "coffee in the morning with the cat"])
+    )
+
+
+def test_word_features_mark_the_words_a_text_holds_whatever_their_case_or_count() -> None:
+    x = word_features(["The sea, the sea!", "the SEA", "a boat on the lake", "", "café au lait"])
+    assert x.shape == (5, 1024) and set(x.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(x[0], x[1]) and x[0].sum() == 2  # "the", "sea": presence, not counts
+    assert x[2].sum() == 5 and x[3].sum() == 0 and x[4].sum() == 3  # any script's letters
+    assert torch.equal(word_features(["the sea"], dim=64), word_features(["sea the"], dim=64))
+
+
+def test_indicator_columns_are_centred_not_scaled() -> None:
+    # y follows a rare 0/1 column (on in 1% of rows) and a common one, equally, plus noise
+    g = torch.Generator().manual_seed(5)
+    n = 2000
+    rare = (torch.rand(n, generator=g) < 0.01).float()
+    common = (torch.rand(n, generator=g) < 0.5).float()
+    dense = torch.randn(n, 4, generator=g)
+    x = torch.cat([dense, rare[:, None], common[:, None]], dim=1)
+    y = (rare + common + dense[:, 0] + torch.randn(n, generator=g)).tolist()
+    scaled = RewardHead.fit(x, y, [1.0] * n, n_own=n)
+    raw = RewardHead.fit(x, y, [1.0] * n, n_own=n, indicators=2)
+    assert torch.equal(raw.scale[-2:], torch.ones(2)) and not torch.equal(
+        scaled.scale[-2:], torch.ones(2)
+    )
+    torch.testing.assert_close(raw.center, scaled.center)
+    assert raw.predict(x[:5]).mean != scaled.predict(x[:5]).mean
 
 
 def synthetic(n: int, dim: int = 16, noise: float = 0.3, seed: int = 0):
@@ -154,3 +187,30 @@ def test_thompson_chances_are_how_often_a_draw_chooses_each_post() -> None:
     best = max(range(6), key=many.predict(probe).mean.__getitem__)
     assert sure[best] > max(chances) and sure[best] > 0.8
     assert many.thompson_chances(probe[:1], draws=10, generator=g) == [1.0]
+
+
+def test_columns_no_example_varies_are_left_out_and_the_svd_stands_in_for_the_eigensolver(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    x, y = synthetic(60, seed=6)
+    words = torch.zeros(60, 500)
+    words[:5, :3] = 1.0  # 3 of 500 word columns ever set
+    wide = torch.cat([x, words], dim=1)
+    head = RewardHead.fit(wide, y.tolist(), [1.0] * 60, n_own=60, indicators=500)
+    assert head.basis.shape == (516, 19) and head.inv_eig.shape == (19,)
+    assert torch.count_nonzero(head.weights[19:]) == 0  # nothing learned of the unseen words
+    unseen = wide[:4].clone()
+    unseen[:, 100:] = 1.0  # words no example held change neither the mean nor the spread
+    assert head.predict(unseen) == head.predict(wide[:4])
+
+    def failing(*_: Any) -> Any:
+        raise torch.linalg.LinAlgError("failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "eigh", failing)
+    by_svd = RewardHead.fit(wide, y.tolist(), [1.0] * 60, n_own=60, indicators=500)
+    torch.testing.assert_close(by_svd.weights, head.weights, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        torch.tensor(by_svd.predict(wide[:4]).std), torch.tensor(head.predict(wide[:4]).std)
+    )
+    narrow = RewardHead.fit(wide[:10], y[:10].tolist(), [1.0] * 10, n_own=10, indicators=500)
+    assert narrow.inv_eig.shape == (19,)  # fewer examples than columns: every direction kept
