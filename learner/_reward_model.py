@@ -4,7 +4,7 @@ Each reward costs hours, so the head has to be right after a handful of them. It
 features no reward has to teach: the mean over a post's tokens of the residual stream of the
 *reference* model (frozen, so a post's features never change while the policy moves) after
 the first half of its blocks (a middle layer: the last ones are specialised to predicting the
-next token). On those, a linear head:
+next token), and which words the post holds (`word_features`). On those, a linear head:
 
 - ridge regression, its shrinkage chosen by leave-one-out error over a grid (closed form from
   one eigendecomposition, so a refit of a few thousand posts takes milliseconds);
