@@ -7,7 +7,9 @@ the first half of its blocks (a middle layer: the last ones are specialised to p
 next token), and which words the post holds (`word_features`). On those, a linear head:
 
 - ridge regression, its shrinkage chosen by leave-one-out error over a grid (closed form from
-  one eigendecomposition, so a refit of a few thousand posts takes milliseconds);
+  one eigendecomposition: a refit of 4,500 posts takes 1.65 s at one thread over `tiny`'s
+  1,280 columns, 2.32 s over SmolLM2's 1,600, most of it in the (C, C) products and the
+  eigendecomposition, which grow with the square and the cube of the columns);
 - warm-started on the face's history (post, reward) pairs, with a weight below that of the
   bot's own rewarded posts (history posts are written by people, not sampled by the policy);
 - a posterior over the weights, N(w, sigma^2 (X'WX + lambda I)^-1) with sigma^2 the
