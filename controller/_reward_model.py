@@ -182,11 +182,8 @@ class RewardModel:
         that holds it, or the base model."""
         return self.ctx.store.get_value(REFERENCE_KEY) or "base"
 
-    def _talk_sets(self) -> tuple[list[str], Sequence[float], list[str]] | None:
-        """The talk head's labelled texts, their labels and the history texts; None when
-        the talk filter is off."""
-        if not self.ctx.settings.reward_model.talk_filter:
-            return None
+    def _talk_sets(self) -> tuple[list[str], Sequence[float], list[str]]:
+        """The talk head's labelled texts, their labels and the history texts."""
         labelled, labels = talk_examples()
         history_posts = min(self.ctx.settings.reward_model.history_posts, TALK_HISTORY_POSTS)
         history = [t for rt in self.ctx.faces.values() for t in rt.history[:history_posts]]
@@ -282,14 +279,14 @@ class RewardModel:
         reference = self._frozen
         histories = tuple((name, len(rt.history)) for name, rt in self.ctx.faces.items())
         talk_for = (reference, histories)  # (a model compares by identity)
-        talk_sets = self._talk_sets()
-        fit_talk = talk_sets is not None and (self.talk is None or self._talk_for != talk_for)
+        talk_filter = self.ctx.settings.reward_model.talk_filter
+        fit_talk = talk_filter and (self.talk is None or self._talk_for != talk_for)
         head, talk = await self.ctx.worker.run_soon(
             "reward_model", self._fit, texts, targets, weights, n_own,
-            talk_sets if fit_talk else None,
+            self._talk_sets() if fit_talk else None,
         )  # fmt: skip
         self.head = head
-        if talk_sets is None:  # the talk filter is off
+        if not talk_filter:
             self.talk = self._talk_for = None
         elif fit_talk:
             self.talk, self._talk_for = talk, talk_for

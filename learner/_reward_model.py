@@ -187,7 +187,7 @@ class RewardHead:
         # keeps the eigensolver off a large block of exactly repeated zero eigenvalues (on
         # which LAPACK's divide-and-conquer failed to converge).
         varied = spread > 0
-        varied[0] |= not bool(varied.any())
+        varied[0] |= not bool(varied.any())  # none varies: one column, so there is a solve
         z = (x - center) / scale
         zv = z[:, varied]
         bias = float((w * y).sum() / w.sum())
