@@ -248,7 +248,7 @@ class RewardModel:
         folder's `STATE_FILE`, for the next start; only features of the current reference."""
         import torch
 
-        from plaudit.learner import RewardModelState
+        from plaudit.learner import WORD_FEATURES, RewardModelState
 
         if not self._features or self._frozen is not self._reference:
             return
@@ -258,6 +258,7 @@ class RewardModel:
             keys=keys,
             features=torch.stack([self._features[k] for k in keys]),
             head=self.head,
+            indicators=WORD_FEATURES,
         ).save(self.ctx.state_dir / STATE_FILE)
 
     def resume(self) -> int:

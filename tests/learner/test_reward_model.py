@@ -214,3 +214,60 @@ def test_columns_no_example_varies_are_left_out_and_the_svd_stands_in_for_the_ei
     )
     narrow = RewardHead.fit(wide[:10], y[:10].tolist(), [1.0] * 10, n_own=10, indicators=500)
     assert narrow.inv_eig.shape == (19,)  # fewer examples than columns: every direction kept
+
+
+def test_indicator_columns_are_kept_as_bits_and_read_back_exactly(tmp_path: Any) -> None:
+    x, _ = synthetic(40, seed=9)
+    words = word_features(
+        [f"post {i} about {'tea' if i % 3 else 'rain'} {i % 7}" for i in range(40)]
+    )
+    both = torch.cat([x.float(), words[:, :1021]], dim=1)  # a width that is not a whole byte
+    keys = [f"k{i}" for i in range(40)]
+    packed, plain = tmp_path / "packed.pt", tmp_path / "plain.pt"
+    RewardModelState(reference="base", keys=keys, features=both, head=None, indicators=1021).save(
+        packed
+    )
+    RewardModelState(reference="base", keys=keys, features=both, head=None).save(plain)
+    for path in (packed, plain):
+        assert torch.equal(RewardModelState.load(path).features, both)
+    assert packed.stat().st_size * 4 < plain.stat().st_size
+    # Columns said to be 0/1 that are not are kept as they are, not rounded.
+    both[0, -1] = 0.5
+    RewardModelState(reference="base", keys=keys, features=both, head=None, indicators=1021).save(
+        packed
+    )
+    assert torch.equal(RewardModelState.load(packed).features, both)
+
+
+def test_the_fit_is_weighted_ridge_and_its_error_is_the_leave_one_out_error() -> None:
+    # Against the textbook solve in float64, refitted without each example in turn: the fit's
+    # float32 products must not move the weights or the error it chooses shrinkage by. One
+    # column sits far from 0 (a hidden unit with a large mean), as centring in float32 must bear.
+    x, y = synthetic(80, dim=6, seed=8)
+    x[:, 1] += 1000.0
+    w = torch.linspace(0.3, 1.0, 80, dtype=torch.float64)
+    head = RewardHead.fit(x, y.tolist(), w.tolist(), n_own=80)
+    xd, yd = x.double(), y.double()
+    wn = w / w.mean()
+    center = (wn[:, None] * xd).sum(0) / wn.sum()
+    scale = ((wn[:, None] * (xd - center) ** 2).sum(0) / wn.sum()).sqrt()
+    z = (xd - center) / scale
+
+    def ridge(keep: torch.Tensor) -> tuple[torch.Tensor, float]:
+        zk, yk, wk = z[keep], yd[keep], wn[keep]
+        bias = float((wk * yk).sum() / wk.sum())
+        gram = zk.T @ (wk[:, None] * zk) + head.lam * torch.eye(z.shape[1], dtype=torch.float64)
+        return torch.linalg.solve(gram, zk.T @ (wk * (yk - bias))), bias
+
+    coef, bias = ridge(torch.ones(80, dtype=torch.bool))
+    torch.testing.assert_close(head.weights.double(), coef, atol=1e-5, rtol=1e-4)
+    # The closed form's leave-one-out keeps the full data's bias (centre and scale too).
+    loo = []
+    for i in range(80):
+        keep = torch.ones(80, dtype=torch.bool)
+        keep[i] = False
+        zk, yk, wk = z[keep], yd[keep] - bias, wn[keep]
+        gram = zk.T @ (wk[:, None] * zk) + head.lam * torch.eye(z.shape[1], dtype=torch.float64)
+        loo.append(float(yd[i] - bias - z[i] @ torch.linalg.solve(gram, zk.T @ (wk * yk))))
+    mse = float((wn * torch.tensor(loo, dtype=torch.float64) ** 2).sum() / wn.sum())
+    assert head.noise_var == pytest.approx(mse, rel=1e-4)
