@@ -8,8 +8,8 @@ next token), and which words the post holds (`word_features`). On those, a linea
 
 - ridge regression, its shrinkage chosen by leave-one-out error over a grid (closed form from
   one eigendecomposition, in float64; the (N, C) products in float32, which made a refit of
-  4,500 posts 1.5-1.6x faster at one thread, about 0.9 s over `tiny`'s 1,280 columns and 1.5 s
-  over SmolLM2's 1,600 while another process held the other core);
+  4,500 posts 1.5x faster: 0.78 s at one thread over `tiny`'s 1,280 columns, 1.18 s over
+  SmolLM2's 1,600);
 - warm-started on the face's history (post, reward) pairs, with a weight below that of the
   bot's own rewarded posts (history posts are written by people, not sampled by the policy);
 - a posterior over the weights, N(w, sigma^2 (X'WX + lambda I)^-1) with sigma^2 the
