@@ -253,21 +253,20 @@ def test_the_fit_is_weighted_ridge_and_its_error_is_the_leave_one_out_error() ->
     scale = ((wn[:, None] * (xd - center) ** 2).sum(0) / wn.sum()).sqrt()
     z = (xd - center) / scale
 
-    def ridge(keep: torch.Tensor) -> tuple[torch.Tensor, float]:
-        zk, yk, wk = z[keep], yd[keep], wn[keep]
-        bias = float((wk * yk).sum() / wk.sum())
-        gram = zk.T @ (wk[:, None] * zk) + head.lam * torch.eye(z.shape[1], dtype=torch.float64)
-        return torch.linalg.solve(gram, zk.T @ (wk * (yk - bias))), bias
-
-    coef, bias = ridge(torch.ones(80, dtype=torch.bool))
-    torch.testing.assert_close(head.weights.double(), coef, atol=1e-5, rtol=1e-4)
     # The closed form's leave-one-out keeps the full data's bias (centre and scale too).
+    bias = float((wn * yd).sum() / wn.sum())
+
+    def ridge(keep: torch.Tensor) -> torch.Tensor:
+        zk, yk, wk = z[keep], yd[keep] - bias, wn[keep]
+        gram = zk.T @ (wk[:, None] * zk) + head.lam * torch.eye(z.shape[1], dtype=torch.float64)
+        return torch.linalg.solve(gram, zk.T @ (wk * yk))
+
+    coef = ridge(torch.ones(80, dtype=torch.bool))
+    torch.testing.assert_close(head.weights.double(), coef, atol=1e-5, rtol=1e-4)
     loo = []
     for i in range(80):
         keep = torch.ones(80, dtype=torch.bool)
         keep[i] = False
-        zk, yk, wk = z[keep], yd[keep] - bias, wn[keep]
-        gram = zk.T @ (wk[:, None] * zk) + head.lam * torch.eye(z.shape[1], dtype=torch.float64)
-        loo.append(float(yd[i] - bias - z[i] @ torch.linalg.solve(gram, zk.T @ (wk * yk))))
+        loo.append(float(yd[i] - bias - z[i] @ ridge(keep)))
     mse = float((wn * torch.tensor(loo, dtype=torch.float64) ** 2).sum() / wn.sum())
     assert head.noise_var == pytest.approx(mse, rel=1e-4)
