@@ -3,6 +3,7 @@ registered here; a command that is not built yet is not listed."""
 
 from __future__ import annotations
 
+import functools
 import gc
 import sys
 from typing import Annotated
@@ -50,7 +51,10 @@ def _main(
     pass
 
 
+@functools.cache
 def _register() -> None:
+    """Add every command group to `app`, once: Typer appends what it is given, so a second call
+    would list each command twice and make every later invocation build them all again."""
     # Imported here so `plaudit --help` stays one import deep per group.
     from plaudit.daemon import _cli_control, _cli_core
 

@@ -47,9 +47,8 @@ TEXTS = [
 
 
 def app() -> Any:
-    """The CLI with its commands registered (once: another module may have done it)."""
-    if not any(g.name == "approvals" for g in _cli.app.registered_groups):
-        _cli._register()
+    """The CLI with its commands registered."""
+    _cli._register()
     return _cli.app
 
 
