@@ -7,12 +7,16 @@ from __future__ import annotations
 from plaudit.daemon import _cli
 
 
+def names() -> tuple[list[str], list[str | None]]:
+    commands = [c.name or getattr(c.callback, "__name__", "") for c in _cli.app.registered_commands]
+    return commands, [g.name for g in _cli.app.registered_groups]
+
+
 def test_registering_twice_lists_each_command_once() -> None:
     _cli._register()
-    commands = [c.name or c.callback.__name__ for c in _cli.app.registered_commands]  # type: ignore[union-attr]
-    groups = [g.name for g in _cli.app.registered_groups]
+    commands, groups = names()
     _cli._register()
-    assert [c.name or c.callback.__name__ for c in _cli.app.registered_commands] == commands  # type: ignore[union-attr]
-    assert [g.name for g in _cli.app.registered_groups] == groups
+    assert names() == (commands, groups)
+    assert len(set(commands)) == len(commands), commands
     assert len(set(groups)) == len(groups), groups
     assert "approvals" in groups and "train" in groups
