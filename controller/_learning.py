@@ -17,7 +17,14 @@ share ``candidates_weight`` among them, against the published post's real reward
 so real rewards dominate. With ``reward_model.trust`` (off by default: it did not help on the
 benchmark) that share is scaled by how right the reward model has been on the face's posts
 (its Spearman correlation with the rewards that came, none below 0). Filtered candidates stay
-out: a filter says "not publishable", not how the audience would react."""
+out of that share: a filter says "not publishable", not how the audience would react.
+
+Filtered talk teaches (``online.talk_reward``): candidates filtered as assistant talk since the
+last update join it with that fixed low reward against the baseline, so the policy is pushed
+away from what can never be published (a filtered sample earns no reward otherwise, and
+nothing else would). Each weighs 1 / (its cycle's survivors, at least 1) against the published
+post's 1: a cycle's talk together weighs against its published post as the cycle's talk
+samples against its survivors, which the published post stands for."""
 
 from __future__ import annotations
 
@@ -42,6 +49,10 @@ MAX_BATCH = 256
 # The update measures (and bounds) its drift on this many of the newest candidates: samples
 # of the policy as it is, a few post cycles' worth.
 PROBE_POSTS = 32
+# The filter reason of assistant talk (controller/_filters.py), and the stored key of the
+# newest talk candidate an update took (`Learning.talk`).
+TALK_REASON = "assistant"
+TALK_TAUGHT = "talk_taught_through"
 
 
 def lag_label(lag: int) -> str:
@@ -161,6 +172,36 @@ class Learning:
                 break
         return out
 
+    def talk(
+        self, reward: float | None, baseline: float, *, limit: int
+    ) -> tuple[list[Trajectory], int | None]:
+        """The newest ``limit`` candidates filtered as assistant talk since the last update
+        that took any (older ones are passed over: the update's size stays bounded), each with
+        ``reward`` against ``baseline`` as advantage, weighing 1 / (its cycle's survivors, at
+        least 1); and the newest one's id, which the update stores once it has trained."""
+        store = self.ctx.store
+        if reward is None or limit <= 0:
+            return [], None
+        through = int(store.get_value(TALK_TAUGHT) or 0)
+        newest = [
+            p
+            for p in store.posts(status=PostStatus.FILTERED, filter_reason=TALK_REASON, limit=limit)
+            if p.id > through
+        ]
+        if not newest:
+            return [], None
+        survivors: dict[str | None, int] = {}
+        out: list[Trajectory] = []
+        for post in newest:
+            if not _sampled(post):
+                continue
+            if post.cycle_id not in survivors:
+                cycle = store.posts(cycle_id=post.cycle_id, limit=1000) if post.cycle_id else []
+                survivors[post.cycle_id] = sum(p.status is not PostStatus.FILTERED for p in cycle)
+            weight = 1.0 / max(1, survivors[post.cycle_id])
+            out.append(_trajectory(post, advantage=reward - baseline, weight=weight))
+        return out, max(p.id for p in newest)
+
     def probe(self) -> list[Trajectory]:
         """The newest candidates (of every face, whatever became of them: published, filtered
         or not chosen) sampled by the policy's current version, or by the newest version that
@@ -225,6 +266,7 @@ class Learning:
         replayed = self.replay(
             o.replay_posts, o.replay_weight, baseline.value, fresh={*used.final, *used.early}
         )
+        talk, talk_through = self.talk(o.talk_reward, baseline.value, limit=len(batch))
         budget = o.max_kl - ctx.settings.selection_kl() if o.max_kl is not None else None
         config = OnlineUpdateConfig(
             method=o.method,
@@ -241,12 +283,14 @@ class Learning:
         ctx.worker.stop_training.clear()
         batch.extend(taught)
         batch.extend(replayed)
+        batch.extend(talk)
         counts = {
             "rewards": len(used.final),  # final rewards (corrections among them)
             "early": len(used.early),
             "corrections": corrections,
             "candidates": len(taught),
             "replayed": len(replayed),
+            "talk": len(talk),
             "choice_weight_mean": round(sum(chosen) / len(chosen), 3),
         }
         run_id = store.start_run(kind="online", config={**counts, **o.model_dump(mode="json")})
@@ -305,6 +349,8 @@ class Learning:
         # (`Store.release_rewards_after`), since the weights they trained are lost with it.
         used.mark(store, ctx.policy.version, spent)
         store.set_value("reward_baseline", repr(baseline.value))
+        if talk_through is not None:
+            store.set_value(TALK_TAUGHT, str(talk_through))
         store.finish_run(run_id, status="completed", metrics=metrics)
         try:
             await self.checkpoints.save(kind="online", run_id=run_id, metrics=metrics)

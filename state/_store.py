@@ -882,11 +882,17 @@ class Store:
         face: str | None = None,
         status: PostStatus | None = None,
         cycle_id: str | None = None,
+        filter_reason: str | None = None,
         limit: int = 50,
         offset: int = 0,
         newest_first: bool = True,
     ) -> list[Post]:
-        clause, args = _where(face=face, status=status.value if status else None, cycle_id=cycle_id)
+        clause, args = _where(
+            face=face,
+            status=status.value if status else None,
+            cycle_id=cycle_id,
+            filter_reason=filter_reason,
+        )
         order = "DESC" if newest_first else "ASC"
         rows = self._query(
             f"SELECT {_POST_COLUMNS} FROM {_POSTS} {clause} ORDER BY p.id {order} LIMIT ? OFFSET ?",
