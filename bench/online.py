@@ -103,22 +103,22 @@ EVAL_CHUNK = 50  # fresh samples per generate call (bounds memory for large mode
 # --set NAME.key=v.
 METHODS: dict[str, dict[str, Any]] = {
     # REINFORCE, moving-average baseline, no KL, the post chosen at random, final rewards only,
-    # filtered talk teaching nothing
+    # filtered candidates teaching nothing
     "reinforce": {
         "method": "reinforce",
         "reward_model.enabled": False,
         "early_rewards": False,
-        "talk_reward": None,
+        "filtered_reward": None,
     },
     # plaudit's update alone (the post chosen at random, final rewards only)
     "clipped": {
         "method": "clipped",
         "reward_model.enabled": False,
         "early_rewards": False,
-        "talk_reward": None,
+        "filtered_reward": None,
     },
     # plaudit as it runs: the update, the reward model and its choice of the post, every
-    # candidate teaching, early rewards, filtered talk teaching
+    # candidate teaching, early rewards, filtered candidates teaching
     "plaudit": {"method": "clipped"},
 }
 

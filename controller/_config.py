@@ -117,12 +117,13 @@ class OnlineConfig(_Section):
     # 0: only rewarded posts train the policy. Needs the reward model; scaled by its measured
     # trust (`reward_model.trust`).
     candidates_weight: float = Field(default=0.5, ge=0, le=1)
-    # Filtered talk teaches: a candidate filtered as assistant talk (the filter's phrases or
-    # the reward model's talk head) is a sample of the policy that the audience never sees,
-    # so it earns no reward and, without this, nothing pushes the policy away from talking.
-    # Each joins the next update with this reward (the audience's scale: z-scores, +-3), as a
-    # rejected approval does. None: filtered candidates teach nothing.
-    talk_reward: float | None = Field(default=-2.0, ge=-3.0, le=3.0)
+    # What must never be published teaches: a candidate filtered for what it says (assistant
+    # talk, a copy of a known post, a blocklisted word) is a sample of the policy the
+    # audience never sees, so it earns no reward and, without this, nothing pushes the policy
+    # away from writing it. Each joins the next update with this reward (the audience's
+    # scale: z-scores, +-3), as a rejected approval does. None: filtered candidates teach
+    # nothing.
+    filtered_reward: float | None = Field(default=-2.0, ge=-3.0, le=3.0)
     # A published post chosen by the reward model is not a sample of the policy: weigh it by
     # 1 / (survivors x its chance of being chosen), truncated (controller/_learning.py
     # `choice_weight`), so that in expectation the update learns from the policy's own

@@ -19,12 +19,15 @@ benchmark) that share is scaled by how right the reward model has been on the fa
 (its Spearman correlation with the rewards that came, none below 0). Filtered candidates stay
 out of that share: a filter says "not publishable", not how the audience would react.
 
-Filtered talk teaches (``online.talk_reward``): candidates filtered as assistant talk since the
-last update join it with that fixed low reward against the baseline, so the policy is pushed
-away from what can never be published (a filtered sample earns no reward otherwise, and
-nothing else would). Each weighs 1 / (its cycle's survivors, at least 1) against the published
-post's 1: a cycle's talk together weighs against its published post as the cycle's talk
-samples against its survivors, which the published post stands for."""
+What must never be published teaches (``online.filtered_reward``): candidates filtered for
+what they say (assistant talk, a copy of a known post, a blocklisted word: `TAUGHT_REASONS`)
+since the last update join it with that fixed low reward against the baseline, so the policy is
+pushed away from them (a filtered sample earns no reward otherwise, and nothing else would).
+Each weighs 1 / (its cycle's survivors, at least 1) against the published post's 1: a cycle's
+filtered candidates together weigh against its published post as the cycle's filtered
+samples against its survivors, which the published post stands for. Length and finish
+(too short, too long, unfinished) and a sibling's duplicate do not teach: they say nothing
+about what a post says, or the same text survived."""
 
 from __future__ import annotations
 
@@ -49,10 +52,11 @@ MAX_BATCH = 256
 # The update measures (and bounds) its drift on this many of the newest candidates: samples
 # of the policy as it is, a few post cycles' worth.
 PROBE_POSTS = 32
-# The filter reason of assistant talk (controller/_filters.py), and the stored key of the
-# newest talk candidate an update took (`Learning.talk`).
-TALK_REASON = "assistant"
-TALK_TAUGHT = "talk_taught_through"
+# The filter reasons (controller/_filters.py) of candidates that teach with
+# `online.filtered_reward`, and the stored key of the newest one an update took
+# (`Learning.filtered`).
+TAUGHT_REASONS = ("assistant", "novelty", "blocklist")
+FILTERED_TAUGHT = "filtered_taught_through"
 
 
 def lag_label(lag: int) -> str:
@@ -172,22 +176,25 @@ class Learning:
                 break
         return out
 
-    def talk(
+    def filtered(
         self, reward: float | None, baseline: float, *, limit: int
     ) -> tuple[list[Trajectory], int | None]:
-        """The newest ``limit`` candidates filtered as assistant talk since the last update
-        that took any (older ones are passed over: the update's size stays bounded), each with
-        ``reward`` against ``baseline`` as advantage, weighing 1 / (its cycle's survivors, at
-        least 1); and the newest one's id, which the update stores once it has trained."""
+        """The newest ``limit`` candidates filtered for a reason in `TAUGHT_REASONS` since the
+        last update that took any (older ones are passed over: the update's size stays
+        bounded), each with ``reward`` against ``baseline`` as advantage, weighing 1 / (its
+        cycle's survivors, at least 1); and the newest one's id, which the update stores once
+        it has trained."""
         store = self.ctx.store
         if reward is None or limit <= 0:
             return [], None
-        through = int(store.get_value(TALK_TAUGHT) or 0)
-        newest = [
+        through = int(store.get_value(FILTERED_TAUGHT) or 0)
+        found = [
             p
-            for p in store.posts(status=PostStatus.FILTERED, filter_reason=TALK_REASON, limit=limit)
+            for reason in TAUGHT_REASONS
+            for p in store.posts(status=PostStatus.FILTERED, filter_reason=reason, limit=limit)
             if p.id > through
         ]
+        newest = sorted(found, key=lambda p: p.id, reverse=True)[:limit]
         if not newest:
             return [], None
         survivors: dict[str | None, int] = {}
@@ -200,7 +207,7 @@ class Learning:
                 survivors[post.cycle_id] = sum(p.status is not PostStatus.FILTERED for p in cycle)
             weight = 1.0 / max(1, survivors[post.cycle_id])
             out.append(_trajectory(post, advantage=reward - baseline, weight=weight))
-        return out, max(p.id for p in newest)
+        return out, newest[0].id
 
     def probe(self) -> list[Trajectory]:
         """The newest candidates (of every face, whatever became of them: published, filtered
@@ -266,7 +273,9 @@ class Learning:
         replayed = self.replay(
             o.replay_posts, o.replay_weight, baseline.value, fresh={*used.final, *used.early}
         )
-        talk, talk_through = self.talk(o.talk_reward, baseline.value, limit=len(batch))
+        filtered, filtered_through = self.filtered(
+            o.filtered_reward, baseline.value, limit=len(batch)
+        )
         budget = o.max_kl - ctx.settings.selection_kl() if o.max_kl is not None else None
         config = OnlineUpdateConfig(
             method=o.method,
@@ -283,14 +292,14 @@ class Learning:
         ctx.worker.stop_training.clear()
         batch.extend(taught)
         batch.extend(replayed)
-        batch.extend(talk)
+        batch.extend(filtered)
         counts = {
             "rewards": len(used.final),  # final rewards (corrections among them)
             "early": len(used.early),
             "corrections": corrections,
             "candidates": len(taught),
             "replayed": len(replayed),
-            "talk": len(talk),
+            "filtered": len(filtered),
             "choice_weight_mean": round(sum(chosen) / len(chosen), 3),
         }
         run_id = store.start_run(kind="online", config={**counts, **o.model_dump(mode="json")})
@@ -349,8 +358,8 @@ class Learning:
         # (`Store.release_rewards_after`), since the weights they trained are lost with it.
         used.mark(store, ctx.policy.version, spent)
         store.set_value("reward_baseline", repr(baseline.value))
-        if talk_through is not None:
-            store.set_value(TALK_TAUGHT, str(talk_through))
+        if filtered_through is not None:
+            store.set_value(FILTERED_TAUGHT, str(filtered_through))
         store.finish_run(run_id, status="completed", metrics=metrics)
         try:
             await self.checkpoints.save(kind="online", run_id=run_id, metrics=metrics)

@@ -135,7 +135,9 @@ async def test_a_chosen_post_trains_weighted_by_the_inverse_of_its_chance(
 ) -> None:
     """The chance the choice rule gave the published post is stored with it, and the update
     weighs the post by 1 / (survivors x chance), truncated: a uniform choice weighs 1."""
-    online = OnlineConfig(lr=1e-3, epochs=1, max_kl=None, candidates_weight=0.0, talk_reward=None)
+    online = OnlineConfig(
+        lr=1e-3, epochs=1, max_kl=None, candidates_weight=0.0, filtered_reward=None
+    )
     loop = make_loop(
         settings(learn_min_rewards=2).model_copy(
             update={"online": online, "reward_model": RewardModelConfig(selection=selection)}
