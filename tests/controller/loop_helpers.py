@@ -112,3 +112,18 @@ class Loop:
     def close(self) -> None:
         self.worker.shutdown(wait=True)
         self.store.close()
+
+
+def record_updates(ctl: Controller) -> list[list[Any]]:
+    """The batches of trajectories the controller's policy updates receive, in order (each
+    update still runs)."""
+    policy = ctl.ctx.policy
+    batches: list[list[Any]] = []
+    update = policy.update
+
+    def spy(batch: list[Any], **kwargs: Any) -> Any:
+        batches.append(list(batch))
+        return update(batch, **kwargs)
+
+    policy.update = spy  # type: ignore[method-assign]
+    return batches

@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 import pytest
-from loop_helpers import DAY, settings
+from loop_helpers import DAY, record_updates, settings
 
 from plaudit.controller import OnlineConfig, RewardModelConfig
 from plaudit.controller._learning import CHOICE_WEIGHT_MAX, choice_weight
@@ -144,15 +144,7 @@ async def test_a_chosen_post_trains_weighted_by_the_inverse_of_its_chance(
         )
     )
     ctl = loop.controller()
-    policy = ctl.ctx.policy
-    batches: list[list[Any]] = []
-    update = policy.update
-
-    def spy(batch: list[Any], **kwargs: Any) -> Any:
-        batches.append(list(batch))
-        return update(batch, **kwargs)
-
-    policy.update = spy  # type: ignore[method-assign]
+    batches = record_updates(ctl)
     await ctl.start(schedule=False)
     await ctl.run_until(loop.clock.now() + 2 * DAY)
     published = [p for p in loop.store.posts(limit=1000) if p.status is PostStatus.PUBLISHED]

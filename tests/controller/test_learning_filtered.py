@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from loop_helpers import DAY, settings
+from loop_helpers import DAY, record_updates, settings
 
 from plaudit.controller import OnlineConfig
 from plaudit.controller._learning import FILTERED_TAUGHT, TAUGHT_REASONS
@@ -70,15 +70,7 @@ async def test_an_update_takes_the_candidates_filtered_since_the_last(
     online = OnlineConfig(lr=1e-3, epochs=1, max_kl=None, filtered_reward=filtered_reward)
     loop = make_loop(settings(learn_min_rewards=2).model_copy(update={"online": online}))
     ctl = loop.controller()
-    policy = ctl.ctx.policy
-    batches: list[list[Any]] = []
-    update = policy.update
-
-    def spy(batch: list[Any], **kwargs: Any) -> Any:
-        batches.append(list(batch))
-        return update(batch, **kwargs)
-
-    policy.update = spy  # type: ignore[method-assign]
+    batches = record_updates(ctl)
     await ctl.start(schedule=False)
     await ctl.run_until(loop.clock.now() + 1.5 * DAY)
     store = loop.store
