@@ -18,6 +18,7 @@ from ._controller import Controller
 from ._durations import Duration, format_duration, parse_duration
 from ._filters import REASONS as FILTER_REASONS
 from ._filters import talks_like_assistant
+from ._learning import TRAJECTORY_KINDS
 from ._metrics import LoopMetrics, horizon_label
 from ._prompts import SYSTEM, TOPICLESS, instructions
 from ._reward_model import (
@@ -36,6 +37,7 @@ __all__: list[str] = [
     "TALK_HISTORY_POSTS",
     "TALK_THRESHOLD",
     "TOPICLESS",
+    "TRAJECTORY_KINDS",
     "ApprovalConfig",
     "ApprovalRefused",
     "Controller",

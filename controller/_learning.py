@@ -57,6 +57,11 @@ PROBE_POSTS = 32
 # (`Learning.filtered`).
 TAUGHT_REASONS = ("assistant", "novelty", "blocklist")
 FILTERED_TAUGHT = "filtered_taught_through"
+# What an update's trajectories are (the `kind` of the trajectories counter): a final reward
+# trained for the first time, a final reward's correction of its early estimate, an early
+# estimate, an unpublished candidate scored by the reward model, a replayed reward, a
+# candidate filtered for what it says.
+TRAJECTORY_KINDS = ("reward", "correction", "early", "candidate", "replayed", "filtered")
 
 
 def lag_label(lag: int) -> str:
@@ -361,6 +366,16 @@ class Learning:
         if filtered_through is not None:
             store.set_value(FILTERED_TAUGHT, str(filtered_through))
         store.finish_run(run_id, status="completed", metrics=metrics)
+        kinds = {
+            "reward": len(used.final) - corrections,
+            "correction": corrections,
+            "early": len(used.early),
+            "candidate": len(taught),
+            "replayed": len(replayed),
+            "filtered": len(filtered),
+        }
+        for kind, n in kinds.items():
+            ctx.metrics.online_trajectories.labels(kind).inc(n)
         try:
             await self.checkpoints.save(kind="online", run_id=run_id, metrics=metrics)
         except Exception as exc:

@@ -63,6 +63,7 @@ class LoopMetrics(Protocol):
     online_clip_fraction: Gauge  # [lag]: "0", "1", "2", "3+"
     online_importance_weight: Gauge
     online_move_scale: Gauge
+    online_trajectories: Counter  # [kind]: controller TRAJECTORY_KINDS
     reward_model_spearman: Gauge  # [face]
     approval_waiting: Gauge  # [face]: posts held for a human's decision
     approval_decisions: Counter  # [face, decision]: approved, edited, rejected, expired

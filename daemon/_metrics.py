@@ -2,7 +2,7 @@
 
 Conventions (checked by ``promtool check metrics`` in the tests): ``plaudit_`` prefix, base
 units (seconds, bytes), ``_total`` counters, labels only from small fixed sets (face instance,
-task, outcome, reason, mode, horizon, endpoint, part) and never a post id or text. Every label
+task, outcome, reason, mode, horizon, endpoint, part, kind) and never a post id or text. Every label
 combination of a counter or histogram is created at start-up so that it is exported as 0 before
 the first event: rates, alerts and dashboard panels then see a series from the first scrape
 instead of "no data". A gauge whose value does not exist before an event (the recent mean
@@ -34,7 +34,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.samples import Sample
 
-from plaudit.controller import FILTER_REASONS, horizon_label
+from plaudit.controller import FILTER_REASONS, TRAJECTORY_KINDS, horizon_label
 
 FAILURE_REASONS: Final = ("rate_limited", "auth", "transient", "permanent", "rejected", "other")
 # The face calls whose failures face_errors counts.
@@ -250,6 +250,16 @@ class Metrics:
             "(online.max_kl) since the reference was set (1 = none).",
             registry=registry,
         )
+        self.online_trajectories = Counter(
+            "plaudit_online_trajectories_total",
+            "Trajectories online updates trained on, by kind: reward (a final reward, first "
+            "time), correction (a final reward minus its early estimate), early (an early "
+            "estimate), candidate (an unpublished candidate scored by the reward model), "
+            "replayed (a reward trained on before), filtered (a candidate filtered for what it "
+            "says, taught away with online.filtered_reward).",
+            ["kind"],
+            registry=registry,
+        )
         self.train_learning_rate = Gauge(
             "plaudit_train_learning_rate",
             "Learning rate of the last training step.",
@@ -354,6 +364,8 @@ class Metrics:
         for mode in TRAINING_MODES:
             self.train_steps.labels(mode)
             self.training_mode.labels(mode)
+        for kind in TRAJECTORY_KINDS:
+            self.online_trajectories.labels(kind)
         for job in SCHEDULER_JOBS:
             self.scheduler_misfires.labels(job)
             for outcome in JOB_OUTCOMES:

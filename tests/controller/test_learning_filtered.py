@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from loop_helpers import DAY, record_updates, settings
 
-from plaudit.controller import OnlineConfig
+from plaudit.controller import TRAJECTORY_KINDS, OnlineConfig
 from plaudit.controller._learning import FILTERED_TAUGHT, TAUGHT_REASONS
 from plaudit.state import Post, PostStatus, Store
 
@@ -83,6 +83,13 @@ async def test_an_update_takes_the_candidates_filtered_since_the_last(
     )
     trained = [tuple(t.completion) for batch in batches[before:] for t in batch]
     talked = sum(r.config["filtered"] for r in updates)
+    # The trajectories counter says what every completed update trained on.
+    counted = loop.metrics.registry.get_sample_value
+    total = {k: counted("plaudit_online_trajectories_total", {"kind": k}) for k in TRAJECTORY_KINDS}
+    assert total["filtered"] == talked
+    assert total["reward"] + total["correction"] == sum(r.config["rewards"] for r in updates)
+    assert total["candidate"] == sum(r.config["candidates"] for r in updates)
+    assert sum(total.values()) == sum(len(b) for b in batches)
     if filtered_reward is None:
         assert talked == 0 and store.get_value(FILTERED_TAUGHT) is None
         assert not {tuple(p.tokens) for p in marked} & set(trained)

@@ -26,6 +26,7 @@ from plaudit.daemon._metrics import (
     PROTECTED_ENDPOINTS,
     SCHEDULER_JOBS,
     TRAINING_MODES,
+    TRAJECTORY_KINDS,
     Metrics,
 )
 
@@ -69,6 +70,8 @@ def exercise(metrics: Metrics, step: int) -> None:
         metrics.train_kl.labels(mode).set(0.001 * step)
         metrics.train_learning_rate.labels(mode).set(1e-5)
         metrics.train_tokens_per_second.labels(mode).set(200.0)
+    for kind in TRAJECTORY_KINDS:
+        metrics.online_trajectories.labels(kind).inc(1 + step % 3)
     metrics.policy_version.set(step)
     metrics.set_training(running=True, mode="online")
     for job in SCHEDULER_JOBS:

@@ -30,6 +30,7 @@ from plaudit.daemon._http import HttpServer
 from plaudit.daemon._metrics import (
     FAILURE_REASONS,
     FILTER_REASONS,
+    TRAJECTORY_KINDS,
     Metrics,
     horizon_label,
     watch_event_loop_lag,
@@ -59,6 +60,8 @@ def test_every_label_combination_starts_at_zero(metrics: Metrics) -> None:
         for outcome in ("success", "error", "skipped"):
             labels = {"task": task, "outcome": outcome}
             assert value("plaudit_scheduler_job_runs_total", labels) == 0
+    for kind in TRAJECTORY_KINDS:
+        assert value("plaudit_online_trajectories_total", {"kind": kind}) == 0
     assert value("plaudit_build_info", {"version": "0.1.0", "model": "tiny-test"}) == 1
     assert value("process_resident_memory_bytes") is not None
 
@@ -71,6 +74,7 @@ def test_no_post_text_or_id_in_labels(metrics: Metrics) -> None:
     allowed = {"face", "call", "reason", "horizon", "mode", "task", "outcome", "endpoint", "le"}
     allowed |= {"decision"}  # plaudit_approval_decisions_total: approved, edited, ...
     allowed |= {"part"}  # plaudit_state_bytes: checkpoints, database, cache, other
+    allowed |= {"kind"}  # plaudit_online_trajectories_total: reward, candidate, filtered, ...
     allowed |= {"version", "model", "implementation", "major", "minor", "patchlevel"}
     allowed |= {"generation"}  # python_gc_* from the runtime collector
     assert label_names <= allowed
