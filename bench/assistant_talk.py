@@ -49,7 +49,7 @@ SECOND_READING = Path(__file__).with_name("assistant_talk_second_reading.jsonl")
 
 
 def sample(n: int, seed: int, *, force: bool) -> None:
-    from plaudit.controller import SYSTEM, TALK_EXAMPLES, instructions
+    from plaudit.controller import TALK_EXAMPLES, post_prompts
     from plaudit.faces.simulated import load_corpus
     from plaudit.learner import Policy, SamplingConfig
 
@@ -61,8 +61,9 @@ def sample(n: int, seed: int, *, force: bool) -> None:
     policy = Policy.load("smollm2", lr=1e-5)
     history = [p.text for p in load_corpus()]
     rng = random.Random(seed)
-    texts = instructions(history=history, n=n, max_chars=280, rng=rng)
-    prompts = [policy.render_prompt(t, system=SYSTEM) for t in texts]
+    asked = post_prompts(history=history, n=n, max_chars=280, rng=rng)
+    texts = [p.instruction for p in asked]
+    prompts = [p.render(policy, room=60) for p in asked]
     sampling = SamplingConfig(temperature=0.9, top_p=0.95, max_new_tokens=60, seed=seed)
     rows: list[dict[str, Any]] = []
     for lo in range(0, n, 50):

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from plaudit.controller import SYSTEM, instructions
+from plaudit.controller import SYSTEM, post_prompts
 from plaudit.faces.simulated import load_corpus
 from plaudit.learner import (
     Engine,
@@ -150,11 +150,12 @@ def main() -> None:
     loaded = load_model("smollm2", cache_dir=default_cache_dir())
     model, tok = loaded.model, loaded.tokenizer
     history = [post.text for post in load_corpus()]
-    texts = instructions(history=history, n=args.prompts, max_chars=280, rng=random.Random(0))
+    asked = post_prompts(history=history, n=args.prompts, max_chars=280, rng=random.Random(0))
     prompts = encode_prompts(
         tok,
         messages=[
-            [{"role": "system", "content": SYSTEM}, {"role": "user", "content": t}] for t in texts
+            [{"role": "system", "content": SYSTEM}, {"role": "user", "content": p.instruction}]
+            for p in asked
         ],
     )
     engines = {

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from plaudit.controller import instructions
+from plaudit.controller import post_prompts
 from plaudit.learner import Policy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -95,13 +95,13 @@ async def start_rewards(opts: online.Options, samples: int, seed: int) -> tuple[
         try:
             history = await online.read_history(face)
             policy = Policy.load(model, lr=settings.online.lr)
-            texts = instructions(
+            asked = post_prompts(
                 history=history,
                 n=samples,
                 max_chars=face.limits.max_length,
                 rng=random.Random(seed),
             )
-            cands = online.sample_fresh(policy, texts, settings, seed)
+            cands = online.sample_fresh(policy, asked, settings, seed)
             assert isinstance(face, online.SimulatedAudience)
             return await face.appeal([c.text for c in cands]), str(model)
         finally:

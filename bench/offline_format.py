@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from plaudit.controller import SYSTEM, instructions, talks_like_assistant
+from plaudit.controller import SYSTEM, post_prompts, talks_like_assistant
 from plaudit.controller._prompts import fit_pairs
 from plaudit.faces.simulated import load_corpus
 from plaudit.learner import (
@@ -74,8 +74,8 @@ def posting_loss(policy: Policy, pairs: list[tuple[str, str]]) -> float:
 def candidates(policy: Policy, history: list[str], n: int, seed: int) -> list[Any]:
     rng = random.Random(seed)
     prompts = [
-        policy.render_prompt(t, system=SYSTEM)
-        for t in instructions(history=history, n=n, max_chars=MAX_CHARS, rng=rng)
+        p.render(policy, room=60)
+        for p in post_prompts(history=history, n=n, max_chars=MAX_CHARS, rng=rng)
     ]
     sampling = SamplingConfig(temperature=0.9, top_p=0.95, max_new_tokens=60, seed=seed)
     return policy.generate(prompts, n=1, sampling=sampling)
@@ -129,7 +129,7 @@ def main() -> None:
     # Held-out posts as answers to instructions that show posts of the fitted history.
     rng = random.Random(1)
     held = [
-        (instructions(history=history, n=1, max_chars=MAX_CHARS, rng=rng)[0], post)
+        (post_prompts(history=history, n=1, max_chars=MAX_CHARS, rng=rng)[0].instruction, post)
         for post in held_posts
     ]
     cfg = OfflineTrainConfig(

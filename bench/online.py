@@ -60,15 +60,15 @@ import torch
 import torch.nn.functional as F
 
 from plaudit.controller import (
-    SYSTEM,
     Controller,
     ControllerConfig,
     LoopSettings,
     OnlineConfig,
+    PostPrompt,
     RewardModelConfig,
     TorchWorker,
-    instructions,
-    talks_like_assistant,  # the posting prompts: fresh samples are prompted exactly as posts are
+    post_prompts,  # the posting prompts: fresh samples are prompted exactly as posts are
+    talks_like_assistant,
 )
 from plaudit.faces import Face, SimulatedAudience, SimulatedClock, discover
 from plaudit.faces.simulated._audience import words as audience_words  # as topics are read
@@ -612,12 +612,12 @@ class FreshEval:
 
 
 def sample_fresh(
-    policy: Policy, texts: Sequence[str], settings: LoopSettings, seed: int
+    policy: Policy, asked: Sequence[PostPrompt], settings: LoopSettings, seed: int
 ) -> list[Candidate]:
-    """One sample of the policy per posting instruction, prompted and sampled as posting does,
+    """One sample of the policy per posting prompt, prompted and sampled as posting does,
     `EVAL_CHUNK` prompts a generate call (each chunk its own seed, from ``seed``)."""
     s = settings.sampling
-    prompts = [policy.render_prompt(t, system=SYSTEM) for t in texts]
+    prompts = [p.render(policy, room=s.max_new_tokens) for p in asked]
     cands: list[Candidate] = []
     for i, start in enumerate(range(0, len(prompts), EVAL_CHUNK)):
         sampling = SamplingConfig(
@@ -648,7 +648,7 @@ async def evaluate_fresh(
     keep every sample, and score them with the face's `appeal`. The same prompts and sampling
     seed at every point of a run (common random numbers: differences are the policy's)."""
     assert isinstance(face, SimulatedAudience)
-    texts = instructions(
+    asked = post_prompts(
         history=history,
         n=samples,
         max_chars=face.limits.max_length,
@@ -656,10 +656,11 @@ async def evaluate_fresh(
         scores=scores,
         liked_share=settings.controller.liked_examples,
     )
+    chat = policy.tokenizer.chat_template is not None  # what a sample may not echo, as posting
     temperature = settings.sampling.temperature or 1.0
 
     def sample_and_measure() -> tuple[list[Candidate], list[float], list[float], list[int]]:
-        cands = sample_fresh(policy, texts, settings, seed)
+        cands = sample_fresh(policy, asked, settings, seed)
         pairs = [(c.prompt_tokens, c.tokens) for c in cands]
         assert policy.reference is not None, "the policy is loaded with its KL reference"
         kl, kl_sampled = fresh_kl(policy.model, policy.reference, pairs, temperature=temperature)
@@ -681,7 +682,9 @@ async def evaluate_fresh(
         chars=statistics.fmean(len(c.text) for c in cands),
         distinct_2=d2,
         bigrams=bigrams,
-        assistant=statistics.fmean(talks_like_assistant(c.text, c.prompt) for c in cands),
+        assistant=statistics.fmean(
+            talks_like_assistant(c.text, c.prompt if chat else "") for c in cands
+        ),
         samples=len(cands),
         topic=(
             statistics.fmean(bool(topic_words & set(audience_words(c.text))) for c in cands)

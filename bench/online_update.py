@@ -44,7 +44,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from plaudit.controller import SYSTEM, instructions
+from plaudit.controller import post_prompts
 from plaudit.faces.simulated import load_corpus
 from plaudit.learner import (
     LoRAConfig,
@@ -75,8 +75,8 @@ def trajectories(policy: Policy, n: int, seed: int, *, per_prompt: int = 1) -> l
     rng = random.Random(seed)
     history = [p.text for p in load_corpus()]
     prompts = [
-        policy.render_prompt(text, system=SYSTEM)
-        for text in instructions(history=history, n=-(-n // per_prompt), max_chars=280, rng=rng)
+        p.render(policy, room=60)
+        for p in post_prompts(history=history, n=-(-n // per_prompt), max_chars=280, rng=rng)
     ]
     sampling = SamplingConfig(temperature=1.0, top_p=0.95, max_new_tokens=60, seed=seed)
     out = []

@@ -20,7 +20,7 @@ from ._filters import REASONS as FILTER_REASONS
 from ._filters import talks_like_assistant
 from ._learning import TRAJECTORY_KINDS
 from ._metrics import LoopMetrics, horizon_label
-from ._prompts import SYSTEM, TOPICLESS, instructions
+from ._prompts import SYSTEM, TOPICLESS, PostPrompt, post_prompts
 from ._reward_model import (
     TALK_EXAMPLES,
     TALK_HISTORY_POSTS,
@@ -49,6 +49,7 @@ __all__: list[str] = [
     "OfflineConfig",
     "OnlineConfig",
     "Outcome",
+    "PostPrompt",
     "Progress",
     "QuietHours",
     "Resumed",
@@ -59,8 +60,8 @@ __all__: list[str] = [
     "fit_talk_head",
     "format_duration",
     "horizon_label",
-    "instructions",
     "parse_duration",
+    "post_prompts",
     "reference_checkpoint",
     "resume_from_checkpoints",
     "talk_examples",

@@ -65,8 +65,9 @@ class ControllerConfig(_Section):
     blocklist: tuple[str, ...] = ()
     min_chars: int = Field(default=12, ge=1)
     # The share of the example posts in each prompt drawn from the face's most-liked history
-    # posts (the rest at random); 0: all at random. Needs a face that scores its history and a
-    # model with a chat template (one without, such as the presets, is prompted with nothing).
+    # posts (the rest at random); 0: all at random. Needs a face that scores its history. (A
+    # model with a chat template reads them in the posting instruction; one without, such as
+    # the presets, writes the next post after them.)
     liked_examples: float = Field(default=0.0, ge=0.0, le=1.0)
     shutdown_timeout: Duration = timedelta(seconds=60)
 

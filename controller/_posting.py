@@ -18,7 +18,7 @@ from plaudit.controller._approval import Approvals
 from plaudit.controller._context import FaceRuntime, LoopContext, Outcome
 from plaudit.controller._filters import FilterConfig, NoveltyIndex, reject_reason
 from plaudit.controller._metrics import failure_reason
-from plaudit.controller._prompts import SYSTEM, instructions
+from plaudit.controller._prompts import post_prompts
 from plaudit.controller._reward_model import RewardModel
 from plaudit.faces import AuthFailed, Draft, FaceError, RateLimited, Rejected, Transient
 from plaudit.state import NewCandidate, Post
@@ -241,7 +241,7 @@ class Posting:
         c, s = ctx.settings.controller, ctx.settings.sampling
         limits = rt.face.limits
         t0 = time.monotonic()  # durations of real work are measured in real time
-        texts = instructions(
+        asked = post_prompts(
             history=rt.history,
             n=c.candidates,
             max_chars=limits.max_length,
@@ -249,7 +249,7 @@ class Posting:
             scores=rt.history_scores,
             liked_share=c.liked_examples,
         )
-        prompts = [ctx.policy.render_prompt(t, system=SYSTEM) for t in texts]
+        prompts = [p.render(ctx.policy, room=s.max_new_tokens) for p in asked]
         sampling = SamplingConfig(
             temperature=s.temperature,
             top_p=s.top_p,
@@ -277,6 +277,9 @@ class Posting:
         # Filters first, then the reward model's predictions of every candidate (stored with
         # it, before any reward can exist) and its choice among the survivors.
         filters = FilterConfig(blocklist=c.blocklist, min_chars=c.min_chars)
+        # What a candidate may not echo: a chat model's prompt; a plain model's holds only
+        # example posts, and copying those is the novelty filter's business.
+        chat = ctx.policy.tokenizer.chat_template is not None
         reasons: list[str | None] = []
         kept_texts: list[str] = []
         for cand in candidates:
@@ -289,7 +292,7 @@ class Posting:
                 own_posts=self.own_posts,
                 training_posts=self.training_posts,
                 batch_seen=kept_texts,
-                prompt=cand.prompt,
+                prompt=cand.prompt if chat else "",
             )
             reasons.append(reason)
             if reason is None:

@@ -2,12 +2,21 @@
 posts from the face's history, so that rarely-liked but real behaviours get tried at all. With
 the history's scores, a share of the examples comes from its most-liked posts: the content
 this audience rewards is then shown, not left as rare as it is in the history (style alone is
-what the random examples teach)."""
+what the random examples teach).
+
+A prompt is the posting instruction that lists the examples (for a model with a chat
+template) and the examples themselves (for a plain language model of posts, which gets no
+instruction: it continues after them as the next post, `Policy.render_prompt`'s ``context``)."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from plaudit.learner import Policy
 
 SYSTEM = "You write short, original social media posts."
 INSTRUCTION = (
@@ -24,7 +33,24 @@ TOPICLESS = (
 LIKED_FRACTION = 0.1
 
 
-def instructions(
+@dataclass(frozen=True)
+class PostPrompt:
+    """What one candidate is asked: the instruction (a chat model's user turn, listing the
+    examples) and the example posts it shows (a plain model's context)."""
+
+    instruction: str
+    examples: tuple[str, ...] = ()
+
+    def render(self, policy: Policy, *, room: int) -> str:
+        """The prompt's text for ``policy``: the system message and the instruction as a chat
+        turn where its tokenizer has a template, else the examples as the posts before the
+        new one, leaving ``room`` tokens (the new post's) in its context."""
+        return policy.render_prompt(
+            self.instruction, system=SYSTEM, context=self.examples, room=room
+        )
+
+
+def post_prompts(
     *,
     history: Sequence[str],
     n: int,
@@ -32,12 +58,13 @@ def instructions(
     rng: random.Random,
     scores: Sequence[float] = (),
     liked_share: float = 0.0,
-) -> list[str]:
-    """``n`` instructions, each showing two history posts drawn without replacement. With
+) -> list[PostPrompt]:
+    """``n`` prompts, each showing two history posts drawn without replacement. With
     ``scores`` (one per history post) each example is, with probability ``liked_share``, one of
-    the most-liked posts (the top ``LIKED_FRACTION``), else any post."""
+    the most-liked posts (the top ``LIKED_FRACTION``), else any post. A history of fewer than
+    two posts gives the instruction without examples."""
     if len(history) < 2:
-        return [TOPICLESS.format(max_chars=max_chars)] * n
+        return [PostPrompt(TOPICLESS.format(max_chars=max_chars))] * n
     posts = list(history)
     liked: list[str] = []
     if liked_share > 0 and len(scores) == len(posts):
@@ -52,7 +79,7 @@ def instructions(
             b = rng.choice([p for p in liked if p != a] or posts)
         if a == b:
             b = rng.choice([p for p in posts if p != a])
-        out.append(_instruction(a, b, max_chars))
+        out.append(PostPrompt(_instruction(a, b, max_chars), (a.strip(), b.strip())))
     return out
 
 

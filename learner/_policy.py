@@ -334,15 +334,49 @@ class Policy:
 
     # -- generation -----------------------------------------------------------------------
 
-    def render_prompt(self, instruction: str, *, system: str | None = None) -> str:
-        """A chat prompt where the tokenizer has a template. A model without one is a plain
-        language model of posts (trained from scratch on them): it gets no instruction, and
-        generation starts from its BOS token."""
-        if self.tokenizer.chat_template is None:
+    def render_prompt(
+        self,
+        instruction: str,
+        *,
+        system: str | None = None,
+        context: Sequence[str] = (),
+        room: int = 0,
+    ) -> str:
+        """A chat prompt where the tokenizer has a template (``context`` is then unused: the
+        instruction shows what it should). A model without one is a plain language model of
+        posts (trained from scratch on them, packed one after another): it gets no
+        instruction but the texts of ``context`` as the documents before the new one, each
+        ending with EOS, so it writes the next post in their company (few-shot, in the format
+        it was trained on); with no context, generation starts from BOS. Whole texts are kept,
+        the last first, while the prompt leaves ``room`` tokens (the new post's) in the model's
+        context; special tokens written in a text are taken out (a text cannot end a document
+        early)."""
+        tok = self.tokenizer
+        if tok.chat_template is not None:
+            messages = [{"role": "system", "content": system}] if system else []
+            messages.append({"role": "user", "content": instruction})
+            return tok.apply_chat_template(messages, add_generation_prompt=True)
+        specials = [t for t in (tok.bos_token, tok.eos_token, tok.pad_token) if t]
+        start = tok.bos_token or ""  # a document's first token (`_data.tokenize`)
+        end = tok.eos_token or ""
+        limit = self.model.config.max_seq_len - room
+        used = 1  # the BOS (or EOS) the new post starts from
+        kept: list[str] = []
+        for text in reversed(context):
+            for special in specials:
+                text = text.replace(special, "")
+            if not text.strip():
+                continue
+            n = len(tok.encode(text.strip())) + (2 if tok.bos_id is not None else 1)
+            if used + n >= limit:
+                break
+            kept.insert(0, text.strip())
+            used += n
+        if not kept:
             return ""
-        messages = [{"role": "system", "content": system}] if system else []
-        messages.append({"role": "user", "content": instruction})
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        # encode_prompts puts BOS first; each text ends with EOS, and the new one starts with
+        # BOS where the tokenizer has one
+        return start.join(f"{text}{end}" for text in kept) + start
 
     def generate(
         self,

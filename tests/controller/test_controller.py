@@ -356,3 +356,33 @@ async def test_stop_then_start_during_the_first_fit_runs_only_the_steps_left(
     whole = max(loop.store.runs(kind="offline"), key=lambda r: r.id)
     assert whole.metrics["steps_before"] == 0
     assert whole.metrics["steps"] == first.metrics["steps"] + second.metrics["steps"]
+
+
+async def test_a_plain_model_writes_after_two_history_posts(make_loop: Any) -> None:
+    """The tiny model has no chat template: each candidate's prompt is two history posts, each
+    BOS text EOS, and the new post starts from BOS (the format it was fitted on)."""
+    loop = make_loop()
+    ctl = loop.controller()
+    await ctl.start(schedule=False)
+    await ctl.run_until(loop.clock.now() + 3 * HOUR)
+    candidates = loop.store.posts(limit=100)
+    assert candidates
+    tok = ctl.ctx.policy.tokenizer
+    known = {p.text for p in history()}
+    for post in candidates:
+        ids = post.prompt_tokens
+        assert ids[0] == ids[-1] == tok.bos_id and ids.count(tok.eos_id) == 2
+        shown = [tok.decode(part).strip() for part in _documents(ids, tok.bos_id, tok.eos_id)]
+        assert len(shown) == 2 and set(shown) <= known
+
+
+def _documents(ids: list[int], bos: int | None, eos: int | None) -> list[list[int]]:
+    out: list[list[int]] = []
+    doc: list[int] = []
+    for t in ids:
+        if t == eos:
+            out.append(doc)
+            doc = []
+        elif t != bos:
+            doc.append(t)
+    return out

@@ -120,13 +120,14 @@ def test_assistant_talk_is_caught(text: str) -> None:
 
 
 def test_repeating_an_example_post_is_no_echo_but_repeating_the_instruction_is() -> None:
-    from plaudit.controller import instructions, talks_like_assistant
+    from plaudit.controller import post_prompts, talks_like_assistant
 
     example = "the cat sat on the warm windowsill all afternoon long"
-    (prompt,) = instructions(
+    (asked,) = post_prompts(
         history=[example, "another post about the weather"], n=1, max_chars=280,
         rng=__import__("random").Random(0),
     )  # fmt: skip
+    prompt = asked.instruction
     # A copy of an example is the novelty filter's business, not assistant talk.
     assert not talks_like_assistant(f"Look: {example}", prompt)
     # Repeating six words of the instruction itself is an echo.

@@ -31,6 +31,12 @@ machine the same day: a mean 0.0074 lower, about one standard error of the diffe
 the trajectory of each seed another. The test keeps it off, as it keeps the reward model's
 choice off: it is about the update.
 
+Since the `tiny` preset writes each post after two history posts given as the posts before it
+(no chat template: the examples as its context, 2026-12-06; before, it wrote from BOS alone),
+the same machine: z +5.57, +5.24, +7.05, +6.07, +7.01 (fresh 0.0630 -> 0.0982, 0.0644 ->
+0.0954, 0.0635 -> 0.1040, 0.0592 -> 0.0949, 0.0611 -> 0.1046; KL 3.92, 3.10, 3.84, 2.20, 4.40;
+211-248 s a seed beside a SmolLM2 benchmark run, 680 s in all).
+
 So every seed passes on this machine, and the trajectory depends on the order of the
 minibatches (on another processor, on the float rounding): the claim "for every seed" rests
 on the trajectory a machine draws. Figures of earlier versions, when runs drew a new
