@@ -356,9 +356,10 @@ class Policy:
             messages = [{"role": "system", "content": system}] if system else []
             messages.append({"role": "user", "content": instruction})
             return tok.apply_chat_template(messages, add_generation_prompt=True)
+        if tok.eos_token is None:  # nothing to end an example with (training needs one too)
+            return ""
         specials = [t for t in (tok.bos_token, tok.eos_token, tok.pad_token) if t]
-        start = tok.bos_token or ""  # a document's first token (`_data.tokenize`)
-        end = tok.eos_token or ""
+        start, end = tok.bos_token or "", tok.eos_token  # a document: BOS text EOS (`_data`)
         limit = self.model.config.max_seq_len - room
         used = 1  # the BOS (or EOS) the new post starts from
         kept: list[str] = []
