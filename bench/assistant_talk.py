@@ -63,8 +63,8 @@ def sample(n: int, seed: int, *, force: bool) -> None:
     rng = random.Random(seed)
     asked = post_prompts(history=history, n=n, max_chars=280, rng=rng)
     texts = [p.instruction for p in asked]
-    prompts = [p.render(policy, room=60) for p in asked]
     sampling = SamplingConfig(temperature=0.9, top_p=0.95, max_new_tokens=60, seed=seed)
+    prompts = [p.render(policy, room=sampling.max_new_tokens) for p in asked]
     rows: list[dict[str, Any]] = []
     for lo in range(0, n, 50):
         for c, instruction in zip(

@@ -73,11 +73,11 @@ def posting_loss(policy: Policy, pairs: list[tuple[str, str]]) -> float:
 
 def candidates(policy: Policy, history: list[str], n: int, seed: int) -> list[Any]:
     rng = random.Random(seed)
+    sampling = SamplingConfig(temperature=0.9, top_p=0.95, max_new_tokens=60, seed=seed)
     prompts = [
-        p.render(policy, room=60)
+        p.render(policy, room=sampling.max_new_tokens)
         for p in post_prompts(history=history, n=n, max_chars=MAX_CHARS, rng=rng)
     ]
-    sampling = SamplingConfig(temperature=0.9, top_p=0.95, max_new_tokens=60, seed=seed)
     return policy.generate(prompts, n=1, sampling=sampling)
 
 

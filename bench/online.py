@@ -67,6 +67,7 @@ from plaudit.controller import (
     PostPrompt,
     RewardModelConfig,
     TorchWorker,
+    echo_checked,
     post_prompts,  # the posting prompts: fresh samples are prompted exactly as posts are
     talks_like_assistant,
 )
@@ -656,7 +657,6 @@ async def evaluate_fresh(
         scores=scores,
         liked_share=settings.controller.liked_examples,
     )
-    chat = policy.tokenizer.chat_template is not None  # what a sample may not echo, as posting
     temperature = settings.sampling.temperature or 1.0
 
     def sample_and_measure() -> tuple[list[Candidate], list[float], list[float], list[int]]:
@@ -683,7 +683,7 @@ async def evaluate_fresh(
         distinct_2=d2,
         bigrams=bigrams,
         assistant=statistics.fmean(
-            talks_like_assistant(c.text, c.prompt if chat else "") for c in cands
+            talks_like_assistant(c.text, echo_checked(policy, c.prompt)) for c in cands
         ),
         samples=len(cands),
         topic=(

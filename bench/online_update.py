@@ -74,11 +74,11 @@ def trajectories(policy: Policy, n: int, seed: int, *, per_prompt: int = 1) -> l
     ``per_prompt`` of them after each prompt (a post cycle's candidates share theirs)."""
     rng = random.Random(seed)
     history = [p.text for p in load_corpus()]
+    sampling = SamplingConfig(temperature=1.0, top_p=0.95, max_new_tokens=60, seed=seed)
     prompts = [
-        p.render(policy, room=60)
+        p.render(policy, room=sampling.max_new_tokens)
         for p in post_prompts(history=history, n=-(-n // per_prompt), max_chars=280, rng=rng)
     ]
-    sampling = SamplingConfig(temperature=1.0, top_p=0.95, max_new_tokens=60, seed=seed)
     out = []
     for c in policy.generate(prompts, n=per_prompt, sampling=sampling)[:n]:
         out.append(

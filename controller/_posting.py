@@ -18,7 +18,7 @@ from plaudit.controller._approval import Approvals
 from plaudit.controller._context import FaceRuntime, LoopContext, Outcome
 from plaudit.controller._filters import FilterConfig, NoveltyIndex, reject_reason
 from plaudit.controller._metrics import failure_reason
-from plaudit.controller._prompts import post_prompts
+from plaudit.controller._prompts import echo_checked, post_prompts
 from plaudit.controller._reward_model import RewardModel
 from plaudit.faces import AuthFailed, Draft, FaceError, RateLimited, Rejected, Transient
 from plaudit.state import NewCandidate, Post
@@ -277,9 +277,6 @@ class Posting:
         # Filters first, then the reward model's predictions of every candidate (stored with
         # it, before any reward can exist) and its choice among the survivors.
         filters = FilterConfig(blocklist=c.blocklist, min_chars=c.min_chars)
-        # What a candidate may not echo: a chat model's prompt; a plain model's holds only
-        # example posts, and copying those is the novelty filter's business.
-        chat = ctx.policy.tokenizer.chat_template is not None
         reasons: list[str | None] = []
         kept_texts: list[str] = []
         for cand in candidates:
@@ -292,7 +289,7 @@ class Posting:
                 own_posts=self.own_posts,
                 training_posts=self.training_posts,
                 batch_seen=kept_texts,
-                prompt=cand.prompt if chat else "",
+                prompt=echo_checked(ctx.policy, cand.prompt),
             )
             reasons.append(reason)
             if reason is None:

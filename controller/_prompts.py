@@ -50,6 +50,13 @@ class PostPrompt:
         )
 
 
+def echo_checked(policy: Policy, prompt: str) -> str:
+    """What of a candidate's rendered ``prompt`` the talk filter checks it does not echo: a
+    chat model's whole prompt; none of a plain model's, which holds only example posts
+    (copying those is the novelty filter's business)."""
+    return prompt if policy.tokenizer.chat_template is not None else ""
+
+
 def post_prompts(
     *,
     history: Sequence[str],

@@ -366,12 +366,13 @@ class Policy:
         for text in reversed(context):
             for special in specials:
                 text = text.replace(special, "")
-            if not text.strip():
+            text = text.strip()
+            if not text:
                 continue
-            n = len(tok.encode(text.strip())) + (2 if tok.bos_id is not None else 1)
+            n = len(tok.encode(text)) + (2 if tok.bos_id is not None else 1)
             if used + n >= limit:
                 break
-            kept.insert(0, text.strip())
+            kept.insert(0, text)
             used += n
         if not kept:
             return ""
