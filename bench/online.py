@@ -23,11 +23,12 @@ a fresh state folder and a fresh face. What it reports, per method (mean and spr
     .venv/bin/python bench/online.py --methods reinforce,r3e5 --set r3e5.method=reinforce \\
         --set r3e5.lr=3e-5 --posts 200
     .venv/bin/python bench/online.py --model smollm2 --threads 2 --posts 300
+    .venv/bin/python bench/online.py --model smollm2 --fit-steps 40 --posts 120  # as the daemon
     .venv/bin/python bench/online.py --face-config bench/audiences/water.toml   # 2nd audience
 
 The face must offer `plaudit.faces.SimulatedAudience` (the built-in `simulated` does); the
 default model is the `tiny` preset fitted on the face's history, cached under the user cache
-folder. Needs matplotlib for the PNG (`pip install -e '.[bench]'`).
+folder; SmolLM2 is taken as shipped unless `--fit-steps` fits it first as the daemon does. Needs matplotlib for the PNG (`pip install -e '.[bench]'`).
 """
 
 from __future__ import annotations
@@ -63,11 +64,13 @@ from plaudit.controller import (
     Controller,
     ControllerConfig,
     LoopSettings,
+    OfflineConfig,
     OnlineConfig,
     PostPrompt,
     RewardModelConfig,
     TorchWorker,
     echo_checked,
+    fit_examples,
     post_prompts,  # the posting prompts: fresh samples are prompted exactly as posts are
     talks_like_assistant,
 )
@@ -142,11 +145,23 @@ class FitRecipe:
 
 
 @dataclass(frozen=True)
+class DaemonFit:
+    """How a pretrained model ('smollm2', a folder) is fine-tuned on the face's history before
+    the runs when `--fit-steps` is given for it: as the daemon's first offline fit does (the
+    `[offline]` table's defaults but the steps, `controller.fit_examples`: the posting
+    instruction -> a history post for a chat model), so the runs start where the daemon's
+    online learning starts."""
+
+    model: str
+    steps: int
+
+
+@dataclass(frozen=True)
 class Options:
     face_type: str
     face_config: dict[str, Any]
     model: str
-    fit: FitRecipe | None
+    fit: FitRecipe | DaemonFit | None
     posts: int
     methods: dict[str, Method]
     seeds: list[int]
@@ -257,7 +272,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         help="a preset (fitted on the face's history first, cached), 'smollm2', or a model "
         "folder (both used as they are); default tiny",
     )
-    add("--fit-steps", type=int, default=150, help="offline fit steps of a preset (default 150)")
+    add(
+        "--fit-steps",
+        type=int,
+        help="offline fit steps on the face's history before the runs: a preset's from scratch "
+        "(default 150); a pretrained model's as the daemon's first fit (default 0: as it is)",
+    )
     add("--posts", type=int, default=300, help="posting budget per run (default 300)")
     add(
         "--methods",
@@ -314,11 +334,18 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
             "`.venv/bin/pip install -e '.[bench]'`, or leave --out out (--json prints the results)"
         )
     preset = a.model in PRESETS
+    if a.fit_steps is not None and a.fit_steps < (1 if preset else 0):
+        raise SystemExit(f"--fit-steps {a.fit_steps}: a preset needs at least 1, others 0 or more")
+    fit: FitRecipe | DaemonFit | None = None
+    if preset:
+        fit = FitRecipe(preset=a.model, steps=150 if a.fit_steps is None else a.fit_steps)
+    elif a.fit_steps:
+        fit = DaemonFit(model=a.model, steps=a.fit_steps)
     return Options(
         face_type=a.face,
         face_config=read_face_config(a.face_config, a.face),
         model=a.model,
-        fit=FitRecipe(preset=a.model, steps=a.fit_steps) if preset else None,
+        fit=fit,
         posts=a.posts,
         methods=method_settings(names, a.set),
         seeds=[int(s) for s in a.seeds.split(",") if s.strip()],
@@ -375,22 +402,25 @@ async def read_history(face: Face[Any]) -> list[str]:
     return [p.text async for p in face.history(limit=HISTORY_LIMIT)]
 
 
-def fit_cache_dir(face_type: str, face_config: dict[str, Any], recipe: FitRecipe) -> Path:
+def fit_cache_dir(
+    face_type: str, face_config: dict[str, Any], recipe: FitRecipe | DaemonFit
+) -> Path:
     """Where the fitted starting model is cached: keyed by face type, config and recipe."""
     key = json.dumps([face_type, face_config, asdict(recipe)], sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return default_cache_dir() / "bench-online" / f"{face_type}-{recipe.preset}-{digest}"
+    name = recipe.preset if isinstance(recipe, FitRecipe) else Path(recipe.model).name
+    return default_cache_dir() / "bench-online" / f"{face_type}-{name}-{digest}"
 
 
 def starting_model(
     face_type: str,
     face_config: dict[str, Any],
     model: str,
-    fit: FitRecipe | None,
+    fit: FitRecipe | DaemonFit | None,
     log: Callable[[str], None] = lambda _m: None,
 ) -> Path | str:
-    """The model every run starts from: a preset fitted on the face's history (cached; a
-    second call reuses it), else `model` itself ('smollm2' or a folder)."""
+    """The model every run starts from: fitted on the face's history as `fit` says (cached; a
+    second call reuses it), else `model` itself ('smollm2' or a folder, as it is)."""
     if fit is None:
         return model
     cached = fit_cache_dir(face_type, face_config, fit)
@@ -401,7 +431,10 @@ def starting_model(
         clock = SimulatedClock(start=START.timestamp())
         face = make_face(face_type, face_config, Path(tmp) / "face", clock)
         texts = asyncio.run(read_history(face))
+        max_chars = face.limits.max_length
         asyncio.run(face.aclose())
+        if isinstance(fit, DaemonFit):
+            return daemon_fit(fit, texts, max_chars, cached, face_type, face_config, log)
         cfg = OfflineTrainConfig(
             model=fit.preset,
             vocab_size=fit.vocab_size,
@@ -437,6 +470,49 @@ def starting_model(
                 "seconds": round(time.perf_counter() - t0, 1),
             }
             (folder / "fit.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+    log(f"fitted in {info['seconds']} s, validation loss {result.best_val_loss}: {cached}")
+    return cached / "model"
+
+
+def daemon_fit(
+    fit: DaemonFit,
+    texts: list[str],
+    max_chars: int,
+    cached: Path,
+    face_type: str,
+    face_config: dict[str, Any],
+    log: Callable[[str], None],
+) -> Path:
+    """Fine-tune `fit.model` on the history `texts` as the daemon's first offline fit does
+    (`Policy.fine_tune` with the `[offline]` defaults, validation halfway and at the end, the
+    best weights kept) and save the result to `cached`/model."""
+    policy = Policy.load(fit.model, device="cpu")
+    examples = fit_examples([(texts, max_chars)], chat=policy.tokenizer.chat_template is not None)
+    cfg = OfflineConfig().train_config(
+        model=fit.model,
+        max_steps=fit.steps,
+        eval_every=max(1, fit.steps // 2),
+        samples=0,
+        device="cpu",
+    )
+    t0 = time.perf_counter()
+    log(f"fitting {fit.model} on {len(texts)} history posts as the daemon does ({fit.steps} steps)")
+    result = policy.fine_tune(cfg, examples=examples)
+    with atomic_folder(cached, replace=True) as folder:
+        policy.save(folder / "model")
+        info = {
+            "face": face_type,
+            "face_config": face_config,
+            "recipe": asdict(fit),
+            "config": cfg.model_dump(mode="json"),
+            "history_posts": len(texts),
+            "format": examples[0].fmt,
+            "steps": result.steps,
+            "last_loss": result.last_loss,
+            "val_loss": result.best_val_loss,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        (folder / "fit.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     log(f"fitted in {info['seconds']} s, validation loss {result.best_val_loss}: {cached}")
     return cached / "model"
 

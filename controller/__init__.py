@@ -20,6 +20,7 @@ from ._filters import REASONS as FILTER_REASONS
 from ._filters import talks_like_assistant
 from ._learning import TRAJECTORY_KINDS
 from ._metrics import LoopMetrics, horizon_label
+from ._offline import fit_examples
 from ._prompts import SYSTEM, TOPICLESS, PostPrompt, echo_checked, post_prompts
 from ._reward_model import (
     TALK_EXAMPLES,
@@ -58,6 +59,7 @@ __all__: list[str] = [
     "SetAside",
     "TorchWorker",
     "echo_checked",
+    "fit_examples",
     "fit_talk_head",
     "format_duration",
     "horizon_label",

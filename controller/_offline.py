@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import shutil
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from plaudit.controller._checkpoints import Checkpoints
@@ -92,23 +93,11 @@ class OfflineFits:
                 )
 
     def examples(self, histories: list[tuple[FaceRuntime, list[str]]]) -> list[Example]:
-        """The fit's examples. An instruct model (one with a chat template) is prompted to post
-        with the posting instruction, so it fits on that instruction -> a history post (the
-        loss on the post only); a model without one posts from nothing, so it fits on the
-        posts as plain text. The pairs are drawn with a fixed seed: a fit resumed after a stop
-        sees the same data in the same order."""
-        from plaudit.learner import examples_from_pairs, examples_from_texts
-
-        if self.ctx.policy.tokenizer.chat_template is None:  # as `Policy.render_prompt`
-            texts = [t for _, history in histories for t in history]
-            return examples_from_texts(texts, source="face-history")
-        rng = random.Random(0)
-        pairs = [
-            pair
-            for rt, history in histories
-            for pair in fit_pairs(history, max_chars=rt.face.limits.max_length, rng=rng)
-        ]
-        return examples_from_pairs(pairs, source="face-history", system=SYSTEM)
+        """The fit's examples for the live policy (`fit_examples`)."""
+        return fit_examples(
+            [(history, rt.face.limits.max_length) for rt, history in histories],
+            chat=self.ctx.policy.tokenizer.chat_template is not None,
+        )
 
     async def _fit(
         self,
@@ -225,3 +214,24 @@ class OfflineFits:
             return False
         ctx.store.set_value(STEPS_DONE, "0")
         return status == "completed"
+
+
+def fit_examples(histories: Sequence[tuple[Sequence[str], int]], *, chat: bool) -> list[Example]:
+    """What an offline fit on ``histories`` (each a face's posts and its character limit)
+    trains on. An instruct model (``chat``: one with a chat template) is prompted to post with
+    the posting instruction, so it fits on that instruction -> a history post (the loss on the
+    post only); a model without one posts after example posts as plain documents, so it fits
+    on the posts as plain text (as `Policy.render_prompt` renders). The pairs are drawn with a
+    fixed seed: a fit resumed after a stop sees the same data in the same order."""
+    from plaudit.learner import examples_from_pairs, examples_from_texts
+
+    if not chat:
+        texts = [t for history, _ in histories for t in history]
+        return examples_from_texts(texts, source="face-history")
+    rng = random.Random(0)
+    pairs = [
+        pair
+        for history, max_chars in histories
+        for pair in fit_pairs(history, max_chars=max_chars, rng=rng)
+    ]
+    return examples_from_pairs(pairs, source="face-history", system=SYSTEM)

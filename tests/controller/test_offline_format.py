@@ -1,14 +1,14 @@
 """The daemon's offline fit teaches what posting asks: an instruct model (a chat template) fits
 on the posting instruction -> a history post, rendered exactly as the post cycle prompts, with
-the loss on the post only; a model without a template fits on the posts as plain text, as it
-posts from nothing."""
+the loss on the post only; a model without a template fits on the posts as plain text, the
+documents it posts after."""
 
 from __future__ import annotations
 
 import random
 from typing import Any
 
-from plaudit.controller import SYSTEM
+from plaudit.controller import SYSTEM, fit_examples
 from plaudit.controller._prompts import fit_pairs
 from plaudit.learner._data import examples_from_pairs, tokenize
 
@@ -35,7 +35,7 @@ async def test_an_instruct_model_fits_in_the_posting_format(make_loop: Any) -> N
     await ctl.start(schedule=False)
     policy = ctl.ctx.policy
     rt = ctl.faces["mem"]
-    # Without a chat template the model posts from nothing: plain text, as before.
+    # Without a chat template the model posts after plain posts: it fits on plain text.
     plain = ctl.offline_fits.examples([(rt, HISTORY)])
     assert [ex.fmt for ex in plain] == ["text"] * len(HISTORY)
 
@@ -58,6 +58,9 @@ async def test_an_instruct_model_fits_in_the_posting_format(make_loop: Any) -> N
     # The same pairs each time: a fit resumed after a stop sees the data it was fitting.
     again = ctl.offline_fits.examples([(rt, HISTORY)])
     assert [ex.turns for ex in again] == [ex.turns for ex in examples]
+    # The benchmark's fit of a pretrained model uses the same rule.
+    same = fit_examples([(HISTORY, rt.face.limits.max_length)], chat=True)
+    assert [ex.turns for ex in same] == [ex.turns for ex in examples]
 
 
 def test_pairs_without_a_template_put_the_system_message_first() -> None:
