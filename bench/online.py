@@ -79,6 +79,7 @@ from plaudit.faces.simulated._audience import words as audience_words  # as topi
 from plaudit.learner import (
     PRESETS,
     Candidate,
+    FitResult,
     OfflineTrainConfig,
     Policy,
     SamplingConfig,
@@ -433,37 +434,19 @@ def starting_model(
         texts = asyncio.run(read_history(face))
         max_chars = face.limits.max_length
         asyncio.run(face.aclose())
-        if isinstance(fit, DaemonFit):
-            return daemon_fit(fit, texts, max_chars, cached, face_type, face_config, log)
-        cfg = OfflineTrainConfig(
-            model=fit.preset,
-            vocab_size=fit.vocab_size,
-            max_steps=fit.steps,
-            epochs=10**6,  # max_steps decides
-            batch_size=fit.batch_size,
-            max_seq_len=fit.max_seq_len,
-            seed=fit.seed,
-            eval_every=fit.steps,
-            save_every=10**9,
-            samples=0,
-            device="cpu",
-        )
         t0 = time.perf_counter()
-        log(f"fitting {fit.preset} on {len(texts)} history posts ({fit.steps} steps) ...")
-        result = train_offline(
-            cfg,
-            out=Path(tmp) / "run",
-            extra_examples=examples_from_texts(texts, source="face-history"),
-        )
-        best = result.best_dir or result.last_checkpoint
-        assert best is not None, "a fit that ran steps leaves a checkpoint"
+        if isinstance(fit, DaemonFit):
+            result, write_model, extra = daemon_fit(fit, texts, max_chars, log)
+        else:
+            result, write_model, extra = preset_fit(fit, texts, Path(tmp) / "run", log)
         with atomic_folder(cached, replace=True) as folder:
-            shutil.copytree(best, folder / "model")
+            write_model(folder / "model")
             info = {
                 "face": face_type,
                 "face_config": face_config,
                 "recipe": asdict(fit),
                 "history_posts": len(texts),
+                **extra,
                 "steps": result.steps,
                 "last_loss": result.last_loss,
                 "val_loss": result.best_val_loss,
@@ -474,18 +457,41 @@ def starting_model(
     return cached / "model"
 
 
+# A fit's result, how to write its model folder, and what else its record says.
+Fitted = tuple[FitResult, Callable[[Path], object], dict[str, Any]]
+
+
+def preset_fit(fit: FitRecipe, texts: list[str], run: Path, log: Callable[[str], None]) -> Fitted:
+    """Train the preset `fit.preset` from scratch on the history `texts` (a tokenizer built from
+    them), in the run folder `run`; its best checkpoint is the model."""
+    cfg = OfflineTrainConfig(
+        model=fit.preset,
+        vocab_size=fit.vocab_size,
+        max_steps=fit.steps,
+        epochs=10**6,  # max_steps decides
+        batch_size=fit.batch_size,
+        max_seq_len=fit.max_seq_len,
+        seed=fit.seed,
+        eval_every=fit.steps,
+        save_every=10**9,
+        samples=0,
+        device="cpu",
+    )
+    log(f"fitting {fit.preset} on {len(texts)} history posts ({fit.steps} steps) ...")
+    result = train_offline(
+        cfg, out=run, extra_examples=examples_from_texts(texts, source="face-history")
+    )
+    best = result.best_dir or result.last_checkpoint
+    assert best is not None, "a fit that ran steps leaves a checkpoint"
+    return result, lambda folder: shutil.copytree(best, folder), {}
+
+
 def daemon_fit(
-    fit: DaemonFit,
-    texts: list[str],
-    max_chars: int,
-    cached: Path,
-    face_type: str,
-    face_config: dict[str, Any],
-    log: Callable[[str], None],
-) -> Path:
+    fit: DaemonFit, texts: list[str], max_chars: int, log: Callable[[str], None]
+) -> Fitted:
     """Fine-tune `fit.model` on the history `texts` as the daemon's first offline fit does
     (`Policy.fine_tune` with the `[offline]` defaults, validation halfway and at the end, the
-    best weights kept) and save the result to `cached`/model."""
+    best weights kept)."""
     policy = Policy.load(fit.model, device="cpu")
     examples = fit_examples([(texts, max_chars)], chat=policy.tokenizer.chat_template is not None)
     cfg = OfflineConfig().train_config(
@@ -495,26 +501,10 @@ def daemon_fit(
         samples=0,
         device="cpu",
     )
-    t0 = time.perf_counter()
     log(f"fitting {fit.model} on {len(texts)} history posts as the daemon does ({fit.steps} steps)")
     result = policy.fine_tune(cfg, examples=examples)
-    with atomic_folder(cached, replace=True) as folder:
-        policy.save(folder / "model")
-        info = {
-            "face": face_type,
-            "face_config": face_config,
-            "recipe": asdict(fit),
-            "config": cfg.model_dump(mode="json"),
-            "history_posts": len(texts),
-            "format": examples[0].fmt,
-            "steps": result.steps,
-            "last_loss": result.last_loss,
-            "val_loss": result.best_val_loss,
-            "seconds": round(time.perf_counter() - t0, 1),
-        }
-        (folder / "fit.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
-    log(f"fitted in {info['seconds']} s, validation loss {result.best_val_loss}: {cached}")
-    return cached / "model"
+    extra = {"config": cfg.model_dump(mode="json"), "format": examples[0].fmt}
+    return result, policy.save, extra
 
 
 # -- measuring -----------------------------------------------------------------------------
