@@ -159,16 +159,20 @@ async def test_bad_bodies(server: HttpServer) -> None:
 async def wait_for_offline_run(
     client: httpx.AsyncClient, store: Store, *, runs: int = 1
 ) -> list[dict[str, Any]]:
-    """Poll the status until ``runs`` offline runs have ended; every status seen on the way."""
+    """Poll the status until ``runs`` offline runs have ended and the request is done with
+    (no progress shown, the mode back to online); every status seen on the way. The status is
+    read before the store: the fit can end between the two reads (its checkpoint written, the
+    run recorded, the mode switched back), so a status without progress may still show the
+    mode it had (seen on a loaded machine) and is not the last one."""
     seen = []
     for _ in range(600):
         status = (await client.get("/api/status")).json()
         seen.append(status)
         ended = [r for r in store.runs(kind="offline") if r.ended_at is not None]
-        if len(ended) >= runs and status["progress"] is None:
+        if len(ended) >= runs and status["progress"] is None and status["mode"] == "online":
             return seen
         await asyncio.sleep(0.05)
-    raise AssertionError("the offline run did not end within 30 s")
+    raise AssertionError("the offline run did not end, with the mode back online, within 30 s")
 
 
 async def test_control_refusals_map_to_400_and_409(
