@@ -65,6 +65,7 @@ class LoopMetrics(Protocol):
     online_move_scale: Gauge
     online_trajectories: Counter  # [kind]: controller TRAJECTORY_KINDS
     reward_model_spearman: Gauge  # [face]
+    post_kinds: Gauge  # [face, posts]: "candidates" (the newest), "history"
     approval_waiting: Gauge  # [face]: posts held for a human's decision
     approval_decisions: Counter  # [face, decision]: approved, edited, rejected, expired
     approval_wait_seconds: Histogram  # held -> decided

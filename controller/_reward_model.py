@@ -15,7 +15,12 @@
   (`reward_model.talk_filter`): ridge on labelled candidates (`TALK_EXAMPLES`, 1 = talks
   like a chat assistant) and the faces' history posts (0: people's posts), fitted with the
   first; a survivor it scores above `TALK_THRESHOLD` is filtered ("assistant") before the
-  choice. bench/assistant_talk.py measures it (two folds of the labelled set).
+  choice. bench/assistant_talk.py measures it (two folds of the labelled set);
+- the kinds of post the candidates cover: the faces' history clustered on the same features
+  (`PostKinds`, fitted with the first head and again when the reference or the history
+  changes), each candidate assigned its kind as it is scored, and the effective number of
+  kinds among a face's newest `KINDS_WINDOW` candidates exported beside the history's own, so
+  that a policy narrowing onto what was rewarded shows before its posts all read alike.
 
 The features come from the frozen reference model, so a post's features are computed once
 (keyed by its text) and cached until the reference changes; after each checkpoint the cache
@@ -30,8 +35,9 @@ import functools
 import hashlib
 import json
 import math
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +49,7 @@ from plaudit.state import RewardSource
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from plaudit.learner import RewardHead, Transformer
+    from plaudit.learner import PostKinds, RewardHead, Transformer
 
 # Own rewarded posts the head is fitted on, at most (the newest).
 MAX_OWN = 2000
@@ -67,6 +73,10 @@ TALK_HISTORY_WEIGHT = 0.3
 # `history_posts`): the 1,000 its figures above were measured with, so that more of them do not
 # outweigh the 500 labelled candidates.
 TALK_HISTORY_POSTS = 1000
+# The kinds of post covered are measured over a face's newest this-many candidates (25 post
+# cycles of 8), and shown from `KINDS_MIN` of them on.
+KINDS_WINDOW = 200
+KINDS_MIN = 64
 
 
 @functools.cache
@@ -115,6 +125,8 @@ class Choice:
     chance: float | None = None
     # Survivors the talk head caught (`TALK_THRESHOLD`): filtered, not chosen among.
     talk: tuple[int, ...] = ()
+    # Every candidate's kind of post (`PostKinds`); empty before the kinds are fitted.
+    kinds: tuple[int, ...] = ()
 
 
 class RewardModel:
@@ -125,6 +137,12 @@ class RewardModel:
         # What the talk head was fitted for: its inputs (the labelled candidates, the faces'
         # history) do not change with rewards, so a refit fits it again only when these do.
         self._talk_for: tuple[object, tuple[tuple[str, int], ...]] | None = None
+        # The kinds of post, fitted on the same inputs (the reference, the faces' history).
+        self.kinds: PostKinds | None = None
+        self._kinds_for: tuple[object, tuple[tuple[str, int], ...]] | None = None
+        self.history_kinds: dict[str, float] = {}  # face -> its history's effective number
+        self.candidate_kinds: dict[str, float] = {}  # face -> its newest candidates'
+        self._recent_kinds: dict[str, deque[int]] = {}
         self.stale = True  # refit before the next prediction
         self.correlation: dict[str, float] = {}  # face -> Spearman, where measured
         self._features: dict[str, Tensor] = {}  # a text's digest -> (C,)
@@ -205,21 +223,51 @@ class RewardModel:
         history = [t for rt in self.ctx.faces.values() for t in rt.history[:history_posts]]
         return list(labelled), labels, history
 
+    def _kinds_sets(self) -> dict[str, list[str]]:
+        """Each face's history posts the kinds are fitted on (those the head is)."""
+        history_posts = self.ctx.settings.reward_model.history_posts
+        return {name: rt.history[:history_posts] for name, rt in self.ctx.faces.items()}
+
     def _fit(self, texts: list[str], targets: list[float], weights: list[float], n_own: int,
              talk: tuple[list[str], Sequence[float], list[str]] | None,
-             ) -> tuple[RewardHead, RewardHead | None]:  # fmt: skip
+             kinds: dict[str, list[str]] | None,
+             ) -> tuple[RewardHead, RewardHead | None, tuple[PostKinds | None, dict[str, float]]
+                        | None]:  # fmt: skip
         """On the worker: features of the texts not yet cached, then the head (and the talk
-        head, from ``talk``'s labelled and history texts)."""
-        from plaudit.learner import WORD_FEATURES, RewardHead
+        head, from ``talk``'s labelled and history texts; the kinds of post, from ``kinds``'
+        history texts per face, with each face's effective number)."""
+        import torch
+
+        from plaudit.learner import (
+            WORD_FEATURES,
+            PostKinds,
+            RewardHead,
+            effective_number,
+            hidden_features,
+        )
 
         x = self._cached_features(texts)
         head = RewardHead.fit(x, targets, weights, n_own=n_own, indicators=WORD_FEATURES)
-        if talk is None:
-            return head, None
-        labelled, labels, history = talk
-        return head, fit_talk_head(
-            self._cached_features(labelled), labels, self._cached_features(history)
-        )
+        talk_head = None
+        if talk is not None:
+            labelled, labels, history = talk
+            talk_head = fit_talk_head(
+                self._cached_features(labelled), labels, self._cached_features(history)
+            )
+        if kinds is None:
+            return head, talk_head, None
+        per_face = {
+            name: hidden_features(self._cached_features(t)) for name, t in kinds.items() if t
+        }
+        fitted = PostKinds.fit(torch.cat(list(per_face.values()))) if per_face else None
+        spread: dict[str, float] = {}  # face -> its history's effective number of kinds
+        if fitted is not None:
+            for name, feats in per_face.items():
+                counts = [0.0] * fitted.k
+                for kind in fitted.assign(feats):
+                    counts[kind] += 1
+                spread[name] = effective_number(counts)
+        return head, talk_head, (fitted, spread)
 
     def _cached_features(self, texts: list[str]) -> Tensor:
         """On the worker: (N, C) features of ``texts``, read for those not cached yet."""
@@ -298,15 +346,19 @@ class RewardModel:
         talk_for = (reference, histories)  # (a model compares by identity)
         talk_filter = self.ctx.settings.reward_model.talk_filter
         fit_talk = talk_filter and (self.talk is None or self._talk_for != talk_for)
-        head, talk = await self.ctx.worker.run_soon(
+        fit_kinds = self._kinds_for != talk_for
+        head, talk, kinds = await self.ctx.worker.run_soon(
             "reward_model", self._fit, texts, targets, weights, n_own,
             self._talk_sets() if fit_talk else None,
+            self._kinds_sets() if fit_kinds else None,
         )  # fmt: skip
         self.head = head
         if not talk_filter:
             self.talk = self._talk_for = None
         elif fit_talk:
             self.talk, self._talk_for = talk, talk_for
+        if kinds is not None:
+            self._adopt_kinds(*kinds, fitted_for=talk_for)
         talk = self.talk
         self.ctx.log.info(
             "reward model fitted",
@@ -318,6 +370,29 @@ class RewardModel:
             features=feature_width(reference),
             talk_loo_r2=round(talk.loo_r2, 3) if talk is not None else None,
         )
+
+    def _adopt_kinds(self, kinds: PostKinds | None, history: dict[str, float], *,
+                     fitted_for: tuple[object, tuple[tuple[str, int], ...]]) -> None:  # fmt: skip
+        """New kinds (a new reference or history): the candidates' windows start again, as
+        their kinds were another clustering's."""
+        self.kinds, self._kinds_for = kinds, fitted_for
+        self._recent_kinds.clear()
+        self.candidate_kinds.clear()
+        self.history_kinds = history
+        for face, value in history.items():
+            self.ctx.metrics.post_kinds.labels(face, "history").set(value)
+
+    def _record_kinds(self, face: str, kinds: Sequence[int]) -> None:
+        from plaudit.learner import kinds_covered
+
+        if not kinds:
+            return
+        recent = self._recent_kinds.setdefault(face, deque(maxlen=KINDS_WINDOW))
+        recent.extend(kinds)
+        if len(recent) >= KINDS_MIN:
+            value = kinds_covered(list(recent))
+            self.candidate_kinds[face] = value
+            self.ctx.metrics.post_kinds.labels(face, "candidates").set(value)
 
     # -- posting ---------------------------------------------------------------------------
 
@@ -332,16 +407,16 @@ class RewardModel:
         reference = self._frozen
         if self.stale or reference is not self._reference:
             await self.refit()
-        head, talk_head = self.head, self.talk
+        head, talk_head, kinds_map = self.head, self.talk, self.kinds
         if head is None:
             return None
         selection = self.ctx.settings.reward_model.selection
         seed = self.ctx.rng.randrange(2**63)
 
-        def predict() -> tuple[list[float], list[float], list[int], list[float]]:
+        def predict() -> tuple[list[float], list[float], list[int], list[float], list[int]]:
             import torch
 
-            from plaudit.learner import text_features
+            from plaudit.learner import hidden_features, text_features
 
             x = text_features(reference, policy.tokenizer, texts)
             # Rewards are clipped z-scores: a prediction beyond the clip is extrapolation (a
@@ -359,23 +434,25 @@ class RewardModel:
                 if selection == "thompson" and kept
                 else []
             )
-            return mean, draw, talk, chances
+            kinds = kinds_map.assign(hidden_features(x)) if kinds_map is not None else []
+            return mean, draw, talk, chances, kinds
 
-        mean, draw, talk, chances = await self.ctx.worker.run_soon("reward_model", predict)
+        mean, draw, talk, chances, kinds = await self.ctx.worker.run_soon("reward_model", predict)
+        if kinds_map is self.kinds:  # not refitted meanwhile
+            self._record_kinds(face, kinds)
         survivors = [i for i in survivors if i not in talk]
-        caught = tuple(talk)
+        base = Choice(index=-1, predicted=mean, talk=tuple(talk), kinds=tuple(kinds))
         if not survivors:
-            return Choice(index=-1, predicted=mean, talk=caught)
+            return base
         if selection == "uniform" or self.trust(face) == 0.0:
             index = self.ctx.rng.choice(survivors)
-            return Choice(index=index, predicted=mean, chance=1.0 / len(survivors), talk=caught)
+            return replace(base, index=index, chance=1.0 / len(survivors))
         if selection == "greedy":
-            index = max(survivors, key=lambda i: mean[i])
-            return Choice(index=index, predicted=mean, talk=caught)
+            return replace(base, index=max(survivors, key=lambda i: mean[i]))
         index = max(survivors, key=lambda i: draw[i])
         # The chosen one won a draw, so its chance is not 0 whatever the estimate says.
         chance = max(chances[survivors.index(index)], 1.0 / CHANCE_DRAWS)
-        return Choice(index=index, predicted=mean, chance=chance, talk=caught)
+        return replace(base, index=index, chance=chance)
 
     # -- when rewards arrive ---------------------------------------------------------------
 
@@ -411,4 +488,8 @@ class RewardModel:
             "loo_r2": head.loo_r2 if head else None,
             "talk_filter": self.talk is not None,
             "spearman": dict(self.correlation),
+            "post_kinds": {
+                face: {"history": value, "candidates": self.candidate_kinds.get(face)}
+                for face, value in self.history_kinds.items()
+            },
         }

@@ -315,6 +315,11 @@ def _print_view(view: StatusView, folder: Path) -> None:
             f"{rm.selection}, fitted on {rm.own_posts} rewarded + {rm.history_posts} history "
             f"posts; rank correlation with rewards: {rho}"
         )
+        for name, kinds in rm.post_kinds.items():
+            covered = f"{kinds.candidates:.1f}" if kinds.candidates is not None else "not yet"
+            lines[f"kinds of post {name}"] = (
+                f"newest candidates {covered}, history {kinds.history:.1f} (of 16)"
+            )
     for face in view.faces:
         lines[f"face {face.name}"] = f"{face.type}, {face.posts_published} posts" + (
             f", last error: {face.last_error}" if face.last_error else ""

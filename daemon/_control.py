@@ -70,6 +70,13 @@ class TrainingProgress(_Model):
     )
 
 
+class PostKindsStatus(_Model):
+    history: float = Field(description="the face's history's effective number of kinds of post")
+    candidates: float | None = Field(
+        description="its newest candidates' (up to 200); null before 64 were scored"
+    )
+
+
 class RewardModelStatus(_Model):
     enabled: bool
     selection: Literal["thompson", "greedy", "uniform"]
@@ -83,6 +90,12 @@ class RewardModelStatus(_Model):
     spearman: dict[str, float] = Field(
         description="per face: rank correlation of predictions (stored at posting time) with "
         "the rewards that arrived; absent until 3 rewarded posts carry a prediction"
+    )
+    post_kinds: dict[str, PostKindsStatus] = Field(
+        description="per face: how many kinds of post (16 clusters of the history on the "
+        "reward model's features) its history and its newest candidates cover, as the "
+        "effective number (exp of the entropy of their shares); absent before the history "
+        "is clustered"
     )
 
 

@@ -183,6 +183,18 @@ class Metrics:
             ["face"],
             registry=registry,
         )
+        # No series until the reward model has clustered a face's history, and no
+        # posts="candidates" one before KINDS_MIN of the face's candidates were scored.
+        self.post_kinds = Gauge(
+            "plaudit_post_kinds",
+            "Effective number of kinds of post (16 k-means clusters of the reward model's "
+            "features of the faces' history) among posts=candidates (the face's newest 200 "
+            "candidates, filtered ones too) and posts=history (the face's history): exp of the "
+            "entropy of their shares. Candidates far below the history have narrowed onto a "
+            "few kinds.",
+            ["face", "posts"],
+            registry=registry,
+        )
 
         # -- the approval queue (only with [approval] required, or posts still held) --------
         self.approval_waiting = Gauge(

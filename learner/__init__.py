@@ -55,12 +55,14 @@ if TYPE_CHECKING:
     from ._model import Transformer
     from ._online import OnlineUpdateConfig, Trajectory, UpdateStats
     from ._policy import Candidate, Policy, Restored, drop_optimizer_state, strip_to_adapters
+    from ._post_kinds import KINDS, PostKinds, effective_number, kinds_covered
     from ._reward_model import (
         WORD_FEATURES,
         Prediction,
         RewardHead,
         RewardModelState,
         feature_width,
+        hidden_features,
         text_features,
         word_features,
     )
@@ -121,10 +123,15 @@ _LAZY: dict[str, tuple[str, str]] = {
     "Restored": ("._policy", "Restored"),
     "drop_optimizer_state": ("._policy", "drop_optimizer_state"),
     "strip_to_adapters": ("._policy", "strip_to_adapters"),
+    "KINDS": ("._post_kinds", "KINDS"),
+    "PostKinds": ("._post_kinds", "PostKinds"),
+    "effective_number": ("._post_kinds", "effective_number"),
+    "kinds_covered": ("._post_kinds", "kinds_covered"),
     "Prediction": ("._reward_model", "Prediction"),
     "RewardHead": ("._reward_model", "RewardHead"),
     "RewardModelState": ("._reward_model", "RewardModelState"),
     "text_features": ("._reward_model", "text_features"),
+    "hidden_features": ("._reward_model", "hidden_features"),
     "word_features": ("._reward_model", "word_features"),
     "feature_width": ("._reward_model", "feature_width"),
     "WORD_FEATURES": ("._reward_model", "WORD_FEATURES"),
@@ -150,6 +157,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__: list[str] = [
+    "KINDS",
     "PRESETS",
     "TRAINER_STATE",
     "WORD_FEATURES",
@@ -175,6 +183,7 @@ __all__: list[str] = [
     "OfflineTrainConfig",
     "OnlineUpdateConfig",
     "Policy",
+    "PostKinds",
     "Prediction",
     "PromptCache",
     "Restored",
@@ -197,6 +206,7 @@ __all__: list[str] = [
     "dedupe_examples",
     "default_cache_dir",
     "drop_optimizer_state",
+    "effective_number",
     "encode_prompts",
     "evaluate",
     "examples_from_pairs",
@@ -207,6 +217,8 @@ __all__: list[str] = [
     "generate_text",
     "grow_model",
     "grow_target_config",
+    "hidden_features",
+    "kinds_covered",
     "load_model",
     "load_trainer_state",
     "logit_difference",

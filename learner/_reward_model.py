@@ -58,6 +58,11 @@ def feature_width(model: Transformer) -> int:
     return model.config.n_embd + WORD_FEATURES
 
 
+def hidden_features(features: Tensor) -> Tensor:
+    """The hidden-state columns of `text_features`' rows (the words left out)."""
+    return features[:, : features.shape[1] - WORD_FEATURES]
+
+
 def word_features(texts: Sequence[str], dim: int = WORD_FEATURES) -> Tensor:
     """(N, dim) float32 of 0/1: which words (lower-cased, hashed into ``dim`` buckets with a
     digest, so the same in every process) a text contains.

@@ -211,6 +211,11 @@ function renderStatus(s) {
   $("reward-model-rho").textContent = rhos.length
     ? rhos.map(([face, rho]) => `${face} ρ ${fmtNumber(rho, 2)}`).join(" · ")
     : "not yet (3 rewarded posts)";
+  const kinds = Object.entries(rm.post_kinds);
+  $("post-kinds").textContent = kinds.length
+    ? kinds.map(([face, k]) => `${face} ${k.candidates === null ? "–" : fmtNumber(k.candidates, 3)}`
+      + ` of the history's ${fmtNumber(k.history, 3)}`).join(" · ")
+    : rm.enabled ? "not yet (the history is clustered first)" : "off (the reward model is off)";
 
   const chips = $("last-rewards");
   chips.replaceChildren(...s.last_rewards.map(rewardChip));

@@ -58,6 +58,8 @@ def exercise(metrics: Metrics, step: int) -> None:
         for horizon in metrics.horizons:
             metrics.reactions_collected.labels(face, horizon).inc()
         metrics.reward_model_spearman.labels(face).set(0.3)
+        metrics.post_kinds.labels(face, "history").set(15.4)
+        metrics.post_kinds.labels(face, "candidates").set(9.0 + step % 4)
         # The approval queue, as with [approval] required = true.
         metrics.approval_waiting.labels(face).set(step % 3)
         for decision in APPROVAL_DECISIONS:

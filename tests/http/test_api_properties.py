@@ -55,6 +55,7 @@ STATUS = StatusView(
         loo_r2=None,
         talk_filter=False,
         spearman={},
+        post_kinds={},
     ),
     uptime_seconds=1.0,
 )

@@ -75,6 +75,7 @@ def test_no_post_text_or_id_in_labels(metrics: Metrics) -> None:
     allowed |= {"decision"}  # plaudit_approval_decisions_total: approved, edited, ...
     allowed |= {"part"}  # plaudit_state_bytes: checkpoints, database, cache, other
     allowed |= {"kind"}  # plaudit_online_trajectories_total: reward, candidate, filtered, ...
+    allowed |= {"posts"}  # plaudit_post_kinds: candidates, history
     allowed |= {"version", "model", "implementation", "major", "minor", "patchlevel"}
     allowed |= {"generation"}  # python_gc_* from the runtime collector
     assert label_names <= allowed
