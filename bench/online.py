@@ -15,7 +15,9 @@ a fresh state folder and a fresh face. What it reports, per method (mean and spr
   sample's tokens of log pi - log pi_ref, both from the full softmax at the sampling temperature
   (no top-p mask), averaged over samples; mean length, distinct-2, the share that talks like an
   assistant or echoes the prompt, the reference model's loss on the last 50 published posts;
-  for an audience with topics, the share of fresh samples that name one (discovery);
+  for an audience with topics, the share of fresh samples that name one (discovery); how many
+  kinds of post they cover (the effective number of the history's 16 clusters, as the daemon
+  measures its candidates: a policy narrowing onto what was rewarded);
 - wall time, updates (policy versions) and the time the updates took.
 
     .venv/bin/python bench/online.py --quick --json
@@ -82,9 +84,13 @@ from plaudit.learner import (
     FitResult,
     OfflineTrainConfig,
     Policy,
+    PostKinds,
     SamplingConfig,
     default_cache_dir,
     examples_from_texts,
+    hidden_features,
+    kinds_covered,
+    text_features,
     train_offline,
 )
 from plaudit.state import PostStatus, Store, atomic_folder
@@ -676,6 +682,10 @@ class FreshEval:
     # share that names one of the audience's topic words (its `topics`; None without any):
     # how much of the content an audience rewards the policy writes about
     topic: float | None = None
+    # how many kinds of post the samples cover: the effective number of the history's 16
+    # clusters on the reference's features (`PostKinds`, as the daemon measures its
+    # candidates; the history's own is about 15.5 on `tiny`); None for a history too small
+    kinds: float | None = None
 
 
 def sample_fresh(
@@ -710,6 +720,7 @@ async def evaluate_fresh(
     posts: int,
     scores: Sequence[float] = (),
     topics: Collection[str] = (),
+    kinds: PostKinds | None = None,
 ) -> FreshEval:
     """Sample as posting does (its prompts, sampling settings, the cut at a sentence end), but
     keep every sample, and score them with the face's `appeal`. The same prompts and sampling
@@ -725,14 +736,20 @@ async def evaluate_fresh(
     )
     temperature = settings.sampling.temperature or 1.0
 
-    def sample_and_measure() -> tuple[list[Candidate], list[float], list[float], list[int]]:
+    def sample_and_measure() -> tuple[
+        list[Candidate], list[float], list[float], list[int], float | None
+    ]:
         cands = sample_fresh(policy, asked, settings, seed)
         pairs = [(c.prompt_tokens, c.tokens) for c in cands]
         assert policy.reference is not None, "the policy is loaded with its KL reference"
         kl, kl_sampled = fresh_kl(policy.model, policy.reference, pairs, temperature=temperature)
-        return cands, kl, kl_sampled, [len(c.tokens) for c in cands]
+        covered = None
+        if kinds is not None:
+            feats = text_features(policy.reference, policy.tokenizer, [c.text for c in cands])
+            covered = kinds_covered(kinds.assign(hidden_features(feats)))
+        return cands, kl, kl_sampled, [len(c.tokens) for c in cands], covered
 
-    cands, kl, kl_sampled, lengths = await worker.run("eval", sample_and_measure)
+    cands, kl, kl_sampled, lengths, covered = await worker.run("eval", sample_and_measure)
     scores = await face.appeal([c.text for c in cands])
     reward, reward_se = mean_se(scores)
     d2, bigrams = distinct_2([c.text for c in cands])
@@ -757,6 +774,16 @@ async def evaluate_fresh(
             if (topic_words := {t.lower() for t in topics})
             else None
         ),
+        kinds=covered,
+    )
+
+
+def history_kinds(policy: Policy, history: Sequence[str]) -> PostKinds | None:
+    """The kinds of post of ``history``, clustered on the reference's features as the
+    daemon's reward model clusters a face's history."""
+    assert policy.reference is not None, "the policy is loaded with its KL reference"
+    return PostKinds.fit(
+        hidden_features(text_features(policy.reference, policy.tokenizer, history))
     )
 
 
@@ -820,6 +847,8 @@ async def run_one(
     )
     try:
         history = await read_history(face)
+        # Every method of a seed fits the same kinds: one reference, one history, one seed.
+        post_kinds = await worker.run("eval", history_kinds, policy, history)
         await ctl.start(schedule=False)
         first_version = policy.version
 
@@ -835,6 +864,7 @@ async def run_one(
                 posts=n,
                 scores=ctl.ctx.faces[FACE_NAME].history_scores,
                 topics=tuple(face_config.get("topics", {})),
+                kinds=post_kinds,
             )
 
         evals = [start_eval if start_eval is not None else await evaluate(0)]
@@ -981,7 +1011,8 @@ def summarise(runs: dict[str, list[RunResult]], posts: int) -> dict[str, Any]:
                 # varied?)
                 "start": {
                     key: over_seeds(rs, start_value(key))
-                    for key in ("tokens", "chars", "distinct_2", "assistant")
+                    for key in ("tokens", "chars", "distinct_2", "assistant", "kinds")
+                    if getattr(rs[0].evals[0], key) is not None  # kinds: a history to cluster
                 },
                 # the share of fresh samples naming a topic word, at each evaluation
                 **(
@@ -1007,8 +1038,10 @@ def summarise(runs: dict[str, list[RunResult]], posts: int) -> dict[str, Any]:
                         "distinct_2",
                         "assistant",
                         "topic",
+                        "kinds",
                     )
-                    if getattr(rs[0].evals[-1], key) is not None  # topic: audiences with topics
+                    # topic: audiences with topics; kinds: a history large enough to cluster
+                    if getattr(rs[0].evals[-1], key) is not None
                 },
                 "z_vs_start": [round(z_score(r.evals[0], r.evals[-1]), 2) for r in rs],
                 # Each seed's own end, in `seeds` order (the means above hide the worst one).
@@ -1145,6 +1178,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     + (
                         f", topic {e0.topic:.3f} -> {e1.topic:.3f}"
                         if e0.topic is not None and e1.topic is not None
+                        else ""
+                    )
+                    + (
+                        f", kinds of post {e0.kinds:.1f} -> {e1.kinds:.1f}"
+                        if e0.kinds is not None and e1.kinds is not None
                         else ""
                     )
                 )
