@@ -242,7 +242,6 @@ class RewardModel:
             WORD_FEATURES,
             PostKinds,
             RewardHead,
-            effective_number,
             hidden_features,
         )
 
@@ -260,13 +259,8 @@ class RewardModel:
             name: hidden_features(self._cached_features(t)) for name, t in kinds.items() if t
         }
         fitted = PostKinds.fit(torch.cat(list(per_face.values()))) if per_face else None
-        spread: dict[str, float] = {}  # face -> its history's effective number of kinds
-        if fitted is not None:
-            for name, feats in per_face.items():
-                counts = [0.0] * fitted.k
-                for kind in fitted.assign(feats):
-                    counts[kind] += 1
-                spread[name] = effective_number(counts)
+        # face -> its history's effective number of kinds
+        spread = {n: fitted.effective(f) for n, f in per_face.items()} if fitted else {}
         return head, talk_head, (fitted, spread)
 
     def _cached_features(self, texts: list[str]) -> Tensor:

@@ -18,6 +18,7 @@ the smallest 140)."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,7 +38,6 @@ class PostKinds:
     mean: Tensor  # (C,) the history's mean of each feature column
     scale: Tensor  # (C,) and its standard deviation
     centres: Tensor  # (k, C) unit vectors
-    history_shares: Tensor  # (k,) the share of the fitted posts in each kind
 
     @property
     def k(self) -> int:
@@ -56,22 +56,16 @@ class PostKinds:
         generator = torch.Generator().manual_seed(seed)
         centres = _plus_plus(z, k, generator)
         for _ in range(_ITERATIONS):
-            nearest = (z @ centres.T).argmax(1)
+            nearest_cos, nearest = (z @ centres.T).max(1)
             sums = torch.zeros_like(centres).index_add_(0, nearest, z)
             empty = torch.bincount(nearest, minlength=k) == 0
             # An emptied kind restarts at the row farthest from its centre.
-            sums[empty] = z[(z @ centres.T).max(1).values.argsort()[: int(empty.sum())]]
+            sums[empty] = z[nearest_cos.argsort()[: int(empty.sum())]]
             moved = torch.nn.functional.normalize(sums, dim=1)
             if torch.equal(moved, centres):
                 break
             centres = moved
-        counts = torch.bincount((z @ centres.T).argmax(1), minlength=k).double()
-        return cls(
-            mean=mean.float(),
-            scale=scale.float(),
-            centres=centres.float(),
-            history_shares=(counts / counts.sum()).float(),
-        )
+        return cls(mean=mean.float(), scale=scale.float(), centres=centres.float())
 
     def assign(self, features: Tensor) -> list[int]:
         """The kind of each row of ``features`` (N, C): its nearest centre by cosine."""
@@ -80,9 +74,10 @@ class PostKinds:
         z = torch.nn.functional.normalize((features.float() - self.mean) / self.scale, dim=1)
         return [int(i) for i in (z @ self.centres.T).argmax(1)]
 
-    def history_effective(self) -> float:
-        """The fitted history's effective number of kinds."""
-        return effective_number(self.history_shares.tolist())
+    def effective(self, features: Tensor) -> float:
+        """The effective number of kinds among the rows of ``features`` (a history's: no
+        correction for the sample's size, `kinds_covered`'s)."""
+        return effective_number(list(Counter(self.assign(features)).values()))
 
 
 def effective_number(shares: Sequence[float]) -> float:
@@ -102,9 +97,7 @@ def kinds_covered(kinds: Sequence[int]) -> float:
     draws). Below a few posts per kind it overshoots (two posts of two kinds read 2.6)."""
     if not kinds:
         raise ValueError("kinds_covered needs at least one post")
-    counts: dict[int, int] = {}
-    for kind in kinds:
-        counts[kind] = counts.get(kind, 0) + 1
+    counts = Counter(kinds)
     entropy = math.log(effective_number(list(counts.values())))
     return math.exp(entropy + (len(counts) - 1) / (2 * len(kinds)))
 

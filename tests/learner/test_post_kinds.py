@@ -29,7 +29,7 @@ def test_kinds_recover_separated_clusters_and_assign_new_posts_to_them() -> None
     # Up to a renaming, every cluster is one kind.
     pairs = Counter(zip(labels, assigned, strict=True))
     assert len(pairs) == 4 and all(v == 40 for v in pairs.values())
-    assert kinds.history_effective() == pytest.approx(4.0)
+    assert kinds.effective(x) == pytest.approx(4.0)
     # New posts near a cluster (the same centres, other noise) get its kind.
     more, more_labels = blobs(5, 4, seed=0)
     kind_of = {label: kind for label, kind in pairs}
@@ -45,7 +45,7 @@ def test_too_few_posts_give_no_kinds_and_the_fit_is_reproducible() -> None:
     assert a is not None and b is not None and torch.equal(a.centres, b.centres)
     # Identical rows: no spread to cluster, one kind holds them all.
     same = PostKinds.fit(torch.ones(64, 4), k=4)
-    assert same is not None and same.history_effective() == pytest.approx(1.0)
+    assert same is not None and same.effective(torch.ones(64, 4)) == pytest.approx(1.0)
 
 
 def test_effective_number_counts_equal_kinds_and_corrects_for_the_window() -> None:
