@@ -18,10 +18,12 @@ a fresh state folder and a fresh face. What it reports, per method (mean and spr
   for an audience with topics, the share of fresh samples that name one (discovery); how many
   kinds of post they cover (the effective number of the history's 16 clusters, as the daemon
   measures its candidates: a policy narrowing onto what was rewarded);
+- what became of the candidates: each filter reason's share of those sampled ("assistant"
+  talk, "novelty" copies, ...) and the survivors', over the run and its first and last thirds;
 - wall time, updates (policy versions) and the time the updates took.
 
     .venv/bin/python bench/online.py --quick --json
-    .venv/bin/python bench/online.py --seeds 0,1,2 --out /tmp/online
+    .venv/bin/python bench/online.py --seeds 0,1,2 --out /tmp/online --keep /tmp/online/runs
     .venv/bin/python bench/online.py --methods reinforce,r3e5 --set r3e5.method=reinforce \\
         --set r3e5.lr=3e-5 --posts 200
     .venv/bin/python bench/online.py --model smollm2 --threads 2 --posts 300
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import importlib.util
 import itertools
@@ -93,7 +96,7 @@ from plaudit.learner import (
     text_features,
     train_offline,
 )
-from plaudit.state import PostStatus, Store, atomic_folder
+from plaudit.state import Post, PostStatus, Store, atomic_folder
 
 if TYPE_CHECKING:
     from plaudit.controller import LoopMetrics
@@ -108,6 +111,10 @@ MOVING = 50  # posts in the published-reward moving average
 DISTINCT_BIGRAMS = 2000  # distinct-2 is counted on the first this-many word bigrams
 REF_LOSS_POSTS = 50
 EVAL_CHUNK = 50  # fresh samples per generate call (bounds memory for large models)
+# Candidates read after each job: more than any post cycle samples (the store prunes old
+# candidates on its retention, so they are counted as they come, not at the end).
+CANDIDATE_SCAN = 500
+SURVIVED = "survived"  # a candidate no filter dropped (published, or not chosen)
 
 # A method is a named set of settings: [online] keys, `reward_model.KEY` for the
 # [reward_model] table and `controller.KEY` for [controller]; any other name is defined by
@@ -178,6 +185,7 @@ class Options:
     out: Path | None
     json: bool
     verbose: bool
+    keep: Path | None = None
 
 
 def parse_value(raw: str) -> Any:
@@ -318,6 +326,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         help="reinforce,clipped, seed 0, tiny, 120 posts, an evaluation every 40",
     )
     add("--out", type=Path, help="write results.json and online.png into this folder")
+    add(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="keep each run's state folder (its store: every post, filter reason and reward; "
+        "its checkpoints) in DIR/METHOD-SEED instead of a temporary folder",
+    )
     add("--json", action="store_true", help="print the results as JSON")
     add("--verbose", action="store_true", help="log the controller's jobs (stderr)")
     a = parser.parse_args(argv)
@@ -340,6 +355,17 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
             f"--out {a.out} writes online.png with matplotlib, which is not installed: "
             "`.venv/bin/pip install -e '.[bench]'`, or leave --out out (--json prints the results)"
         )
+    seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
+    if a.keep is not None:
+        # Refused before the runs: a kept run is never written over.
+        taken = [
+            f"{n}-{seed}" for n in names for seed in seeds if (a.keep / f"{n}-{seed}").exists()
+        ]
+        if taken:
+            raise SystemExit(
+                f"--keep {a.keep}: {', '.join(taken)} is there already (a run kept before): "
+                "move it away or give another folder"
+            )
     preset = a.model in PRESETS
     if a.fit_steps is not None and a.fit_steps < (1 if preset else 0):
         raise SystemExit(f"--fit-steps {a.fit_steps}: a preset needs at least 1, others 0 or more")
@@ -355,13 +381,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         fit=fit,
         posts=a.posts,
         methods=method_settings(names, a.set),
-        seeds=[int(s) for s in a.seeds.split(",") if s.strip()],
+        seeds=seeds,
         eval_every=a.eval_every,
         eval_samples=a.eval_samples,
         threads=a.threads if a.threads is not None else (1 if preset else torch.get_num_threads()),
         out=a.out,
         json=a.json,
         verbose=a.verbose,
+        keep=a.keep,
     )
 
 
@@ -804,6 +831,23 @@ class RunResult:
     wall_s: float
     outcomes: dict[str, int] = field(default_factory=dict)  # "kind:outcome" -> jobs
     memory: dict[str, int] = field(default_factory=dict)  # `Policy.memory` at the end
+    # every candidate's fate in the order sampled: its filter reason ("assistant", "novelty",
+    # ...) or `SURVIVED`
+    candidates: list[str] = field(default_factory=list)
+
+
+def new_candidates(store: Store, after: int) -> list[Post]:
+    """The posts sampled since post id ``after``, oldest first."""
+    fresh = [p for p in store.posts(face=FACE_NAME, limit=CANDIDATE_SCAN) if p.id > after]
+    if len(fresh) == CANDIDATE_SCAN:
+        raise RuntimeError(
+            f"more than {CANDIDATE_SCAN} candidates in one job: raise CANDIDATE_SCAN"
+        )
+    return sorted(fresh, key=lambda p: p.id)
+
+
+def fate(post: Post) -> str:
+    return (post.filter_reason or "filtered") if post.status is PostStatus.FILTERED else SURVIVED
 
 
 async def run_one(
@@ -869,6 +913,8 @@ async def run_one(
 
         evals = [start_eval if start_eval is not None else await evaluate(0)]
         published = 0
+        fates: list[str] = []
+        seen = max((p.id for p in store.posts(face=FACE_NAME, limit=1)), default=0)
         outcomes: Counter[str] = Counter()
         # A run where nothing gets published for days is broken, not slow: stop it.
         give_up = clock.now() + (posts / 12 * 4 + 7) * 86400
@@ -883,6 +929,10 @@ async def run_one(
             for kind, by_outcome in counts.items():
                 for outcome, n in by_outcome.items():
                     outcomes[f"{kind}:{outcome}"] += n
+            sampled = new_candidates(store, seen)
+            if sampled:
+                fates += [fate(p) for p in sampled]
+                seen = sampled[-1].id
             before = published
             published += counts.get("post", {}).get("success", 0)
             if published // eval_every > before // eval_every and published < posts:
@@ -921,6 +971,7 @@ async def run_one(
             wall_s=time.perf_counter() - t_start,
             outcomes=dict(outcomes),
             memory=await worker.run("memory", policy.memory),
+            candidates=fates,
         )
     finally:
         await ctl.stop(deadline=time.monotonic() + 60)
@@ -1080,8 +1131,34 @@ def summarise(runs: dict[str, list[RunResult]], posts: int) -> dict[str, Any]:
             "memory_mb": {k: round(v / 2**20, 1) for k, v in rs[0].memory.items()},
             "seeds": [r.seed for r in rs],
             "outcomes": [r.outcomes for r in rs],
+            "candidates": candidate_shares(rs),
         }
     return {"baseline": baseline, "methods": out}
+
+
+def candidate_shares(rs: Sequence[RunResult]) -> dict[str, Any]:
+    """What became of the candidates, as shares of those sampled (mean over seeds): all of a
+    run's, its first third's and its last third's (in the order sampled), so that talk or
+    copies the filters had to throw away show falling or rising as the policy learns."""
+
+    def shares(fates: Sequence[str]) -> dict[str, float]:
+        n = max(len(fates), 1)
+        return {k: v / n for k, v in Counter(fates).items()}
+
+    def mean_shares(parts: list[dict[str, float]]) -> dict[str, float]:
+        keys = sorted({k for part in parts for k in part})
+        return {k: round(statistics.fmean(part.get(k, 0.0) for part in parts), 4) for k in keys}
+
+    def third(r: RunResult, which: int) -> list[str]:
+        k = len(r.candidates) // 3
+        return r.candidates[:k] if which == 0 else r.candidates[len(r.candidates) - k :]
+
+    return {
+        "sampled": over_seeds(rs, lambda r: len(r.candidates)),
+        "all": mean_shares([shares(r.candidates) for r in rs]),
+        "first_third": mean_shares([shares(third(r, 0)) for r in rs]),
+        "last_third": mean_shares([shares(third(r, 2)) for r in rs]),
+    }
 
 
 def z_score(start: FreshEval, end: FreshEval) -> float:
@@ -1146,7 +1223,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     prepare_s = time.perf_counter() - t0
     runs: dict[str, list[RunResult]] = {name: [] for name in opts.methods}
     starts: dict[int, FreshEval] = {}
-    with tempfile.TemporaryDirectory(prefix="plaudit-bench-online-") as tmp:
+    with contextlib.ExitStack() as stack:
+        if opts.keep is not None:
+            opts.keep.mkdir(parents=True, exist_ok=True)
+            tmp = str(opts.keep)
+        else:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="plaudit-bench-online-"))
         for seed in opts.seeds:
             for name, method in opts.methods.items():
                 say(f"{name} seed {seed}: {opts.posts} posts ...")
@@ -1186,6 +1268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         else ""
                     )
                 )
+                say(f"  candidates (first third -> last third): {fates_line(result)}")
     summary = summarise(runs, opts.posts)
     for name, method in opts.methods.items():
         # Choosing the published post among candidates is a drift of its own (published
@@ -1236,6 +1319,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print_table(summary)
     return 0
+
+
+def fates_line(result: RunResult) -> str:
+    """Each fate's share of a run's candidates, its first third's against its last third's."""
+    c = candidate_shares([result])
+    first, last = c["first_third"], c["last_third"]
+    keys = sorted({*first, *last}, key=lambda k: (k != SURVIVED, k))
+    return ", ".join(f"{k} {first.get(k, 0):.0%} -> {last.get(k, 0):.0%}" for k in keys)
 
 
 def print_table(summary: dict[str, Any]) -> None:
