@@ -834,6 +834,8 @@ class RunResult:
     # every candidate's fate in the order sampled: its filter reason ("assistant", "novelty",
     # ...) or `SURVIVED`
     candidates: list[str] = field(default_factory=list)
+    # the history's kinds of post the fresh samples were counted in (None: too small a history)
+    post_kinds: PostKinds | None = None
 
 
 def new_candidates(store: Store, after: int) -> list[Post]:
@@ -864,6 +866,7 @@ async def run_one(
     state_dir: Path,
     threads: int,
     start_eval: FreshEval | None = None,
+    post_kinds: PostKinds | None = None,
 ) -> RunResult:
     """One method, one seed: a fresh store and face, the controller's jobs on a simulated clock
     until `posts` posts are published, fresh samples evaluated on the way. `start_eval` (the
@@ -891,8 +894,10 @@ async def run_one(
     )
     try:
         history = await read_history(face)
-        # Every method of a seed fits the same kinds: one reference, one history, one seed.
-        post_kinds = await worker.run("eval", history_kinds, policy, history)
+        # Every method fits the same kinds (one reference, one history): fitted once, by the
+        # first run, and handed to the others (`RunResult.post_kinds`).
+        if post_kinds is None:
+            post_kinds = await worker.run("eval", history_kinds, policy, history)
         await ctl.start(schedule=False)
         first_version = policy.version
 
@@ -972,6 +977,7 @@ async def run_one(
             outcomes=dict(outcomes),
             memory=await worker.run("memory", policy.memory),
             candidates=fates,
+            post_kinds=post_kinds,
         )
     finally:
         await ctl.stop(deadline=time.monotonic() + 60)
@@ -1222,7 +1228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = starting_model(opts.face_type, opts.face_config, opts.model, opts.fit, log=say)
     prepare_s = time.perf_counter() - t0
     runs: dict[str, list[RunResult]] = {name: [] for name in opts.methods}
-    starts: dict[int, FreshEval] = {}
+    starts: dict[tuple[int, float], FreshEval] = {}
+    kinds: PostKinds | None = None  # the history's, fitted by the first run
     with contextlib.ExitStack() as stack:
         if opts.keep is not None:
             opts.keep.mkdir(parents=True, exist_ok=True)
@@ -1248,9 +1255,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         # the same prompts, the same frozen start (prompts with liked
                         # examples are a start of their own)
                         start_eval=starts.get((seed, method.liked_examples)),
+                        post_kinds=kinds,
                     )
                 )
                 starts.setdefault((seed, method.liked_examples), result.evals[0])
+                kinds = kinds or result.post_kinds
                 runs[name].append(result)
                 e0, e1 = result.evals[0], result.evals[-1]
                 say(

@@ -77,22 +77,23 @@ def test_keep_refuses_a_folder_holding_a_kept_run(tmp_path: Path) -> None:
 def test_a_kept_run_holds_every_candidate_the_results_count(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A short run of a model folder used as it is: the results count as many candidates as
-    the kept store holds, and their shares add up."""
+    """A short run of a model folder used as it is, two methods: each run's results count as
+    many candidates as its kept store holds, and their shares add up."""
     bench = load_bench()
     keep = tmp_path / "runs"
-    argv = ["--model", str(tiny_model_dir), "--methods", "clipped", "--seeds", "0"]
+    argv = ["--model", str(tiny_model_dir), "--methods", "reinforce,clipped", "--seeds", "0"]
     argv += ["--posts", "2", "--eval-every", "2", "--eval-samples", "2", "--json"]
     assert bench.main([*argv, "--keep", str(keep)]) == 0
     results = json.loads(capsys.readouterr().out)
-    counted = results["methods"]["clipped"]["candidates"]
-    store = Store.open(keep / "clipped-0" / "state")
-    try:
-        kept = store.posts(face=bench.FACE_NAME, limit=10_000)
-    finally:
-        store.close()
-    assert counted["sampled"]["mean"] == len(kept) > 0
-    assert sum(counted["all"].values()) == pytest.approx(1.0, abs=1e-3)
-    assert counted["all"].get("survived", 0) * len(kept) == pytest.approx(
-        sum(p.status.value != "filtered" for p in kept), abs=0.01
-    )
+    for method in ("reinforce", "clipped"):
+        counted = results["methods"][method]["candidates"]
+        store = Store.open(keep / f"{method}-0" / "state")
+        try:
+            kept = store.posts(face=bench.FACE_NAME, limit=10_000)
+        finally:
+            store.close()
+        assert counted["sampled"]["mean"] == len(kept) > 0
+        assert sum(counted["all"].values()) == pytest.approx(1.0, abs=1e-3)
+        assert counted["all"].get("survived", 0) * len(kept) == pytest.approx(
+            sum(p.status.value != "filtered" for p in kept), abs=0.01
+        )
