@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import structlog
 from bench_helpers import load_bench
 
 from plaudit.state import NewCandidate, Store
@@ -83,7 +84,13 @@ def test_a_kept_run_holds_every_candidate_the_results_count(
     keep = tmp_path / "runs"
     argv = ["--model", str(tiny_model_dir), "--methods", "reinforce,clipped", "--seeds", "0"]
     argv += ["--posts", "2", "--eval-every", "2", "--eval-samples", "2", "--json"]
-    assert bench.main([*argv, "--keep", str(keep)]) == 0
+    # main() points structlog at this test's captured stderr: put it back, or later tests log
+    # to a closed file
+    config = structlog.get_config()
+    try:
+        assert bench.main([*argv, "--keep", str(keep)]) == 0
+    finally:
+        structlog.configure(**config)
     results = json.loads(capsys.readouterr().out)
     for method in ("reinforce", "clipped"):
         counted = results["methods"][method]["candidates"]
