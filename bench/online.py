@@ -111,9 +111,6 @@ MOVING = 50  # posts in the published-reward moving average
 DISTINCT_BIGRAMS = 2000  # distinct-2 is counted on the first this-many word bigrams
 REF_LOSS_POSTS = 50
 EVAL_CHUNK = 50  # fresh samples per generate call (bounds memory for large models)
-# Candidates read after each job: more than any post cycle samples (the store prunes old
-# candidates on its retention, so they are counted as they come, not at the end).
-CANDIDATE_SCAN = 500
 SURVIVED = "survived"  # a candidate no filter dropped (published, or not chosen)
 
 # A method is a named set of settings: [online] keys, `reward_model.KEY` for the
@@ -838,14 +835,10 @@ class RunResult:
     post_kinds: PostKinds | None = None
 
 
-def new_candidates(store: Store, after: int) -> list[Post]:
-    """The posts sampled since post id ``after``, oldest first."""
-    fresh = [p for p in store.posts(face=FACE_NAME, limit=CANDIDATE_SCAN) if p.id > after]
-    if len(fresh) == CANDIDATE_SCAN:
-        raise RuntimeError(
-            f"more than {CANDIDATE_SCAN} candidates in one job: raise CANDIDATE_SCAN"
-        )
-    return sorted(fresh, key=lambda p: p.id)
+def candidate_fates(store: Store) -> list[str]:
+    """Every candidate's fate, in the order sampled (the store keeps every post's row and filter
+    reason; only old token lists go)."""
+    return [fate(p) for p in store.posts(face=FACE_NAME, limit=2**62, newest_first=False)]
 
 
 def fate(post: Post) -> str:
@@ -918,8 +911,6 @@ async def run_one(
 
         evals = [start_eval if start_eval is not None else await evaluate(0)]
         published = 0
-        fates: list[str] = []
-        seen = max((p.id for p in store.posts(face=FACE_NAME, limit=1)), default=0)
         outcomes: Counter[str] = Counter()
         # A run where nothing gets published for days is broken, not slow: stop it.
         give_up = clock.now() + (posts / 12 * 4 + 7) * 86400
@@ -934,10 +925,6 @@ async def run_one(
             for kind, by_outcome in counts.items():
                 for outcome, n in by_outcome.items():
                     outcomes[f"{kind}:{outcome}"] += n
-            sampled = new_candidates(store, seen)
-            if sampled:
-                fates += [fate(p) for p in sampled]
-                seen = sampled[-1].id
             before = published
             published += counts.get("post", {}).get("success", 0)
             if published // eval_every > before // eval_every and published < posts:
@@ -976,7 +963,7 @@ async def run_one(
             wall_s=time.perf_counter() - t_start,
             outcomes=dict(outcomes),
             memory=await worker.run("memory", policy.memory),
-            candidates=fates,
+            candidates=candidate_fates(store),
             post_kinds=post_kinds,
         )
     finally:
