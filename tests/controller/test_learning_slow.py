@@ -4,7 +4,8 @@ the frozen starting policy, within its KL budget, for every one of five seeds.
 
 It has a marker of its own (`learning`; 6 to 16 minutes on 2 cores by the processor, with the
 first fit of the `tiny` preset: the figures at its time limit below; the seeds run two at a
-time, each in a process of its own) and `.ci/run` runs it after the `slow` tests: `pytest -m learning tests/controller/test_learning_slow.py`.
+time, each in a process of its own) and `.ci/run` runs it after the `slow` tests:
+`pytest -m learning tests/controller/test_learning_slow.py`.
 
 A run is reproducible on one machine since 2026-12-05: the clipped update's minibatch order
 came from torch's global generator, which every process seeds at random, so each run drew
