@@ -149,9 +149,9 @@ def run_seed(seed: int, model: Path, state_dir: Path) -> Any:
 
 
 @pytest.mark.learning
-# 966 s on a 2-core Intel Xeon (2026-12-07, the fit uncached: about 100 s; 269-296 s a seed,
-# of it 117 s updating, 59 s generating, 48 s evaluating); CI's machine of 2026-12-06 was about
-# 1.5x slower and the run was cut at the 1200 s this limit used to be.
+# 966 s on a 2-core Intel Xeon (2026-12-07, the fit uncached; 269-296 s a seed, and seed 0
+# alone 117 s updating, 59 s generating, 48 s evaluating of 269 s); CI's machine of 2026-12-06
+# was about 1.5x slower and the run was cut at the 1200 s this limit used to be.
 @pytest.mark.timeout(2400)
 def test_online_updates_raise_the_expected_score_of_fresh_samples(tmp_path: Path) -> None:
     import torch
